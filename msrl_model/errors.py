@@ -1,0 +1,50 @@
+"""Errors a user can act on.
+
+Every error raised to a user derives from :class:`MSRLError`; its message is one line that says what
+happened and what to do. The CLI prints ``error: <message>`` and exits non-zero without a traceback;
+the app shows the same text in a dialog.
+"""
+
+
+class MSRLError(Exception):
+    """Base class of all user-facing errors; ``str(err)`` is a complete one-line explanation."""
+
+    exit_code = 2
+
+
+class SlideError(MSRLError):
+    """A slide could not be used."""
+
+
+class NotASlideError(SlideError):
+    """The file is not a whole-slide image any backend can read."""
+
+
+class CorruptSlideError(SlideError):
+    """The file looks like a slide but is truncated or damaged."""
+
+
+class UnreadableTileError(SlideError):
+    """A region of an otherwise valid slide could not be decoded."""
+
+
+class NoTissueError(SlideError):
+    """Tissue detection found nothing to analyse on the slide."""
+
+
+class EncoderError(MSRLError):
+    """A patch encoder could not be built (unknown name, missing local weights, ...)."""
+
+
+class CohortError(MSRLError):
+    """A cohort directory is invalid; the message lists every problem found."""
+
+
+class BundleError(MSRLError):
+    """A model bundle is missing, tampered, truncated, too new or mismatched."""
+
+
+class CancelledError(MSRLError):
+    """The user cancelled a long-running job."""
+
+    exit_code = 130
