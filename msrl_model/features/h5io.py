@@ -1,0 +1,177 @@
+"""Feature files (DESIGN §3): ``<slide_id>.h5`` with ``features`` (N×D float32) and ``coords`` (N×2 int64).
+
+Written atomically: the data goes to a temporary file in the destination directory, which
+:func:`os.replace` renames over the target only once it is complete and closed. A failure part-way
+(disk full, cancel, crash) leaves either the previous file or nothing, never a partial file.
+
+Reads this tool's files and the CLAM/TRIDENT style: attributes may sit on the root, on ``coords`` or
+on ``features``; datasets may carry a leading batch dimension of 1 (``1×N×D``, ``1×N×2``); missing
+attributes get defaults (and ``TRIDENT``'s magnifications are turned into µm/px).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msrl_model.errors import MSRLError
+
+# Version of the layout written here; bump when the datasets or attribute meanings change.
+FORMAT_VERSION = 1
+
+# Defaults for attributes absent from files written by other tools.
+DEFAULT_ATTRS: dict[str, Any] = {
+    "patch_size": 256,
+    "target_mpp": 0.5,
+    "encoder": "unknown",
+    "encoder_version": "",
+    "slide_sha256_head": "",
+}
+
+
+class FeatureFileError(MSRLError):
+    """A feature file is missing, unreadable or not in a known layout."""
+
+
+@dataclass
+class FeatureFile:
+    """The content of one feature file."""
+
+    features: np.ndarray  # (N, D) float32 patch features
+    coords: np.ndarray  # (N, 2) int64 level-0 top-left pixel of each patch
+    attrs: dict[str, Any] = field(default_factory=dict)  # metadata, JSON attrs decoded to dicts
+
+
+def _encode_attr(value: Any) -> Any:
+    """h5 attributes hold scalars and strings; containers are stored as JSON text."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    if value is None:
+        return ""
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray,
+                   attrs: dict[str, Any] | None = None) -> Path:
+    """Write a feature file atomically and return its path.
+
+    Args:
+        path: destination ``.h5``; its directory is created if needed.
+        features: (N, D) array, stored as float32.
+        coords: (N, 2) array of level-0 top-left pixels, stored as int64.
+        attrs: root attributes; dicts/lists are stored as JSON strings.
+    """
+    import h5py
+
+    path = Path(path)
+    features = np.asarray(features, dtype=np.float32)
+    coords = np.asarray(coords, dtype=np.int64)
+    if features.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2 or len(features) != len(coords):
+        raise ValueError(f"features must be (N, D) and coords (N, 2); got {features.shape} and {coords.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=features)
+            f.create_dataset("coords", data=coords)
+            f.attrs["format_version"] = FORMAT_VERSION
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = _encode_attr(value)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _squeeze_batch(array: np.ndarray, name: str, path: Path) -> np.ndarray:
+    # CLAM/TRIDENT sometimes store (1, N, D) / (1, N, 2): drop the leading batch dimension.
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 1 and name == "features":
+        array = array[None, :]  # a single patch stored as (D,)
+    if array.ndim != 2:
+        raise FeatureFileError(f"{path}: dataset '{name}' has shape {array.shape}, expected 2-D; "
+                               "re-extract the features with `msrl extract`")
+    return array
+
+
+def read_features(path: str | Path, *, load_features: bool = True) -> FeatureFile:
+    """Read a feature file written by this tool, CLAM or TRIDENT.
+
+    Args:
+        path: the ``.h5`` file.
+        load_features: False reads only coords and attrs (features is then an empty (0, D) array),
+            which is what cache checks need.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureFileError(f"{path}: feature file not found; run `msrl extract` on the slide first")
+    try:
+        with h5py.File(path, "r") as f:
+            if "features" not in f or "coords" not in f:
+                raise FeatureFileError(f"{path}: no 'features'/'coords' datasets; this is not a feature "
+                                       "file from msrl, CLAM or TRIDENT")
+            attrs: dict[str, Any] = {}
+            # Precedence: root attrs (ours) over coords attrs (CLAM/TRIDENT) over features attrs.
+            for source in (f["features"].attrs, f["coords"].attrs, f.attrs):
+                for key, value in source.items():
+                    attrs[key] = _decode_attr(value)
+            coords = _squeeze_batch(np.asarray(f["coords"][()]), "coords", path).astype(np.int64)
+            dset = f["features"]
+            if load_features:
+                features = _squeeze_batch(np.asarray(dset[()]), "features", path).astype(np.float32)
+            else:
+                features = np.zeros((0, dset.shape[-1]), dtype=np.float32)
+    except FeatureFileError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise FeatureFileError(f"{path}: cannot read the feature file ({err}); delete it and extract again") from err
+    if coords.shape[1] != 2 or (load_features and len(features) != len(coords)):
+        raise FeatureFileError(f"{path}: features {features.shape} and coords {coords.shape} disagree; "
+                               "delete the file and extract again")
+    _fill_defaults(attrs)
+    return FeatureFile(features=features, coords=coords, attrs=attrs)
+
+
+def _fill_defaults(attrs: dict[str, Any]) -> None:
+    """Complete the DESIGN §3 attributes from the other tools' names, else defaults."""
+    if "target_mpp" not in attrs and attrs.get("target_magnification"):
+        attrs["target_mpp"] = 10.0 / float(attrs["target_magnification"])  # 20× ≈ 0.5 µm/px
+    if "level0_mpp" not in attrs and attrs.get("level0_magnification"):
+        attrs["level0_mpp"] = 10.0 / float(attrs["level0_magnification"])
+    for key, value in DEFAULT_ATTRS.items():
+        attrs.setdefault(key, value)
+    if "patch_size_level0" not in attrs:
+        # CLAM stores patch_level + downsample; else assume the patch was cut at level 0.
+        downsample = attrs.get("downsample")
+        factor = float(np.ravel(downsample)[0]) if downsample is not None else 1.0
+        attrs["patch_size_level0"] = int(round(int(attrs["patch_size"]) * factor))
+    attrs.setdefault("level0_mpp", attrs["target_mpp"] * attrs["patch_size"] / attrs["patch_size_level0"])
