@@ -1,0 +1,50 @@
+"""``msrl extract SLIDE_OR_DIR… --out DIR``: patch features for one slide, many slides or directories."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "extract", help="extract patch features into DIR/<slide_id>.h5 (cached, resumable)",
+        description="Tissue detection, tiling at the target mpp and patch encoding. Re-running skips "
+                    "slides whose features are up to date; bad slides are reported and skipped.")
+    p.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files and/or directories of slides")
+    p.add_argument("--out", required=True, metavar="DIR", help="feature directory")
+    p.add_argument("--encoder", default="builtin-he",
+                   help="patch encoder spec: builtin-he (default), timm:<arch>@/path, gigapath@/path")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: CPU count)")
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
+    p.add_argument("--shard", default=None, metavar="i/n",
+                   help="process every n-th slide starting at i (default: torchrun RANK/WORLD_SIZE, else all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_extract)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from msrl_model.errors import MSRLError
+    from msrl_model.features.pipeline import extract_many, extract_slide, parse_shard
+    from msrl_model.progress import drive
+
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
+        raise MSRLError("--batch-size and --workers must be at least 1")
+    show = not args.quiet and sys.stderr.isatty()
+    inputs = [Path(p) for p in args.inputs]
+    shard = parse_shard(args.shard) if args.shard else None
+    if len(inputs) == 1 and not inputs[0].is_dir() and shard is None:
+        # One slide: its error is the command's error (one line, non-zero exit, via the dispatcher).
+        out = drive(extract_slide(inputs[0], args.out, args.encoder, args.device, args.workers,
+                                  args.batch_size), show=show)
+        print(out)
+        return 0
+    report = drive(extract_many(inputs, args.out, args.encoder, args.device, args.workers,
+                                args.batch_size, shard=shard), show=show)
+    for failed in report.failed:
+        print(f"error: {failed.slide}: {failed.message}", file=sys.stderr)
+    print(report.summary())
+    return 3 if report.failed else 0

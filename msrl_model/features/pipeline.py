@@ -1,0 +1,385 @@
+"""Batched patch-feature extraction: slide → tissue → tile grid → (parallel read ∥ encode) → h5.
+
+:func:`extract_slide` is a job (a generator of :class:`~msrl_model.progress.Progress` that returns
+the feature file's path). Reading runs in :class:`~msrl_model.features.reader.ParallelTileReader`
+threads, ``prefetch`` batches ahead, while this thread moves each batch to the device and encodes
+it. On CUDA a batch is copied into pinned memory and sent with ``non_blocking=True``, and the
+encoder runs under autocast with its own precision.
+
+Cache: the output is ``out_dir/<slide_id>.h5``; its ``cache_key`` attribute hashes the slide's
+``sha256_head``, the encoder name and version and the tissue/tiling parameters. When the file
+exists with the same key the job yields one ``"cached"`` event and returns at once; any change of
+key recomputes. Nothing partial is ever left: the file is written atomically at the very end, and
+cancelling (closing the generator) or an error stops the reader threads and writes nothing.
+
+:func:`extract_many` runs many slides (files or directories), resumes by skipping cached slides,
+continues past bad slides and writes ``extract_report.json`` with one entry per slide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msrl_model.errors import EncoderError, MSRLError
+from msrl_model.features.h5io import FORMAT_VERSION, FeatureFileError, read_features, write_features
+from msrl_model.features.reader import ParallelTileReader, ReaderConfig
+from msrl_model.progress import Job, Progress
+
+# File extensions picked up when a directory is given (any OpenSlide/tiffslide format).
+SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
+                    ".bif", ".dcm")
+
+
+@dataclass
+class ExtractStats:
+    """Timings of one extraction, filled in by :func:`extract_slide` (benchmarks, logs)."""
+
+    slide_id: str = ""  # the slide's file stem
+    cached: bool = False  # True when the job returned an existing, matching feature file
+    tiles: int = 0  # tiles encoded
+    read_wait_s: float = 0.0  # time the encoder waited on the reader (reader-bound time)
+    transfer_s: float = 0.0  # host→device copy (pinned, non_blocking; synchronised when timed)
+    encode_s: float = 0.0  # encoder forward incl. transform, and copy of the features back
+    tissue_s: float = 0.0  # tissue mask and tile grid
+    write_s: float = 0.0  # atomic h5 write
+    total_s: float = 0.0  # whole job, wall clock
+    device: str = ""  # device actually used
+    sync_timing: bool = False  # True: synchronise CUDA after each stage so the split is exact
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; ``cuda``/``cuda:N``/``cpu`` as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MSRLError(f"device '{device}' requested but no CUDA GPU is available; use --device cpu")
+        return device
+    if device == "cpu":
+        return device
+    raise MSRLError(f"unknown device '{device}'; use auto, cpu or cuda")
+
+
+def _params_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(vars(params))
+
+
+def cache_key(sha256_head: str, encoder_name: str, encoder_version: str, tissue: Any, tiling: Any) -> str:
+    """Hex digest identifying one extraction: same key, same features."""
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "slide_sha256_head": sha256_head,
+        "encoder": encoder_name,
+        "encoder_version": encoder_version,
+        "tissue": _params_dict(tissue),
+        "tiling": _params_dict(tiling),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_hit(path: Path, key: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return read_features(path, load_features=False).attrs.get("cache_key") == key
+    except FeatureFileError:
+        return False  # unreadable old file: recompute and replace it
+
+
+def _encode_batch(encoder: Any, batch: Any, device: str) -> Any:
+    """Encode a device batch; on CUDA out-of-memory retry in halves (down to one tile)."""
+    import torch
+
+    try:
+        if device.startswith("cuda"):
+            with torch.autocast("cuda", dtype=encoder.precision):
+                return encoder.encode(batch)
+        return encoder.encode(batch)
+    except torch.cuda.OutOfMemoryError:
+        if len(batch) == 1:
+            raise EncoderError("the GPU ran out of memory on a single tile; rerun with --device cpu") from None
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return torch.cat([_encode_batch(encoder, batch[:half], device),
+                          _encode_batch(encoder, batch[half:], device)])
+
+
+def _build(encoder: Any, device: str) -> Any:
+    if isinstance(encoder, str):
+        from msrl_model.encoders import build_encoder
+
+        return build_encoder(encoder, device=device)
+    return encoder
+
+
+def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any = "builtin-he",
+                  device: str = "auto", workers: int | None = None, batch_size: int = 64,
+                  tissue: Any = None, tiling: Any = None, stats: ExtractStats | None = None,
+                  prefetch: int = 3) -> Job[Path]:
+    """Extract patch features of one slide into ``out_dir/<slide_id>.h5`` (DESIGN §3 layout).
+
+    Args:
+        slide_path: the slide file.
+        out_dir: directory of feature files (created if needed).
+        encoder_spec: a spec for :func:`msrl_model.encoders.build_encoder`, or a built PatchEncoder
+            (reuse one across slides).
+        device: ``auto`` | ``cpu`` | ``cuda[:N]``.
+        workers: reader threads (default ``os.cpu_count()``).
+        batch_size: tiles per encoder batch.
+        tissue: :class:`~msrl_model.slide.TissueParams` (default: its defaults).
+        tiling: :class:`~msrl_model.slide.TilingParams` (default: its defaults).
+        stats: filled in with the timings and the cache flag.
+        prefetch: batches the reader keeps ready ahead of the encoder.
+
+    Yields Progress stages ``open``, then ``cached`` (and returns) or ``tissue``, ``read+encode``,
+    ``write``. Returns the feature file's path.
+    """
+    import torch
+
+    from msrl_model.slide import TilingParams, TissueParams, open_slide, tile_grid, tissue_mask
+
+    tissue = tissue if tissue is not None else TissueParams()
+    tiling = tiling if tiling is not None else TilingParams()
+    stats = stats if stats is not None else ExtractStats()
+    t_start = time.perf_counter()
+    slide_path = Path(slide_path)
+    out_dir = Path(out_dir)
+    device = resolve_device(device)
+    stats.device = device
+    slide = open_slide(slide_path)
+    reader: ParallelTileReader | None = None
+    try:
+        stats.slide_id = slide.slide_id
+        yield Progress("open", 1, 1, slide.slide_id)
+        sha = slide.sha256_head()
+        encoder = _build(encoder_spec, device)
+        key = cache_key(sha, encoder.name, encoder.version, tissue, tiling)
+        out = out_dir / f"{slide.slide_id}.h5"
+        if _cache_hit(out, key):
+            stats.cached = True
+            stats.total_s = time.perf_counter() - t_start
+            yield Progress("cached", 1, 1, slide.slide_id)
+            return out
+
+        t0 = time.perf_counter()
+        yield Progress("tissue", 0, 1, slide.slide_id)
+        mask = tissue_mask(slide, tissue)
+        grid = tile_grid(slide, mask, tiling)
+        stats.tissue_s = time.perf_counter() - t0
+        n = len(grid.coords)
+        yield Progress("tissue", 1, 1, f"{slide.slide_id}: {n} tiles")
+
+        cuda = device.startswith("cuda")
+        sync = cuda and stats.sync_timing
+        features = np.empty((n, encoder.dim), dtype=np.float32)
+        reader = ParallelTileReader(slide.path, grid, ReaderConfig(
+            workers=workers or os.cpu_count() or 1, batch_size=batch_size, prefetch=prefetch))
+        yield Progress("read+encode", 0, n, slide.slide_id)
+        with torch.inference_mode():
+            for first, batch in reader:
+                t0 = time.perf_counter()
+                tensor = torch.from_numpy(batch)  # (B, P, P, 3) uint8
+                if cuda:
+                    tensor = tensor.pin_memory().to(device, non_blocking=True)
+                    if sync:
+                        torch.cuda.synchronize()
+                t1 = time.perf_counter()
+                out_feats = _encode_batch(encoder, tensor, device)  # (B, D)
+                features[first:first + len(batch)] = out_feats.float().cpu().numpy()
+                t2 = time.perf_counter()
+                stats.transfer_s += t1 - t0
+                stats.encode_s += t2 - t1
+                stats.tiles += len(batch)
+                yield Progress("read+encode", first + len(batch), n, slide.slide_id)
+        stats.read_wait_s = reader.read_wait_s
+
+        t0 = time.perf_counter()
+        yield Progress("write", 0, 1, slide.slide_id)
+        attrs = {
+            "patch_size": int(grid.patch_size),
+            "patch_size_level0": int(grid.patch_size_level0),
+            "target_mpp": float(grid.target_mpp),
+            "level0_mpp": float(grid.level0_mpp),
+            "read_level": int(grid.read_level),
+            "encoder": encoder.name,
+            "encoder_version": encoder.version,
+            "encoder_spec": encoder_spec if isinstance(encoder_spec, str) else encoder.name,
+            "slide_sha256_head": sha,
+            "slide_id": slide.slide_id,
+            "mpp_source": getattr(slide, "mpp_source", ""),
+            "tissue_params": _params_dict(tissue),
+            "tiling_params": _params_dict(tiling),
+            "cache_key": key,
+        }
+        write_features(out, features, grid.coords, attrs)
+        stats.write_s = time.perf_counter() - t0
+        stats.total_s = time.perf_counter() - t_start
+        yield Progress("write", 1, 1, slide.slide_id)
+        return out
+    finally:
+        if reader is not None:
+            reader.close()
+        slide.close()
+
+
+# ---- many slides -------------------------------------------------------------------------------
+
+
+@dataclass
+class SlideResult:
+    """Outcome of one slide in :func:`extract_many`."""
+
+    slide: str  # the slide's path
+    slide_id: str  # file stem (the feature file's name)
+    status: str  # "ok" | "cached" | "error"
+    message: str = ""  # the one-line error, empty on success
+    output: str = ""  # the feature file, empty on error
+    tiles: int = 0  # tiles encoded (0 when cached or failed)
+    seconds: float = 0.0  # wall time for this slide
+
+
+@dataclass
+class ExtractReport:
+    """Per-slide outcome of a batch run; written as JSON next to the features."""
+
+    out_dir: str  # the feature directory
+    shard: tuple[int, int]  # (index, count) of this process's share of the slide list
+    slides: list[SlideResult] = field(default_factory=list)  # one entry per slide of the shard
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.slides if s.status == status)
+
+    @property
+    def failed(self) -> list[SlideResult]:
+        return [s for s in self.slides if s.status == "error"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_dir": self.out_dir, "shard": list(self.shard),
+                "counts": {k: self.count(k) for k in ("ok", "cached", "error")},
+                "slides": [dataclasses.asdict(s) for s in self.slides]}
+
+    def summary(self) -> str:
+        return (f"{len(self.slides)} slides: {self.count('ok')} extracted, {self.count('cached')} cached, "
+                f"{self.count('error')} failed (report: {report_path(Path(self.out_dir), self.shard)})")
+
+
+def report_path(out_dir: Path, shard: tuple[int, int]) -> Path:
+    """``extract_report.json``, or ``extract_report.shard<i>of<n>.json`` when sharded."""
+    i, n = shard
+    return out_dir / ("extract_report.json" if n == 1 else f"extract_report.shard{i}of{n}.json")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise MSRLError(f"bad shard '{text}'; write it as i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise MSRLError(f"bad shard '{text}'; need 0 <= i < n")
+    return i, n
+
+
+def resolve_shard(shard: tuple[int, int] | None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """The explicit shard, else torchrun's ``RANK``/``WORLD_SIZE``, else ``(0, 1)``."""
+    if shard is not None:
+        return shard
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return parse_shard(f"{env['RANK']}/{env['WORLD_SIZE']}")
+    return 0, 1
+
+
+def collect_slides(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, directories expanded to their slide files (non-recursive); sorted, unique."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.update(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in SLIDE_EXTENSIONS)
+        elif p.exists():
+            found.add(p)
+        else:
+            raise MSRLError(f"{p}: no such file or directory")
+    return sorted(found, key=lambda q: (q.name, str(q)))
+
+
+def shard_slides(slides: list[Path], shard: tuple[int, int]) -> list[Path]:
+    """Deterministic partition: slide ``k`` of the sorted list goes to shard ``k mod n``."""
+    i, n = shard
+    return slides[i::n]
+
+
+def _write_report(report: ExtractReport) -> None:
+    path = report_path(Path(report.out_dir), report.shard)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2))
+    os.replace(tmp, path)
+
+
+def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec: Any = "builtin-he",
+                 device: str = "auto", workers: int | None = None, batch_size: int = 64,
+                 tissue: Any = None, tiling: Any = None,
+                 shard: tuple[int, int] | None = None) -> Job[ExtractReport]:
+    """Extract every slide of ``paths`` (files and/or directories) into ``out_dir``.
+
+    Already extracted slides are cache hits (resume after an interruption); a bad slide is recorded
+    with its one-line error and the run goes on. ``shard=(i, n)`` (or torchrun's RANK/WORLD_SIZE)
+    keeps every n-th slide of the sorted list. The report is rewritten after every slide.
+    Yields one ``"slides"`` stage whose message carries the current slide's own stage.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shard = resolve_shard(shard)
+    slides = shard_slides(collect_slides(paths), shard)
+    report = ExtractReport(out_dir=str(out_dir), shard=shard)
+    device = resolve_device(device)
+    encoder = _build(encoder_spec, device) if slides else None
+    seen: dict[str, Path] = {}
+    for k, path in enumerate(slides):
+        yield Progress("slides", k, len(slides), path.name)
+        t0 = time.perf_counter()
+        if path.stem in seen:
+            result = SlideResult(str(path), path.stem, "error",
+                                 f"same slide id as {seen[path.stem]}; rename one of them")
+        else:
+            seen[path.stem] = path
+            stats = ExtractStats()
+            try:
+                job = extract_slide(path, out_dir, encoder, device, workers, batch_size, tissue, tiling, stats)
+                try:
+                    while True:
+                        ev = next(job)
+                        yield Progress("slides", k, len(slides),
+                                       f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
+                except StopIteration as stop:
+                    output = stop.value
+                finally:
+                    job.close()
+                result = SlideResult(str(path), stats.slide_id or path.stem,
+                                     "cached" if stats.cached else "ok", output=str(output), tiles=stats.tiles)
+            except MSRLError as err:
+                result = SlideResult(str(path), path.stem, "error", str(err))
+            except (OSError, ValueError, RuntimeError) as err:
+                result = SlideResult(str(path), path.stem, "error", f"{type(err).__name__}: {err}")
+        result.seconds = time.perf_counter() - t0
+        report.slides.append(result)
+        _write_report(report)
+    yield Progress("slides", len(slides), len(slides), "done")
+    _write_report(report)
+    return report
