@@ -102,13 +102,11 @@ def _cache_hit(path: Path, key: str) -> bool:
 
 
 def _encode_batch(encoder: Any, batch: Any, device: str) -> Any:
-    """Encode a device batch; on CUDA out-of-memory retry in halves (down to one tile)."""
+    """Encode a device batch (the encoder applies autocast with its precision on CUDA); on CUDA
+    out-of-memory retry in halves, down to one tile."""
     import torch
 
     try:
-        if device.startswith("cuda"):
-            with torch.autocast("cuda", dtype=encoder.precision):
-                return encoder.encode(batch)
         return encoder.encode(batch)
     except torch.cuda.OutOfMemoryError:
         if len(batch) == 1:
