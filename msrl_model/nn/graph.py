@@ -1,0 +1,263 @@
+r"""Graph structure learner (GSL, paper Algorithm 1 + appendix D.2) and the 3-layer GCN.
+
+GSL (SUBLIME's attentive learner). For node features :math:`X \in \mathbb{R}^{N \times D}`:
+
+.. math::
+    E^{(0)} = X, \qquad E^{(l)} = \sigma_l\big(E^{(l-1)} \odot \omega^{(l)}\big),\ l = 1..L, \qquad
+    E = \operatorname{rownorm}_2(E^{(L)})
+
+with :math:`\omega^{(l)} \in \mathbb{R}^{D}` initialised to ones, :math:`\sigma_l` = ReLU for
+:math:`l < L` and the identity for the last layer.
+
+Post-processing (appendix D.2, DESIGN §4) of :math:`S = E E^\top`:
+
+1. sparsify: row :math:`i` keeps its top-(K+1) entries, self included;
+2. ReLU, then symmetrise :math:`S^{sym} = (S^{sp} + S^{sp\top}) / 2`;
+3. normalise :math:`A = D^{-1/2} S^{sym} D^{-1/2}`, :math:`D = \operatorname{diag}(S^{sym}\mathbf 1)`
+   (a node of degree 0 gets :math:`D^{-1/2} = 0`).
+
+**Neighbour selection rule** (identical in the dense and the sparse path and in
+:mod:`msrl_model.infer.engine`): with :math:`K' = \min(K, N - 1)`, row :math:`i` keeps itself
+(always, forced first, whatever its own similarity) and the :math:`K'` other nodes that come first
+when ordered by similarity descending, ties broken by the lower node index. Similarities are the
+computed floating-point values; the order is a total order, so the result does not depend on how
+``torch.topk`` resolves ties. Kept entries whose similarity is negative become 0 after the ReLU and
+are not edges of the sparse output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class GSL(nn.Module):
+    r"""Attentive graph structure learner: :math:`E = \operatorname{rownorm}_2(\ldots\sigma(X \odot
+    \omega^{(1)}) \ldots \odot \omega^{(L)})`.
+
+    Args:
+        dim: feature dimension D (the embedding has the same dimension).
+        layers: number L of Hadamard layers.
+        k: neighbours kept per node besides itself (used by :meth:`adjacency`).
+    """
+
+    def __init__(self, dim: int, layers: int = 2, k: int = 12) -> None:
+        super().__init__()
+        if layers < 1 or dim < 1 or k < 0:
+            raise ValueError(f"GSL needs dim >= 1, layers >= 1, k >= 0 (got {dim}, {layers}, {k})")
+        self.dim = dim
+        self.k = k
+        self.weights = nn.ParameterList([nn.Parameter(torch.ones(dim)) for _ in range(layers)])
+
+    def reset_parameters(self) -> None:
+        """Set every :math:`\\omega^{(l)}` back to ones (the SUBLIME initialisation)."""
+        for w in self.weights:
+            nn.init.ones_(w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embeddings E (N, D), rows of unit L2 norm (a zero row stays zero), from x (N, D)."""
+        h = x
+        for layer, w in enumerate(self.weights):
+            h = h * w  # (N, D) Hadamard product with the broadcast weight vector
+            if layer < len(self.weights) - 1:
+                h = F.relu(h)
+        return F.normalize(h, p=2.0, dim=-1)
+
+    def adjacency(self, x: Tensor, block_size: int = 4096) -> tuple[Tensor, Tensor]:
+        """Sparse normalised adjacency of x (N, D): ``gsl_adjacency_sparse(self(x), self.k)``."""
+        return gsl_adjacency_sparse(self(x), self.k, block_size)
+
+
+def select_neighbours(sim: Tensor, rows: Tensor, k1: int) -> Tensor:
+    """Indices of the kept entries of a block of similarity rows, in rank order.
+
+    Args:
+        sim: (B, N) similarities of B nodes to all N nodes (not modified).
+        rows: (B,) global index of each of the B nodes (its own column, forced first).
+        k1: entries kept per row (K' + 1, self included), 1 <= k1 <= N.
+
+    Returns:
+        (B, k1) int64 column indices: self first, then by similarity descending, ties by lower index.
+    """
+    s = sim.detach().clone()
+    s[torch.arange(s.shape[0], device=s.device), rows] = math.inf
+    vals, idx = torch.topk(s, k1, dim=1, largest=True, sorted=True)
+    # order the kept entries by (value desc, index asc): sort by index, then stable by value
+    order = torch.argsort(idx, dim=1)
+    idx = torch.gather(idx, 1, order)
+    vals = torch.gather(vals, 1, order)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    idx = torch.gather(idx, 1, order)
+    vals = torch.gather(vals, 1, order)
+    # rows where the threshold value is shared by entries topk left out: resolve by a stable sort
+    thr = vals[:, -1:]  # (B, 1) smallest kept value
+    ambiguous = (s == thr).sum(1) > (vals == thr).sum(1)
+    for r in torch.nonzero(ambiguous).flatten().tolist():
+        idx[r] = torch.sort(s[r], descending=True, stable=True).indices[:k1]
+    return idx
+
+
+def knn_lists(e: Tensor, k: int, block_size: int = 4096) -> tuple[Tensor, Tensor]:
+    r"""Each node's kept neighbour list and similarities, computed in row blocks (no N×N matrix).
+
+    Args:
+        e: (N, D) GSL embeddings.
+        k: neighbours besides self; clipped to N - 1.
+        block_size: rows per block; memory O(block_size · N + N · k).
+
+    Returns:
+        idx (N, K'+1) int64 and sim (N, K'+1) with :math:`sim_{ij} = e_i \cdot e_{idx_{ij}}` from the
+        block matmul (no gradient); column 0 is the node itself, then the selection rule's order.
+    """
+    n = e.shape[0]
+    k1 = min(k, n - 1) + 1
+    idx = torch.empty(n, k1, dtype=torch.long, device=e.device)
+    sim = torch.empty(n, k1, dtype=e.dtype, device=e.device)
+    with torch.no_grad():
+        for start in range(0, n, block_size):
+            stop = min(start + block_size, n)
+            s = e[start:stop] @ e.T  # (B, N)
+            rows = torch.arange(start, stop, device=e.device)
+            sel = select_neighbours(s, rows, k1)
+            idx[start:stop] = sel
+            sim[start:stop] = torch.gather(s, 1, sel)
+    return idx, sim
+
+
+def _inv_sqrt_degree(deg: Tensor) -> Tensor:
+    """D^{-1/2} with 0 for isolated nodes (degree 0)."""
+    safe = torch.where(deg > 0, deg, torch.ones_like(deg))
+    return torch.where(deg > 0, safe.rsqrt(), torch.zeros_like(deg))
+
+
+def gsl_adjacency_dense(e: Tensor, k: int) -> Tensor:
+    r"""Dense reference post-processing: :math:`A = D^{-1/2}\,\tfrac12(R + R^\top)\,D^{-1/2}`,
+    :math:`R = \operatorname{ReLU}(S \odot M)`, :math:`S = E E^\top`, M the top-(K'+1) mask.
+
+    Args:
+        e: (N, D) embeddings.
+        k: neighbours besides self (clipped to N - 1).
+
+    Returns:
+        (N, N) normalised symmetric adjacency; differentiable w.r.t. ``e`` (the mask is not).
+    """
+    n = e.shape[0]
+    k1 = min(k, n - 1) + 1
+    s = e @ e.T  # (N, N)
+    mask = torch.zeros(n, n, dtype=torch.bool, device=e.device)
+    block = max(1, (1 << 24) // max(n, 1))  # selection in row blocks bounds its temporaries
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        rows = torch.arange(start, stop, device=e.device)
+        mask[start:stop].scatter_(1, select_neighbours(s[start:stop], rows, k1), True)
+    if torch.is_grad_enabled() and e.requires_grad:
+        r = F.relu(s * mask)
+        sym = (r + r.T) / 2
+        dinv = _inv_sqrt_degree(sym.sum(1))
+        return dinv[:, None] * sym * dinv[None, :]
+    # no autograd: the same operations in place (the reference runs at N = 21,700 in benchmarks)
+    s.mul_(mask).relu_()
+    del mask
+    sym = s.add_(s.T.clone()).mul_(0.5)
+    dinv = _inv_sqrt_degree(sym.sum(1))
+    return sym.mul_(dinv[:, None]).mul_(dinv[None, :])
+
+
+def gsl_adjacency_sparse(e: Tensor, k: int, block_size: int = 4096) -> tuple[Tensor, Tensor]:
+    """Same values as :func:`gsl_adjacency_dense` as a sparse graph, never materialising N×N.
+
+    Args:
+        e: (N, D) embeddings.
+        k: neighbours besides self (clipped to N - 1).
+        block_size: rows per similarity block (memory O(block_size · N + N · K)).
+
+    Returns:
+        edge_index (2, M) int64 sorted by (row, col), edge_weight (M,): the nonzero entries of A.
+        Differentiable w.r.t. ``e`` (kept similarities are recomputed as row dot products).
+    """
+    n = e.shape[0]
+    idx, sim = knn_lists(e, k, block_size)
+    k1 = idx.shape[1]
+    rows = torch.arange(n, device=e.device).repeat_interleave(k1)  # (N·k1,)
+    cols = idx.reshape(-1)  # (N·k1,)
+    if torch.is_grad_enabled() and e.requires_grad:
+        vals = (e[rows] * e[cols]).sum(-1)
+    else:
+        vals = sim.reshape(-1)
+    half = F.relu(vals) / 2
+    # symmetrise: each kept (i, j) contributes half to (i, j) and half to (j, i); coalesce by key
+    key = torch.cat([rows * n + cols, cols * n + rows])
+    uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    weight = torch.zeros(uniq.shape[0], dtype=e.dtype, device=e.device).index_add(
+        0, inverse, torch.cat([half, half])
+    )
+    r, c = uniq // n, uniq % n
+    deg = torch.zeros(n, dtype=e.dtype, device=e.device).index_add(0, r, weight)
+    dinv = _inv_sqrt_degree(deg)
+    weight = dinv[r] * weight * dinv[c]
+    keep = weight != 0
+    return torch.stack([r[keep], c[keep]]), weight[keep]
+
+
+class GCN(nn.Module):
+    r"""GCN over a given normalised adjacency (self loops included):
+
+    .. math::
+        H^{(0)} = X,\quad H^{(l)} = \operatorname{dropout}\big(\operatorname{ReLU}(A H^{(l-1)} W_l
+        + b_l)\big)\ (l < L),\quad Z = A H^{(L-1)} W_L + b_L
+
+    Shapes: X (N, in_dim), hidden widths ``hidden``, Z (N, out_dim). The sparse path uses
+    ``torch_geometric`` GCNConv with ``normalize=False, add_self_loops=False`` (A is already
+    normalised and has its self loops); :meth:`forward_dense` computes the same numbers with a dense A.
+
+    Args:
+        in_dim: input feature dimension.
+        hidden: width of the hidden layers.
+        out_dim: output width (paper 256).
+        layers: number of layers L (paper 3).
+        dropout: dropout probability between layers (training only).
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int = 256, layers: int = 3,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        from torch_geometric.nn import GCNConv  # lazy: importing torch_geometric costs seconds
+
+        if layers < 1:
+            raise ValueError(f"GCN needs at least one layer (got {layers})")
+        dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
+        self.convs = nn.ModuleList(
+            GCNConv(a, b, normalize=False, add_self_loops=False, cached=False)
+            for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.dropout = dropout
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every layer (glorot weights, zero biases)."""
+        for conv in self.convs:
+            conv.reset_parameters()
+
+    def layer_params(self) -> list[tuple[Tensor, Tensor]]:
+        """Per layer (W (in, out), b (out,)) such that a layer is ``A @ (H @ W) + b``."""
+        return [(conv.lin.weight.T, conv.bias) for conv in self.convs]
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+        """Z (N, out_dim) from x (N, in_dim) and the sparse adjacency (edge_index (2, M), weight (M,))."""
+        h = x
+        for layer, conv in enumerate(self.convs):
+            h = conv(h, edge_index, edge_weight)
+            if layer < len(self.convs) - 1:
+                h = F.dropout(F.relu(h), p=self.dropout, training=self.training)
+        return h
+
+    def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:
+        """Z (N, out_dim) from x (N, in_dim) and a dense adjacency (N, N): the reference path."""
+        h = x
+        for layer, (w, b) in enumerate(self.layer_params()):
+            h = adj @ (h @ w) + b
+            if layer < len(self.convs) - 1:
+                h = F.dropout(F.relu(h), p=self.dropout, training=self.training)
+        return h
