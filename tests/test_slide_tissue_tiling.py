@@ -170,3 +170,13 @@ def test_no_patch_reaches_the_tissue_fraction(tmp_path):
         with pytest.raises(NoTissueError, match="lower TilingParams.min_tissue_fraction"):
             tile_grid(slide, mask)
         assert len(tile_grid(slide, mask, TilingParams(min_tissue_fraction=0.05))) >= 1
+
+
+def test_mask_does_not_depend_on_the_read_block_size(cmu_slide, monkeypatch):
+    import msrl_model.slide.tissue as tissue
+
+    with open_slide(cmu_slide) as slide:
+        whole = tissue_mask(slide)
+        monkeypatch.setattr(tissue, "_BLOCK_LEVEL_PX", 100)  # 96 px blocks: seams at every 6th mask pixel
+        blocks = tissue_mask(slide)
+    assert np.array_equal(whole.mask, blocks.mask) and whole.threshold == blocks.threshold

@@ -24,7 +24,7 @@ from msrl_model.slide.reader import Slide
 
 __all__ = ["TissueParams", "TissueMask", "tissue_mask"]
 
-_BLOCK_MASK_PX = 256  # mask pixels per side of one read block (bounds memory on huge levels)
+_BLOCK_LEVEL_PX = 2048  # about this many level pixels per side of one read block (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _low_resolution(slide: Slide, mask_mpp: float) -> tuple[np.ndarray, float, i
     lw, lh = slide.level_dimensions[level]
     mw, mh = -(-lw // k), -(-lh // k)  # ceil: a partial edge block still gets a mask pixel
     out = np.empty((mh, mw, 3), np.uint8)
-    block = _BLOCK_MASK_PX * k  # level px per read block side
+    block = k * max(1, _BLOCK_LEVEL_PX // k)  # level px per read block side, a multiple of k
     for by in range(0, lh, block):
         for bx in range(0, lw, block):
             bw, bh = min(block, mw * k - bx), min(block, mh * k - by)  # whole k x k cells
@@ -104,8 +104,8 @@ def _low_resolution(slide: Slide, mask_mpp: float) -> tuple[np.ndarray, float, i
             region = slide.read_region((int(round(bx * level_ds)), int(round(by * level_ds))), level, inside)
             # replicate the last row/column so a partial edge cell is not diluted with white
             region = np.pad(region, ((0, bh - inside[1]), (0, bw - inside[0]), (0, 0)), mode="edge")
-            cells = region.reshape(bh // k, k, bw // k, k, 3).mean(axis=(1, 3))  # (bh/k, bw/k, 3)
-            out[by // k: by // k + bh // k, bx // k: bx // k + bw // k] = np.rint(cells).astype(np.uint8)
+            sums = region.reshape(bh // k, k, bw // k, k, 3).sum(axis=(1, 3), dtype=np.uint32)  # (bh/k, bw/k, 3)
+            out[by // k: by // k + bh // k, bx // k: bx // k + bw // k] = (sums + k * k // 2) // (k * k)
     return out, k * level_ds, level
 
 
