@@ -64,6 +64,7 @@ class GeneratorWorker(QObject):
         self._job = job
         self._pool = pool if pool is not None else QThreadPool.globalInstance()
         self._quit = threading.Event()
+        self._done = threading.Event()
         self._is_running = False
         self.finished.connect(self._on_finished)
 
@@ -87,30 +88,44 @@ class GeneratorWorker(QObject):
         """Ask the job to stop; it is closed at its next yield (or before it starts)."""
         self._quit.set()
 
+    def wait(self, msecs: int = -1) -> bool:
+        """Block until the job's thread is done (shutdown and tests); False on timeout."""
+        if not self._is_running and not self._done.is_set():
+            return True  # never started
+        return self._done.wait(None if msecs < 0 else msecs / 1000)
+
+    def _emit(self, signal, *args) -> None:
+        try:
+            signal.emit(*args)
+        except RuntimeError:  # the Qt side is gone (application shutting down): nobody listens
+            log.debug("worker signal dropped: its QObject was deleted")
+
     def _run(self) -> None:
-        self.started.emit()
-        gen: Generator[Progress, None, Any] | None = None
+        self._emit(self.started)
         try:
             if self._quit.is_set():
-                self.aborted.emit()
+                self._emit(self.aborted)
                 return
             gen = self._job()
             while True:
                 try:
                     event = next(gen)
                 except StopIteration as stop:
-                    self.returned.emit(stop.value)
-                    return
-                self.yielded.emit(event)
+                    result = stop.value
+                    break
+                self._emit(self.yielded, event)
                 if self._quit.is_set():
                     gen.close()  # raises GeneratorExit inside the job: its finally blocks run
-                    self.aborted.emit()
+                    self._emit(self.aborted)
                     return
         except Exception as exc:  # noqa: BLE001 - every failure is reported, never swallowed
             log.debug("worker job raised", exc_info=True)
-            self.errored.emit(exc)
+            self._emit(self.errored, exc)
+        else:
+            self._emit(self.returned, result)
         finally:
-            self.finished.emit()
+            self._emit(self.finished)
+            self._done.set()
 
     def _on_finished(self) -> None:
         self._is_running = False

@@ -1,0 +1,95 @@
+"""Rasterising overlays (tissue mask, patch grid, heat-map) into small images the viewer scales.
+
+Everything here is numpy -> ``QImage`` (ARGB32 premultiplied, the format QPainter composes fastest)
+and runs in well under a frame for 10^5 patches: a patch grid becomes one image with one pixel per
+patch, drawn scaled (no smoothing) over the slide, instead of 10^5 rectangles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PySide6.QtCore import QRectF
+from PySide6.QtGui import QColor, QImage
+
+# "Turbo" (Google, Apache-2.0) sampled at 15 evenly spaced points; linearly interpolated to 256.
+_TURBO_STOPS = np.array([
+    (48, 18, 59), (65, 69, 171), (70, 117, 237), (57, 162, 252), (27, 207, 212), (36, 236, 166),
+    (97, 252, 108), (164, 252, 59), (209, 232, 52), (243, 198, 58), (254, 155, 45), (243, 105, 21),
+    (217, 56, 6), (177, 18, 1), (122, 4, 3)], dtype=np.float64)
+
+
+def colormap_lut(n: int = 256) -> np.ndarray:
+    """(n, 3) uint8 RGB lookup table of the turbo colormap, low -> high."""
+    x = np.linspace(0.0, 1.0, n)
+    xp = np.linspace(0.0, 1.0, len(_TURBO_STOPS))
+    return np.stack([np.interp(x, xp, _TURBO_STOPS[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
+
+
+def normalize(values: np.ndarray, mode: str = "percentile") -> np.ndarray:
+    """Map values to [0, 1]: ``"percentile"`` (rank / (N-1), robust to heavy tails, as attention
+    scores are) or ``"minmax"`` ((v - min) / (max - min)). Constant input maps to 0.5."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        return values
+    if mode == "percentile":
+        if values.size == 1 or np.all(values == values[0]):
+            return np.full(values.shape, 0.5)
+        ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable")
+        return ranks / (values.size - 1)
+    if mode == "minmax":
+        lo, hi = float(values.min()), float(values.max())
+        return np.full(values.shape, 0.5) if hi <= lo else (values - lo) / (hi - lo)
+    raise ValueError(f"unknown normalisation {mode!r}; use 'percentile' or 'minmax'")
+
+
+def rgba_to_qimage(rgba: np.ndarray) -> QImage:
+    """H x W x 4 uint8 straight-alpha RGBA -> an independent premultiplied ARGB32 QImage."""
+    rgba = np.ascontiguousarray(rgba, dtype=np.uint8)
+    h, w = rgba.shape[:2]
+    image = QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888)
+    return image.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)  # copies the buffer
+
+
+def mask_image(mask: np.ndarray, color: QColor, fill_alpha: int = 80, edge_alpha: int = 230) -> QImage:
+    """A boolean mask (H x W) as a tinted image: translucent inside, nearly opaque on its edge."""
+    mask = np.asarray(mask, dtype=bool)
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]) & mask
+    rgba = np.zeros(mask.shape + (4,), dtype=np.uint8)  # H x W x 4
+    rgba[..., :3] = (color.red(), color.green(), color.blue())
+    rgba[..., 3] = np.where(mask, np.where(interior, fill_alpha, edge_alpha), 0)
+    return rgba_to_qimage(rgba)
+
+
+@dataclass(frozen=True)
+class GridRaster:
+    """Patches on a regular grid drawn as one image, one pixel per grid cell."""
+
+    image: QImage  # nx x ny pixels (ARGB32 premultiplied)
+    rect: QRectF  # where the image goes, in level-0 pixels
+    count: int  # number of patches drawn
+
+
+def grid_raster(coords: np.ndarray, size_level0: float, rgba: np.ndarray) -> GridRaster:
+    """Rasterise square patches onto their grid.
+
+    Args:
+        coords: (N, 2) level-0 top-left corners (x, y) of patches of side ``size_level0``; they are
+            snapped to the grid anchored at the smallest coordinates.
+        size_level0: patch side in level-0 pixels.
+        rgba: (N, 4) uint8 colour of each patch, or (4,) for all.
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    if size_level0 <= 0:
+        raise ValueError(f"patch size must be positive, got {size_level0}")
+    if coords.shape[0] == 0:
+        return GridRaster(QImage(), QRectF(), 0)
+    origin = coords.min(axis=0)
+    cells = np.rint((coords - origin) / size_level0).astype(np.int64)  # (N, 2) column, row
+    nx, ny = (int(v) + 1 for v in cells.max(axis=0))
+    canvas = np.zeros((ny, nx, 4), dtype=np.uint8)  # rows = y, columns = x
+    canvas[cells[:, 1], cells[:, 0]] = np.broadcast_to(np.asarray(rgba, dtype=np.uint8), (len(cells), 4))
+    rect = QRectF(origin[0], origin[1], nx * size_level0, ny * size_level0)
+    return GridRaster(rgba_to_qimage(canvas), rect, len(cells))

@@ -1,0 +1,150 @@
+"""Side panels: slide properties and overlay controls."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (QCheckBox, QGridLayout, QHeaderView, QLabel, QSlider, QTreeWidget,
+                               QTreeWidgetItem, QVBoxLayout, QWidget)
+
+from msrl_app.viewer import ColorLegend, SlideViewer
+
+if TYPE_CHECKING:
+    from msrl_model.slide import Slide
+
+MPP_SOURCE_TEXT = {
+    "metadata": "from the file's metadata",
+    "objective-power": "derived from the objective power (10 / magnification)",
+    "assumed": "assumed: not in the file",
+}
+
+
+def slide_summary(slide: Slide) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The properties shown for a slide, as (section, [(name, value)]) in display order."""
+    w0, h0 = slide.dimensions
+    mpp_text = f"{slide.mpp:.4g} µm/px ({MPP_SOURCE_TEXT.get(slide.mpp_source, slide.mpp_source)})"
+    size_mm = f"{w0 * slide.mpp / 1000:.2f} × {h0 * slide.mpp / 1000:.2f} mm"
+    power = f"{slide.objective_power:g}×" if slide.objective_power is not None else "not recorded"
+    try:
+        size_mb = f"{slide.path.stat().st_size / 2**20:,.1f} MiB"
+    except OSError:
+        size_mb = "?"
+    sections = [
+        ("Slide", [("File", slide.path.name), ("Folder", str(slide.path.parent)), ("File size", size_mb),
+                   ("Vendor", slide.vendor or "unknown"), ("Backend", slide.backend)]),
+        ("Resolution", [("Dimensions", f"{w0:,} × {h0:,} px"), ("Physical size", size_mm),
+                        ("Microns per pixel", mpp_text), ("Objective power", power)]),
+        ("Pyramid", [(f"Level {i}", f"{w:,} × {h:,} px (downsample {ds:.4g})")
+                     for i, ((w, h), ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples))]),
+    ]
+    if slide.associated_image_names:
+        sections[0][1].append(("Associated images", ", ".join(slide.associated_image_names)))
+    if slide.warnings:
+        sections.append(("Warnings", [(f"{i + 1}", w) for i, w in enumerate(slide.warnings)]))
+    return sections
+
+
+class SlidePropertiesPanel(QTreeWidget):
+    """Two-column tree of the open slide's metadata; all raw properties in a collapsed section."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setColumnCount(2)
+        self.setHeaderLabels(["Property", "Value"])
+        self.setRootIsDecorated(True)
+        self.setAlternatingRowColors(True)
+        self.setUniformRowHeights(True)
+        self.setWordWrap(False)
+        self.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        self.header().setStretchLastSection(True)
+        self.set_slide(None)
+
+    def set_slide(self, slide: Slide | None) -> None:
+        self.clear()
+        if slide is None:
+            QTreeWidgetItem(self, ["No slide open", ""])
+            return
+        for section, rows in slide_summary(slide):
+            top = QTreeWidgetItem(self, [section, ""])
+            font = top.font(0)
+            font.setBold(True)
+            top.setFont(0, font)
+            for name, value in rows:
+                item = QTreeWidgetItem(top, [name, value])
+                item.setToolTip(1, value)
+                if section == "Warnings" or (name == "Microns per pixel" and slide.mpp_source != "metadata"):
+                    item.setForeground(1, QBrush(QColor("#e0a030")))
+            top.setExpanded(True)
+        raw = QTreeWidgetItem(self, [f"All properties ({len(slide.properties)})", ""])
+        for key in sorted(slide.properties):
+            item = QTreeWidgetItem(raw, [key, slide.properties[key]])
+            item.setToolTip(1, slide.properties[key])
+
+    def value(self, section: str, name: str) -> str | None:
+        """The displayed value of a row (tests and copy actions)."""
+        for i in range(self.topLevelItemCount()):
+            top = self.topLevelItem(i)
+            if top.text(0) == section:
+                for j in range(top.childCount()):
+                    if top.child(j).text(0) == name:
+                        return top.child(j).text(1)
+        return None
+
+
+class OverlayPanel(QWidget):
+    """A visibility check box and an opacity slider per overlay, and the heat-map legend."""
+
+    TITLES = {"tissue": "Tissue mask", "patches": "Analysed patches", "heatmap": "Attention heat-map"}
+    UNAVAILABLE = {"tissue": "Tissue detection has not finished (or found nothing) for this slide",
+                   "patches": "Shown after the slide has been analysed",
+                   "heatmap": "Shown after the slide has been analysed"}
+
+    def __init__(self, viewer: SlideViewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.checks: dict[str, QCheckBox] = {}
+        self.sliders: dict[str, QSlider] = {}
+        grid = QGridLayout()
+        grid.setColumnStretch(1, 1)
+        for row, name in enumerate(self.TITLES):
+            check = QCheckBox(self.TITLES[name])
+            check.toggled.connect(lambda on, n=name: viewer.set_overlay_visible(n, on))
+            slider = QSlider(Qt.Orientation.Horizontal)
+            slider.setRange(0, 100)
+            slider.setToolTip("Opacity")
+            slider.setMaximumWidth(110)
+            slider.valueChanged.connect(lambda v, n=name: viewer.set_overlay_opacity(n, v / 100))
+            grid.addWidget(check, row, 0, 1, 2)
+            grid.addWidget(slider, row, 2)
+            self.checks[name], self.sliders[name] = check, slider
+        self.legend = ColorLegend()
+        self.tissue_label = QLabel()
+        self.tissue_label.setStyleSheet("color: #9aa0a8;")
+        layout = QVBoxLayout(self)
+        layout.addLayout(grid)
+        layout.addWidget(self.tissue_label)
+        layout.addWidget(self.legend)
+        layout.addStretch(1)
+        viewer.overlaysChanged.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self) -> None:
+        for name in self.TITLES:
+            available = self.viewer.overlay_available(name)
+            check, slider = self.checks[name], self.sliders[name]
+            for widget, value in ((check, self.viewer.overlay_visible(name)),
+                                  (slider, round(100 * self.viewer.overlay_opacity(name)))):
+                widget.blockSignals(True)
+                widget.setChecked(value) if widget is check else widget.setValue(value)
+                widget.blockSignals(False)
+            check.setEnabled(available)
+            slider.setEnabled(available)
+            check.setToolTip("" if available else self.UNAVAILABLE[name])
+        fraction = self.viewer.tissue_fraction()
+        self.tissue_label.setText("" if fraction is None else f"Tissue: {100 * fraction:.1f} % of the slide area")
+        legend = self.viewer.heatmap_legend()
+        self.legend.setVisible(legend is not None)
+        if legend is not None:
+            self.legend.set_range(*legend)

@@ -1,0 +1,764 @@
+"""The slide viewer: tiled multi-resolution rendering, smooth zoom/pan, overview, overlays.
+
+View model: ``scale`` is screen pixels per level-0 pixel (1.0 = 1:1) and ``center`` the level-0
+point shown at the middle of the widget. The pyramid level drawn is the coarsest one with at least
+one pixel per screen pixel (:func:`msrl_app.tiles.choose_level`); its 512-px tiles are read by a
+:class:`~msrl_app.tiles.TileLoader` off the GUI thread and kept in an LRU cache. While a tile is
+loading, the thumbnail and any cached coarser tiles underneath stand in for it.
+
+Overlays (drawn above the tiles, each with a visibility flag and an opacity):
+    ``tissue``   the tissue mask (computed in the background when a slide is set)
+    ``patches``  analysed patches, :meth:`SlideViewer.set_patches`
+    ``heatmap``  per-patch scores (attention), :meth:`SlideViewer.set_heatmap`, turbo colormap
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import (QColor, QFont, QImage, QKeyEvent, QLinearGradient, QMouseEvent, QPainter,
+                           QPaintEvent, QPen, QResizeEvent, QTransform, QWheelEvent)
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from msrl_app.overlays import GridRaster, colormap_lut, grid_raster, mask_image, normalize
+from msrl_app.tiles import SlideSource, TileCache, TileKey, TileLoader, choose_level, rgb_to_qimage, tiles_in_rect
+from msrl_app.worker import GeneratorWorker
+from msrl_model.progress import Progress
+
+if TYPE_CHECKING:
+    from msrl_model.slide import Slide
+
+log = logging.getLogger(__name__)
+
+BACKGROUND = QColor("#1b1d21")
+OVERLAYS = ("tissue", "patches", "heatmap")
+NICE_LENGTHS_UM = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+THUMBNAIL_SIZE = 1024
+
+
+def nice_scale_length(um_per_px: float, max_px: float = 140.0) -> tuple[float, float]:
+    """The longest round length (µm) whose bar fits in ``max_px`` screen pixels, and its length in px.
+
+    Falls back to the shortest round length when even that is longer than ``max_px``.
+    """
+    best = NICE_LENGTHS_UM[0]
+    for length in NICE_LENGTHS_UM:
+        if length / um_per_px <= max_px:
+            best = length
+    return float(best), best / um_per_px
+
+
+def format_length(um: float) -> str:
+    return f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+
+
+def magnification(mpp: float, scale: float) -> float:
+    """Equivalent objective magnification on screen: 10 / (µm per screen pixel)."""
+    return 10.0 * scale / mpp
+
+
+def format_magnification(mag: float) -> str:
+    return f"{mag:.0f}×" if mag >= 100 else f"{mag:.1f}×"
+
+
+def _job(fn, *args):
+    """A one-step generator job calling ``fn(*args)`` (cancellable before it starts)."""
+    def job():
+        yield Progress("start", 0, 1)
+        return fn(*args)
+    return job
+
+
+class SlideViewer(QWidget):
+    """Tiled viewer of one slide. Owns the slide given to :meth:`set_slide` (closes it later)."""
+
+    viewChanged = Signal()  # scale or center changed
+    slideChanged = Signal()  # a slide was set or cleared
+    thumbnailReady = Signal(QImage)  # the overview image of the current slide
+    overlaysChanged = Signal()  # an overlay's data, visibility or opacity changed
+    cursorMoved = Signal(float, float)  # level-0 position under the mouse
+    backgroundError = Signal(str)  # a background job (thumbnail, tissue) failed; one line
+
+    TILE_SIZE = 512
+    MAX_SCALE = 4.0  # screen px per level-0 px at the deepest zoom
+
+    def __init__(self, parent: QWidget | None = None, cache_bytes: int = 256 * 2**20,
+                 threads: int | None = None) -> None:
+        super().__init__(parent)
+        self.setMouseTracking(True)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumSize(200, 150)
+
+        self._source: SlideSource | None = None
+        self._scale = 1.0
+        self._center = QPointF(0, 0)
+        self._auto_fit = True  # re-fit on resize until the user zooms or pans
+        self._cache = TileCache(cache_bytes)
+        self._failed: set[TileKey] = set()
+        self._loader = TileLoader(self.TILE_SIZE, threads, self)
+        self._loader.loaded.connect(self._on_tile_loaded)
+        self._loader.failed.connect(self._on_tile_failed)
+        self._jobs: dict[GeneratorWorker, tuple[SlideSource | None, object, str]] = {}
+        self._thumbnail: QImage | None = None
+
+        self._visible = {"tissue": False, "patches": True, "heatmap": True}
+        self._opacity = {"tissue": 0.6, "patches": 0.9, "heatmap": 0.55}
+        self._tissue_image: QImage | None = None
+        self._tissue_rect = QRectF()
+        self._tissue_fraction: float | None = None
+        self._patch_coords: np.ndarray | None = None
+        self._patch_size = 0.0
+        self._patch_raster: GridRaster | None = None
+        self._heat: GridRaster | None = None
+        self._heat_range: tuple[float, float] | None = None
+        self._heat_label = ""
+
+        self._drag_origin: QPointF | None = None
+        self._drag_center = QPointF()
+        self._target_scale = 1.0
+        self._anchor = QPointF()
+        self._anim = QTimer(self)
+        self._anim.setInterval(15)
+        self._anim.timeout.connect(self._animate)
+
+    # -- slide --------------------------------------------------------------------------------------
+    @property
+    def slide(self) -> Slide | None:
+        return self._source.slide if self._source is not None else None
+
+    def set_slide(self, slide: Slide | None) -> None:
+        """Show ``slide`` (or nothing); the previous slide is closed once its reads finish."""
+        for job in self._jobs:
+            job.quit()
+        old, self._source = self._source, (SlideSource(slide) if slide is not None else None)
+        self._loader.set_source(self._source)
+        if old is not None:
+            old.close()
+        self._cache.clear()
+        self._failed.clear()
+        self._thumbnail = None
+        self._tissue_image, self._tissue_fraction = None, None
+        self._patch_coords, self._patch_raster, self._heat, self._heat_range = None, None, None, None
+        self._anim.stop()
+        self.slideChanged.emit()
+        self.overlaysChanged.emit()
+        if self._source is None:
+            self.update()
+            return
+        self.fit()
+        self._start_job(_job(self._source.call, lambda s: s.thumbnail(THUMBNAIL_SIZE)),
+                        self._on_thumbnail, "overview image")
+        self._start_job(_job(self._source.call, _compute_tissue), self._on_tissue, "tissue detection")
+
+    def close_slide(self) -> None:
+        self.set_slide(None)
+
+    def shutdown(self, msecs: int = 5000) -> None:
+        """Close the slide and wait (bounded) for background reads and jobs (window closing)."""
+        jobs = list(self._jobs)
+        self.set_slide(None)
+        self._loader.shutdown(msecs)
+        for job in jobs:
+            job.wait(msecs)
+
+    def _start_job(self, job, on_result, what: str) -> None:
+        """Run ``job`` in the background; ``on_result`` gets its result if the slide is still shown."""
+        worker = GeneratorWorker(job)
+        self._jobs[worker] = (self._source, on_result, what)
+        # bound methods of this widget: Qt disconnects them if the viewer is destroyed first
+        worker.returned.connect(self._on_job_returned)
+        worker.errored.connect(self._on_job_errored)
+        worker.finished.connect(self._on_job_finished)
+        worker.start()
+
+    def _on_job_returned(self, result: object) -> None:
+        source, on_result, _ = self._jobs.get(self.sender(), (None, None, ""))
+        if source is not None and source is self._source:
+            on_result(result)
+
+    def _on_job_errored(self, exc: Exception) -> None:
+        source, _, what = self._jobs.get(self.sender(), (None, None, ""))
+        if source is not None and source is self._source:
+            log.warning("%s failed: %s", what, exc, exc_info=exc)
+            self.backgroundError.emit(f"{what} failed: {exc}")
+
+    def _on_job_finished(self) -> None:
+        self._jobs.pop(self.sender(), None)
+
+    def background_jobs(self) -> int:
+        """Background jobs (overview image, tissue detection) still running."""
+        return len(self._jobs)
+
+    def _on_thumbnail(self, rgb: np.ndarray) -> None:
+        self._thumbnail = rgb_to_qimage(rgb)
+        self.thumbnailReady.emit(self._thumbnail)
+        self.update()
+
+    def thumbnail(self) -> QImage | None:
+        return self._thumbnail
+
+    def _on_tissue(self, result: tuple[np.ndarray, float]) -> None:
+        self.set_tissue_mask(*result)
+
+    # -- geometry -----------------------------------------------------------------------------------
+    @property
+    def scale(self) -> float:
+        """Screen pixels per level-0 pixel."""
+        return self._scale
+
+    @property
+    def center(self) -> QPointF:
+        """Level-0 point at the middle of the widget."""
+        return QPointF(self._center)
+
+    def _widget_center(self) -> QPointF:
+        return QPointF(self.width() / 2.0, self.height() / 2.0)
+
+    def map_to_level0(self, point: QPointF) -> QPointF:
+        return self._center + (QPointF(point) - self._widget_center()) / self._scale
+
+    def map_from_level0(self, point: QPointF) -> QPointF:
+        return self._widget_center() + (QPointF(point) - self._center) * self._scale
+
+    def _transform(self) -> QTransform:
+        """Level-0 -> widget coordinates."""
+        c = self._widget_center()
+        return QTransform(self._scale, 0, 0, self._scale, c.x() - self._center.x() * self._scale,
+                          c.y() - self._center.y() * self._scale)
+
+    def view_rect_level0(self) -> QRectF:
+        """The level-0 rectangle on screen."""
+        w, h = self.width() / self._scale, self.height() / self._scale
+        return QRectF(self._center.x() - w / 2, self._center.y() - h / 2, w, h)
+
+    def slide_rect(self) -> QRectF:
+        slide = self.slide
+        return QRectF(0, 0, *slide.dimensions) if slide is not None else QRectF()
+
+    def fit_scale(self) -> float:
+        slide = self.slide
+        if slide is None:
+            return 1.0
+        w0, h0 = slide.dimensions
+        return 0.96 * min(self.width() / w0, self.height() / h0)
+
+    def min_scale(self) -> float:
+        return min(self.fit_scale() / 2, self.MAX_SCALE)
+
+    def current_level(self) -> int:
+        slide = self.slide
+        return choose_level(slide.level_downsamples, 1.0 / self._scale) if slide is not None else 0
+
+    def visible_tiles(self) -> set[TileKey]:
+        """``(level, tx, ty)`` of the tiles needed for the current view at the current level."""
+        slide = self.slide
+        if slide is None:
+            return set()
+        level = self.current_level()
+        rect = self.view_rect_level0().intersected(self.slide_rect())
+        if rect.isEmpty():
+            return set()
+        return tiles_in_rect(level, slide.level_dimensions[level], slide.level_downsamples[level],
+                             rect, self.TILE_SIZE)
+
+    def cached_tiles(self) -> set[TileKey]:
+        return set(self._cache.keys())
+
+    def magnification(self) -> float | None:
+        slide = self.slide
+        return magnification(slide.mpp, self._scale) if slide is not None else None
+
+    # -- navigation ---------------------------------------------------------------------------------
+    def fit(self) -> None:
+        """Whole slide in view."""
+        slide = self.slide
+        if slide is None:
+            return
+        self._anim.stop()
+        self._scale = self.fit_scale()
+        self._center = QPointF(slide.dimensions[0] / 2, slide.dimensions[1] / 2)
+        self._auto_fit = True
+        self._view_changed()
+
+    def one_to_one(self) -> None:
+        """One screen pixel per level-0 pixel, keeping the center."""
+        self.zoom_to(1.0)
+
+    def zoom_to(self, scale: float, anchor: QPointF | None = None) -> None:
+        """Set the scale at once, keeping the level-0 point under ``anchor`` (widget px) fixed."""
+        if self.slide is None:
+            return
+        self._anim.stop()
+        self._zoom_at(scale, anchor if anchor is not None else self._widget_center())
+
+    def zoom_by(self, factor: float, anchor: QPointF | None = None, animate: bool = False) -> None:
+        """Multiply the scale by ``factor`` around ``anchor`` (default: widget center)."""
+        if self.slide is None:
+            return
+        anchor = QPointF(anchor) if anchor is not None else self._widget_center()
+        if not animate:
+            self.zoom_to(self._scale * factor, anchor)
+            return
+        base = self._target_scale if self._anim.isActive() else self._scale
+        self._target_scale = min(max(base * factor, self.min_scale()), self.MAX_SCALE)
+        self._anchor = anchor
+        self._anim.start()
+
+    def _animate(self) -> None:
+        ratio = self._target_scale / self._scale
+        if abs(math.log(ratio)) < 0.004:
+            self._anim.stop()
+            self._zoom_at(self._target_scale, self._anchor)
+        else:
+            self._zoom_at(self._scale * ratio ** 0.35, self._anchor)
+
+    def _zoom_at(self, scale: float, anchor: QPointF) -> None:
+        fixed = self.map_to_level0(anchor)
+        self._scale = min(max(scale, self.min_scale()), self.MAX_SCALE)
+        self._set_center(fixed - (anchor - self._widget_center()) / self._scale)
+
+    def pan_by(self, dx: float, dy: float) -> None:
+        """Move the view content by (dx, dy) screen pixels (positive = content moves right/down)."""
+        self.set_center(self._center - QPointF(dx, dy) / self._scale)
+
+    def set_center(self, point: QPointF) -> None:
+        """Put the level-0 ``point`` at the middle of the widget (clamped to the slide)."""
+        if self.slide is None:
+            return
+        self._set_center(QPointF(point))
+
+    def _set_center(self, point: QPointF) -> None:
+        w0, h0 = self.slide.dimensions
+        self._center = QPointF(min(max(point.x(), 0.0), w0), min(max(point.y(), 0.0), h0))
+        self._auto_fit = False
+        self._view_changed()
+
+    def _view_changed(self) -> None:
+        self._request_tiles()
+        self.update()
+        self.viewChanged.emit()
+
+    # -- tiles --------------------------------------------------------------------------------------
+    def _request_tiles(self) -> None:
+        slide = self.slide
+        if slide is None:
+            return
+        missing = {k for k in self.visible_tiles() if k not in self._cache and k not in self._failed}
+        ds = slide.level_downsamples[self.current_level()]
+        span = self.TILE_SIZE * ds
+        cx, cy = self._center.x(), self._center.y()
+        self._loader.request(missing, priority=lambda k: math.hypot((k[1] + 0.5) * span - cx,
+                                                                     (k[2] + 0.5) * span - cy))
+
+    def _on_tile_loaded(self, generation: int, key: TileKey, image: QImage) -> None:
+        if generation != self._loader.generation:
+            return
+        self._cache.put(key, image)
+        self._loader.finish(generation, key)
+        self.update()
+
+    def _on_tile_failed(self, generation: int, key: TileKey, reason: str) -> None:
+        if generation != self._loader.generation:
+            return
+        self._failed.add(key)
+        self._loader.finish(generation, key)
+        log.warning("tile %s of %s unreadable: %s", key, self.slide.path.name if self.slide else "?", reason)
+
+    def wait_for_tiles(self, msecs: int = 10000) -> bool:
+        """Block until queued reads finish (tests only; the app never waits)."""
+        return self._loader.wait(msecs)
+
+    # -- overlays -----------------------------------------------------------------------------------
+    def set_tissue_mask(self, mask: np.ndarray, downsample: float) -> None:
+        """Tissue mask ``mask`` (H x W bool) with ``downsample`` level-0 px per mask px."""
+        mask = np.asarray(mask, dtype=bool)
+        self._tissue_image = mask_image(mask, QColor(60, 220, 120))
+        self._tissue_rect = QRectF(0, 0, mask.shape[1] * downsample, mask.shape[0] * downsample)
+        self._tissue_fraction = float(mask.mean()) if mask.size else 0.0
+        self.overlaysChanged.emit()
+        self.update()
+
+    def tissue_fraction(self) -> float | None:
+        """Fraction of the slide area that is tissue, None until detection finished."""
+        return self._tissue_fraction
+
+    def set_patches(self, coords: np.ndarray | None, size_level0: float = 0.0) -> None:
+        """Analysed patches: ``coords`` (N, 2) level-0 top-left corners of squares of side
+        ``size_level0`` level-0 px; None clears them."""
+        if coords is None:
+            self._patch_coords, self._patch_raster = None, None
+        else:
+            coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)  # (N, 2) x, y
+            self._patch_coords, self._patch_size = coords, float(size_level0)
+            self._patch_raster = grid_raster(coords, size_level0, np.array([80, 200, 255, 70], np.uint8))
+        self.overlaysChanged.emit()
+        self.update()
+
+    def set_heatmap(self, coords: np.ndarray | None, size_level0: float = 0.0,
+                    values: np.ndarray | None = None, label: str = "Attention",
+                    normalization: str = "percentile") -> None:
+        """Per-patch scores drawn with the turbo colormap (low blue -> high red).
+
+        Args:
+            coords: (N, 2) level-0 top-left corners of the patches; None clears the heat-map.
+            size_level0: patch side in level-0 px.
+            values: (N,) scores (e.g. attention weights).
+            label: legend title.
+            normalization: "percentile" (rank; CLAM-style, robust to a few huge weights) or "minmax".
+        """
+        if coords is None:
+            self._heat, self._heat_range = None, None
+        else:
+            values = np.asarray(values, dtype=np.float64).reshape(-1)  # (N,)
+            coords = np.asarray(coords).reshape(-1, 2)
+            if len(values) != len(coords):
+                raise ValueError(f"{len(coords)} patches but {len(values)} heat-map values")
+            lut = colormap_lut()
+            index = np.clip((normalize(values, normalization) * 255).round().astype(int), 0, 255)
+            rgba = np.concatenate([lut[index], np.full((len(index), 1), 255, np.uint8)], axis=1)  # (N, 4)
+            self._heat = grid_raster(coords, size_level0, rgba)
+            self._heat_range = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
+            self._heat_label = label
+        self.overlaysChanged.emit()
+        self.update()
+
+    def heatmap_legend(self) -> tuple[str, float, float] | None:
+        """(label, min value, max value) of the heat-map, None without one."""
+        if self._heat_range is None:
+            return None
+        return (self._heat_label, *self._heat_range)
+
+    def overlay_available(self, name: str) -> bool:
+        return {"tissue": self._tissue_image, "patches": self._patch_raster,
+                "heatmap": self._heat}[name] is not None
+
+    def overlay_visible(self, name: str) -> bool:
+        return self._visible[name]
+
+    def set_overlay_visible(self, name: str, visible: bool) -> None:
+        if self._visible[name] != visible:
+            self._visible[name] = bool(visible)
+            self.overlaysChanged.emit()
+            self.update()
+
+    def overlay_opacity(self, name: str) -> float:
+        return self._opacity[name]
+
+    def set_overlay_opacity(self, name: str, opacity: float) -> None:
+        opacity = min(max(float(opacity), 0.0), 1.0)
+        if self._opacity[name] != opacity:
+            self._opacity[name] = opacity
+            self.overlaysChanged.emit()
+            self.update()
+
+    # -- painting -----------------------------------------------------------------------------------
+    def _screen_rect(self, rect: QRectF) -> QRect:
+        """Level-0 rect -> widget rect with edges rounded to whole pixels (no seams between tiles)."""
+        tl, br = self.map_from_level0(rect.topLeft()), self.map_from_level0(rect.bottomRight())
+        x0, y0, x1, y1 = round(tl.x()), round(tl.y()), round(br.x()), round(br.y())
+        return QRect(x0, y0, x1 - x0, y1 - y0)
+
+    def _tile_rect(self, key: TileKey, image: QImage) -> QRectF:
+        level, tx, ty = key
+        ds = self.slide.level_downsamples[level]
+        span = self.TILE_SIZE * ds
+        return QRectF(tx * span, ty * span, image.width() * ds, image.height() * ds)
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), BACKGROUND)
+        slide = self.slide
+        if slide is None:
+            self._paint_empty(painter)
+            return
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self._scale < 1.0)
+        slide_screen = self._screen_rect(self.slide_rect())
+        painter.fillRect(slide_screen, QColor("white"))
+        if self._thumbnail is not None:
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            painter.drawImage(slide_screen, self._thumbnail)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self._scale < 1.0)
+        view = self.view_rect_level0()
+        level = self.current_level()
+        # coarser cached tiles as placeholders, coarsest first, then the current level on top
+        for key in sorted((k for k in self._cache.keys() if k[0] > level), key=lambda k: -k[0]):
+            image = self._cache.peek(key)
+            rect = self._tile_rect(key, image)
+            if rect.intersects(view):
+                painter.drawImage(self._screen_rect(rect), image)
+        for key in self.visible_tiles():
+            image = self._cache.get(key)
+            if image is not None:
+                painter.drawImage(self._screen_rect(self._tile_rect(key, image)), image)
+        self._paint_overlays(painter)
+        self._paint_hud(painter)
+
+    def _paint_empty(self, painter: QPainter) -> None:
+        painter.setPen(QColor("#8a8f98"))
+        font = QFont(self.font())
+        font.setPointSizeF(font.pointSizeF() * 1.25)
+        painter.setFont(font)
+        painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
+                         "Open a slide\nFile ▸ Open slide… (Ctrl+O), or drop a slide file here")
+
+    def _paint_overlays(self, painter: QPainter) -> None:
+        painter.save()
+        painter.setTransform(self._transform())
+        if self._visible["tissue"] and self._tissue_image is not None:
+            painter.setOpacity(self._opacity["tissue"])
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            painter.drawImage(self._tissue_rect, self._tissue_image)
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
+        if self._visible["heatmap"] and self._heat is not None:
+            painter.setOpacity(self._opacity["heatmap"])
+            painter.drawImage(self._heat.rect, self._heat.image)
+        if self._visible["patches"] and self._patch_raster is not None:
+            painter.setOpacity(self._opacity["patches"])
+            self._paint_patches(painter)
+        painter.restore()
+
+    def _paint_patches(self, painter: QPainter) -> None:
+        coords, size = self._patch_coords, self._patch_size
+        if size * self._scale < 6:  # too small for outlines: a tint per patch
+            painter.drawImage(self._patch_raster.rect, self._patch_raster.image)
+            return
+        view = self.view_rect_level0()
+        inside = ((coords[:, 0] + size >= view.left()) & (coords[:, 0] <= view.right())
+                  & (coords[:, 1] + size >= view.top()) & (coords[:, 1] <= view.bottom()))
+        pen = QPen(QColor(80, 200, 255), 1.2)
+        pen.setCosmetic(True)
+        painter.setPen(pen)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawRects([QRectF(x, y, size, size) for x, y in coords[inside]])
+
+    def _paint_hud(self, painter: QPainter) -> None:
+        """Magnification and scale bar, bottom left, on a translucent plate."""
+        slide = self.slide
+        um_per_px = slide.mpp / self._scale
+        length_um, length_px = nice_scale_length(um_per_px)
+        mag = format_magnification(magnification(slide.mpp, self._scale))
+        label = format_length(length_um)
+        painter.setOpacity(1.0)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        font = QFont(self.font())
+        font.setBold(True)
+        painter.setFont(font)
+        metrics = painter.fontMetrics()
+        pad, gap = 8, 12
+        mag_w = metrics.horizontalAdvance(mag)
+        label_w = metrics.horizontalAdvance(label)
+        width = pad + mag_w + gap + max(length_px, label_w) + pad
+        height = metrics.height() + 16
+        plate = QRectF(12, self.height() - 12 - height, width, height)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor(20, 22, 26, 190))
+        painter.drawRoundedRect(plate, 5, 5)
+        painter.setPen(QColor("#f0f0f0"))
+        text_y = plate.top() + 4
+        painter.drawText(QRectF(plate.left() + pad, text_y, mag_w, metrics.height()),
+                         Qt.AlignmentFlag.AlignLeft, mag)
+        bar_x = plate.left() + pad + mag_w + gap
+        painter.drawText(QRectF(bar_x, text_y - 2, max(length_px, label_w), metrics.height()),
+                         Qt.AlignmentFlag.AlignHCenter, label)
+        bar_y = plate.bottom() - 6
+        painter.fillRect(QRectF(bar_x, bar_y - 3, length_px, 3), QColor("#f0f0f0"))
+        painter.fillRect(QRectF(bar_x, bar_y - 7, 1.5, 7), QColor("#f0f0f0"))
+        painter.fillRect(QRectF(bar_x + length_px - 1.5, bar_y - 7, 1.5, 7), QColor("#f0f0f0"))
+
+    # -- input --------------------------------------------------------------------------------------
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        if self.slide is None:
+            return
+        if self._auto_fit:
+            self.fit()
+        else:
+            self._view_changed()
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
+        steps = event.angleDelta().y() / 120.0  # one notch = 1
+        if steps:
+            self.zoom_by(1.25 ** steps, event.position(), animate=True)
+        event.accept()
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.button() == Qt.MouseButton.LeftButton and self.slide is not None:
+            self._anim.stop()
+            self._drag_origin = event.position()
+            self._drag_center = QPointF(self._center)
+            self.setCursor(Qt.CursorShape.ClosedHandCursor)
+        super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if self.slide is None:
+            return
+        if self._drag_origin is not None:
+            self._set_center(self._drag_center - (event.position() - self._drag_origin) / self._scale)
+        p = self.map_to_level0(event.position())
+        self.cursorMoved.emit(p.x(), p.y())
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._drag_origin = None
+            self.unsetCursor()
+        super().mouseReleaseEvent(event)
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.button() == Qt.MouseButton.LeftButton:
+            self.zoom_by(2.0, event.position(), animate=True)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        key = event.key()
+        step = 0.15 * min(self.width(), self.height())
+        actions = {
+            Qt.Key.Key_Plus: lambda: self.zoom_by(1.5, animate=True),
+            Qt.Key.Key_Equal: lambda: self.zoom_by(1.5, animate=True),
+            Qt.Key.Key_Minus: lambda: self.zoom_by(1 / 1.5, animate=True),
+            Qt.Key.Key_Left: lambda: self.pan_by(step, 0),
+            Qt.Key.Key_Right: lambda: self.pan_by(-step, 0),
+            Qt.Key.Key_Up: lambda: self.pan_by(0, step),
+            Qt.Key.Key_Down: lambda: self.pan_by(0, -step),
+            Qt.Key.Key_F: self.fit,
+            Qt.Key.Key_1: self.one_to_one,
+        }
+        if key in actions and self.slide is not None:
+            actions[key]()
+            event.accept()
+        else:
+            super().keyPressEvent(event)
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        return QSize(1000, 750)
+
+
+def _compute_tissue(slide: Slide) -> tuple[np.ndarray, float]:
+    from msrl_model.slide import tissue_mask
+
+    result = tissue_mask(slide)
+    return result.mask, float(result.downsample)
+
+
+class OverviewWidget(QWidget):
+    """The whole-slide thumbnail with the viewport rectangle; click or drag to move the view."""
+
+    def __init__(self, viewer: SlideViewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self._image: QImage | None = None
+        self.setMinimumSize(160, 120)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.setToolTip("Overview: click or drag to move the view")
+        viewer.thumbnailReady.connect(self._on_thumbnail)
+        viewer.slideChanged.connect(self._on_slide_changed)
+        viewer.viewChanged.connect(self.update)
+
+    def _on_thumbnail(self, image: QImage) -> None:
+        self._image = image
+        self.updateGeometry()
+        self.update()
+
+    def _on_slide_changed(self) -> None:
+        self._image = self.viewer.thumbnail()
+        self.update()
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802
+        return True
+
+    def heightForWidth(self, width: int) -> int:  # noqa: N802
+        slide = self.viewer.slide
+        if slide is None:
+            return 160
+        w0, h0 = slide.dimensions
+        return max(100, min(360, round(width * h0 / w0)))
+
+    def image_rect(self) -> QRectF:
+        """Where the slide is drawn in this widget."""
+        slide = self.viewer.slide
+        if slide is None:
+            return QRectF()
+        w0, h0 = slide.dimensions
+        s = min((self.width() - 8) / w0, (self.height() - 8) / h0)
+        w, h = w0 * s, h0 * s
+        return QRectF((self.width() - w) / 2, (self.height() - h) / 2, w, h)
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), BACKGROUND)
+        slide = self.viewer.slide
+        if slide is None:
+            return
+        target = self.image_rect()
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+        if self._image is not None:
+            painter.drawImage(target, self._image)
+        else:
+            painter.fillRect(target, QColor("white"))
+        s = target.width() / slide.dimensions[0]
+        view = self.viewer.view_rect_level0().intersected(self.viewer.slide_rect())
+        box = QRectF(target.left() + view.left() * s, target.top() + view.top() * s,
+                     max(3.0, view.width() * s), max(3.0, view.height() * s))
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        painter.setPen(QPen(QColor(0, 0, 0, 120), 3))
+        painter.drawRect(box)
+        painter.setPen(QPen(QColor("#ffcc33"), 1.5))
+        painter.drawRect(box)
+
+    def _jump(self, pos: QPointF) -> None:
+        slide = self.viewer.slide
+        target = self.image_rect()
+        if slide is None or target.isEmpty():
+            return
+        s = slide.dimensions[0] / target.width()
+        self.viewer.set_center(QPointF((pos.x() - target.left()) * s, (pos.y() - target.top()) * s))
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._jump(event.position())
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.buttons() & Qt.MouseButton.LeftButton:
+            self._jump(event.position())
+
+
+class ColorLegend(QWidget):
+    """Horizontal colour bar of the heat-map colormap with its title and value range."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._title, self._lo, self._hi = "", "", ""
+        self.setMinimumHeight(48)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def set_range(self, title: str, lo: float, hi: float, low_text: str = "low",
+                  high_text: str = "high") -> None:
+        self._title = title
+        self._lo, self._hi = f"{low_text} ({lo:.3g})", f"{high_text} ({hi:.3g})"
+        self.update()
+
+    def texts(self) -> tuple[str, str, str]:
+        return self._title, self._lo, self._hi
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        return QSize(200, 48)
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        painter = QPainter(self)
+        metrics = painter.fontMetrics()
+        bar = QRectF(2, metrics.height() + 2, self.width() - 4, 12)
+        gradient = QLinearGradient(bar.topLeft(), bar.topRight())
+        lut = colormap_lut(16)
+        for i, (r, g, b) in enumerate(lut):
+            gradient.setColorAt(i / (len(lut) - 1), QColor(int(r), int(g), int(b)))
+        painter.fillRect(bar, gradient)
+        painter.setPen(self.palette().windowText().color())
+        painter.drawText(QRectF(0, 0, self.width(), metrics.height()), Qt.AlignmentFlag.AlignLeft, self._title)
+        below = QRectF(0, bar.bottom() + 2, self.width(), metrics.height())
+        painter.drawText(below, Qt.AlignmentFlag.AlignLeft, self._lo)
+        painter.drawText(below, Qt.AlignmentFlag.AlignRight, self._hi)
