@@ -34,7 +34,7 @@ class MSRLConfig:
     slide_layers: int = 2  # pre-norm transformer blocks over [CLS; patches]
     slide_heads: int = 8  # attention heads (d must be divisible by this)
     slide_mlp_ratio: float = 4.0  # MLP hidden width = slide_mlp_ratio * d
-    slide_dropout: float = 0.1  # dropout on attention weights, residual branches and patch embeddings
+    slide_dropout: float = 0.1  # dropout on patch embeddings, residual branches and the MLP hidden layer
     max_patches_train: int = 4096  # random patch subsample per bag while training; 0 = use all
     # ---- genomics encoder phi_G and Inductor (SNN) --------------------------------------------
     snn_layers: int = 2  # SNN blocks (Linear -> ELU -> AlphaDropout) per gene group and in the Inductor
@@ -88,7 +88,7 @@ class MSRLConfig:
     def demo(cls, **overrides: Any) -> MSRLConfig:
         """Demo scale, trainable on a laptop CPU in minutes (builtin encoder features)."""
         base = dict(
-            patch_dim=384, d=128, slide_layers=2, slide_heads=4, max_patches_train=1024,
+            patch_dim=384, d=128, slide_layers=2, slide_heads=4, max_patches_train=512,
             gcn_hidden=128, gcn_out=64, pretrain_lr=1e-3, pretrain_epochs=100, finetune_lr=1e-4,
             finetune_min_lr=1e-6, finetune_epochs=30, warmup_epochs=3, anchor_momentum=0.999,
         )
