@@ -41,7 +41,8 @@ def info_nce(z1: Tensor, z2: Tensor, tau: float = 0.2) -> Tensor:
         scalar loss.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"info_nce needs two (K, D) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(f"info_nce needs two (K, D) tensors of the same shape, "
+                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
     logits = F.normalize(z1, dim=-1) @ F.normalize(z2, dim=-1).T / tau  # (K, K) cosine / tau
     return F.cross_entropy(logits, torch.arange(z1.shape[0], device=z1.device))
 
@@ -80,7 +81,9 @@ def fused_loss(z_f: Tensor, z_h: Tensor, z_g: Tensor, tau: float = 0.2) -> Tenso
 
 
 def f_align(f: Tensor, f_target: Tensor, tau: float = 0.2) -> Tensor:
-    r"""Feature alignment before the graph (eq. 6): :math:`\mathcal L_{f\text{-}align} = \mathcal L_{\mathrm{InfoNCE}}(f, \hat f)`.
+    r"""Feature alignment before the graph (eq. 6).
+
+    .. math:: \mathcal L_{f\text{-}align} = \mathcal L_{\mathrm{InfoNCE}}(f, \hat f)
 
     Args:
         f: (B, 2d) online fused features (WSI + Inductor prompt).
@@ -91,7 +94,9 @@ def f_align(f: Tensor, f_target: Tensor, tau: float = 0.2) -> Tensor:
 
 
 def g_align(z: Tensor, z_target: Tensor, tau: float = 0.2) -> Tensor:
-    r"""Graph-embedding alignment after the GCN (eq. 6): :math:`\mathcal L_{g\text{-}align} = \mathcal L_{\mathrm{InfoNCE}}(Z, \hat Z)`.
+    r"""Graph-embedding alignment after the GCN (eq. 6).
+
+    .. math:: \mathcal L_{g\text{-}align} = \mathcal L_{\mathrm{InfoNCE}}(Z, \hat Z)
 
     Args:
         z: (B, D) online GCN embeddings of the batch nodes.

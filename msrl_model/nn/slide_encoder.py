@@ -90,7 +90,8 @@ class Attention(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None, cls_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, key_mask: Tensor | None = None,
+                cls_attn: bool = False) -> tuple[Tensor, Tensor | None]:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, dh)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T) True = attend
@@ -98,7 +99,8 @@ class Attention(nn.Module):
         out = self.proj(out.transpose(1, 2).reshape(b, t, d))  # (B, T, d)
         weights = None
         if cls_attn:
-            scores = (q[:, :, :1] @ k[:, :, 1:].transpose(-1, -2)).squeeze(2) / math.sqrt(d // self.heads)  # (B, H, T-1)
+            scores = (q[:, :, :1] @ k[:, :, 1:].transpose(-1, -2)).squeeze(2)  # (B, H, T - 1)
+            scores = scores / math.sqrt(d // self.heads)
             if key_mask is not None:
                 scores = scores.masked_fill(~key_mask[:, None, 1:], float("-inf"))
             weights = scores.softmax(dim=-1)
@@ -133,7 +135,8 @@ class Block(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None, cls_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, key_mask: Tensor | None = None,
+                cls_attn: bool = False) -> tuple[Tensor, Tensor | None]:
         a, weights = self.attn(self.norm1(x), key_mask, cls_attn)
         x = x + self.drop(a)
         x = x + self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x))))))
@@ -167,8 +170,8 @@ class SlideEncoder(nn.Module):
     def __init__(self, patch_dim: int, d: int, layers: int = 2, heads: int = 8, mlp_ratio: float = 4.0,
                  dropout: float = 0.1) -> None:
         super().__init__()
-        if d % 4:
-            raise ValueError(f"SlideEncoder needs d divisible by 4, got {d}")
+        if d % 4 or layers < 1:
+            raise ValueError(f"SlideEncoder needs d divisible by 4 and layers >= 1, got d={d}, layers={layers}")
         self.patch_dim, self.d = patch_dim, d
         self.patch_embed = nn.Linear(patch_dim, d)
         self.cls_token = nn.Parameter(torch.empty(1, 1, d))
