@@ -36,7 +36,7 @@ _MAX_SIDE = 200_000
 def _pyramid_downsamples(width: int, height: int) -> list[int]:
     """Downsamples 1, 4, 16, ... adding a level while the previous one is longer than 512 px."""
     downsamples = [1]
-    while max(width, height) / downsamples[-1] > _MIN_LEVEL_SIDE:
+    while max(width, height) // downsamples[-1] > _MIN_LEVEL_SIDE:
         nxt = downsamples[-1] * _LEVEL_FACTOR
         if min(width, height) // nxt < 1:
             break
