@@ -88,7 +88,8 @@ class MSRLConfig:
     def demo(cls, **overrides: Any) -> MSRLConfig:
         """Demo scale, trainable on a laptop CPU in minutes (builtin encoder features)."""
         base = dict(
-            patch_dim=264, d=128,  # 264 = builtin-he encoder dim; set from the feature files slide_layers=2, slide_heads=4, max_patches_train=512,
+            patch_dim=264,  # the builtin-he encoder's dim; training sets it from the feature files
+            d=128, slide_layers=2, slide_heads=4, max_patches_train=512,
             gcn_hidden=128, gcn_out=64, pretrain_lr=1e-3, pretrain_epochs=100, finetune_lr=1e-4,
             finetune_min_lr=1e-6, finetune_epochs=30, warmup_epochs=3, anchor_momentum=0.999,
         )
