@@ -140,7 +140,9 @@ def test_config_paper_values():
     cfg = MSRLConfig.paper()
     assert (cfg.patch_dim, cfg.d, cfg.gsl_layers, cfg.k, cfg.tau, cfg.gcn_layers, cfg.gcn_out) == (1536, 768, 2, 12, 0.2, 3, 256)
     assert (cfg.ema_momentum, cfg.n_bins, cfg.fused_dim) == (0.99, 4, 1536)
-    assert MSRLConfig.demo().d == 128 and MSRLConfig.demo(d=64).d == 64
+    demo = MSRLConfig.demo()
+    assert (demo.d, demo.slide_heads, demo.slide_layers, demo.max_patches_train) == (128, 4, 2, 512)
+    assert MSRLConfig.demo(d=64).d == 64 and MSRLConfig.tiny().d < demo.d
 
 
 def test_config_partial_toml_and_errors(tmp_path):
