@@ -330,14 +330,21 @@ def render_slide(width: int, height: int, seed: int,
         cy=ys, cx=xs, a=a, b=a / (1 + np.abs(rng.normal(0.15, 0.1 + 0.3 * atyp, n))),
         angle=rng.uniform(0, np.pi, n),
         dark=np.clip(rng.normal(0.62 + 0.40 * atyp, 0.05 + 0.12 * atyp, n), 0.3, 1.35),
-        irregular=np.clip(rng.normal(0.04 + 0.22 * atyp, 0.04, n), 0, 0.35),
+        irregular=np.clip(rng.normal(0.03 + 0.15 * atyp, 0.03, n), 0, 0.25),
         vesicular=np.clip(rng.normal(atyp * 0.8 - 0.2, 0.2, n), 0, 1))
     ys, xs = _sample_points(rng, tissue_in, 1 / 2600, height, width)
     n = ys.size
     fib_angle = rng.uniform(0, np.pi)
+    # fibroblasts lie along the local fibre direction, perpendicular to the gradient of
+    # across = x cos + y sin + warp * _LOW (see the fibre texture below)
+    gy, gx = np.gradient(warp)  # d(warp * _LOW)/d(level-0 px) per low-res cell
+    cell_y = np.minimum((ys // _LOW).astype(np.int64), hl - 1)
+    cell_x = np.minimum((xs // _LOW).astype(np.int64), wl - 1)
+    along_angle = np.arctan2(np.sin(fib_angle) + gy[cell_y, cell_x],
+                             np.cos(fib_angle) + gx[cell_y, cell_x]) + np.pi / 2
     fibro = _Nuclei(
         cy=ys, cx=xs, a=rng.uniform(7, 12, n), b=rng.uniform(1.8, 2.8, n),
-        angle=fib_angle + rng.normal(0, 0.25, n), dark=rng.uniform(0.75, 1.0, n),
+        angle=along_angle + rng.normal(0, 0.15, n), dark=rng.uniform(0.75, 1.0, n),
         irregular=np.full(n, 0.03), vesicular=np.zeros(n))
     ys, xs = _sample_points(rng, tissue_in * lymph_lo, 1 / 5000 * m.lymphocytes, height, width)
     n = ys.size
