@@ -415,21 +415,30 @@ def _write_feature_file(path: Path, feats: np.ndarray, coords: np.ndarray, attrs
     write_features(path, feats, coords, attrs)
 
 
-def _render_and_extract(slide_path: Path, features_dir: Path, morph: dict[str, float], seed: int,
-                        config: SynthCohortConfig) -> Path:
+def _load_render_tools(encoder_spec: str) -> tuple[Any, Any, Any, Any]:
+    """(SlideMorphology, make_slide, extract_slide, built encoder) for ``--render-slides``."""
     try:
+        from msrl_model.encoders import build_encoder
         from msrl_model.features.pipeline import extract_slide
         from msrl_model.synth.slides import SlideMorphology, make_slide
     except ImportError as exc:
-        raise MSRLError(f"--render-slides needs the slide renderer and the feature pipeline "
-                        f"({exc.name} is not available); run without --render-slides to sample "
-                        "feature bags directly") from exc
-    known = set(SlideMorphology.__dataclass_fields__)
+        raise MSRLError(f"--render-slides needs the slide renderer, the encoders and the feature "
+                        f"pipeline ({exc.name} is not available); run without --render-slides to "
+                        "sample feature bags directly") from exc
+    return SlideMorphology, make_slide, extract_slide, build_encoder(encoder_spec, device="auto")
+
+
+def _render_and_extract(slide_path: Path, features_dir: Path, morph: dict[str, float], seed: int,
+                        config: SynthCohortConfig, tools: tuple[Any, Any, Any, Any]) -> Path:
+    """Render one SVS slide with ``morph`` and extract its features to ``features/<slide_id>.h5``."""
+    slide_morphology_cls, make_slide, extract_slide, encoder = tools
+    known = set(slide_morphology_cls.__dataclass_fields__)
     make_slide(slide_path, config.slide_size[0], config.slide_size[1], seed,
-               morphology=SlideMorphology(**{k: v for k, v in morph.items() if k in known}))
-    out = drive(extract_slide(slide_path, features_dir, encoder_spec=config.encoder_spec), show=False)
+               morphology=slide_morphology_cls(**{k: v for k, v in morph.items() if k in known}))
+    out = Path(drive(extract_slide(slide_path, features_dir, encoder_spec=encoder, device="auto"),
+                     show=False))
     target = features_dir / f"{slide_path.stem}.h5"
-    if Path(out) != target:
+    if out != target:
         shutil.move(str(out), target)
     return target
 
@@ -492,7 +501,8 @@ def synth_cohort_job(out_dir: str | Path, config: SynthCohortConfig = SynthCohor
     root = Path(out_dir)
     _prepare_dir(root)
     seed, n_projects = config.seed, config.n_projects
-    dim = config.feature_dim or builtin_feature_dim()
+    tools = _load_render_tools(config.encoder_spec) if config.render_slides else None
+    dim = tools[3].dim if tools else (config.feature_dim or builtin_feature_dim())
     names = [PROJECT_NAMES[p] if p < len(PROJECT_NAMES) else f"SYN-P{p + 1}" for p in range(n_projects)]
 
     yield Progress("latents", 0, 3, "sampling latents, survival and labels")
@@ -538,7 +548,8 @@ def synth_cohort_job(out_dir: str | Path, config: SynthCohortConfig = SynthCohor
             morph = slide_morphology(lat, i, seed, n_projects, k)
             if config.render_slides:
                 _render_and_extract(root / "slides" / f"{slide_id}.svs", features_dir, morph,
-                                    int(np.random.default_rng([seed, 11, i, k]).integers(2**31)), config)
+                                    int(np.random.default_rng([seed, 11, i, k]).integers(2**31)), config,
+                                    tools)
             else:
                 feats, coords = sample_feature_bag(lat, i, k, morph, dim, seed, config.patches)
                 _write_feature_file(features_dir / f"{slide_id}.h5", feats, coords, {
