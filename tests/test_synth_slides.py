@@ -153,13 +153,14 @@ def test_hue_shift_changes_colour():
         (base[..., 2].astype(int) - base[..., 0])[mask].mean()
 
 
-def test_bad_kind_and_size():
+def test_bad_kind_and_size(tmp_path):
     with pytest.raises(MSRLError, match="kind"):
-        make_slide("/tmp/never.svs", W, H, 0, kind="fish")
+        make_slide(tmp_path / "never.svs", W, H, 0, kind="fish")
     with pytest.raises(MSRLError, match="size"):
-        make_slide("/tmp/never.svs", 10, H, 0)
+        make_slide(tmp_path / "never.svs", 10, H, 0)
     with pytest.raises(MSRLError, match="uint8"):
-        write_svs("/tmp/never.svs", np.zeros((10, 10), np.float32))
+        write_svs(tmp_path / "never.svs", np.zeros((10, 10), np.float32))
+    assert not (tmp_path / "never.svs").exists()
 
 
 def test_cli_writes_a_slide(tmp_path, capsys):

@@ -130,7 +130,7 @@ def _check_size(width: int, height: int) -> None:
 
 def make_slide(path: str | Path, width: int, height: int, seed: int, kind: str = "tissue",
                morphology: SlideMorphology | None = None) -> Path:
-    """Render a synthetic ``kind`` slide (``tissue`` or ``blank``) and write it as SVS at ``path``."""
+    """Render a synthetic ``kind`` slide (``tissue`` or ``blank``); write it as SVS at ``path``."""
     if kind not in SLIDE_KINDS:
         raise MSRLError(f"unknown slide kind {kind!r}; use one of {', '.join(SLIDE_KINDS)}")
     _check_size(width, height)
