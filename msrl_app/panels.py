@@ -14,17 +14,22 @@ from msrl_app.viewer import ColorLegend, SlideViewer
 if TYPE_CHECKING:
     from msrl_model.slide import Slide
 
-MPP_SOURCE_TEXT = {
-    "metadata": "from the file's metadata",
-    "objective-power": "derived from the objective power (10 / magnification)",
-    "assumed": "assumed: not in the file",
+MPP_SOURCE_TEXT = {  # shown after the value; the tooltip says more
+    "metadata": "metadata",
+    "objective-power": "from objective power",
+    "assumed": "assumed",
+}
+MPP_SOURCE_TIP = {
+    "metadata": "Read from the file's metadata",
+    "objective-power": "Not in the metadata: derived from the objective power (10 / magnification)",
+    "assumed": "Neither microns per pixel nor objective power in the file: a value was assumed",
 }
 
 
 def slide_summary(slide: Slide) -> list[tuple[str, list[tuple[str, str]]]]:
     """The properties shown for a slide, as (section, [(name, value)]) in display order."""
     w0, h0 = slide.dimensions
-    mpp_text = f"{slide.mpp:.4g} µm/px ({MPP_SOURCE_TEXT.get(slide.mpp_source, slide.mpp_source)})"
+    mpp_text = f"{slide.mpp:.4g} µm/px · {MPP_SOURCE_TEXT.get(slide.mpp_source, slide.mpp_source)}"
     size_mm = f"{w0 * slide.mpp / 1000:.2f} × {h0 * slide.mpp / 1000:.2f} mm"
     power = f"{slide.objective_power:g}×" if slide.objective_power is not None else "not recorded"
     try:
@@ -36,7 +41,7 @@ def slide_summary(slide: Slide) -> list[tuple[str, list[tuple[str, str]]]]:
                    ("Vendor", slide.vendor or "unknown"), ("Backend", slide.backend)]),
         ("Resolution", [("Dimensions", f"{w0:,} × {h0:,} px"), ("Physical size", size_mm),
                         ("Microns per pixel", mpp_text), ("Objective power", power)]),
-        ("Pyramid", [(f"Level {i}", f"{w:,} × {h:,} px (downsample {ds:.4g})")
+        ("Pyramid", [(f"Level {i}", f"{w:,} × {h:,} px · ÷{ds:.4g}")
                      for i, ((w, h), ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples))]),
     ]
     if slide.associated_image_names:
@@ -73,7 +78,8 @@ class SlidePropertiesPanel(QTreeWidget):
             top.setFont(0, font)
             for name, value in rows:
                 item = QTreeWidgetItem(top, [name, value])
-                item.setToolTip(1, value)
+                item.setToolTip(1, MPP_SOURCE_TIP.get(slide.mpp_source, value)
+                                if name == "Microns per pixel" else value)
                 if section == "Warnings" or (name == "Microns per pixel" and slide.mpp_source != "metadata"):
                     item.setForeground(1, QBrush(QColor("#e0a030")))
             top.setExpanded(True)

@@ -378,7 +378,7 @@ class SlideViewer(QWidget):
     def set_tissue_mask(self, mask: np.ndarray, downsample: float) -> None:
         """Tissue mask ``mask`` (H x W bool) with ``downsample`` level-0 px per mask px."""
         mask = np.asarray(mask, dtype=bool)
-        self._tissue_image = mask_image(mask, QColor(60, 220, 120))
+        self._tissue_image = mask_image(mask, QColor(60, 220, 120), fill_alpha=110)
         self._tissue_rect = QRectF(0, 0, mask.shape[1] * downsample, mask.shape[0] * downsample)
         self._tissue_fraction = float(mask.mean()) if mask.size else 0.0
         self.overlaysChanged.emit()
@@ -554,7 +554,7 @@ class SlideViewer(QWidget):
         mag_w = metrics.horizontalAdvance(mag)
         label_w = metrics.horizontalAdvance(label)
         width = pad + mag_w + gap + max(length_px, label_w) + pad
-        height = metrics.height() + 16
+        height = metrics.height() + 18
         plate = QRectF(12, self.height() - 12 - height, width, height)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QColor(20, 22, 26, 190))

@@ -79,7 +79,7 @@ class MainWindow(QMainWindow):
         self.overview_dock = self._dock("Overview", self.overview, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.properties_dock = self._dock("Slide properties", self.properties, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.overlays_dock = self._dock("Overlays", self.overlays, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.resizeDocks([self.overview_dock, self.overlays_dock], [330, 280], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.overview_dock, self.overlays_dock], [360, 250], Qt.Orientation.Horizontal)
 
         self._build_status_bar()
         self._build_actions()
