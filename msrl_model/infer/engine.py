@@ -48,7 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msrl_model.nn.graph import GCN, GSL, gsl_adjacency_dense, knn_lists, select_neighbours
+from msrl_model.nn.graph import (GCN, GSL, canonical_dots, gsl_adjacency_dense, knn_lists, select_neighbours,
+                                 tie_tolerance)
 
 
 @runtime_checkable
@@ -115,7 +116,9 @@ class DenseReference:
             e = self.gsl(x)
             k1 = min(self.k, n) + 1
             row = e[n:] @ e.T  # (1, N+1)
-            top = select_neighbours(row, torch.tensor([n], device=e.device), k1)[0, 1:]
+            top = select_neighbours(row, torch.tensor([n], device=e.device), k1,
+                                    lambda _, cols: canonical_dots(e[n], e[cols]),
+                                    tie_tolerance(e.shape[1], e.dtype))[0, 1:]
             adj = gsl_adjacency_dense(e, self.k)  # (N+1, N+1)
             z = self.gcn.forward_dense(x, adj)[n]
             links, weights = _sorted_links(torch.arange(n, device=e.device), adj[n, :n])
@@ -161,6 +164,7 @@ class ExactEngine:
             raise ValueError("the buffer must have at least one row")
         dim = buffer.dim if isinstance(buffer, RowSource) else buffer.shape[1]
         self.n = n
+        self.tol = tie_tolerance(dim, self.dtype)
         w1 = self.params[0][0]
         with torch.no_grad():
             self.emb = torch.empty(n, dim, dtype=self.dtype, device=self.device)  # E_b (N, D)
@@ -208,20 +212,43 @@ class ExactEngine:
         sims = self.emb @ e_q[0] if x.shape[0] == 1 else self.emb @ e_q.T  # (N,) or (N, Q)
         sims = sims.reshape(self.n, -1)
         p1_q = x @ self.params[0][0]  # (Q, hidden)
-        return [self._one(sims[:, i].contiguous(), (e_q[i] @ e_q[i]), p1_q[i]) for i in range(x.shape[0])]
+        return [self._one(sims[:, i].contiguous(), e_q[i], p1_q[i]) for i in range(x.shape[0])]
 
-    def _one(self, s: Tensor, s_qq: Tensor, p1_q: Tensor) -> QueryResult:
+    def _enters(self, s: Tensor, e_q: Tensor) -> Tensor:
+        """Buffer rows with a full list (K < N) that take the query in: ``s_j > t_j`` strictly.
+
+        The products behind s (E_b e_q) and behind t (block matmul) are different kernels, which
+        can differ by an ulp on an exact tie (a query equal to a buffer row). Rows within the tie
+        band of their threshold compare :func:`canonical_dots` e_j·e_q and e_j·e_{m_j} instead, as the
+        selection rule does, so an exact tie stays a tie and the query (higher index) loses.
+        """
+        thr = self.knn_sim[:, -1]
+        enter = s > thr
+        band = torch.nonzero((s - thr).abs() <= self.tol).flatten()
+        for j in band.tolist():
+            v = canonical_dots(self.emb[j], torch.stack([e_q, self.emb[self.knn_idx[j, -1]]]))
+            enter[j] = bool(v[0] > v[1])
+        return torch.nonzero(enter).flatten()
+
+    def _one(self, s: Tensor, e_q: Tensor, p1_q: Tensor) -> QueryResult:
         n, k, dev = self.n, self.k, self.device
+        s_qq = e_q @ e_q
         # the query's own list: itself (node n) and its top-min(k, n) buffer rows
         row = torch.cat([s, s_qq[None]])
-        top = select_neighbours(row[None], torch.tensor([n], device=dev), min(k, n) + 1)[0, 1:]
+
+        def dots(_: int, cols: Tensor) -> Tensor:
+            e_cols = self.emb[cols.clamp(max=n - 1)]
+            e_cols[cols == n] = e_q
+            return canonical_dots(e_q, e_cols)
+
+        top = select_neighbours(row[None], torch.tensor([n], device=dev), min(k, n) + 1, dots, self.tol)[0, 1:]
         # buffer rows that take the query in (and, if their list was full, drop their last entry)
         if k == 0:
             enter = torch.zeros(0, dtype=torch.long, device=dev)
         elif k >= n:
             enter = torch.arange(n, device=dev)
         else:
-            enter = torch.nonzero(s > self.knn_sim[:, -1]).flatten()
+            enter = self._enters(s, e_q)
         if 0 < k < n:
             drop_rows, drop_cols = enter, self.knn_idx[enter, -1]
         else:

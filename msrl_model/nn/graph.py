@@ -19,15 +19,20 @@ Post-processing (appendix D.2, DESIGN §4) of :math:`S = E E^\top`:
 **Neighbour selection rule** (identical in the dense and the sparse path and in
 :mod:`msrl_model.infer.engine`): with :math:`K' = \min(K, N - 1)`, row :math:`i` keeps itself
 (always, forced first, whatever its own similarity) and the :math:`K'` other nodes that come first
-when ordered by similarity descending, ties broken by the lower node index. Similarities are the
-computed floating-point values; the order is a total order, so the result does not depend on how
-``torch.topk`` resolves ties. Kept entries whose similarity is negative become 0 after the ReLU and
-are not edges of the sparse output.
+when ordered by similarity descending, ties broken by the lower node index. The order is a total
+order, so the result does not depend on how ``torch.topk`` resolves ties. Similarities come from
+matrix products, whose rounding depends on the kernel and on the output position: two bitwise-equal
+embeddings (duplicate cases, a query equal to a buffer case) can get similarities one ulp apart. So
+entries within :func:`tie_tolerance` (16·√D·eps) of a row's threshold are ranked by
+:func:`canonical_dots` (an element-wise product and a row reduction, which treats every pair the
+same way) — exact ties stay exact in every path. Kept entries whose similarity is negative become 0
+after the ReLU and are not edges of the sparse output.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,19 +76,41 @@ class GSL(nn.Module):
         return gsl_adjacency_sparse(self(x), self.k, block_size)
 
 
-def select_neighbours(sim: Tensor, rows: Tensor, k1: int) -> Tensor:
+def canonical_dots(a: Tensor, b: Tensor) -> Tensor:
+    """Similarities of a (D,) with the rows of b (M, D) as a row-wise reduction of ``b * a``.
+
+    Used to settle near-ties: it treats every row the same way, so bitwise-equal vectors get
+    bitwise-equal similarities (matrix-product kernels do not promise that across output positions).
+    """
+    return (b * a).sum(-1)
+
+
+def tie_tolerance(dim: int, dtype: torch.dtype) -> float:
+    """Width of the band around a row's threshold inside which the canonical similarities decide."""
+    return 16 * math.sqrt(dim) * torch.finfo(dtype).eps
+
+
+def select_neighbours(sim: Tensor, rows: Tensor, k1: int,
+                      dots: Callable[[int, Tensor], Tensor] | None = None, tol: float = 0.0) -> Tensor:
     """Indices of the kept entries of a block of similarity rows, in rank order.
 
     Args:
         sim: (B, N) similarities of B nodes to all N nodes (not modified).
         rows: (B,) global index of each of the B nodes (its own column, forced first).
         k1: entries kept per row (K' + 1, self included), 1 <= k1 <= N.
+        dots: optional ``dots(b, cols)`` -> canonical similarities (:func:`canonical_dots`) of block
+            row b with columns ``cols``. When given, the entries within ``tol`` of a row's threshold
+            are ranked by these instead of by ``sim`` (so that the rank does not depend on the
+            rounding of the matrix product that produced ``sim``).
+        tol: band half-width for ``dots`` (:func:`tie_tolerance`).
 
     Returns:
         (B, k1) int64 column indices: self first, then by similarity descending, ties by lower index.
     """
     s = sim.detach().clone()
     s[torch.arange(s.shape[0], device=s.device), rows] = math.inf
+    if k1 == 1:
+        return rows[:, None].clone()
     vals, idx = torch.topk(s, k1, dim=1, largest=True, sorted=True)
     # order the kept entries by (value desc, index asc): sort by index, then stable by value
     order = torch.argsort(idx, dim=1)
@@ -92,11 +119,19 @@ def select_neighbours(sim: Tensor, rows: Tensor, k1: int) -> Tensor:
     order = torch.sort(vals, dim=1, descending=True, stable=True).indices
     idx = torch.gather(idx, 1, order)
     vals = torch.gather(vals, 1, order)
-    # rows where the threshold value is shared by entries topk left out: resolve by a stable sort
     thr = vals[:, -1:]  # (B, 1) smallest kept value
-    ambiguous = (s == thr).sum(1) > (vals == thr).sum(1)
-    for r in torch.nonzero(ambiguous).flatten().tolist():
-        idx[r] = torch.sort(s[r], descending=True, stable=True).indices[:k1]
+    if dots is None:
+        # rows where the threshold value is shared by entries topk left out: resolve by a stable sort
+        ambiguous = (s == thr).sum(1) > (vals == thr).sum(1)
+        for r in torch.nonzero(ambiguous).flatten().tolist():
+            idx[r] = torch.sort(s[r], descending=True, stable=True).indices[:k1]
+        return idx
+    band = (s - thr).abs() <= tol  # (B, N)
+    for r in torch.nonzero(band.sum(1) > 1).flatten().tolist():
+        above = idx[r][vals[r] > thr[r] + tol]  # certainly kept, already in rank order
+        cand = torch.nonzero(band[r]).flatten()  # ascending index
+        order = torch.sort(dots(r, cand), descending=True, stable=True).indices
+        idx[r] = torch.cat([above, cand[order][: k1 - above.shape[0]]])
     return idx
 
 
@@ -116,12 +151,13 @@ def knn_lists(e: Tensor, k: int, block_size: int = 4096) -> tuple[Tensor, Tensor
     k1 = min(k, n - 1) + 1
     idx = torch.empty(n, k1, dtype=torch.long, device=e.device)
     sim = torch.empty(n, k1, dtype=e.dtype, device=e.device)
+    tol = tie_tolerance(e.shape[1], e.dtype)
     with torch.no_grad():
         for start in range(0, n, block_size):
             stop = min(start + block_size, n)
             s = e[start:stop] @ e.T  # (B, N)
             rows = torch.arange(start, stop, device=e.device)
-            sel = select_neighbours(s, rows, k1)
+            sel = select_neighbours(s, rows, k1, lambda b, cols: canonical_dots(e[start + b], e[cols]), tol)
             idx[start:stop] = sel
             sim[start:stop] = torch.gather(s, 1, sel)
     return idx, sim
@@ -149,10 +185,14 @@ def gsl_adjacency_dense(e: Tensor, k: int) -> Tensor:
     s = e @ e.T  # (N, N)
     mask = torch.zeros(n, n, dtype=torch.bool, device=e.device)
     block = max(1, (1 << 24) // max(n, 1))  # selection in row blocks bounds its temporaries
+    tol = tie_tolerance(e.shape[1], e.dtype)
+    ed = e.detach()
     for start in range(0, n, block):
         stop = min(start + block, n)
         rows = torch.arange(start, stop, device=e.device)
-        mask[start:stop].scatter_(1, select_neighbours(s[start:stop], rows, k1), True)
+        sel = select_neighbours(s[start:stop], rows, k1,
+                                lambda b, cols: canonical_dots(ed[start + b], ed[cols]), tol)
+        mask[start:stop].scatter_(1, sel, True)
     if torch.is_grad_enabled() and e.requires_grad:
         r = F.relu(s * mask)
         sym = (r + r.T) / 2
