@@ -189,10 +189,6 @@ class TileLoader(QObject):
             self._pending = set()
         self._pool.clear()
 
-    def pending(self) -> set[TileKey]:
-        with self._lock:
-            return set(self._pending)
-
     def request(self, keys: Iterable[TileKey], priority: Callable[[TileKey], float] | None = None) -> None:
         """Want exactly ``keys``; start reads for those not yet queued (lowest priority value first)."""
         keys = set(keys)
@@ -239,10 +235,6 @@ class TileLoader(QObject):
         with self._lock:
             if generation == self._generation:
                 self._pending.discard(key)
-
-    def wait(self, msecs: int = -1) -> bool:
-        """Block until the pool is idle (tests and shutdown only)."""
-        return self._pool.waitForDone(msecs)
 
     def shutdown(self, msecs: int = 2000) -> bool:
         """Drop queued reads and wait (bounded) for running ones; call before the widget goes away."""

@@ -156,9 +156,6 @@ class SlideViewer(QWidget):
                         self._on_thumbnail, "overview image")
         self._start_job(_job(self._source.call, _compute_tissue), self._on_tissue, "tissue detection")
 
-    def close_slide(self) -> None:
-        self.set_slide(None)
-
     def shutdown(self, msecs: int = 5000) -> None:
         """Close the slide and wait (bounded) for background reads and jobs (window closing)."""
         jobs = list(self._jobs)
@@ -369,10 +366,6 @@ class SlideViewer(QWidget):
         self._failed.add(key)
         self._loader.finish(generation, key)
         log.warning("tile %s of %s unreadable: %s", key, self.slide.path.name if self.slide else "?", reason)
-
-    def wait_for_tiles(self, msecs: int = 10000) -> bool:
-        """Block until queued reads finish (tests only; the app never waits)."""
-        return self._loader.wait(msecs)
 
     # -- overlays -----------------------------------------------------------------------------------
     def set_tissue_mask(self, mask: np.ndarray, downsample: float) -> None:
