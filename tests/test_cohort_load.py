@@ -160,15 +160,21 @@ def test_valid_small_cohort_infers_labels_and_scale(tmp_path):
 
 
 def test_declared_classes_reject_unknown_values(tmp_path):
-    clinical = ("case_id,slide_id,project,survival_months,censorship,HER2_status\n"
-                "C1,S1,P,10,0,positive\nC2,S2,P,10,0,equivocal\n")
+    clinical = ("case_id,slide_id,project,survival_months,censorship,HER2_status,stage\n"
+                "C1,S1,P,10,0,positive,Stage IIB\nC2,S2,P,10,0,equivocal,III\n")
     root = _write(tmp_path / "decl", clinical, EXPRESSION, GMT, ["S1", "S2"],
-                  config={"labels": {"HER2_status": ["negative", "positive"]},
+                  config={"labels": {"HER2_status": ["negative", "positive"],
+                                     "stage": ["I", "II", "III", "IV"]},
                           "expression_scale": "raw"})
     with pytest.raises(CohortValidationError) as info:
         load_cohort(root)
     (problem,) = info.value.problems
     assert "row 3" in problem and "'equivocal'" in problem
+    (root / "clinical.csv").write_text(clinical.replace("equivocal", "negative"))
+    cohort = load_cohort(root)
+    assert cohort.labels["stage"] == ["I", "II", "III", "IV"]  # declared order, absent classes kept
+    np.testing.assert_array_equal(cohort.label_codes("stage"), [1, 2])
+    np.testing.assert_array_equal(cohort.label_codes("HER2_status"), [1, 0])
 
 
 def test_unknown_genes_are_dropped_with_a_warning(tmp_path):

@@ -41,12 +41,11 @@ import numpy as np
 import pandas as pd
 
 from msrl_model.errors import MSRLError
+from msrl_model.features.h5io import write_features
 from msrl_model.progress import Job, Progress, drive
 from msrl_model.train.gmt import GeneSet, write_gmt
 
 GENERATOR_VERSION = "1"
-# Feature dimension used when the built-in encoder cannot be asked (hook: pass feature_dim).
-DEFAULT_FEATURE_DIM = 256
 # Prototype patch-type vectors do not depend on the cohort seed: all synthetic cohorts of one
 # feature dimension share one "encoder space".
 _FEATURE_SPACE_SEED = 7_2024
@@ -99,7 +98,7 @@ class SynthCohortConfig:
     n_cases: int = 200  # number of cases (patients)
     n_projects: int = 3  # number of tumour types; the first has HER2 status
     seed: int = 0  # everything is a function of this seed
-    feature_dim: int | None = None  # patch-feature dim; None = the built-in encoder's (else 256)
+    feature_dim: int | None = None  # patch-feature dim of the fast mode; None = the built-in encoder's
     patches: tuple[int, int] = (64, 400)  # range of patches per slide (fast mode)
     second_slide_fraction: float = 0.15  # share of cases with two slides
     censoring: float = 0.4  # target share of censored cases (random censoring)
@@ -141,14 +140,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def builtin_feature_dim() -> int:
-    """Feature dimension of the built-in H&E encoder, or :data:`DEFAULT_FEATURE_DIM` while the
-    encoder registry is not available."""
-    try:
-        from msrl_model.encoders import build_encoder
+    """Feature dimension of the built-in H&E encoder (the default of the fast mode)."""
+    from msrl_model.encoders import build_encoder
 
-        return int(build_encoder("builtin-he").dim)
-    except (ImportError, AttributeError, MSRLError):
-        return DEFAULT_FEATURE_DIM
+    return int(build_encoder("builtin-he").dim)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,21 +395,6 @@ def sample_feature_bag(lat: Latents, i: int, slide_k: int, morph: dict[str, floa
 # writing
 
 
-def _write_feature_file(path: Path, feats: np.ndarray, coords: np.ndarray, attrs: dict[str, Any]) -> None:
-    try:
-        from msrl_model.features.h5io import write_features
-    except ImportError:  # the features area not installed: same layout with h5py
-        import h5py
-
-        with h5py.File(path, "w") as f:
-            f.create_dataset("features", data=feats.astype(np.float32))
-            f.create_dataset("coords", data=coords.astype(np.int64))
-            for k, v in attrs.items():
-                f.attrs[k] = v
-        return
-    write_features(path, feats, coords, attrs)
-
-
 def _load_render_tools(encoder_spec: str) -> tuple[Any, Any, Any, Any]:
     """(SlideMorphology, make_slide, extract_slide, built encoder) for ``--render-slides``."""
     try:
@@ -552,7 +532,7 @@ def synth_cohort_job(out_dir: str | Path, config: SynthCohortConfig = SynthCohor
                                     tools)
             else:
                 feats, coords = sample_feature_bag(lat, i, k, morph, dim, seed, config.patches)
-                _write_feature_file(features_dir / f"{slide_id}.h5", feats, coords, {
+                write_features(features_dir / f"{slide_id}.h5", feats, coords, {
                     "patch_size": 256, "patch_size_level0": 256, "target_mpp": 0.5,
                     "level0_mpp": 0.5, "encoder": "synthetic-bag",
                     "encoder_version": f"synth-cohort-{GENERATOR_VERSION}",

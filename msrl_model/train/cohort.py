@@ -455,6 +455,8 @@ def _label_columns(df: pd.DataFrame, config: CohortConfig, problems: _Problems,
                 out.append(stage)
             else:
                 value = _normalise_value(v)
+                if name.lower() == "stage" and declared and (stage := _normalise_stage(v)) in declared:
+                    value = stage  # 'Stage IIA' counts as a declared class 'II'
                 if declared is not None and value not in [str(c) for c in declared]:
                     bad.append((int(r), f"{name} {v!r} is not one of the declared classes "
                                         f"{', '.join(map(str, declared))}"))
