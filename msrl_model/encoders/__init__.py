@@ -1,1 +1,140 @@
-"""encoders"""
+"""Patch encoders: a name -> builder registry and the :class:`PatchEncoder` every builder returns.
+
+Specs understood by :func:`build_encoder`::
+
+    builtin-he                      weight-free H&E stain/texture encoder (default, see builtin_he.py)
+    timm:<arch>[@/path/checkpoint]  any timm architecture with a local checkpoint (see timm_local.py)
+    gigapath[@/path/pytorch_model.bin]  Prov-GigaPath tile encoder from the local HF cache or a file
+
+A spec is ``<name>[:<arg>][@<path>]``: the registry key is ``<name>``, ``<arg>`` and ``<path>`` go
+to its builder. Nothing here ever downloads: foundation models load from local files only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from msrl_model.errors import EncoderError
+
+__all__ = [
+    "PatchEncoder",
+    "EncoderBuilder",
+    "register_encoder",
+    "available_encoders",
+    "build_encoder",
+    "resolve_device",
+    "hf_offline",
+]
+
+
+@dataclass
+class PatchEncoder:
+    """A ready-to-run patch encoder: uint8 RGB tiles in, one float32 feature row per tile out."""
+
+    name: str  # registry spec without the checkpoint path, e.g. "builtin-he", "timm:resnet50", "gigapath"
+    version: str  # changes whenever the features would change (maths version or checkpoint fingerprint)
+    dim: int  # feature dimension D of encode()'s output
+    model: torch.nn.Module  # eval-mode module mapping transform() output (B,3,S,S) -> (B,D)
+    transform: Callable[[torch.Tensor], torch.Tensor]  # uint8 (B,H,W,3) on the model's device -> float (B,3,S,S)
+    precision: torch.dtype  # autocast dtype used on CUDA; float32 means no autocast (always float32 on CPU)
+    input_size: int  # S, the side of the square model input produced by transform
+
+    def encode(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """Encode tiles ``batch_uint8`` (B,H,W,3) uint8 RGB -> (B, dim) float32 on the model's device."""
+        if batch_uint8.dtype != torch.uint8 or batch_uint8.ndim != 4 or batch_uint8.shape[-1] != 3:
+            raise EncoderError(
+                f"{self.name} expects uint8 tiles shaped (B, H, W, 3), got {tuple(batch_uint8.shape)} "
+                f"{batch_uint8.dtype}; pass RGB uint8 tiles"
+            )
+        device = _module_device(self.model)
+        batch = batch_uint8.to(device, non_blocking=True)
+        autocast = device.type == "cuda" and self.precision != torch.float32
+        with torch.inference_mode(), torch.autocast(device.type, dtype=self.precision, enabled=autocast):
+            out = self.model(self.transform(batch))
+        return out.float()
+
+
+EncoderBuilder = Callable[[str | None, str | None, torch.device], PatchEncoder]
+"""builder(arg, path, device) -> PatchEncoder; ``arg`` is the part after ':' and ``path`` after '@'."""
+
+_REGISTRY: dict[str, EncoderBuilder] = {}
+
+
+def register_encoder(name: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
+    """Decorator registering ``builder(arg, path, device)`` under the spec name ``name``."""
+
+    def deco(builder: EncoderBuilder) -> EncoderBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"encoder {name!r} is registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return deco
+
+
+def available_encoders() -> list[str]:
+    """Registered encoder names in registration order (``builtin-he`` first)."""
+    return list(_REGISTRY)
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else goes through ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise EncoderError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EncoderError(f"device {device!r} requested but CUDA is not available: use device 'cpu' or 'auto'")
+    return dev
+
+
+def build_encoder(spec: str = "builtin-he", device: str | torch.device = "cpu") -> PatchEncoder:
+    """Build the encoder named by ``spec`` on ``device``; :class:`EncoderError` if unknown or weights are missing."""
+    head, at, path = spec.strip().partition("@")
+    name, colon, arg = head.partition(":")
+    if name not in _REGISTRY:
+        known = ", ".join(_spec_forms())
+        raise EncoderError(f"unknown encoder {spec!r}: available encoders are {known}")
+    if at and not path:
+        raise EncoderError(f"encoder spec {spec!r} has an empty path after '@': give the checkpoint path or drop the '@'")
+    return _REGISTRY[name](arg if colon else None, path if at else None, resolve_device(device))
+
+
+def _spec_forms() -> list[str]:
+    """How each registered name is written in a spec, for error messages."""
+    forms = {"timm": "timm:<arch>[@/path/to/checkpoint]", "gigapath": "gigapath[@/path/to/pytorch_model.bin]"}
+    return [forms.get(n, n) for n in _REGISTRY]
+
+
+def _module_device(model: torch.nn.Module) -> torch.device:
+    """Device of the first parameter or buffer (CPU for a module with neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def hf_offline() -> Iterator[None]:
+    """Set ``HF_HUB_OFFLINE=1`` (and ``TRANSFORMERS_OFFLINE=1``) for the duration, then restore."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# Builders register themselves on import; keep these after the registry definitions above.
+from msrl_model.encoders import builtin_he, timm_local, gigapath  # noqa: E402,F401

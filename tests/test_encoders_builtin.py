@@ -1,0 +1,140 @@
+"""builtin-he encoder and the encoder registry: shape, determinism, batch invariance, H vs E discrimination."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from msrl_model.encoders import available_encoders, build_encoder
+from msrl_model.encoders import builtin_he
+from msrl_model.errors import EncoderError
+
+# Slices of the documented layout (see builtin_he's module docstring).
+H_MEAN = 6
+E_MEAN = 9
+H_FRACTIONS = slice(62, 66)
+BLOB_DENSITY = slice(66, 70)
+FINE = slice(72, 84)
+BANK = slice(84, 264)
+GREY_MEAN = 17
+ZERO_BINS = (20, 32, 43)  # histogram bins that hold H = 0, E = 0 and the joint (0, 0)
+
+
+def _tile(kind: str, seed: int) -> np.ndarray:
+    """Synthetic 256² H&E-like tile: 'H' = lilac with many dark purple nuclei, 'E' = smooth pink stroma."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256]
+    img = np.empty((256, 256, 3))
+    img[:] = (235, 160, 205) if kind == "E" else (220, 175, 215)
+    img += rng.normal(0, 3, img.shape)
+    if kind == "H":
+        for _ in range(60):
+            cy, cx = rng.uniform(0, 256, 2)
+            r = rng.uniform(5, 9)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = np.array((70, 50, 130)) + rng.normal(0, 6, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return build_encoder("builtin-he")
+
+
+@pytest.fixture(scope="module")
+def tiles() -> torch.Tensor:
+    """(6,256,256,3) uint8: H, E, H, E (other seeds), uniform noise, blank white."""
+    noise = np.random.default_rng(9).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    blank = np.full((256, 256, 3), 255, np.uint8)
+    arr = np.stack([_tile("H", 0), _tile("E", 0), _tile("H", 1), _tile("E", 1), noise, blank])
+    return torch.from_numpy(arr)
+
+
+def test_registry_lists_the_three_encoders():
+    assert available_encoders() == ["builtin-he", "timm", "gigapath"]
+
+
+@pytest.mark.parametrize("spec", ["resnet50", "nope", "timm-resnet", "gigapath2", "builtin", ""])
+def test_unknown_spec_raises_listing_available(spec):
+    with pytest.raises(EncoderError) as err:
+        build_encoder(spec)
+    msg = str(err.value)
+    assert "builtin-he" in msg and "timm:<arch>" in msg and "gigapath" in msg
+    assert "\n" not in msg
+
+
+def test_builtin_rejects_arguments():
+    with pytest.raises(EncoderError, match="takes no"):
+        build_encoder("builtin-he@/tmp/x.pth")
+
+
+def test_encoder_metadata(encoder):
+    assert encoder.name == "builtin-he"
+    assert encoder.version == builtin_he.VERSION
+    assert encoder.dim == builtin_he.DIM == 264
+    assert encoder.input_size == 256
+    assert encoder.precision == torch.float32
+
+
+def test_output_shape_dtype_finite(encoder, tiles):
+    out = encoder.encode(tiles)
+    assert out.shape == (tiles.shape[0], encoder.dim)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_deterministic_and_batch_size_invariant(encoder, tiles):
+    batch = encoder.encode(tiles)
+    again = encoder.encode(tiles)
+    assert torch.equal(batch, again)
+    one_by_one = torch.cat([encoder.encode(tiles[i : i + 1]) for i in range(tiles.shape[0])])
+    torch.testing.assert_close(one_by_one, batch, atol=1e-5, rtol=1e-5)
+    reversed_batch = encoder.encode(tiles.flip(0)).flip(0)
+    torch.testing.assert_close(reversed_batch, batch, atol=1e-5, rtol=1e-5)
+
+
+def test_empty_batch(encoder):
+    out = encoder.encode(torch.zeros(0, 256, 256, 3, dtype=torch.uint8))
+    assert out.shape == (0, encoder.dim)
+
+
+@pytest.mark.parametrize("pair", [(0, 1), (2, 3)])
+def test_h_heavy_vs_e_heavy(encoder, tiles, pair):
+    h_idx, e_idx = pair
+    out = encoder.encode(tiles)
+    h, e = out[h_idx], out[e_idx]
+    assert h[H_MEAN] > e[H_MEAN] + 0.1
+    assert e[E_MEAN] > h[E_MEAN]
+    assert (h[H_FRACTIONS] > 0.05).all() and (e[H_FRACTIONS] < 0.01).all()
+    # Dozens of nuclei in the H tile, no blob at all in the smooth pink one.
+    assert h[BLOB_DENSITY][0] * 256 * 256 / 1e4 >= 20
+    assert (e[BLOB_DENSITY] == 0).all()
+    # The H channel's filter-bank energy is far higher with nuclei than on smooth stroma.
+    h_bank = h[BANK].reshape(3, 4, 15)
+    e_bank = e[BANK].reshape(3, 4, 15)
+    assert (h_bank[0, :, 13] > 5 * e_bank[0, :, 13]).all()  # mean relu(-LoG) of H at every level
+
+
+def test_blank_tile_is_zero_except_documented(encoder, tiles):
+    out = encoder.encode(tiles[-1:])[0]
+    expected = torch.zeros_like(out)
+    expected[GREY_MEAN] = 1.0
+    expected[list(ZERO_BINS)] = 1.0
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_other_tile_sizes_are_resized(encoder, tiles):
+    small = tiles[:2, ::2, ::2].contiguous()  # (2,128,128,3)
+    out = encoder.encode(small)
+    assert out.shape == (2, encoder.dim) and torch.isfinite(out).all()
+    assert out[0, H_MEAN] > out[1, H_MEAN]
+
+
+def test_rejects_non_uint8(encoder):
+    with pytest.raises(EncoderError, match="uint8"):
+        encoder.encode(torch.zeros(1, 256, 256, 3))
+
+
+def test_noise_has_more_fine_texture_than_smooth_stroma(encoder, tiles):
+    out = encoder.encode(tiles)
+    assert (out[4, FINE] > out[1, FINE]).all()
