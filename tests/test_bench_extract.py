@@ -1,0 +1,31 @@
+"""``bench extract --json``: per-stage record (stand-in encoder; no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import msrl_model.encoders
+from msrl_model.bench.__main__ import main
+from msrl_model.encoders import PatchEncoder
+
+
+class _Mean(torch.nn.Module):
+    """(B, 3, S, S) float -> (B, 3) channel means."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def test_extract_json_reports_stages(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MSRL_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(msrl_model.encoders, "build_encoder", lambda spec, device="cpu": PatchEncoder(
+        name="test-mean", version="1", dim=3, model=_Mean(), transform=lambda b: b.permute(0, 3, 1, 2).float(),
+        precision=torch.float32, input_size=256))
+    code = main(["extract", "--json", "--width", "1536", "--height", "1024", "--device", "cpu", "--workers", "2"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert record["device"] == "cpu" and record["tiles"] > 0
+    for key in ("tiles_per_s", "read_tiles_per_s", "transfer_tiles_per_s", "encode_tiles_per_s", "read_wait_s"):
+        assert record[key] >= 0, key
