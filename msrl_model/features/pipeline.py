@@ -61,18 +61,10 @@ class ExtractStats:
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; ``cuda``/``cuda:N``/``cpu`` as given."""
-    import torch
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; EncoderError for unusable devices."""
+    from msrl_model.encoders import resolve_device as encoder_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MSRLError(f"device '{device}' requested but no CUDA GPU is available; use --device cpu")
-        return device
-    if device == "cpu":
-        return device
-    raise MSRLError(f"unknown device '{device}'; use auto, cpu or cuda")
+    return str(encoder_device(device))
 
 
 def _params_dict(params: Any) -> dict[str, Any]:
@@ -101,7 +93,7 @@ def _cache_hit(path: Path, key: str) -> bool:
         return False  # unreadable old file: recompute and replace it
 
 
-def _encode_batch(encoder: Any, batch: Any, device: str) -> Any:
+def _encode_batch(encoder: Any, batch: Any) -> Any:
     """Encode a device batch (the encoder applies autocast with its precision on CUDA); on CUDA
     out-of-memory retry in halves, down to one tile."""
     import torch
@@ -113,8 +105,7 @@ def _encode_batch(encoder: Any, batch: Any, device: str) -> Any:
             raise EncoderError("the GPU ran out of memory on a single tile; rerun with --device cpu") from None
         torch.cuda.empty_cache()
         half = len(batch) // 2
-        return torch.cat([_encode_batch(encoder, batch[:half], device),
-                          _encode_batch(encoder, batch[half:], device)])
+        return torch.cat([_encode_batch(encoder, batch[:half]), _encode_batch(encoder, batch[half:])])
 
 
 def _build(encoder: Any, device: str) -> Any:
@@ -187,17 +178,23 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         features = np.empty((n, encoder.dim), dtype=np.float32)
         reader = ParallelTileReader(slide.path, grid, ReaderConfig(
             workers=workers or os.cpu_count() or 1, batch_size=batch_size, prefetch=prefetch))
+        # One pinned staging buffer, reused: the features' copy back to the host below synchronises,
+        # so the previous batch's non_blocking upload has finished before the buffer is refilled.
+        pinned = (torch.empty((batch_size, grid.patch_size, grid.patch_size, 3), dtype=torch.uint8).pin_memory()
+                  if cuda else None)
         yield Progress("read+encode", 0, n, slide.slide_id)
         with torch.inference_mode():
             for first, batch in reader:
                 t0 = time.perf_counter()
                 tensor = torch.from_numpy(batch)  # (B, P, P, 3) uint8
-                if cuda:
-                    tensor = tensor.pin_memory().to(device, non_blocking=True)
+                if pinned is not None:
+                    staging = pinned[:len(batch)]
+                    staging.copy_(tensor)
+                    tensor = staging.to(device, non_blocking=True)
                     if sync:
                         torch.cuda.synchronize()
                 t1 = time.perf_counter()
-                out_feats = _encode_batch(encoder, tensor, device)  # (B, D)
+                out_feats = _encode_batch(encoder, tensor)  # (B, D)
                 features[first:first + len(batch)] = out_feats.float().cpu().numpy()
                 t2 = time.perf_counter()
                 stats.transfer_s += t1 - t0
