@@ -105,6 +105,7 @@ def test_cancel_mid_run_leaves_no_output_and_no_threads(synth_slide, tmp_path):
     for event in job:
         if event.stage == "read+encode" and event.done > 0:
             break
+    assert not torch.is_inference_mode_enabled()  # no torch mode leaks out of the job at a yield
     assert _reader_threads()
     job.close()
     assert list(tmp_path.iterdir()) == []

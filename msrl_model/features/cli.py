@@ -28,7 +28,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from msrl_model.errors import MSRLError
-    from msrl_model.features.pipeline import extract_many, extract_slide, parse_shard
+    from msrl_model.features.pipeline import ExtractStats, extract_many, extract_slide, parse_shard
     from msrl_model.progress import drive
 
     if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
@@ -38,12 +38,18 @@ def run_extract(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     if len(inputs) == 1 and not inputs[0].is_dir() and shard is None:
         # One slide: its error is the command's error (one line, non-zero exit, via the dispatcher).
+        stats = ExtractStats()
         out = drive(extract_slide(inputs[0], args.out, args.encoder, args.device, args.workers,
-                                  args.batch_size), show=show)
+                                  args.batch_size, stats=stats), show=show)
+        for warning in stats.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(out)
         return 0
     report = drive(extract_many(inputs, args.out, args.encoder, args.device, args.workers,
                                 args.batch_size, shard=shard), show=show)
+    for result in report.slides:
+        for warning in result.warnings:
+            print(f"warning: {result.slide}: {warning}", file=sys.stderr)
     for failed in report.failed:
         print(f"error: {failed.slide}: {failed.message}", file=sys.stderr)
     print(report.summary())

@@ -54,10 +54,8 @@ class ExtractStats:
     write_s: float = 0.0  # atomic h5 write
     total_s: float = 0.0  # whole job, wall clock
     device: str = ""  # device actually used
+    warnings: list[str] = field(default_factory=list)  # the slide's and the grid's (e.g. assumed mpp)
     sync_timing: bool = False  # True: synchronise CUDA after each stage so the split is exact
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def resolve_device(device: str) -> str:
@@ -170,6 +168,7 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         mask = tissue_mask(slide, tissue)
         grid = tile_grid(slide, mask, tiling)
         stats.tissue_s = time.perf_counter() - t0
+        stats.warnings = [*getattr(slide, "warnings", []), *getattr(grid, "warnings", [])]
         n = len(grid.coords)
         yield Progress("tissue", 1, 1, f"{slide.slide_id}: {n} tiles")
 
@@ -183,24 +182,25 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         pinned = (torch.empty((batch_size, grid.patch_size, grid.patch_size, 3), dtype=torch.uint8).pin_memory()
                   if cuda else None)
         yield Progress("read+encode", 0, n, slide.slide_id)
-        with torch.inference_mode():
-            for first, batch in reader:
-                t0 = time.perf_counter()
-                tensor = torch.from_numpy(batch)  # (B, P, P, 3) uint8
-                if pinned is not None:
-                    staging = pinned[:len(batch)]
-                    staging.copy_(tensor)
-                    tensor = staging.to(device, non_blocking=True)
-                    if sync:
-                        torch.cuda.synchronize()
-                t1 = time.perf_counter()
+        # No torch context manager may stay open across a yield: it would leak into the consumer.
+        for first, batch in reader:
+            t0 = time.perf_counter()
+            tensor = torch.from_numpy(batch)  # (B, P, P, 3) uint8
+            if pinned is not None:
+                staging = pinned[:len(batch)]
+                staging.copy_(tensor)
+                tensor = staging.to(device, non_blocking=True)
+                if sync:
+                    torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            with torch.inference_mode():
                 out_feats = _encode_batch(encoder, tensor)  # (B, D)
                 features[first:first + len(batch)] = out_feats.float().cpu().numpy()
-                t2 = time.perf_counter()
-                stats.transfer_s += t1 - t0
-                stats.encode_s += t2 - t1
-                stats.tiles += len(batch)
-                yield Progress("read+encode", first + len(batch), n, slide.slide_id)
+            t2 = time.perf_counter()
+            stats.transfer_s += t1 - t0
+            stats.encode_s += t2 - t1
+            stats.tiles += len(batch)
+            yield Progress("read+encode", first + len(batch), n, slide.slide_id)
         stats.read_wait_s = reader.read_wait_s
 
         t0 = time.perf_counter()
@@ -220,6 +220,7 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
             "tissue_params": _params_dict(tissue),
             "tiling_params": _params_dict(tiling),
             "cache_key": key,
+            "warnings": stats.warnings,
         }
         write_features(out, features, grid.coords, attrs)
         stats.write_s = time.perf_counter() - t0
@@ -246,6 +247,7 @@ class SlideResult:
     output: str = ""  # the feature file, empty on error
     tiles: int = 0  # tiles encoded (0 when cached or failed)
     seconds: float = 0.0  # wall time for this slide
+    warnings: list[str] = field(default_factory=list)  # e.g. "mpp assumed", "upsampled patches"
 
 
 @dataclass
@@ -367,7 +369,8 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
                 finally:
                     job.close()
                 result = SlideResult(str(path), stats.slide_id or path.stem,
-                                     "cached" if stats.cached else "ok", output=str(output), tiles=stats.tiles)
+                                     "cached" if stats.cached else "ok", output=str(output), tiles=stats.tiles,
+                                     warnings=stats.warnings)
             except MSRLError as err:
                 result = SlideResult(str(path), path.stem, "error", str(err))
             except (OSError, ValueError, RuntimeError) as err:
