@@ -1,0 +1,360 @@
+r"""The one prediction API the app and the CLI use: :class:`Predictor`.
+
+``Predictor.from_bundle(path)`` loads and validates a bundle, builds each task's
+:class:`~msrl_model.nn.msrl.MSRLNet` from the manifest config and the weights, and (lazily, once per
+task) an :class:`~msrl_model.infer.engine.ExactEngine` over that task's buffer plus the cohort
+statistics below. ``predict`` runs one slide's patch features through every task:
+
+.. math::
+    h, a = φ_H(X), \quad f = [\mathrm{Inductor}(h); h] \ \text{(MSRL)} \ \text{or}\
+    [φ_G(\mathrm{scale}(x_{expr})); h] \ \text{(MSRL\_multi)} \ \text{or}\ h \ \text{(MSRL\_H)},
+    \quad z = \mathrm{GCN}(\mathrm{GSL}([F_{buffer}; f]))_{query}
+
+Decisions (documented here and in the result JSON's docstring, :mod:`msrl_model.infer.results`):
+
+* **Cohort risks** (percentile and risk group) are the buffer cases' own outputs in the graph of the
+  buffer alone: ``head(GCN(A_buffer, F_buffer))``, one sparse pass at load. The buffer nodes carry
+  authentic genomics, so these are the training cases as the trained graph sees them; the cheaper
+  alternative to a leave-one-out query per case, and stable (no case links to itself as a query).
+* **Percentile** = % of buffer cases with a lower risk, ties counting half. **Risk group** = tertiles
+  of the cohort risks: low (< first tertile), intermediate, high (> second tertile).
+  ``percentile_in_project`` uses only the buffer cases of the given project.
+* **Survival curve**: S_j = P(alive at the end of bin j), a step function at the bin edges: 1 on
+  [0, e_1), S_j on [e_j, e_{j+1}); the open last bin has no finite end, so S_J is only in
+  ``bin_survival``. Median survival = the first edge e_j with S_j ≤ 0.5, else None (not reached).
+* **Neighbours' KM**: unweighted Kaplan–Meier of the linked cases (each neighbour counts once); the
+  edge weights are listed next to each case. Pathway ``neighbours_mean`` is edge-weighted.
+* **Suggested project**: the edge-weighted majority project among the linked cases. The graph always
+  uses the whole buffer, as trained; ``project`` only selects the within-project percentile.
+* **MSRL_multi**: with ``expression`` the genomics node half comes from φ_G on the real expression
+  (log1p first when the bundle's scale is "raw", then the bundle's z-scaler; missing genes set to
+  the training mean, i.e. z = 0, with a warning). Each task result says its ``mode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msrl_model import __version__
+from msrl_model.errors import BundleError, MSRLError
+from msrl_model.infer.bundle import Bundle, TaskBundle, check_encoder, json_safe, load_bundle
+from msrl_model.infer.engine import ExactEngine
+from msrl_model.infer.results import (ClassificationPrediction, Curve, LinkedCase, PathwayActivity,
+                                      PredictionResult, SurvivalPrediction, TaskResult)
+from msrl_model.nn.genomics import gather_groups
+from msrl_model.nn.heads import survival_from_logits
+from msrl_model.nn.msrl import MSRLNet, SlideBatch
+from msrl_model.progress import Job, Progress
+
+
+def _km(cases: Any, rows: np.ndarray | None = None) -> Curve:
+    """Kaplan–Meier of the case table's rows (all when None), skipping rows without survival data."""
+    from msrl_model.train.metrics import kaplan_meier
+
+    if "survival_months" not in cases.columns or "censorship" not in cases.columns:
+        return Curve([0.0], [1.0])
+    table = cases if rows is None else cases.iloc[rows]
+    t = table["survival_months"].to_numpy(dtype=np.float64, na_value=np.nan)
+    c = table["censorship"].to_numpy(dtype=np.float64, na_value=np.nan)
+    ok = np.isfinite(t) & np.isin(c, (0.0, 1.0))
+    times, surv = kaplan_meier(t[ok], (1 - c[ok]).astype(np.int64))
+    return Curve([float(x) for x in times], [float(x) for x in surv])
+
+
+def percentile_of(value: float, reference: np.ndarray) -> float:
+    """% of ``reference`` below ``value``, ties counting half: 100 (#{r < v} + ½ #{r = v}) / n."""
+    reference = np.asarray(reference, dtype=np.float64)
+    below = np.count_nonzero(reference < value) + 0.5 * np.count_nonzero(reference == value)
+    return float(100.0 * below / len(reference))
+
+
+def survival_curve(bin_edges: tuple[float, ...], bin_survival: np.ndarray) -> tuple[Curve, float | None]:
+    """Step curve over the finite bin edges and the median survival (first edge with S ≤ 0.5, else None)."""
+    inner = [float(e) for e in bin_edges[1:-1]]  # e_1..e_{J-1}: the finite bin ends
+    values = [float(s) for s in bin_survival[:len(inner)]]
+    median = next((e for e, s in zip(inner, values) if s <= 0.5), None)
+    return Curve([float(bin_edges[0])] + inner, [1.0] + values), median
+
+
+def _weighted_majority(labels: list[Any], weights: np.ndarray) -> str | None:
+    score: dict[str, float] = {}
+    for label, w in zip(labels, weights):
+        if isinstance(label, str) and label:
+            score[label] = score.get(label, 0.0) + float(w)
+    return max(sorted(score), key=lambda k: score[k]) if score else None
+
+
+class _TaskRuntime:
+    """One task's network, engine and cohort statistics on the predictor's device."""
+
+    def __init__(self, bundle: Bundle, task: TaskBundle, device: torch.device) -> None:
+        self.task = task
+        self.net = MSRLNet(bundle.config, task.spec, task.variant)  # type: ignore[arg-type]
+        self.net.load_state_dict(task.state_dict)
+        self.net.to(device).eval()
+        self.device = device
+        self.k = bundle.config.k
+        self._engine: ExactEngine | None = None
+        self.cohort_risk: np.ndarray | None = None  # (N,) survival tasks
+        self.cohort_km: Curve | None = None
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """Engine over the buffer and, for survival, the cohort risks and KM (once)."""
+        if self._engine is not None:
+            return
+        buffer = torch.from_numpy(self.task.buffer_nodes).to(self.device)  # (N, node_dim)
+        self._engine = ExactEngine(self.net.gsl, self.net.gcn, buffer, self.k)
+        if self.task.spec.kind == "survival":
+            edge_index, edge_weight = self.net.gsl.adjacency(buffer)
+            z = self.net.gcn(buffer, edge_index, edge_weight)  # (N, gcn_out)
+            self.cohort_risk = survival_from_logits(self.net.head(z)).risk.double().cpu().numpy()
+            self.cohort_km = _km(self.task.cases)
+
+    @property
+    def engine(self) -> ExactEngine:
+        self.prepare()
+        assert self._engine is not None
+        return self._engine
+
+
+class Predictor:
+    """Predictions for slides from a loaded bundle (see the module docstring for the decisions).
+
+    Args:
+        bundle: a loaded bundle (:func:`~msrl_model.infer.bundle.load_bundle`).
+        device: "auto" (CUDA when available), "cpu" or "cuda[:N]".
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "auto") -> None:
+        from msrl_model.features.pipeline import resolve_device
+
+        self.bundle = bundle
+        self.device_name = resolve_device(device)
+        self.device = torch.device(self.device_name)
+        try:
+            self._tasks = {name: _TaskRuntime(bundle, t, self.device) for name, t in bundle.tasks.items()}
+        except (RuntimeError, ValueError) as err:
+            raise BundleError(f"model bundle {bundle.path}: cannot build its networks ({err}); rebuild the bundle") from None
+        self._encoder: Any = None
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: str = "auto", expected_encoder: dict | None = None) -> Predictor:
+        """Load, validate and prepare a bundle (BundleError when it cannot be used)."""
+        return cls(load_bundle(path, expected_encoder=expected_encoder), device=device)
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names, bundle order."""
+        return list(self._tasks)
+
+    # ---- inputs -----------------------------------------------------------------------------
+
+    def expression_input(self, expression: Mapping[str, float] | Any) -> tuple[np.ndarray, list[str]]:
+        """Packed, scaled genomics input (1, Σ group sizes) from gene -> value, and warnings.
+
+        ``expression`` is a pandas Series or a dict of gene symbol -> value on the scale the bundle's
+        genomics block names ("raw": log1p is applied; "log": used as is). Genes the bundle needs but
+        the input lacks (or gives as NaN) are set to the training mean (z = 0).
+        """
+        g = self.bundle.genomics
+        if g is None:
+            raise MSRLError("this bundle has no genomics block, so it cannot use expression data (MSRL_multi); "
+                            "analyse without --expression")
+        values = {str(k): v for k, v in dict(expression).items()}
+        x = np.array([float(values.get(gene, np.nan)) for gene in g.genes], dtype=np.float64)  # (G,)
+        present = np.isfinite(x)
+        if not present.any():
+            raise MSRLError(f"none of the bundle's {len(g.genes)} genes has a value in the expression data "
+                            f"(e.g. {', '.join(g.genes[:3])}); check the gene symbols")
+        if g.expression_scale == "raw":
+            x = np.log1p(np.maximum(x, 0.0))
+        x = np.where(present, x, g.scaler_mean)
+        z = ((x - g.scaler_mean) / g.scaler_std).astype(np.float32)  # (G,) z-scores
+        packed = gather_groups(torch.from_numpy(z)[None], g.groups).numpy()  # (1, Σ s_i)
+        warnings = []
+        if not present.all():
+            warnings.append(f"expression: {int((~present).sum())} of {len(g.genes)} genes missing; "
+                            "set to the training mean (z = 0)")
+        return packed, warnings
+
+    # ---- prediction ---------------------------------------------------------------------------
+
+    def predict(self, features: np.ndarray, coords: np.ndarray, patch_size_level0: int, project: str | None = None,
+                expression: Mapping[str, float] | Any = None, *, slide_id: str = "slide") -> PredictionResult:
+        """Predict every task for one slide.
+
+        Args:
+            features: (N, P) patch features from the bundle's encoder (P = config.patch_dim).
+            coords: (N, 2) level-0 top-left pixel of each patch.
+            patch_size_level0: patch side in level-0 pixels (the feature file's attribute).
+            project: the slide's project (e.g. "TCGA-LUAD"), for the within-project percentile.
+            expression: gene -> value (pandas Series or dict) to run MSRL_multi; None = WSI only.
+            slide_id: the id recorded in the result.
+        """
+        job = self.predict_job(features, coords, patch_size_level0, project, expression, slide_id=slide_id)
+        while True:
+            try:
+                next(job)
+            except StopIteration as stop:
+                return stop.value
+
+    def predict_job(self, features: np.ndarray, coords: np.ndarray, patch_size_level0: int,
+                    project: str | None = None, expression: Mapping[str, float] | Any = None, *,
+                    slide_id: str = "slide", slide_path: str | None = None,
+                    slide_sha256_head: str | None = None) -> Job[PredictionResult]:
+        """:meth:`predict` as a job: yields Progress("predict", i, n_tasks, task) and returns the result."""
+        cfg = self.bundle.config
+        features = np.asarray(features, dtype=np.float32)
+        coords = np.asarray(coords, dtype=np.int64)
+        if features.ndim != 2 or features.shape[1] != cfg.patch_dim:
+            raise BundleError(f"the features are {features.shape[-1] if features.ndim else 0}-d but the bundle "
+                              f"expects {cfg.patch_dim}-d features from {self.bundle.encoder.get('name')}; "
+                              "extract with the bundle's encoder")
+        if len(features) == 0 or coords.shape != (len(features), 2):
+            raise MSRLError(f"{slide_id}: need at least one patch with (N, 2) coords; got features "
+                            f"{features.shape} and coords {coords.shape}")
+        warnings: list[str] = []
+        packed = None
+        if expression is not None:
+            packed_np, more = self.expression_input(expression)
+            packed = torch.from_numpy(packed_np).to(self.device)
+            warnings += more
+        batch = SlideBatch.from_bags([torch.from_numpy(features)], [torch.from_numpy(coords)],
+                                     [int(patch_size_level0)]).to(self.device)
+        results: dict[str, TaskResult] = {}
+        for i, (name, rt) in enumerate(self._tasks.items()):
+            yield Progress("predict", i, len(self._tasks), name)
+            rt.prepare()
+            results[name] = self._predict_task(rt, batch, packed, project, warnings)
+        yield Progress("predict", len(self._tasks), len(self._tasks), "done")
+        modes = {t.mode for t in results.values()}
+        mode = "msrl_multi" if "msrl_multi" in modes else ("msrl" if "msrl" in modes else "msrl_h")
+        first = next((t for t in results.values() if t.kind == "survival"), next(iter(results.values())))
+        if project is not None and not any(t.survival and t.survival.project_cases for t in results.values()):
+            warnings.append(f"project {project!r} has no cases in the training cohort; "
+                            "percentiles are against the whole cohort only")
+        return PredictionResult(
+            slide_id=slide_id, slide_path=slide_path, slide_sha256_head=slide_sha256_head,
+            bundle_path=str(self.bundle.path), bundle_sha256=self.bundle.fingerprint,
+            encoder={k: self.bundle.encoder.get(k) for k in ("name", "version", "dim")}, mode=mode,
+            project=project, suggested_project=first.suggested_project, patch_size_level0=int(patch_size_level0),
+            coords=coords.tolist(), tasks=results, warnings=list(dict.fromkeys(warnings)),
+            synthetic_training_cohort=self.bundle.synthetic, software_version=__version__)
+
+    @torch.no_grad()
+    def _predict_task(self, rt: _TaskRuntime, batch: SlideBatch, packed: torch.Tensor | None,
+                      project: str | None, warnings: list[str]) -> TaskResult:
+        net, task = rt.net, rt.task
+        h, attn = net.encode_slides(batch)  # (1, d), (1, N)
+        use_expr = packed is not None and net.uses_genomics
+        if packed is not None and not net.uses_genomics:
+            warnings.append(f"task {task.spec.name!r} is MSRL_H (no genomics); its expression input was ignored")
+        mode = "msrl_h" if not net.uses_genomics else ("msrl_multi" if use_expr else "msrl")
+        nodes = net.node_features(h, packed if use_expr else None)  # (1, node_dim)
+        q = rt.engine.predict(nodes)[0]
+        z = q.z[None]  # (1, gcn_out)
+        rows = q.linked.cpu().numpy()
+        weights = q.linked_weights.double().cpu().numpy()
+        cases = task.cases
+        linked = [LinkedCase(int(r), float(w), json_safe(cases.iloc[int(r)].to_dict()),
+                             [float(v) for v in task.pathways[int(r)]]) for r, w in zip(rows, weights)]
+        projects = cases["project"].tolist() if "project" in cases.columns else []
+        suggested = _weighted_majority([projects[r] for r in rows], weights) if projects else None
+
+        survival = classification = None
+        if task.spec.kind == "survival":
+            out = survival_from_logits(net.head(z))
+            risk = float(out.risk[0])
+            s = out.survival[0].double().cpu().numpy()
+            assert rt.cohort_risk is not None and rt.cohort_km is not None
+            t1, t2 = (float(v) for v in np.quantile(rt.cohort_risk, [1 / 3, 2 / 3]))
+            in_project = (cases["project"] == project).to_numpy(dtype=bool, na_value=False) \
+                if project is not None and "project" in cases.columns else np.zeros(len(cases), dtype=bool)
+            curve, median = survival_curve(task.spec.bin_edges, s)
+            survival = SurvivalPrediction(
+                risk=risk, percentile=percentile_of(risk, rt.cohort_risk),
+                percentile_in_project=percentile_of(risk, rt.cohort_risk[in_project]) if in_project.any() else None,
+                project_cases=int(in_project.sum()),
+                risk_group="low" if risk < t1 else ("high" if risk > t2 else "intermediate"),
+                risk_thresholds=[t1, t2], bin_edges_months=json_safe(list(task.spec.bin_edges)),
+                hazards=[float(v) for v in out.hazards[0]], bin_survival=[float(v) for v in s],
+                curve=curve, median_survival_months=median, cohort_km=rt.cohort_km, neighbours_km=_km(cases, rows))
+        else:
+            p = net.head.predict_proba(z)[0].double().cpu().numpy()
+            classification = ClassificationPrediction(list(task.spec.classes), [float(v) for v in p],
+                                                      task.spec.classes[int(np.argmax(p))])
+        pathways = None
+        if net.pathway_decoder is not None:
+            g = self.bundle.genomics
+            names = list(g.group_names) if g is not None else [f"group_{i}" for i in range(task.pathways.shape[1])]
+            recon = net.pathway_decoder(z)[0].double().cpu().numpy()
+            mean = (weights @ task.pathways[rows].astype(np.float64) / weights.sum()) if len(rows) \
+                else np.full(len(names), np.nan)
+            pathways = PathwayActivity(names, [float(v) for v in recon], json_safe(mean))
+        return TaskResult(
+            name=task.spec.name, kind=task.spec.kind, variant=task.variant, mode=mode, survival=survival,
+            classification=classification, linked_cases=linked, self_weight=float(q.self_weight),
+            attention=[float(v) for v in attn[0].double().cpu().numpy()], pathways=pathways,
+            suggested_project=suggested, metrics=json_safe(task.metrics))
+
+    # ---- files and slides ---------------------------------------------------------------------
+
+    def _check_feature_attrs(self, attrs: dict[str, Any], source: str, dim: int) -> None:
+        check_encoder(self.bundle.encoder, {"name": attrs.get("encoder"), "version": attrs.get("encoder_version"),
+                                            "dim": dim}, self.bundle.path)
+
+    def predict_features_file(self, path: str | Path, project: str | None = None,
+                              expression: Mapping[str, float] | Any = None) -> PredictionResult:
+        """Predict from a feature file; BundleError when it comes from another encoder or version."""
+        from msrl_model.features.h5io import read_features
+
+        ff = read_features(path)
+        self._check_feature_attrs(ff.attrs, str(path), ff.features.shape[1])
+        return self.predict(ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
+                            slide_id=str(ff.attrs.get("slide_id") or Path(path).stem))
+
+    def encoder(self) -> Any:
+        """The bundle's patch encoder, built once on this predictor's device; BundleError on a version mismatch."""
+        if self._encoder is None:
+            from msrl_model.encoders import build_encoder
+
+            spec = str(self.bundle.encoder.get("spec") or self.bundle.encoder["name"])
+            enc = build_encoder(spec, device=self.device_name)
+            check_encoder(self.bundle.encoder, {"name": enc.name, "version": enc.version, "dim": enc.dim},
+                          self.bundle.path)
+            self._encoder = enc
+        return self._encoder
+
+    def predict_slide(self, slide_path: str | Path, cache_dir: str | Path, project: str | None = None,
+                      expression: Mapping[str, float] | Any = None, *, workers: int | None = None,
+                      batch_size: int = 64) -> Job[PredictionResult]:
+        """Extract (cached in ``cache_dir``) with the bundle's encoder, tiling and tissue parameters, then
+        predict. A job: yields the extraction's Progress stages, then "predict"; returns the result."""
+        from msrl_model.features.h5io import read_features
+        from msrl_model.features.pipeline import extract_slide
+        from msrl_model.slide import TilingParams, TissueParams
+
+        try:
+            tiling = TilingParams(**self.bundle.tiling)
+            tissue = TissueParams(**self.bundle.tissue)
+        except TypeError as err:
+            raise BundleError(f"model bundle {self.bundle.path}: tiling/tissue parameters not understood ({err}); "
+                              "update MSRL Studio") from None
+        encoder = self.encoder()
+        h5 = yield from extract_slide(slide_path, cache_dir, encoder, self.device_name, workers, batch_size,
+                                      tissue, tiling)
+        ff = read_features(h5)
+        self._check_feature_attrs(ff.attrs, str(h5), ff.features.shape[1])
+        return (yield from self.predict_job(
+            ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
+            slide_id=str(ff.attrs.get("slide_id") or Path(slide_path).stem), slide_path=str(slide_path),
+            slide_sha256_head=str(ff.attrs.get("slide_sha256_head") or "") or None))
+
+
+__all__ = ["Predictor", "percentile_of", "survival_curve"]

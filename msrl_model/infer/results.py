@@ -1,0 +1,204 @@
+"""What a prediction returns: plain dataclasses of Python numbers, lists and strings, JSON both ways.
+
+Every float is a Python float (JSON number); a missing value is None (JSON ``null``): NaN and
+infinities never appear (an infinite survival bin edge, the open last bin, is None).
+``PredictionResult.from_json(r.to_json()) == r`` holds exactly.
+
+JSON layout (``PredictionResult.to_dict``)::
+
+    format_version, software_version, research_use_only (text), synthetic_training_cohort (bool)
+    slide_id, slide_path, slide_sha256_head, bundle_path, bundle_sha256, encoder {name, version, dim}
+    mode: "msrl" | "msrl_multi" | "msrl_h"      how the graph node of this slide was built
+    project                                     as given by the user (or None)
+    suggested_project                           weighted majority project of the survival (else first) task's neighbours
+    patch_size_level0, coords [[x, y], ...]     level-0 top-left of every analysed patch
+    warnings [str]
+    tasks {name: TaskResult}:
+        name, kind, variant, mode
+        survival (survival tasks) {risk, percentile, percentile_in_project, project_cases, risk_group,
+                  risk_thresholds [t1, t2], bin_edges_months, hazards, bin_survival,
+                  curve {times, survival}, median_survival_months (None = not reached),
+                  cohort_km {times, survival}, neighbours_km {times, survival}}
+        classification (classification tasks) {classes, probabilities, predicted}
+        linked_cases [{row, weight, case {column: value}, pathways [n_groups]}]   by weight, descending
+        self_weight                             normalised self-loop of the query node
+        attention [N]                           CLS→patch attention of φ_H (sums to 1), aligned with coords
+        pathways {names, reconstructed, neighbours_mean} or None
+        suggested_project, metrics (the bundle's cross-validated metrics for this task)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RESULT_FORMAT_VERSION = 1
+RESEARCH_USE_ONLY = "Research use only. Not for diagnostic use."
+
+
+@dataclass
+class Curve:
+    """A right-continuous step function: survival[k] holds on [times[k], times[k+1])."""
+
+    times: list[float]  # months, increasing, starting at 0
+    survival: list[float]  # values in [0, 1]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Curve:
+        return cls(list(d["times"]), list(d["survival"]))
+
+
+@dataclass
+class SurvivalPrediction:
+    """Discrete-time survival prediction of one slide, placed in the training cohort."""
+
+    risk: float  # -Σ_j S_j (higher = worse prognosis)
+    percentile: float  # % of buffer cases with a lower risk (ties count half), in [0, 100]
+    percentile_in_project: float | None  # the same among the buffer cases of `project`; None when unknown
+    project_cases: int  # buffer cases of `project` behind percentile_in_project (0 when None)
+    risk_group: str  # "low" | "intermediate" | "high": tertiles of the buffer cases' risks
+    risk_thresholds: list[float]  # [t1, t2]: low when risk < t1, high when risk > t2
+    bin_edges_months: list[float | None]  # J + 1 bin edges; the last (∞) is None
+    hazards: list[float]  # J per-bin hazards h_j
+    bin_survival: list[float]  # J values S_j = P(alive at the end of bin j)
+    curve: Curve  # S(t): 1 on [0, e_1), S_j on [e_j, e_{j+1}) for j < J
+    median_survival_months: float | None  # first edge where S <= 0.5; None = not reached
+    cohort_km: Curve  # Kaplan–Meier of the buffer cohort
+    neighbours_km: Curve  # unweighted Kaplan–Meier of the linked cases
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SurvivalPrediction:
+        return cls(**{**d, "curve": Curve.from_dict(d["curve"]), "cohort_km": Curve.from_dict(d["cohort_km"]),
+                      "neighbours_km": Curve.from_dict(d["neighbours_km"])})
+
+
+@dataclass
+class ClassificationPrediction:
+    """Class probabilities of one slide."""
+
+    classes: list[str]  # class labels, head order
+    probabilities: list[float]  # softmax, sums to 1
+    predicted: str  # argmax class
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassificationPrediction:
+        return cls(**d)
+
+
+@dataclass
+class LinkedCase:
+    """A training case the slide is linked to in the graph."""
+
+    row: int  # buffer row
+    weight: float  # normalised edge weight A'[query, row] > 0
+    case: dict[str, Any]  # the case-table row (case_id, slide_id, project, survival, stage, labels)
+    pathways: list[float]  # its authentic pathway scores (n_groups)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LinkedCase:
+        return cls(**d)
+
+
+@dataclass
+class PathwayActivity:
+    """Pathway activity reconstructed for the slide next to its neighbours' authentic activity."""
+
+    names: list[str]  # pathway (gene-group) names
+    reconstructed: list[float]  # pathway_decoder(z) of the slide
+    neighbours_mean: list[float]  # edge-weighted mean of the linked cases' authentic scores
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PathwayActivity:
+        return cls(**d)
+
+
+@dataclass
+class TaskResult:
+    """Everything predicted for one task."""
+
+    name: str  # task id
+    kind: str  # "survival" | "classification"
+    variant: str  # the network variant: "msrl" | "msrl_h"
+    mode: str  # "msrl" (WSI only, Inductor prompt) | "msrl_multi" (real expression) | "msrl_h"
+    survival: SurvivalPrediction | None  # survival tasks
+    classification: ClassificationPrediction | None  # classification tasks
+    linked_cases: list[LinkedCase]  # by weight descending
+    self_weight: float  # normalised self-loop weight of the query node
+    attention: list[float]  # (N,) CLS→patch attention, aligned with PredictionResult.coords
+    pathways: PathwayActivity | None  # None when the bundle has no pathway decoder
+    suggested_project: str | None  # edge-weighted majority project among the linked cases
+    metrics: dict[str, Any] = field(default_factory=dict)  # the bundle's cross-validated metrics
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskResult:
+        return cls(**{
+            **d,
+            "survival": None if d["survival"] is None else SurvivalPrediction.from_dict(d["survival"]),
+            "classification": None if d["classification"] is None
+            else ClassificationPrediction.from_dict(d["classification"]),
+            "linked_cases": [LinkedCase.from_dict(c) for c in d["linked_cases"]],
+            "pathways": None if d["pathways"] is None else PathwayActivity.from_dict(d["pathways"]),
+        })
+
+
+@dataclass
+class PredictionResult:
+    """The prediction for one slide over every task of a bundle."""
+
+    slide_id: str  # slide file stem (or the caller's id)
+    slide_path: str | None  # the slide file, when predicted from one
+    slide_sha256_head: str | None  # slide fingerprint (first MiB + size), for resume
+    bundle_path: str  # the bundle used
+    bundle_sha256: str  # the bundle's fingerprint (SHA-256 of its manifest)
+    encoder: dict[str, Any]  # patch encoder {name, version, dim}
+    mode: str  # "msrl_multi" when real expression was used for some task, else "msrl" (or "msrl_h")
+    project: str | None  # the project given by the user
+    suggested_project: str | None  # weighted majority project among the graph neighbours
+    patch_size_level0: int  # patch side in level-0 pixels
+    coords: list[list[int]]  # (N, 2) level-0 top-left of each patch
+    tasks: dict[str, TaskResult]  # by task name, bundle order
+    warnings: list[str] = field(default_factory=list)  # things the user should know (missing genes, ...)
+    synthetic_training_cohort: bool = False  # the bundle was trained on a synthetic cohort
+    software_version: str = ""  # MSRL Studio version that predicted
+    research_use_only: str = RESEARCH_USE_ONLY  # shown with every result
+    format_version: int = RESULT_FORMAT_VERSION  # layout of this JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PredictionResult:
+        return cls(**{**d, "tasks": {k: TaskResult.from_dict(v) for k, v in d["tasks"].items()}})
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Strict JSON (no NaN/Infinity tokens); floats round-trip exactly."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> PredictionResult:
+        return cls.from_dict(json.loads(text))
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers per task (for one-line outputs)."""
+        out: dict[str, Any] = {}
+        for name, t in self.tasks.items():
+            if t.survival is not None:
+                out[name] = {"risk": t.survival.risk, "percentile": t.survival.percentile,
+                             "risk_group": t.survival.risk_group,
+                             "median_survival_months": t.survival.median_survival_months}
+            elif t.classification is not None:
+                out[name] = {"predicted": t.classification.predicted,
+                             "probabilities": dict(zip(t.classification.classes, t.classification.probabilities))}
+        return out
+
+
+def finite_or_none(x: float) -> float | None:
+    """A Python float, or None for NaN/±inf."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+__all__ = ["ClassificationPrediction", "Curve", "LinkedCase", "PathwayActivity", "PredictionResult",
+           "RESEARCH_USE_ONLY", "RESULT_FORMAT_VERSION", "SurvivalPrediction", "TaskResult", "finite_or_none"]
