@@ -121,3 +121,21 @@ def test_worker_error_reaches_the_consumer_and_stops_the_pool(synth_slide):
         for _ in reader:
             pass
     assert _reader_threads() == []
+
+
+def test_a_wrong_fast_path_is_caught_and_falls_back_to_read_tile(synth_slide, monkeypatch):
+    from msrl_model.features import reader as reader_mod
+
+    original = reader_mod.JpegTileSource.region
+
+    def off_by_one(self, x, y, w, h):
+        region = original(self, x, y, w, h)
+        return None if region is None else region ^ 1  # flip the lowest bit: wrong pixels
+
+    monkeypatch.setattr(reader_mod.JpegTileSource, "region", off_by_one)
+    grid = _grid(synth_slide)
+    reader, _, tiles = _read_all(synth_slide, grid, ReaderConfig(workers=2, batch_size=6))
+    assert reader.mode == "read_tile"
+    with open_slide(synth_slide) as slide:
+        for i in range(len(grid.coords)):
+            np.testing.assert_array_equal(tiles[i], grid.read_tile(slide, i))

@@ -1,11 +1,13 @@
 """Parallel tile reader: worker threads, batches in grid order, bounded prefetch, pixel-exact.
 
-Measured on the 2-core machine (synthetic 8192×6144 SVS, 256² JPEG tiles): a naive OpenSlide
-``read_region`` loop runs at ~600–750 tiles/s, while decoding the same JPEG tiles with
-libjpeg-turbo (imagecodecs, via tifffile's decoder) runs at ~5,000+ tiles/s on one core. The JPEG
-decode is a small part of OpenSlide's per-tile cost; the rest is per-tile overhead (its tile cache,
-cairo compositing into ARGB, the ARGB→RGBA→RGB conversions, PIL objects). Threads alone therefore
-scale OpenSlide only as far as the cores are free. The reader combines three things:
+Measured on the 2-core machine (shared, so noisy; synthetic 8192×6144 SVS, 768 tiles of 256²,
+Aperio JPEG tiles of 256²): a naive OpenSlide ``read_region`` + PIL ``convert("RGB")`` loop runs at
+~120–700 tiles/s depending on the load, and two threads of the same OpenSlide reads reach only
+1.1–1.5× that, while decoding the same JPEG tiles with libjpeg-turbo (imagecodecs, via tifffile's
+decoder) runs at ~2,000–5,900 tiles/s on one core. The JPEG decode is a small part of OpenSlide's
+per-tile cost; the rest is per-tile overhead (its tile cache, cairo compositing into ARGB, the
+ARGB→RGBA→RGB conversions, PIL objects), so threads alone cannot reach 1.7× on two busy cores.
+Processes were not needed: both decoders release the GIL. The reader combines three things:
 
 * **Threads**: ``workers`` threads read disjoint runs of tiles; OpenSlide and libjpeg-turbo release
   the GIL while decoding. Each thread has its own slide handle (thread-local, no shared lock).
