@@ -107,14 +107,6 @@ def test_worker_error_reaches_the_consumer_and_stops_the_pool(synth_slide):
         def close(self):
             self.inner.close()
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.close()
-
-        dimensions = property(lambda self: self.inner.dimensions)
-
     reader = ParallelTileReader(synth_slide, grid, ReaderConfig(workers=2, batch_size=4, direct_jpeg=False),
                                 open_fn=lambda p: Broken(open_slide(p)))
     with pytest.raises(UnreadableTileError, match="damaged"):

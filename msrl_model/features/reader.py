@@ -14,8 +14,8 @@ Processes were not needed: both decoders release the GIL. The reader combines th
 * **Runs**: horizontally adjacent grid tiles on one row are read as one level-0 region
   ``k·read_size`` wide and sliced (resized like :meth:`TileGrid.read_tile` when
   ``read_size != patch_size``), paying the per-call cost once per run.
-* **Direct JPEG tiles**: when level 0 is a tiled, 8-bit RGB JPEG TIFF page (Aperio SVS, generic
-  tiled TIFF), the region is assembled from the file's JPEG tiles decoded with tifffile's decoder
+* **Direct JPEG tiles**: when level 0 is a tiled, 8-bit RGB JPEG TIFF page of an Aperio SVS or a
+  generic tiled TIFF (``DIRECT_VENDORS``), the region is assembled from the file's JPEG tiles decoded with tifffile's decoder
   (a per-thread cache of decoded tiles serves neighbouring runs). Regions that leave the image,
   or any decode error, go through :meth:`Slide.read_region` instead (which raises the typed error).
 
@@ -44,6 +44,9 @@ import numpy as np
 
 THREAD_PREFIX = "msrl-tile-reader"  # worker thread names start with this (tests look for leftovers)
 JPEG = 7  # TIFF compression code of (new-style) JPEG
+# Vendors whose level 0 is exactly the TIFF page's tile mosaic (no tile overlaps or offsets, as
+# Ventana BIF or Philips have); other formats always go through the slide backend.
+DIRECT_VENDORS = frozenset({"aperio", "generic-tiff"})
 
 
 @dataclass(frozen=True)
@@ -280,8 +283,9 @@ class ParallelTileReader:
         cfg = self.config
         if self._merge and cfg.direct_jpeg:
             with self._open(self.slide_path) as probe:
-                level0 = probe.dimensions
-            self._jpeg = self._direct = JpegTileSource.open(self.slide_path, level0, cfg.tile_cache)
+                level0, vendor = probe.dimensions, getattr(probe, "vendor", None)
+            if vendor in DIRECT_VENDORS:
+                self._jpeg = self._direct = JpegTileSource.open(self.slide_path, level0, cfg.tile_cache)
             if self._direct is not None:
                 self.mode = "jpeg-direct"
         self._pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix=THREAD_PREFIX)
