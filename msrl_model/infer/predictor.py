@@ -269,7 +269,7 @@ class Predictor:
 
         survival = classification = None
         if task.spec.kind == "survival":
-            out = survival_from_logits(net.head(z))
+            out = survival_from_logits(net.head(z).double())  # float64: risk = -Σ S exactly
             risk = float(out.risk[0])
             s = out.survival[0].double().cpu().numpy()
             assert rt.cohort_risk is not None and rt.cohort_km is not None
@@ -286,7 +286,7 @@ class Predictor:
                 hazards=[float(v) for v in out.hazards[0]], bin_survival=[float(v) for v in s],
                 curve=curve, median_survival_months=median, cohort_km=rt.cohort_km, neighbours_km=_km(cases, rows))
         else:
-            p = net.head.predict_proba(z)[0].double().cpu().numpy()
+            p = torch.softmax(net.head(z).double(), dim=-1)[0].cpu().numpy()  # float64: sums to 1
             classification = ClassificationPrediction(list(task.spec.classes), [float(v) for v in p],
                                                       task.spec.classes[int(np.argmax(p))])
         pathways = None
