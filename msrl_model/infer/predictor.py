@@ -153,6 +153,15 @@ class Predictor:
         """Task names, bundle order."""
         return list(self._tasks)
 
+    def cohort_risks(self) -> dict[str, np.ndarray]:
+        """Per survival task, the cohort risks (N,) behind percentiles and risk groups (computed once)."""
+        out = {}
+        for name, rt in self._tasks.items():
+            if rt.task.spec.kind == "survival":
+                rt.prepare()
+                out[name] = np.array(rt.cohort_risk, dtype=np.float64)
+        return out
+
     # ---- inputs -----------------------------------------------------------------------------
 
     def expression_input(self, expression: Mapping[str, float] | Any) -> tuple[np.ndarray, list[str]]:

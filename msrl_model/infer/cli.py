@@ -1,0 +1,256 @@
+"""``msrl analyze SLIDE_OR_DIR… --bundle PATH --out DIR``: the whole pipeline for one slide or many.
+
+For each slide: tissue → tiling → patch features (cached in ``--cache``, default ``OUT/features``)
+→ MSRL prediction with every task of the bundle → ``OUT/<slide_id>.json`` (a
+:class:`~msrl_model.infer.results.PredictionResult`). A slide whose result exists for the same slide
+bytes (``slide_sha256_head``) and the same bundle (``bundle_sha256``) is skipped, so an interrupted
+run resumes. Bad slides are reported and the run goes on; ``OUT/analyze_report.json`` lists every
+slide with its status (ok / skipped / error) and one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from msrl_model.errors import MSRLError
+from msrl_model.progress import Job, Progress
+
+REPORT_NAME = "analyze_report.json"
+
+EPILOG = """\
+exit codes:
+  0  every slide was analysed (or skipped because its result is up to date)
+  2  usage error, or the bundle / expression file could not be used (nothing analysed)
+  3  some slides failed (the others are done; see OUT/analyze_report.json)
+
+outputs:
+  OUT/<slide_id>.json        the full result (survival curve, risk, probabilities, linked training
+                             cases, attention per patch, pathway activity); research use only
+  OUT/analyze_report.json    one entry per slide: status ok | skipped | error, message, seconds
+  --json                     one JSON line per slide on stdout: slide, slide_id, status, output,
+                             message and the headline numbers (summary)
+"""
+
+
+@dataclass
+class SlideOutcome:
+    """One slide of an analyze run."""
+
+    slide: str  # the slide file
+    slide_id: str  # its stem
+    status: str  # "ok" | "skipped" | "error"
+    message: str = ""  # one-line error, or warnings joined by "; "
+    output: str | None = None  # the result JSON
+    seconds: float = 0.0  # wall time for this slide
+    summary: dict[str, Any] = field(default_factory=dict)  # headline numbers per task (ok / skipped)
+
+
+@dataclass
+class AnalyzeReport:
+    """What an analyze run did (written as OUT/analyze_report.json after every slide)."""
+
+    out_dir: str  # the output directory
+    bundle: str  # the bundle path
+    bundle_sha256: str  # its fingerprint
+    slides: list[SlideOutcome] = field(default_factory=list)  # in processing order
+
+    @property
+    def failed(self) -> list[SlideOutcome]:
+        return [s for s in self.slides if s.status == "error"]
+
+    def to_json(self) -> dict[str, Any]:
+        counts = {k: sum(s.status == k for s in self.slides) for k in ("ok", "skipped", "error")}
+        return {"out_dir": self.out_dir, "bundle": self.bundle, "bundle_sha256": self.bundle_sha256,
+                "counts": counts, "slides": [asdict(s) for s in self.slides]}
+
+    def write(self) -> None:
+        _atomic_write(Path(self.out_dir) / REPORT_NAME, json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analyze", help="predict survival, stage/mutations and linked training cases for slides (resumable)",
+        description="Tissue detection, tiling and patch features with the bundle's encoder, then MSRL "
+                    "inference against the bundle's training cases. Research use only.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files and/or directories of slides")
+    p.add_argument("--bundle", required=True, metavar="PATH", help="model bundle (directory or .msrl file)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory for the result JSON files")
+    p.add_argument("--project", default=None, metavar="P",
+                   help="the slides' project (e.g. TCGA-LUAD): adds the percentile within that project")
+    p.add_argument("--expression", default=None, metavar="CSV",
+                   help="expression table (case_id column [+ optional slide_id], one column per gene; raw or "
+                        "log as the bundle says): runs MSRL_multi for slides whose id starts with a case_id "
+                        "(or equals a slide_id); a one-row table applies to a single slide")
+    p.add_argument("--cache", default=None, metavar="DIR", help="feature cache (default: OUT/features)")
+    p.add_argument("--json", action="store_true", help="print one JSON line per slide on stdout")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: CPU count)")
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_analyze)
+
+
+# ---- expression tables --------------------------------------------------------------------------
+
+
+class ExpressionTable:
+    """Rows of an expression CSV matched to slides (see ``--expression``)."""
+
+    def __init__(self, path: Path) -> None:
+        import pandas as pd
+
+        try:
+            table = pd.read_csv(path)
+        except FileNotFoundError:
+            raise MSRLError(f"expression file {path} not found; check the path") from None
+        except (ValueError, OSError, UnicodeDecodeError) as err:
+            raise MSRLError(f"expression file {path} is not a readable CSV ({err})") from None
+        if "case_id" not in table.columns:
+            raise MSRLError(f"expression file {path} has no case_id column; add one (one row per case)")
+        ids = {"case_id", "slide_id"}
+        genes = [c for c in table.columns if c not in ids]
+        if not genes or len(table) == 0:
+            raise MSRLError(f"expression file {path} has no gene columns or no rows")
+        self.table = table.astype({"case_id": str})
+        self.genes = genes
+
+    def for_slide(self, slide_id: str, single: bool) -> Any:
+        """The row (a Series gene -> value) for a slide, or None when none matches."""
+        t = self.table
+        if "slide_id" in t.columns:
+            hit = t[t["slide_id"].astype(str) == slide_id]
+            if len(hit):
+                return hit.iloc[0][self.genes]
+        matches = [(len(c), i) for i, c in enumerate(t["case_id"]) if slide_id == c or slide_id.startswith(c)]
+        if matches:
+            return t.iloc[max(matches)[1]][self.genes]
+        if single and len(t) == 1:
+            return t.iloc[0][self.genes]
+        return None
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+
+def _up_to_date(out: Path, slide: Path, bundle_sha: str) -> dict[str, Any] | None:
+    """The existing result's summary when it matches the slide's bytes and the bundle, else None."""
+    from msrl_model.infer.results import PredictionResult
+    from msrl_model.slide import open_slide
+
+    if not out.is_file():
+        return None
+    try:
+        previous = PredictionResult.from_json(out.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError, OSError):
+        return None  # damaged or old result: analyse again
+    if previous.bundle_sha256 != bundle_sha:
+        return None
+    with open_slide(slide) as s:
+        if previous.slide_sha256_head != s.sha256_head():
+            return None
+    return previous.summary()
+
+
+def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: Path, project: str | None,
+                 expression: ExpressionTable | None, *, workers: int | None = None, batch_size: int = 64,
+                 on_slide: Callable[[SlideOutcome], Any] | None = None) -> Job[AnalyzeReport]:
+    """Analyse ``slides`` into ``out_dir``; yields one "slides" stage (message = the slide's own stage)."""
+    report = AnalyzeReport(str(out_dir), str(predictor.bundle.path), predictor.bundle.fingerprint)
+    seen: dict[str, Path] = {}
+    for k, path in enumerate(slides):
+        yield Progress("slides", k, len(slides), path.name)
+        t0 = time.perf_counter()
+        out = out_dir / f"{path.stem}.json"
+        try:
+            if path.stem in seen:
+                raise MSRLError(f"same slide id as {seen[path.stem]}; rename one of them")
+            seen[path.stem] = path
+            summary = _up_to_date(out, path, predictor.bundle.fingerprint)
+            if summary is not None:
+                outcome = SlideOutcome(str(path), path.stem, "skipped", "result is up to date", str(out),
+                                       summary=summary)
+            else:
+                expr = expression.for_slide(path.stem, single=len(slides) == 1) if expression else None
+                job = predictor.predict_slide(path, cache_dir, project, expr, workers=workers, batch_size=batch_size)
+                try:
+                    while True:
+                        ev = next(job)
+                        yield Progress("slides", k, len(slides), f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
+                except StopIteration as stop:
+                    result = stop.value
+                finally:
+                    job.close()
+                if expression is not None and expr is None:
+                    result.warnings.append(f"no expression row matches {path.stem}; analysed from the slide only")
+                _atomic_write(out, result.to_json(indent=1) + "\n")
+                outcome = SlideOutcome(str(path), result.slide_id, "ok", "; ".join(result.warnings), str(out),
+                                       summary=result.summary())
+        except MSRLError as err:
+            outcome = SlideOutcome(str(path), path.stem, "error", str(err))
+        except (OSError, ValueError, RuntimeError) as err:
+            outcome = SlideOutcome(str(path), path.stem, "error", f"{type(err).__name__}: {err}")
+        outcome.seconds = round(time.perf_counter() - t0, 3)
+        report.slides.append(outcome)
+        report.write()
+        if on_slide is not None:
+            on_slide(outcome)
+    yield Progress("slides", len(slides), len(slides), "done")
+    return report
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """The ``msrl analyze`` command; returns the exit code documented in :data:`EPILOG`."""
+    from msrl_model.features.pipeline import collect_slides
+    from msrl_model.infer.predictor import Predictor
+    from msrl_model.progress import drive
+
+    try:
+        if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
+            raise MSRLError("--batch-size and --workers must be at least 1")
+        slides = collect_slides(args.inputs)
+        if not slides:
+            raise MSRLError(f"no slide files found in {' '.join(args.inputs)}")
+        expression = ExpressionTable(Path(args.expression)) if args.expression else None
+        predictor = Predictor.from_bundle(args.bundle, device=args.device)
+        predictor.encoder()  # refuse a bundle whose encoder this installation cannot reproduce, before any work
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cache_dir = Path(args.cache) if args.cache else out_dir / "features"
+    except MSRLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    def on_slide(o: SlideOutcome) -> None:
+        if args.json:
+            print(json.dumps({"slide": o.slide, "slide_id": o.slide_id, "status": o.status, "output": o.output,
+                              "message": o.message, "summary": o.summary}, allow_nan=False), flush=True)
+        elif o.status == "error":
+            print(f"error: {o.slide}: {o.message}", file=sys.stderr)
+        else:
+            print(f"{o.status}: {o.slide} -> {o.output}", flush=True)
+
+    show = not args.quiet and sys.stderr.isatty()
+    report = drive(analyze_many(predictor, slides, out_dir, cache_dir, args.project, expression,
+                                workers=args.workers, batch_size=args.batch_size, on_slide=on_slide), show=show)
+    counts = report.to_json()["counts"]
+    print(f"{counts['ok']} analysed, {counts['skipped']} up to date, {counts['error']} failed; "
+          f"report: {out_dir / REPORT_NAME}", file=sys.stderr)
+    return 3 if report.failed else 0
+
+
+__all__ = ["AnalyzeReport", "ExpressionTable", "SlideOutcome", "analyze_many", "register", "run_analyze"]
