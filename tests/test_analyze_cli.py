@@ -126,3 +126,20 @@ def test_help_documents_exit_codes(capsys):
         run(["--help"])
     text = capsys.readouterr().out
     assert "exit codes:" in text and "3  some slides failed" in text and "analyze_report.json" in text
+
+
+def test_synthetic_tissue_and_blank_slides(bundle, cache, tmp_path, capsys):
+    from msrl_model.synth.slides import make_slide
+
+    slides = tmp_path / "synth"
+    slides.mkdir()
+    make_slide(slides / "tissue.svs", 1024, 1024, seed=2)
+    make_slide(slides / "blank.svs", 768, 768, seed=3, kind="blank")
+    out = tmp_path / "out"
+    code = run([str(slides), "--bundle", str(bundle), "--out", str(out), "--cache", str(cache), "--device", "cpu",
+                "--workers", "2", "--json", "--quiet"])
+    lines = {x["slide_id"]: x for x in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    assert code == 3 and lines["tissue"]["status"] == "ok" and lines["blank"]["status"] == "error"
+    assert "tissue" in lines["blank"]["message"].lower()
+    r = PredictionResult.from_json((out / "tissue.json").read_text())
+    assert r.patch_size_level0 == 256 and len(r.coords) == len(r.tasks["survival"].attention) > 0
