@@ -1,0 +1,227 @@
+"""``python -m msrl_model.train`` / ``msrl train``: cross-validate MSRL and build a model bundle.
+
+    python -m msrl_model.train --preset tiny --out runs/tiny
+    python -m msrl_model.train --cohort /data/tcga-brca --tasks survival,stage,HER2_status \\
+        --variants msrl,msrl_multi,abmil --folds 5 --device auto --out runs/brca
+
+Writes to ``--out``: ``bundle/`` (or ``model.msrl`` with ``--zip``), ``cv_results.csv``, ``cv_table.md``,
+``km_<task>_<method>.png``, ``model_card.md``, ``config.toml``, ``train.log`` (and ``cohort/`` for a
+preset: the SYNTHETIC cohort it generated). A cohort that fails validation is reported in full
+(every problem) and nothing is trained (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from msrl_model.errors import MSRLError
+
+log = logging.getLogger("msrl_model.train")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cohort", type=Path, help="cohort directory (clinical.csv, expression.csv, *.gmt, features/)")
+    src.add_argument("--preset", choices=("tiny", "demo"),
+                     help="generate a SYNTHETIC cohort and train with the preset's settings")
+    parser.add_argument("--tasks", help="comma-separated: survival and/or label columns "
+                                        "(default: the preset's, or survival + stage when the cohort has stage)")
+    parser.add_argument("--variants", help="comma-separated methods: msrl, msrl_h, msrl_multi, abmil, snn, "
+                                           "knn_cos, knn_euc, random_gsl, online_buffer (default: the preset's / all)")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (default: 1 for the tiny preset, torch's default otherwise)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same results)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--config", type=Path,
+                        help="TOML: MSRLConfig keys at the top level, TrainSettings keys under [train]")
+    parser.add_argument("--zip", action="store_true", help="write the bundle as one model.msrl file")
+    parser.add_argument("--no-bundle", action="store_true", help="cross-validation only (no final models)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``msrl train`` to the ``msrl`` dispatcher."""
+    parser = subparsers.add_parser("train", help="cross-validate MSRL and build a model bundle",
+                                   description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.set_defaults(func=run_train)
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _read_config(path: Path | None, base: tuple) -> tuple:
+    """(MSRLConfig, TrainSettings) from a TOML file on top of the preset's / default values."""
+    from msrl_model.nn.config import ConfigError, MSRLConfig
+    from msrl_model.train.presets import TrainSettings
+
+    cfg, settings = base
+    if path is None:
+        return cfg, settings
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration {path} does not exist; check the path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"configuration {path} is not valid TOML ({err}); fix it") from None
+    train = values.pop("train", {})
+    merged = {**cfg.to_dict(), **values}
+    merged.pop("group_sizes", None)  # always from the cohort
+    return MSRLConfig.from_dict(merged), TrainSettings.from_dict({**settings.to_dict(), **train})
+
+
+def _device(spec: str) -> "torch.device":  # noqa: F821 (torch imported lazily)
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise MSRLError(f"unknown device {spec!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MSRLError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """The whole run; returns the exit code (MSRLError propagates to the caller's handler)."""
+    start = time.perf_counter()
+    from msrl_model.nn.config import MSRLConfig
+    from msrl_model.train.cohort import load_cohort
+    from msrl_model.train.presets import ALL_VARIANTS, TrainSettings, preset
+
+    run_preset = preset(args.preset) if args.preset else None
+    out: Path = args.out
+    if args.folds < 2:
+        raise MSRLError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
+    base = (run_preset.config, run_preset.settings) if run_preset else (MSRLConfig.paper(), TrainSettings())
+    cfg, settings = _read_config(args.config, base)
+    device = _device(args.device)
+
+    if run_preset is None:
+        cohort = load_cohort(args.cohort)  # CohortValidationError lists every problem; nothing written yet
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        from msrl_model.progress import drive
+        from msrl_model.synth.cohort import SynthCohortConfig, synth_cohort_job
+
+        out.mkdir(parents=True, exist_ok=True)
+        synth = SynthCohortConfig(n_cases=run_preset.n_cases, n_projects=run_preset.n_projects, seed=args.seed,
+                                  feature_dim=run_preset.feature_dim, patches=run_preset.patches)
+        drive(synth_cohort_job(out / "cohort", synth), show=not args.quiet)
+        cohort = load_cohort(out / "cohort")
+    return _train(args, cohort, cfg, settings, run_preset, device, start, ALL_VARIANTS)
+
+
+def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, start: float,
+           all_variants: tuple[str, ...]) -> int:
+    import torch
+
+    from msrl_model.progress import drive
+    from msrl_model.train.cv import cv_job
+    from msrl_model.train.data import load_bags
+    from msrl_model.train.export import export_bundle, feature_encoder
+    from msrl_model.train.report import cv_table_markdown, model_card, plot_km, write_cv_csv
+
+    out: Path = args.out
+    handler = logging.FileHandler(out / "train.log", mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        threads = args.threads or (1 if run_preset is not None and run_preset.name == "tiny" else 0)
+        if threads:
+            torch.set_num_threads(threads)
+        tasks = _split(args.tasks) or (list(run_preset.tasks) if run_preset else
+                                       ["survival"] + (["stage"] if "stage" in cohort.labels else []))
+        variants = _split(args.variants) or list(run_preset.variants if run_preset else all_variants)
+        bad = [v for v in variants if v not in all_variants]
+        if bad:
+            raise MSRLError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(all_variants)}")
+        for task in tasks:
+            if task != "survival" and task not in cohort.labels:
+                raise MSRLError(f"task {task!r} is not a label column of the cohort; available: survival, "
+                                + ", ".join(sorted(cohort.labels)))
+        log.info("cohort %s: %d cases (%s)", cohort.root, cohort.n_cases,
+                 "SYNTHETIC" if cohort.config.synthetic else "real")
+        for note in cohort.notes + cohort.warnings:
+            log.info("cohort: %s", note)
+        bags = drive(load_bags(cohort), show=not args.quiet)
+        cfg = dataclasses.replace(cfg, patch_dim=bags.patch_dim,
+                                  group_sizes=tuple(len(g) for g in cohort.gene_groups))
+        cfg.to_toml(out / "config.toml")
+        with (out / "config.toml").open("a", encoding="utf-8") as fh:
+            fh.write("\n[train]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.to_dict().items()))
+        log.info("device %s, torch threads %d, tasks %s, variants %s, %d folds, seed %d", device,
+                 torch.get_num_threads(), tasks, variants, args.folds, args.seed)
+
+        def on_event(event) -> None:
+            if event.stage == "cross-validation" or event.done == event.total:
+                log.info("%s %s/%s %s", event.stage, event.done, event.total, event.message)
+
+        result = drive(cv_job(cohort, bags, cfg, tasks=tasks, variants=variants, n_folds=args.folds,
+                              settings=settings, seed=args.seed, device=device, final=not args.no_bundle),
+                       show=not args.quiet, on_event=on_event)
+        write_cv_csv(result, out / "cv_results.csv")
+        table = cv_table_markdown(result, tasks, variants)
+        (out / "cv_table.md").write_text(table, encoding="utf-8")
+        km = {}
+        for task in tasks:
+            for v in variants:
+                p = plot_km(result, cohort, task, v, out / f"km_{task}_{v}.png")
+                if p is not None and task == "survival":
+                    km[v] = p
+        encoder = feature_encoder(cohort, bags.patch_dim)
+        wall = time.perf_counter() - start
+        card = model_card(cohort=cohort, result=result, tasks=tasks, methods=variants, encoder=encoder,
+                          config_text=(out / "config.toml").read_text(encoding="utf-8"), km_pvalues=km,
+                          wall_seconds=wall)
+        (out / "model_card.md").write_text(card, encoding="utf-8")
+        if not args.no_bundle:
+            bundle = export_bundle(out / ("model.msrl" if args.zip else "bundle"), cohort=cohort, result=result,
+                                   config=cfg, encoder=encoder, model_card=card)
+            log.info("bundle written to %s", bundle)
+        log.info("done in %.1f s", time.perf_counter() - start)
+        print(table, end="")
+        print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+        return 0
+    except Exception:
+        log.exception("training failed")
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m msrl_model.train``: user errors print one message, exit non-zero."""
+    parser = argparse.ArgumentParser(prog="python -m msrl_model.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_train(args)
+    except MSRLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to start over", file=sys.stderr)
+        return 130
+
+
+__all__ = ["add_arguments", "main", "register", "run_train"]

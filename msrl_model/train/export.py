@@ -1,0 +1,96 @@
+"""The model bundle of a training run: the final MSRL network of every task and its buffer.
+
+Everything the bundle needs is assembled here and handed to
+:func:`msrl_model.infer.bundle.write_bundle` in one call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from msrl_model.nn.config import MSRLConfig
+from msrl_model.train.cohort import Cohort
+from msrl_model.train.cv import CVResult
+
+
+def case_table(cohort: Cohort, cases: np.ndarray) -> pd.DataFrame:
+    """One row per buffer case: case_id, slide_id (first slide), project, survival, censorship, labels."""
+    df = cohort.cases.iloc[cases]
+    out = pd.DataFrame({
+        "case_id": df["case_id"].astype(str).to_numpy(),
+        "slide_id": [cohort.slides[c][0] for c in df["case_id"]],
+        "project": df["project"].astype(str).to_numpy(),
+        "survival_months": df["survival_months"].to_numpy(np.float64),
+        "censorship": df["censorship"].to_numpy(np.int64),
+    })
+    for name in cohort.labels:
+        values = df[name].tolist()
+        out[name] = pd.Series([v if isinstance(v, str) and v else None for v in values], dtype="object")
+    return out
+
+
+def expression_scale(cohort: Cohort) -> str:
+    """"raw" or "log": how the cohort's expression table was given (the app treats a case's file alike).
+
+    ``Cohort`` keeps the inferred scale only in its notes when cohort.json does not set it.
+    """
+    if cohort.config.expression_scale in ("raw", "log"):
+        return cohort.config.expression_scale
+    return "raw" if any("inferred as 'raw'" in n for n in cohort.notes) else "log"
+
+
+def feature_encoder(cohort: Cohort, dim: int) -> dict:
+    """Encoder description {name, version, dim} from the first feature file's attributes."""
+    from msrl_model.features.h5io import read_features
+
+    for case in cohort.case_ids:
+        paths = cohort.case_feature_paths(case)
+        if paths:
+            attrs = read_features(paths[0], load_features=False).attrs
+            return {"name": str(attrs.get("encoder", "unknown")), "version": str(attrs.get("encoder_version", "")),
+                    "dim": int(dim)}
+    return {"name": "unknown", "version": "", "dim": int(dim)}
+
+
+def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: MSRLConfig, encoder: dict,
+                  model_card: str) -> Path:
+    """Write the bundle of ``result.final`` to ``out`` (directory or ``.msrl``) with ``write_bundle``."""
+    from msrl_model.infer.bundle import TaskBundle, write_bundle
+    from msrl_model.slide.tiling import TilingParams
+    from msrl_model.slide.tissue import TissueParams
+
+    fg = result.final_genomics
+    if fg is None or not result.final:
+        raise ValueError("the CV result has no final models; run cv_job(..., final=True)")
+    tasks = []
+    for name, final in result.final.items():
+        res = final.result
+        metrics = {}
+        for method in ("msrl",):
+            metrics = {m: {"mean": s["mean"], "std": s["std"]}
+                       for m, s in result.metric_summary(name, method).items()}
+        tasks.append(TaskBundle(
+            spec=res.online.task, variant=res.online.variant,
+            state_dict={k: v.detach().cpu() for k, v in res.online.state_dict().items()},
+            buffer_nodes=res.buffer.detach().cpu().numpy().astype(np.float32),
+            cases=case_table(cohort, res.buffer_cases),
+            pathways=fg.pathways[res.buffer_cases].numpy().astype(np.float32),
+            metrics=metrics))
+    scale = expression_scale(cohort)
+    genomics = {"genes": list(cohort.genes), "group_names": list(cohort.group_names),
+                "groups": [g.tolist() for g in cohort.gene_groups],
+                "scaler_mean": fg.scaler.mean, "scaler_std": fg.scaler.std,
+                "expression_scale": scale}
+    summary = cohort.summary()
+    cohort_summary = {"n_cases": summary["cases"], "projects": summary["projects"],
+                      "synthetic": summary["synthetic"], "source": str(cohort.root.name),
+                      "name": summary["name"], "censored_fraction": summary["censored_fraction"]}
+    return write_bundle(out, config=config, tasks=tasks, encoder=encoder, tiling=TilingParams().to_dict(),
+                        tissue=TissueParams().to_dict(), genomics=genomics, cohort_summary=cohort_summary,
+                        model_card=model_card)
+
+
+__all__ = ["case_table", "export_bundle", "expression_scale", "feature_encoder"]

@@ -1,0 +1,111 @@
+"""Training-run settings that are not model hyper-parameters, and the CLI presets.
+
+:class:`~msrl_model.nn.config.MSRLConfig` describes the model and its two training stages.
+:class:`TrainSettings` holds the knobs of *this* training program around it (mini-batching of the
+pre-training graph, anchor bootstrapping interval, the pathway-reconstruction weight, the baselines'
+schedule, ...). A :class:`RunPreset` bundles a synthetic cohort, an ``MSRLConfig`` and
+``TrainSettings`` for ``python -m msrl_model.train --preset tiny|demo``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from msrl_model.nn.config import ConfigError, MSRLConfig
+
+ALL_VARIANTS = ("msrl", "msrl_h", "msrl_multi", "abmil", "snn", "knn_cos", "knn_euc", "random_gsl",
+                "online_buffer")
+# Display names in tables (the paper's spelling where it has one).
+METHOD_NAMES = {
+    "msrl": "MSRL", "msrl_h": "MSRL_H", "msrl_multi": "MSRL_multi", "abmil": "ABMIL (WSI)",
+    "snn": "SNN (genomics)", "knn_cos": "KNN-cosine", "knn_euc": "KNN-euclidean",
+    "random_gsl": "Random GSL", "online_buffer": "Online buffer",
+}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Settings of the training program (not of the model)."""
+
+    pretrain_graph_cases: int = 1024  # cases per pre-training step (one random subset forms the graph)
+    anchor_every: int = 5  # SUBLIME bootstrapping of the anchor graphs every this many epochs
+    dense_anchor_max: int = 5000  # anchor graphs are dense K x K up to this many cases, sparse above
+    encode_chunk: int = 32  # bags per slide-encoder forward when embedding many cases
+    pathway_weight: float = 1.0  # weight of the pathway-reconstruction MSE added to the fine-tuning loss
+    baseline_lr: float = 0.0  # AdamW peak lr of the ABMIL / SNN baselines; 0 = cfg.finetune_lr
+    baseline_epochs: int = 0  # epochs of the ABMIL / SNN baselines; 0 = cfg.finetune_epochs
+    abmil_hidden: int = 0  # gated-attention width of ABMIL; 0 = cfg.d
+    grad_clip: float = 5.0  # max gradient norm (0 = no clipping)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("pretrain_graph_cases", "anchor_every", "dense_anchor_max", "encode_chunk"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}={getattr(self, name)} must be positive")
+        for name in ("pathway_weight", "baseline_lr", "baseline_epochs", "abmil_hidden", "grad_clip"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} must be >= 0")
+        if problems:
+            raise ConfigError("invalid training settings: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown [train] settings {unknown}; valid keys: {sorted(known)}")
+        defaults = cls()
+        typed = {}
+        for name, value in values.items():
+            want = type(getattr(defaults, name))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise ConfigError(f"[train] setting {name!r} must be {want.__name__}, got {value!r}")
+            typed[name] = value
+        return cls(**typed)
+
+
+@dataclass(frozen=True)
+class RunPreset:
+    """A complete synthetic run: cohort size, model config and training settings."""
+
+    name: str  # "tiny" | "demo"
+    n_cases: int  # synthetic cases
+    n_projects: int  # synthetic projects
+    patches: tuple[int, int]  # patches per synthetic slide (range)
+    feature_dim: int | None  # synthetic patch-feature dim (None = the built-in encoder's, as real features)
+    config: MSRLConfig  # model configuration (group_sizes filled from the cohort)
+    settings: TrainSettings = field(default_factory=TrainSettings)  # training-program settings
+    tasks: tuple[str, ...] = ("survival", "stage")  # default tasks
+    variants: tuple[str, ...] = ALL_VARIANTS  # default variants
+
+
+def preset(name: str) -> RunPreset:
+    """The ``tiny`` (CI: ~80 cases, seconds per model) or ``demo`` (shipped bundle) preset."""
+    if name == "tiny":
+        return RunPreset(
+            name="tiny", n_cases=80, n_projects=2, patches=(24, 64), feature_dim=32,
+            config=MSRLConfig.tiny(max_patches_train=32, pretrain_epochs=6, finetune_epochs=4,
+                                   warmup_epochs=1, batch_size=8),
+            settings=TrainSettings(anchor_every=2, encode_chunk=40),
+        )
+    if name == "demo":
+        # the demo MSRLConfig with a CPU-friendly schedule: 2 cores must run 5-fold CV of every
+        # method plus the final model in well under half an hour
+        return RunPreset(
+            name="demo", n_cases=300, n_projects=3, patches=(64, 256), feature_dim=None,
+            config=MSRLConfig.demo(max_patches_train=64, pretrain_epochs=25, finetune_epochs=12,
+                                   warmup_epochs=2, batch_size=32, slide_dropout=0.1),
+            settings=TrainSettings(anchor_every=5, encode_chunk=64),
+            variants=("msrl", "msrl_h", "msrl_multi", "abmil", "snn"),
+        )
+    raise ConfigError(f"unknown preset {name!r}; use 'tiny' or 'demo'")
+
+
+__all__ = ["ALL_VARIANTS", "METHOD_NAMES", "RunPreset", "TrainSettings", "preset"]

@@ -1,0 +1,232 @@
+r"""Stage 1: pan-cancer self-supervised graph structure learning (paper §3.2, SUBLIME-style).
+
+On the training cases (no labels):
+
+.. math::
+    h = φ_H(X_I),\quad g = φ_G(X_G),\quad f = [g; h]; \qquad
+    A^r_H = \mathrm{GSL}_H(H),\ Z_H = \mathrm{GCN}_H(A^r_H, H),\
+    Z^{aug}_H = \mathrm{GCN}_H(A^{aug}_H, H) \ (\text{same for } G), \qquad
+    Z_F = \mathrm{GCN}_F(\mathrm{GSL}_F(F), F)
+
+    \mathcal L_{gsl} = \mathcal L_{intra}(Z_H, Z_H^{aug}, Z_G, Z_G^{aug}) + \mathcal L_{inter}(Z_H, Z_G)
+        + \mathcal L_{fused}(Z_F, Z_H, Z_G)
+
+**Anchor graphs** (SUBLIME): :math:`A_H, A_G` start as the cosine kNN graph (top-(k+1) with self,
+ReLU, symmetrised, :math:`D^{-1/2} \cdot D^{-1/2}` normalised) of the *initial* embeddings of the
+training cases, and every ``anchor_every`` epochs are bootstrapped toward the learned graph over all
+training cases: :math:`A \leftarrow m A + (1 - m) A^r` (``cfg.anchor_momentum``). They are dense
+K×K matrices up to ``settings.dense_anchor_max`` cases and sparse COO tensors above.
+:math:`A^{aug}` = each (undirected) anchor edge dropped with probability ``cfg.edge_drop``, plus
+``cfg.edge_add`` × #edges random undirected edges with the mean anchor weight.
+The paper also names a fused anchor :math:`A_F`; no loss term reads it (eq. 5 uses the learned
+fused graph), so it is not built.
+
+**Mini-batches**: when the training set is larger than ``settings.pretrain_graph_cases``, each epoch
+splits a random permutation of the cases into equal parts; each part forms the graph of one step
+(learned graphs over the part, anchors restricted to it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from msrl_model.nn.config import MSRLConfig
+from msrl_model.nn.graph import gsl_adjacency_sparse
+from msrl_model.nn.losses import fused_loss, inter_loss, intra_loss
+from msrl_model.nn.msrl import PretrainNet
+from msrl_model.nn.slide_encoder import SlideEncoder
+from msrl_model.progress import Job, Progress
+from msrl_model.train.data import Bags
+from msrl_model.train.presets import TrainSettings
+
+
+def embed_slides(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
+                 chunk: int = 32, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> Tensor:
+    """h (len(cases), d) of ``cases`` in chunks of bags; grads flow when enabled by the caller."""
+    out = []
+    cases = list(cases)
+    for start in range(0, len(cases), chunk):
+        batch = bags.batch(cases[start:start + chunk], max_patches, generator).to(device)
+        out.append(encoder(batch.x, batch.pos, batch.mask)[0])  # (b, d)
+    return torch.cat(out)
+
+
+class AnchorGraph:
+    """A normalised symmetric anchor adjacency over K cases, dense or sparse COO.
+
+    Args:
+        adj: (K, K) dense tensor or sparse COO tensor.
+    """
+
+    def __init__(self, adj: Tensor) -> None:
+        self.adj = adj.coalesce() if adj.is_sparse else adj
+
+    @classmethod
+    def from_edges(cls, edge_index: Tensor, edge_weight: Tensor, n: int, dense: bool) -> AnchorGraph:
+        sparse = torch.sparse_coo_tensor(edge_index, edge_weight, (n, n), check_invariants=False).coalesce()
+        return cls(sparse.to_dense() if dense else sparse)
+
+    @classmethod
+    def knn(cls, x: Tensor, k: int, dense: bool) -> AnchorGraph:
+        """Cosine kNN graph of x (K, D), post-processed like the GSL output (no learnable weights)."""
+        with torch.no_grad():
+            ei, ew = gsl_adjacency_sparse(F.normalize(x.detach(), dim=-1), k)
+        return cls.from_edges(ei, ew, x.shape[0], dense)
+
+    @property
+    def n(self) -> int:
+        return int(self.adj.shape[0])
+
+    def bootstrap(self, learned: AnchorGraph, momentum: float) -> None:
+        """:math:`A \\leftarrow m A + (1 - m) A^r` (SUBLIME's slow update toward the learned graph)."""
+        self.adj = momentum * self.adj + (1.0 - momentum) * learned.adj
+        if self.adj.is_sparse:
+            self.adj = self.adj.coalesce()
+
+    def edges(self, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(edge_index (2, M), edge_weight (M,)) of the graph restricted to nodes ``idx`` (renumbered)."""
+        a = self.adj
+        if idx is not None:
+            a = a.index_select(0, idx).index_select(1, idx)  # (b, b)
+        if a.is_sparse:
+            a = a.coalesce()
+            keep = a.values() != 0
+            return a.indices()[:, keep], a.values()[keep]
+        ei = torch.nonzero(a).T  # (2, M)
+        return ei, a[ei[0], ei[1]]
+
+
+def augment_edges(edge_index: Tensor, edge_weight: Tensor, n: int, drop: float, add: float,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Edge dropout + random edge addition on an undirected graph, kept symmetric.
+
+    Each undirected edge {i, j} (self loops included) is kept with probability ``1 - drop``;
+    ``round(add · #undirected edges)`` random pairs {i, j}, i != j, are added with the mean edge weight.
+
+    Returns:
+        edge_index (2, M'), edge_weight (M',) with both directions of every off-diagonal edge.
+    """
+    upper = edge_index[0] <= edge_index[1]
+    ei, ew = edge_index[:, upper], edge_weight[upper]  # one direction per undirected edge
+    keep = torch.rand(ew.shape[0], generator=generator) >= drop
+    mean_w = ew.mean() if ew.numel() else torch.tensor(1.0)
+    n_add = int(round(add * ew.shape[0])) if n > 1 else 0
+    r = torch.randint(0, n, (n_add,), generator=generator)
+    c = (r + torch.randint(1, max(n, 2), (n_add,), generator=generator)) % n  # c != r
+    ei = torch.cat([ei[:, keep.to(ei.device)], torch.stack([r, c]).to(ei.device)], dim=1)
+    ew = torch.cat([ew[keep.to(ew.device)], mean_w.to(ew).expand(n_add)])
+    off = ei[0] != ei[1]
+    full_i = torch.cat([ei, ei[:, off].flip(0)], dim=1)  # (2, M') both directions
+    full_w = torch.cat([ew, ew[off]])
+    # duplicates (an added pair that already existed) are summed by the coalesce
+    a = torch.sparse_coo_tensor(full_i, full_w, (n, n), check_invariants=False).coalesce()
+    return a.indices(), a.values()
+
+
+def pretrain_losses(net: PretrainNet, h: Tensor, g: Tensor, aug_h: tuple[Tensor, Tensor],
+                    aug_g: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    """The three loss terms of one step over a graph of the cases in (h, g), each (b, d)."""
+    tau = net.cfg.tau
+    f = torch.cat([g, h], dim=-1)  # (b, 2d) f = concatenate(g, h)
+    z = {}
+    for name, x, gsl, gcn in (("h", h, net.gsl_h, net.gcn_h), ("g", g, net.gsl_g, net.gcn_g),
+                              ("f", f, net.gsl_f, net.gcn_f)):
+        ei, ew = gsl.adjacency(x)
+        z[name] = gcn(x, ei, ew)  # (b, gcn_out)
+    z_h_aug = net.gcn_h(h, *aug_h)
+    z_g_aug = net.gcn_g(g, *aug_g)
+    return {"intra": intra_loss(z["h"], z_h_aug, z["g"], z_g_aug, tau),
+            "inter": inter_loss(z["h"], z["g"], tau),
+            "fused": fused_loss(z["f"], z["h"], z["g"], tau)}
+
+
+def _learned_graphs(net: PretrainNet, bags: Bags, genomics: Tensor, cases: np.ndarray,
+                    settings: TrainSettings, device: torch.device, dense: bool,
+                    generator: torch.Generator) -> tuple[Tensor, Tensor, AnchorGraph, AnchorGraph]:
+    """h, g of all training cases (no grad, eval mode) and the learned graphs over them."""
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        h = embed_slides(net.slide_encoder, bags, cases, max_patches=net.cfg.max_patches_train,
+                         chunk=settings.encode_chunk, device=device, generator=generator)
+        g = net.genomics_encoder(genomics[cases].to(device))[0]
+        graphs = [AnchorGraph.from_edges(*gsl.adjacency(x), len(cases), dense)
+                  for gsl, x in ((net.gsl_h, h), (net.gsl_g, g))]
+    net.train(was)
+    return h, g, graphs[0], graphs[1]
+
+
+def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[int], *,
+                 settings: TrainSettings = TrainSettings(), seed: int = 0,
+                 device: torch.device | str = "cpu") -> Job[PretrainNet]:
+    """Pre-train φ_H, φ_G and the three GSL/GCN pairs on ``cases`` (a generator of Progress).
+
+    Args:
+        cfg: model configuration (``group_sizes`` set).
+        bags: patch bags of the cohort.
+        genomics: (n_cases, Σ group sizes) packed z-scored expression (scaler fitted on the training cases).
+        cases: the training cases (rows of the cohort); nothing else is looked at.
+        settings: mini-batch size, bootstrapping interval, dense/sparse threshold.
+        seed: same seed, same weights.
+        device: torch device.
+
+    Returns (generator return value): the trained :class:`PretrainNet` (in eval mode), with
+    ``loss_history`` (one mean :math:`\\mathcal L_{gsl}` per epoch).
+    """
+    device = torch.device(device)
+    cases = np.asarray(cases, dtype=np.int64)
+    n = len(cases)
+    if n < 3:
+        raise ValueError(f"pre-training needs at least 3 cases, got {n}")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = PretrainNet(cfg).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.pretrain_lr)
+    dense = n <= settings.dense_anchor_max
+    h0, g0, _, _ = _learned_graphs(net, bags, genomics, cases, settings, device, dense, gen)
+    anchor_h = AnchorGraph.knn(h0, cfg.k, dense)
+    anchor_g = AnchorGraph.knn(g0, cfg.k, dense)
+    steps = math.ceil(n / min(n, settings.pretrain_graph_cases))
+    history: list[float] = []
+    yield Progress("pre-train", 0, cfg.pretrain_epochs, f"{n} cases, {steps} step(s)/epoch")
+    for epoch in range(cfg.pretrain_epochs):
+        net.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for part in torch.tensor_split(perm, steps):
+            part = part.sort().values  # local indices into ``cases``
+            idx = cases[part.numpy()]
+            h = embed_slides(net.slide_encoder, bags, idx, max_patches=cfg.max_patches_train,
+                             chunk=settings.encode_chunk, device=device, generator=gen)  # (b, d)
+            g = net.genomics_encoder(genomics[idx].to(device))[0]  # (b, d)
+            sub = part.to(anchor_h.adj.device)
+            aug_h = augment_edges(*anchor_h.edges(sub), len(idx), cfg.edge_drop, cfg.edge_add, gen)
+            aug_g = augment_edges(*anchor_g.edges(sub), len(idx), cfg.edge_drop, cfg.edge_add, gen)
+            terms = pretrain_losses(net, h, g, aug_h, aug_g)
+            loss = terms["intra"] + terms["inter"] + terms["fused"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
+            opt.step()
+            total += float(loss.detach())
+        history.append(total / steps)
+        if (epoch + 1) % settings.anchor_every == 0 and epoch + 1 < cfg.pretrain_epochs:
+            _, _, learned_h, learned_g = _learned_graphs(net, bags, genomics, cases, settings, device,
+                                                         dense, gen)
+            anchor_h.bootstrap(learned_h, cfg.anchor_momentum)
+            anchor_g.bootstrap(learned_g, cfg.anchor_momentum)
+        yield Progress("pre-train", epoch + 1, cfg.pretrain_epochs, f"loss={history[-1]:.4f}")
+    net.eval()
+    net.loss_history = history
+    return net
+
+
+__all__ = ["AnchorGraph", "augment_edges", "embed_slides", "pretrain_job", "pretrain_losses"]
