@@ -128,7 +128,7 @@ def select_neighbours(sim: Tensor, rows: Tensor, k1: int,
         return idx
     band = (s - thr).abs() <= tol  # (B, N)
     for r in torch.nonzero(band.sum(1) > 1).flatten().tolist():
-        above = idx[r][vals[r] > thr[r] + tol]  # certainly kept, already in rank order
+        above = idx[r][(vals[r] - thr[r]).abs() > tol]  # certainly kept (the complement of the band), in rank order
         cand = torch.nonzero(band[r]).flatten()  # ascending index
         order = torch.sort(dots(r, cand), descending=True, stable=True).indices
         idx[r] = torch.cat([above, cand[order][: k1 - above.shape[0]]])
