@@ -542,16 +542,19 @@ def load_bundle(path: str | Path, expected_encoder: dict | None = None) -> Bundl
         try:
             weights = load_safetensors(src.read(WEIGHTS))
         except (SafetensorError, ValueError, RuntimeError) as err:
-            raise _bad(path, f"{WEIGHTS} is truncated or unreadable ({err}); copy or download the bundle again") from None
+            raise _bad(path, f"{WEIGHTS} is truncated or unreadable ({err}); "
+                             "copy or download the bundle again") from None
         try:
-            with h5py.File(io.BytesIO(src.read(BUFFER)), "r") as f:
+            h5_source = io.BytesIO(src.read(BUFFER)) if src.zip is not None else path / BUFFER
+            with h5py.File(h5_source, "r") as f:
                 tasks = {spec.name: _read_task(f, spec, variant, entry, weights, config, path)
                          for spec, variant, entry in specs}
                 genomics = _read_genomics(f) if "genomics" in f else None
         except BundleError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as err:
-            raise _bad(path, f"{BUFFER} is truncated or unreadable ({err}); copy or download the bundle again") from None
+            raise _bad(path, f"{BUFFER} is truncated or unreadable ({err}); "
+                             "copy or download the bundle again") from None
         if genomics is not None and tuple(len(g) for g in genomics.groups) != config.group_sizes:
             raise _bad(path, f"{BUFFER} gene groups do not match the model configuration; the bundle is inconsistent")
         if genomics is not None:

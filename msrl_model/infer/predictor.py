@@ -140,7 +140,8 @@ class Predictor:
         try:
             self._tasks = {name: _TaskRuntime(bundle, t, self.device) for name, t in bundle.tasks.items()}
         except (RuntimeError, ValueError) as err:
-            raise BundleError(f"model bundle {bundle.path}: cannot build its networks ({err}); rebuild the bundle") from None
+            raise BundleError(f"model bundle {bundle.path}: cannot build its networks ({err}); "
+                              "rebuild the bundle") from None
         self._encoder: Any = None
 
     @classmethod
@@ -314,7 +315,8 @@ class Predictor:
 
     # ---- files and slides ---------------------------------------------------------------------
 
-    def _check_feature_attrs(self, attrs: dict[str, Any], source: str, dim: int) -> None:
+    def _check_feature_attrs(self, attrs: dict[str, Any], dim: int) -> None:
+        """BundleError when a feature file's encoder (name, version, dim) is not the bundle's."""
         check_encoder(self.bundle.encoder, {"name": attrs.get("encoder"), "version": attrs.get("encoder_version"),
                                             "dim": dim}, self.bundle.path)
 
@@ -324,7 +326,7 @@ class Predictor:
         from msrl_model.features.h5io import read_features
 
         ff = read_features(path)
-        self._check_feature_attrs(ff.attrs, str(path), ff.features.shape[1])
+        self._check_feature_attrs(ff.attrs, ff.features.shape[1])
         return self.predict(ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
                             slide_id=str(ff.attrs.get("slide_id") or Path(path).stem))
 
@@ -359,7 +361,7 @@ class Predictor:
         h5 = yield from extract_slide(slide_path, cache_dir, encoder, self.device_name, workers, batch_size,
                                       tissue, tiling)
         ff = read_features(h5)
-        self._check_feature_attrs(ff.attrs, str(h5), ff.features.shape[1])
+        self._check_feature_attrs(ff.attrs, ff.features.shape[1])
         return (yield from self.predict_job(
             ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
             slide_id=str(ff.attrs.get("slide_id") or Path(slide_path).stem), slide_path=str(slide_path),
