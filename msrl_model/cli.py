@@ -19,6 +19,7 @@ from msrl_model.errors import MSRLError
 SUBCOMMAND_MODULES = (
     "msrl_model.synth.cli",
     "msrl_model.features.cli",
+    "msrl_model.infer.cli",
 )
 
 
