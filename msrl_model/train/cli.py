@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for torch (default: 1 for the tiny preset, torch's default otherwise)")
+                        help="CPU threads for torch (default: 1 for the presets, whose small models gain "
+                             "nothing from more; torch's default otherwise)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same results)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--config", type=Path,
@@ -98,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from msrl_model.nn.config import MSRLConfig
     from msrl_model.train.cohort import load_cohort
-    from msrl_model.train.presets import ALL_VARIANTS, TrainSettings, preset
+    from msrl_model.train.presets import TrainSettings, preset
 
     run_preset = preset(args.preset) if args.preset else None
     out: Path = args.out
@@ -110,6 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     if run_preset is None:
         cohort = load_cohort(args.cohort)  # CohortValidationError lists every problem; nothing written yet
+        _tasks_variants(args, cohort, None)  # unknown tasks / variants: nothing written either
         out.mkdir(parents=True, exist_ok=True)
     else:
         from msrl_model.progress import drive
@@ -120,11 +122,27 @@ def run_train(args: argparse.Namespace) -> int:
                                   feature_dim=run_preset.feature_dim, patches=run_preset.patches)
         drive(synth_cohort_job(out / "cohort", synth), show=not args.quiet)
         cohort = load_cohort(out / "cohort")
-    return _train(args, cohort, cfg, settings, run_preset, device, start, ALL_VARIANTS)
+    return _train(args, cohort, cfg, settings, run_preset, device, start)
 
 
-def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, start: float,
-           all_variants: tuple[str, ...]) -> int:
+def _tasks_variants(args: argparse.Namespace, cohort, run_preset) -> tuple[list[str], list[str]]:
+    """The run's tasks and variants (user errors for unknown ones)."""
+    from msrl_model.train.presets import ALL_VARIANTS
+
+    tasks = _split(args.tasks) or (list(run_preset.tasks) if run_preset else
+                                   ["survival"] + (["stage"] if "stage" in cohort.labels else []))
+    variants = _split(args.variants) or list(run_preset.variants if run_preset else ALL_VARIANTS)
+    bad = [v for v in variants if v not in ALL_VARIANTS]
+    if bad:
+        raise MSRLError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(ALL_VARIANTS)}")
+    for task in tasks:
+        if task != "survival" and task not in cohort.labels:
+            raise MSRLError(f"task {task!r} is not a label column of the cohort; available: survival, "
+                            + ", ".join(sorted(cohort.labels)))
+    return tasks, variants
+
+
+def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, start: float) -> int:
     import torch
 
     from msrl_model.progress import drive
@@ -139,19 +157,10 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        threads = args.threads or (1 if run_preset is not None and run_preset.name == "tiny" else 0)
+        threads = args.threads or (1 if run_preset is not None else 0)
         if threads:
             torch.set_num_threads(threads)
-        tasks = _split(args.tasks) or (list(run_preset.tasks) if run_preset else
-                                       ["survival"] + (["stage"] if "stage" in cohort.labels else []))
-        variants = _split(args.variants) or list(run_preset.variants if run_preset else all_variants)
-        bad = [v for v in variants if v not in all_variants]
-        if bad:
-            raise MSRLError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(all_variants)}")
-        for task in tasks:
-            if task != "survival" and task not in cohort.labels:
-                raise MSRLError(f"task {task!r} is not a label column of the cohort; available: survival, "
-                                + ", ".join(sorted(cohort.labels)))
+        tasks, variants = _tasks_variants(args, cohort, run_preset)
         log.info("cohort %s: %d cases (%s)", cohort.root, cohort.n_cases,
                  "SYNTHETIC" if cohort.config.synthetic else "real")
         for note in cohort.notes + cohort.warnings:
