@@ -26,7 +26,7 @@ from msrl_model.nn.msrl import PretrainNet
 from msrl_model.progress import Job, Progress
 from msrl_model.train.baselines import baseline_job, predict_baseline, variant_options
 from msrl_model.train.cohort import Cohort, stratified_folds
-from msrl_model.train.data import Bags, FoldGenomics, fold_genomics, task_targets
+from msrl_model.train.data import Bags, FoldGenomics, TaskTargets, fold_genomics, task_targets
 from msrl_model.train.finetune import FinetuneResult, Predictions, finetune_job, predict
 from msrl_model.train.metrics import auc_macro_ovr, c_index, f1_macro
 from msrl_model.train.presets import ALL_VARIANTS, TrainSettings
@@ -93,7 +93,7 @@ def _record_oof(result: CVResult, task: str, method: str, fold: int, pred: Predi
 
 def _train_variants(cohort: Cohort, bags: Bags, fg: FoldGenomics, pre: PretrainNet | None, cfg: MSRLConfig,
                     settings: TrainSettings, task: str, variants: Sequence[str], train: np.ndarray,
-                    seed: int, device: torch.device) -> Job[tuple[dict[str, Predictions | object], object]]:
+                    seed: int, device: torch.device) -> Job[tuple[dict[str, object], TaskTargets]]:
     """Train every variant of one task on ``train``; returns ({variant: trained model}, targets)."""
     tt = task_targets(cohort, task, train, cfg.n_bins)
     models: dict[str, object] = {}
