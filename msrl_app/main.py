@@ -1,7 +1,20 @@
-"""``msrl-app [SLIDE] [--quit]``: start MSRL Studio.
+"""``msrl-app [SLIDE] [--bundle PATH] [--analyze] [--export OUT.pdf|OUT.json] [--quit]``: start MSRL Studio.
 
 Start-up imports only Qt, numpy and the light ``msrl_model`` modules; torch and torch_geometric
-are imported when a model is first needed, so the window shows in well under two seconds.
+are imported when a model is first needed (the bundle is loaded on a worker thread once the window
+is shown), so the window shows in well under two seconds.
+
+Model bundle: ``--bundle PATH``, else the one chosen last (File ▸ Open model bundle…), else the
+bundle shipped in ``resources/`` (``resources/bundle`` or ``resources/*.msrl``).
+
+Demo slide: started without a slide (and without ``--quit``/``--no-demo``), the app opens a demo
+slide — a synthetic H&E-like Aperio SVS (4096 × 3072 px, fixed seed) rendered once on a worker
+thread into the cache folder (``<cache>/demo/msrl-demo-slide.svs``, see :mod:`msrl_app.analysis`).
+
+Automation (installer smoke tests, batch use): ``msrl-app SLIDE --bundle B --analyze --export
+OUT.pdf --quit`` runs the same GUI path without a person: opens the slide, analyses it, writes the
+report (``.pdf``) or the results (``.json`` plus CSVs) and exits 0; on any error it prints
+``error: ...`` on stderr and exits 1. No dialog ever waits for a click in ``--quit`` mode.
 """
 
 from __future__ import annotations
@@ -25,9 +38,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="msrl-app", description="MSRL Studio: view a whole-slide image (research use only).")
     parser.add_argument("slide", nargs="?", type=Path, help="slide to open (.svs or any OpenSlide format)")
+    parser.add_argument("--bundle", type=Path, help="model bundle (a bundle folder or a .msrl file)")
+    parser.add_argument("--project", help="the slide's cancer type (a project of the bundle, e.g. TCGA-LUAD)")
+    parser.add_argument("--expression", type=Path, help="this case's expression CSV (runs MSRL_multi)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="analysis device (default: the setting)")
+    parser.add_argument("--analyze", action="store_true", help="analyze the slide once it is open")
+    parser.add_argument("--export", type=Path, metavar="OUT",
+                        help="after --analyze, write the report (OUT.pdf) or the results (OUT.json + CSVs)")
+    parser.add_argument("--no-demo", action="store_true", help="do not open the demo slide when no slide is given")
     parser.add_argument("--quit", action="store_true",
-                        help="quit once the window is shown and the slide opened (smoke tests, timing); "
-                             "exit status 1 if the slide could not be opened")
+                        help="quit when done: after opening the slide, or after --analyze/--export "
+                             "(smoke tests, batch); exit status 1 and the message on stderr on any error")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
@@ -51,6 +72,9 @@ def _install_excepthook(window) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the app; returns the process exit status."""
     args = parse_args(argv)
+    if args.export is not None and not args.analyze:
+        print("error: --export needs --analyze", file=sys.stderr)
+        return 2
     from msrl_app.applog import setup_logging
     from msrl_app.window import APP, ORG, MainWindow, apply_theme
 
@@ -64,18 +88,75 @@ def main(argv: list[str] | None = None) -> int:
     window = MainWindow(log_path=log_path)
     window.show_dialogs = not args.quit  # a smoke run must not wait on a dialog: errors go to stderr
     _install_excepthook(window)
+    if args.device:
+        window.set_device(args.device, remember=False)
     window.show()
     status = {"code": 0}
-    if args.slide is not None:
-        def open_initial() -> None:
-            if not window.open_slide(args.slide):
-                status["code"] = 1
-        QTimer.singleShot(0, open_initial)
-    if args.quit:
-        QTimer.singleShot(0, window.close)
-        QTimer.singleShot(0, app.quit)
+
+    def fail() -> None:
+        status["code"] = 1
+        if args.quit:
+            window.close()
+            app.quit()
+
+    def on_analysis(outcome: str) -> None:
+        if outcome != "done":
+            if outcome == "cancelled":
+                print("error: the analysis was cancelled", file=sys.stderr)
+            fail()
+            return
+        if args.export is not None:
+            written = (window.export_results(args.export) if args.export.suffix.lower() == ".json"
+                       else window.export_pdf(args.export))
+            if not written:
+                fail()
+                return
+        if args.quit:
+            window.close()
+            app.quit()
+
+    def start() -> None:
+        bundle = args.bundle or _remembered_bundle(window)
+        if bundle is not None:
+            window.set_bundle(bundle, remember=args.bundle is not None and not args.quit)
+        if args.slide is None:
+            if args.quit and not args.analyze:
+                window.close()
+                app.quit()
+            elif args.analyze:
+                print("error: --analyze needs a slide", file=sys.stderr)
+                fail()
+            elif not args.no_demo:
+                window.open_demo_slide()
+            return
+        if not window.open_slide(args.slide):
+            fail()
+            return
+        if args.expression is not None and not window.load_expression(args.expression, analyze=False):
+            fail()
+            return
+        if args.project:
+            window.set_project(args.project)
+        if args.analyze:
+            window.analysisFinished.connect(on_analysis)
+            window.start_analysis()
+        elif args.quit:
+            window.close()
+            app.quit()
+
+    QTimer.singleShot(0, start)
     code = app.exec()
     return code or status["code"]
+
+
+def _remembered_bundle(window) -> Path | None:
+    """The bundle chosen last if it still exists, else the shipped one."""
+    from msrl_app.analysis import default_bundle
+
+    remembered = window.settings.value("bundle/path")
+    if remembered and Path(str(remembered)).exists():
+        return Path(str(remembered))
+    return default_bundle()
 
 
 if __name__ == "__main__":

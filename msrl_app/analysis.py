@@ -1,0 +1,239 @@
+"""What Analyze needs besides widgets: folders, the default bundle, the device setting, the demo
+slide, a case's expression file, and the analysis job (with its out-of-GPU-memory fallback).
+
+Nothing here imports torch at module level: the model (``msrl_model.infer``) is imported inside the
+jobs, which run on worker threads, so the window shows before torch has loaded.
+
+Folders:
+    cache   ``$MSRL_STUDIO_CACHE_DIR`` if set (tests, portable installs), else the per-user cache
+            (Linux ``~/.cache/msrl-studio``, macOS ``~/Library/Caches/msrl-studio``, Windows
+            ``%LOCALAPPDATA%/cache/msrl-studio``); features go to ``<cache>/features`` (a second
+            Analyze of the same slide reuses them), the demo slide to ``<cache>/demo``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import sys
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QStandardPaths
+
+from msrl_model.errors import MSRLError
+from msrl_model.progress import Progress
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "MSRL_STUDIO_CACHE_DIR"
+DEVICES = ("auto", "cpu", "cuda")  # the Settings ▸ Device choices
+DEMO_SLIDE = dict(width=4096, height=3072, seed=20240611)  # the demo slide: deterministic
+DEMO_NAME = "msrl-demo-slide.svs"
+NO_BUNDLE = ("No model bundle is loaded: open one with File ▸ Open model bundle… (a bundle directory "
+             "or a .msrl file), or start msrl-app with --bundle PATH")
+
+
+def cache_dir() -> Path:
+    """The app's cache folder (created on first use by whoever writes into it)."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override)
+    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericCacheLocation)
+    return (Path(base) if base else Path.home() / ".cache") / "msrl-studio"
+
+
+def features_dir() -> Path:
+    return cache_dir() / "features"
+
+
+def resource_dirs() -> list[Path]:
+    """Where shipped resources may be: a frozen app's bundle folder, the package, the source tree."""
+    here = Path(__file__).resolve().parent
+    dirs = [here / "resources", here.parent / "resources"]
+    frozen = getattr(sys, "_MEIPASS", None)
+    if frozen:
+        dirs.insert(0, Path(frozen) / "resources")
+    return dirs
+
+
+def default_bundle() -> Path | None:
+    """The bundle shipped with the app: ``resources/bundle`` (a directory) or ``resources/*.msrl``."""
+    for folder in resource_dirs():
+        if (folder / "bundle" / "manifest.json").is_file():
+            return folder / "bundle"
+        shipped = sorted(folder.glob("*.msrl")) if folder.is_dir() else []
+        if shipped:
+            return shipped[0]
+    return None
+
+
+def demo_slide_path() -> Path:
+    return cache_dir() / "demo" / DEMO_NAME
+
+
+def demo_slide_job() -> Generator[Progress, None, Path]:
+    """Render the demo slide once (``DEMO_SLIDE``, a synthetic H&E-like Aperio SVS) into the cache;
+    later calls return the existing file at once."""
+    path = demo_slide_path()
+    if path.is_file():
+        return path
+    yield Progress("demo slide", 0, 1, "rendering a synthetic demo slide (once)")
+    from msrl_model.synth.slides import make_slide
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.svs")  # atomic: render aside, then rename
+    try:
+        make_slide(tmp, DEMO_SLIDE["width"], DEMO_SLIDE["height"], seed=DEMO_SLIDE["seed"])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    yield Progress("demo slide", 1, 1, path.name)
+    return path
+
+
+def read_expression(path: str | os.PathLike) -> dict[str, float]:
+    """One case's gene expression from a CSV: either a one-row table with a column per gene (an
+    optional ``case_id`` column is ignored) or two columns ``gene,value`` (a header row is optional).
+
+    Raises MSRLError with what to fix when the file has neither shape or no numeric value."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [[c.strip() for c in row] for row in csv.reader(f) if any(c.strip() for c in row)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MSRLError(f"cannot read {path.name} ({exc}); choose a CSV text file") from exc
+
+    def number(text: str) -> float | None:
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return value if math.isfinite(value) else None
+
+    values: dict[str, float] = {}
+    if len(rows) == 2 and len(rows[0]) > 2:  # wide: header of genes, one row of values
+        for gene, text in zip(rows[0], rows[1]):
+            if gene.lower() in ("case_id", "case", "sample", "") or number(text) is None:
+                continue
+            values[gene] = number(text)
+    elif rows and all(len(r) == 2 for r in rows):  # long: gene,value (header optional)
+        for gene, text in rows:
+            if number(text) is not None and gene:
+                values[gene] = number(text)
+    else:
+        raise MSRLError(f"{path.name} is neither a one-row table with a column per gene nor two "
+                        f"columns gene,value; save the case's expression in one of these shapes")
+    if not values:
+        raise MSRLError(f"{path.name} has no numeric expression values; check the file's separator "
+                        f"(comma) and decimal point (.)")
+    return values
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory errors (``torch.cuda.OutOfMemoryError`` and the older RuntimeError)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    return (oom is not None and isinstance(exc, oom)) or "CUDA out of memory" in str(exc)
+
+
+@dataclass
+class AnalysisRequest:
+    """One click of Analyze."""
+
+    slide: Path  # the slide file
+    bundle: Path  # the model bundle (directory or .msrl)
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    project: str | None = None  # cancer type of the slide; None = the bundle's default
+    expression: dict[str, float] | None = None  # this case's expression: runs MSRL_multi
+    batch_size: int = 64  # patch-encoder batch (halved on out-of-GPU-memory)
+    cache: Path = field(default_factory=features_dir)  # feature cache folder
+
+
+class PredictorCache:
+    """Keeps one loaded :class:`msrl_model.infer.predictor.Predictor` (per bundle and device)
+    between runs. ``get`` runs on worker threads (the bundle warm-up and Analyze may overlap), so
+    loading is serialised by a lock; ``current`` is for the GUI thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str, str] | None = None
+        self._predictor: Any = None
+
+    def get(self, bundle: Path, device: str) -> Any:
+        key = (str(Path(bundle).resolve()), device)
+        with self._lock:
+            if self._key != key:
+                from msrl_model.infer.predictor import Predictor
+
+                self._key, self._predictor = None, None  # one model in memory at a time
+                self._predictor = Predictor.from_bundle(bundle, device=device)
+                self._key = key
+            return self._predictor
+
+    def current(self) -> Any:
+        """The loaded predictor, or None."""
+        return self._predictor
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._predictor = None, None
+
+
+def cohort_risks(predictor: Any) -> dict[str, np.ndarray]:
+    """Per survival task, the training cohort's risks (N,) that percentiles and risk groups use
+    (available once the task has predicted). The predictor does not expose them publicly yet, so
+    they are read from its task runtimes; an empty dict when that changes (the histogram then
+    shows the groups without the cohort's bars)."""
+    out: dict[str, np.ndarray] = {}
+    for name, runtime in getattr(predictor, "_tasks", {}).items():
+        risks = getattr(runtime, "cohort_risk", None)
+        if risks is not None:
+            out[name] = np.asarray(risks, dtype=float)
+    return out
+
+
+def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Generator[Progress, None, Any]:
+    """Load the predictor (cached) and run ``predict_slide``; returns the PredictionResult.
+
+    Out of GPU memory: the run is retried with half the batch, then once more on the CPU; each
+    retry is logged and yielded as a ``"retry"`` event (the window puts its message in the status line)."""
+    if not request.bundle:
+        raise MSRLError(NO_BUNDLE)
+    device, batch = request.device, request.batch_size
+    attempts = [(device, batch)]
+    if device != "cpu":
+        attempts += [(device, max(1, batch // 2)), ("cpu", batch)]
+    for i, (device, batch) in enumerate(attempts):
+        yield Progress("load model", 0, 1, Path(request.bundle).name)
+        predictor = predictors.get(request.bundle, device)
+        yield Progress("load model", 1, 1, Path(request.bundle).name)
+        try:
+            return (yield from predictor.predict_slide(
+                request.slide, request.cache, project=request.project, expression=request.expression,
+                batch_size=batch))
+        except Exception as exc:
+            if not is_out_of_memory(exc) or i == len(attempts) - 1:
+                raise
+            _release_gpu_memory()
+            nxt_device, nxt_batch = attempts[i + 1]
+            text = (f"Out of GPU memory: retrying with a batch of {nxt_batch}" if nxt_device != "cpu"
+                    else "Out of GPU memory: running on the CPU instead (slower)")
+            log.warning("%s (%s)", text, exc)
+            yield Progress("retry", i + 1, len(attempts) - 1, text)
+    raise AssertionError("unreachable")
+
+
+def _release_gpu_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,449 @@
+"""Exports: the PDF report (QPdfWriter + QPainter, plots rendered as images) and the
+machine-readable results (the PredictionResult JSON, a CSV of per-task key values, a CSV of the
+linked cases).
+
+Report pages (A4 portrait):
+    1. header (slide id, date, software version, bundle and its fingerprint, mode), the research-use
+       disclaimer, the synthetic-cohort warning when so, the slide thumbnail with the attention
+       heat-map, the key results and the slide's facts;
+    2. risk in the training cohort, survival curves, class probabilities;
+    3. the top linked training cases, pathway activity, and the model card summary.
+Every page's footer repeats the disclaimer. The slide id is also the PDF's title (metadata).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QMarginsF, QRectF, Qt
+from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QPen
+
+from msrl_app.controls import format_metric
+from msrl_app.overlays import colormap_lut, grid_raster, normalize
+from msrl_app.plots import RISK_GROUP_COLORS, BarsPlot, RiskHistogram, SurvivalPlot, render_plot
+from msrl_app.results_view import event_status, format_value, label_columns, mode_title, paired_pathways, task_title
+from msrl_model import __version__
+from msrl_model.infer.results import PredictionResult
+
+DISCLAIMER = "Research use only — not for diagnostic use"
+TOP_CASES = 15  # linked cases listed in the report
+DPI = 300  # PDF device resolution (px per inch) used for layout and plot images
+
+
+@dataclass
+class ReportInputs:
+    """What the report shows besides the result itself."""
+
+    result: PredictionResult  # the prediction
+    manifest: dict[str, Any] = field(default_factory=dict)  # the bundle's manifest (model card summary)
+    slide_thumbnail: QImage | None = None  # the whole slide, any size
+    slide_size: tuple[int, int] | None = None  # level-0 (width, height) the thumbnail covers
+    cohort_risks: dict[str, np.ndarray] = field(default_factory=dict)  # survival task -> training risks
+    slide_summary: list[tuple[str, str]] = field(default_factory=list)  # (name, value) facts about the slide
+    model_card: str = ""  # the bundle's Markdown model card (its first paragraph is quoted)
+
+
+def heatmap_thumbnail(thumbnail: QImage, slide_size: tuple[int, int], result: PredictionResult,
+                      opacity: float = 0.55) -> QImage:
+    """The slide thumbnail with the first survival task's (else first task's) attention drawn over it."""
+    image = thumbnail.convertToFormat(QImage.Format.Format_ARGB32)
+    task = next((t for t in result.tasks.values() if t.kind == "survival"), next(iter(result.tasks.values())))
+    if not task.attention:
+        return image
+    lut = colormap_lut()
+    index = np.clip((normalize(np.asarray(task.attention)) * 255).round().astype(int), 0, 255)
+    rgba = np.concatenate([lut[index], np.full((len(index), 1), 255, np.uint8)], axis=1)  # (N, 4)
+    raster = grid_raster(np.asarray(result.coords), result.patch_size_level0, rgba)
+    sx, sy = image.width() / slide_size[0], image.height() / slide_size[1]  # thumbnail px per level-0 px
+    painter = QPainter(image)
+    painter.setOpacity(opacity)
+    r = raster.rect
+    painter.drawImage(QRectF(r.x() * sx, r.y() * sy, r.width() * sx, r.height() * sy), raster.image)
+    painter.end()
+    return image
+
+
+class _Layout:
+    """A page cursor in device pixels on a QPdfWriter: text, headings, images, tables, page breaks."""
+
+    def __init__(self, writer: QPdfWriter, painter: QPainter, result: PredictionResult) -> None:
+        self.writer, self.p, self.result = writer, painter, result
+        rect = writer.pageLayout().paintRectPixels(writer.resolution())
+        self.width, self.height = rect.width(), rect.height()
+        self.y = 0.0
+        self.page = 1
+        self.footer_h = self.mm(10)
+
+    def mm(self, value: float) -> float:
+        return value * DPI / 25.4
+
+    def font(self, size: float, bold: bool = False, color: str = "#1f2933") -> None:
+        font = QFont("DejaVu Sans")
+        font.setPointSizeF(size)
+        font.setBold(bold)
+        self.p.setFont(font)
+        self.p.setPen(QColor(color))
+
+    def room(self, h: float) -> None:
+        if self.y + h > self.height - self.footer_h:
+            self.new_page()
+
+    def new_page(self) -> None:
+        self.footer()
+        self.writer.newPage()
+        self.page += 1
+        self.y = 0.0
+
+    def footer(self) -> None:
+        self.font(7.5, color="#6b7280")
+        y = self.height - self.mm(6)
+        self.p.drawLine(0, int(y - self.mm(1.5)), int(self.width), int(y - self.mm(1.5)))
+        self.p.drawText(QRectF(0, y, self.width, self.mm(5)), Qt.AlignmentFlag.AlignLeft,
+                        f"{DISCLAIMER} · {self.result.slide_id}")
+        self.p.drawText(QRectF(0, y, self.width, self.mm(5)), Qt.AlignmentFlag.AlignRight,
+                        f"MSRL Studio {__version__} · page {self.page}")
+
+    def text(self, text: str, size: float = 9.5, bold: bool = False, color: str = "#1f2933",
+             x: float = 0.0, width: float | None = None, gap: float = 1.2) -> float:
+        """Wrapped text at the cursor; returns its height."""
+        self.font(size, bold, color)
+        width = width if width is not None else self.width - x
+        rect = self.p.boundingRect(QRectF(x, 0, width, 10_000), int(Qt.TextFlag.TextWordWrap), text)
+        self.room(rect.height())
+        self.p.drawText(QRectF(x, self.y, width, rect.height()), int(Qt.TextFlag.TextWordWrap), text)
+        self.y += rect.height() + self.mm(gap)
+        return rect.height()
+
+    def heading(self, text: str) -> None:
+        self.room(self.mm(14))
+        self.y += self.mm(2.5)
+        self.text(text, 12, True, "#0b3d66", gap=0.6)
+        self.p.setPen(QPen(QColor("#0b3d66"), self.mm(0.35)))
+        self.p.drawLine(0, int(self.y), int(self.width), int(self.y))
+        self.y += self.mm(2.5)
+
+    def image(self, image: QImage, width: float, height: float, x: float = 0.0) -> None:
+        self.room(height)
+        self.p.drawImage(QRectF(x, self.y, width, height), image)
+        self.y += height + self.mm(2)
+
+    def box(self, text: str, fill: str, color: str = "white", size: float = 10.0) -> None:
+        self.font(size, True, color)
+        h = self.mm(8)
+        self.room(h)
+        self.p.fillRect(QRectF(0, self.y, self.width, h), QColor(fill))
+        self.p.drawText(QRectF(self.mm(3), self.y, self.width - self.mm(6), h),
+                        int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft), text)
+        self.y += h + self.mm(2)
+
+    def table(self, headers: list[str], rows: list[list[str]], widths: list[float], size: float = 8.0,
+              x: float = 0.0, right: set[int] = frozenset()) -> None:
+        """A striped table; ``widths`` are fractions of the available width; ``right``: right-aligned columns."""
+        total = self.width - x
+        line_h = self.mm(5.2)
+        xs = [x + sum(widths[:i]) * total for i in range(len(widths) + 1)]
+
+        def row(cells: list[str], bold: bool, fill: str | None) -> None:
+            self.room(line_h)
+            if fill:
+                self.p.fillRect(QRectF(x, self.y, total, line_h), QColor(fill))
+            self.font(size, bold, "white" if bold else "#1f2933")
+            for i, cell in enumerate(cells):
+                align = Qt.AlignmentFlag.AlignRight if i in right else Qt.AlignmentFlag.AlignLeft
+                rect = QRectF(xs[i] + self.mm(1.2), self.y, xs[i + 1] - xs[i] - self.mm(2.4), line_h)
+                elided = self.p.fontMetrics().elidedText(cell, Qt.TextElideMode.ElideRight, int(rect.width()))
+                self.p.drawText(rect, int(align | Qt.AlignmentFlag.AlignVCenter), elided)
+            self.y += line_h
+
+        row(headers, True, "#0b3d66")
+        for i, cells in enumerate(rows):
+            row(cells, False, "#eef2f7" if i % 2 else None)
+        self.y += self.mm(2)
+
+
+def _key_results(result: PredictionResult) -> list[tuple[str, str]]:
+    rows = []
+    for name, task in result.tasks.items():
+        if task.survival is not None:
+            s = task.survival
+            rows.append((f"{task_title(name)}: risk group", f"{s.risk_group} (percentile {s.percentile:.0f})"))
+            rows.append((f"{task_title(name)}: risk score", f"{s.risk:.3f}"))
+            rows.append((f"{task_title(name)}: median survival",
+                         f"{s.median_survival_months:.0f} months" if s.median_survival_months is not None
+                         else "not reached"))
+        elif task.classification is not None:
+            c = task.classification
+            rows.append((task_title(name), f"{c.predicted} ({max(c.probabilities):.0%})"))
+    rows.append(("Suggested cancer type", result.suggested_project or "—"))
+    return rows
+
+
+def write_report(path: str | os.PathLike, inputs: ReportInputs) -> Path:
+    """Write the PDF report atomically (temporary file, then rename); returns its path."""
+    path = Path(path)
+    result = inputs.result
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".pdf", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer = QPdfWriter(str(tmp))
+        writer.setResolution(DPI)
+        writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait,
+                                         QMarginsF(16, 14, 16, 14), QPageLayout.Unit.Millimeter))
+        writer.setTitle(f"MSRL Studio report — {result.slide_id}")
+        writer.setCreator(f"MSRL Studio {__version__}")
+        painter = QPainter(writer)
+        if not painter.isActive():
+            raise OSError(f"cannot write {path}")
+        try:
+            _draw_report(_Layout(writer, painter, result), inputs)
+        finally:
+            painter.end()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
+    result, mm = inputs.result, lay.mm
+    p = lay.p
+    # -- page 1: header, disclaimer, thumbnail, key results
+    p.fillRect(QRectF(0, 0, lay.width, mm(20)), QColor("#0b3d66"))
+    lay.font(16, True, "white")
+    p.drawText(QRectF(mm(4), mm(2), lay.width, mm(10)), int(Qt.AlignmentFlag.AlignVCenter), "MSRL Studio — slide report")
+    lay.font(9, False, "#d6e4f0")
+    p.drawText(QRectF(mm(4), mm(11), lay.width - mm(8), mm(7)), int(Qt.AlignmentFlag.AlignVCenter),
+               f"Slide {result.slide_id} · {datetime.now().strftime('%Y-%m-%d %H:%M')} · MSRL Studio "
+               f"{result.software_version or __version__}")
+    lay.y = mm(23)
+    lay.box(f"{DISCLAIMER}. Predictions are research outputs and must not guide diagnosis or treatment.",
+            "#b02a1f", size=9.5)
+    if result.synthetic_training_cohort:
+        lay.box("SYNTHETIC TRAINING COHORT — this model was trained on generated data; its predictions "
+                "demonstrate the software only.", "#f59f00", "#1f2933", size=9)
+    bundle = Path(result.bundle_path).name
+    lay.text(f"Mode: {mode_title(result.mode)}  ·  Model bundle: {bundle} (SHA-256 {result.bundle_sha256[:16]}…)  ·  "
+             f"Encoder: {result.encoder.get('name')} {result.encoder.get('version')}  ·  "
+             f"Cancer type: {result.project or 'not specified'}", 8.5, color="#4b5563")
+
+    lay.heading("Slide and attention heat-map")
+    top = lay.y
+    left_w = lay.width * 0.52
+    if inputs.slide_thumbnail is not None and not inputs.slide_thumbnail.isNull():
+        thumb = (heatmap_thumbnail(inputs.slide_thumbnail, inputs.slide_size, result)
+                 if inputs.slide_size else inputs.slide_thumbnail)
+        h = min(left_w * thumb.height() / max(1, thumb.width()), mm(95))
+        w = h * thumb.width() / max(1, thumb.height())
+        lay.image(thumb, w, h)
+        _legend(lay, w)
+    else:
+        lay.text("(no slide thumbnail)", color="#6b7280")
+    bottom_left = lay.y
+    lay.y = top
+    x = left_w + mm(6)
+    lay.text("Key results", 10.5, True, x=x)
+    for name, value in _key_results(result):
+        color = RISK_GROUP_COLORS.get(value.split(" ")[0], "#1f2933") if "risk group" in name else "#1f2933"
+        lay.text(name, 8, color="#6b7280", x=x, gap=0.2)
+        lay.text(value, 10, True, color=color, x=x, gap=1.6)
+    if inputs.slide_summary:
+        lay.y += mm(2)
+        lay.text("Slide", 10.5, True, x=x)
+        for name, value in inputs.slide_summary:
+            lay.text(f"{name}: {value}", 8, color="#374151", x=x, gap=0.5)
+    lay.y = max(lay.y, bottom_left)
+    if result.warnings:
+        lay.heading("Warnings")
+        for w in result.warnings:
+            lay.text(f"• {w}", 8.5, color="#9a3412")
+
+    # -- page 2: survival and probabilities
+    lay.new_page()
+    px = lambda v: int(v)  # noqa: E731 - device pixels as ints for the renderers
+    for name, task in result.tasks.items():
+        if task.survival is None:
+            continue
+        s = task.survival
+        lay.heading(f"{task_title(name)}: risk in the training cohort")
+        lay.text(f"Risk score {s.risk:.3f} — higher than {s.percentile:.0f}% of the training cases; risk group "
+                 f"{s.risk_group} (tertiles: {s.risk_thresholds[0]:.3f} / {s.risk_thresholds[1]:.3f}).", 9)
+        hist = RiskHistogram("light")
+        hist.set_data(inputs.cohort_risks.get(name, np.asarray([])), s.risk, s.risk_thresholds)
+        lay.image(_plot_image(hist, lay.width, mm(42)), lay.width, mm(42))
+        lay.heading(f"{task_title(name)}: predicted survival")
+        plot = SurvivalPlot("light")
+        plot.set_curves([("slide", "This slide (predicted)", s.curve.times, s.curve.survival),
+                         ("neighbours", f"Linked cases (KM, n={len(task.linked_cases)})", s.neighbours_km.times,
+                          s.neighbours_km.survival),
+                         ("cohort", "Training cohort (KM)", s.cohort_km.times, s.cohort_km.survival)],
+                        s.median_survival_months)
+        lay.image(_plot_image(plot, lay.width, mm(72)), lay.width, mm(72))
+        lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
+    classes = [(n, t) for n, t in result.tasks.items() if t.classification is not None]
+    if classes:
+        lay.heading("Class probabilities")
+        for name, task in classes:
+            c = task.classification
+            h = mm(12 + 7 * len(c.classes))
+            lay.text(f"{task_title(name)} — most likely {c.predicted}", 9.5, True)
+            bars = BarsPlot("light")
+            bars.set_bars(list(c.classes), [("probability", np.asarray(c.probabilities))],
+                          highlight=int(np.argmax(c.probabilities)))
+            lay.image(_plot_image(bars, px(lay.width * 0.8), h), lay.width * 0.8, h)
+            lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
+
+    # -- page 3: linked cases, pathways, model card
+    lay.new_page()
+    task = next((t for t in result.tasks.values() if t.kind == "survival"), next(iter(result.tasks.values())))
+    lay.heading(f"Linked training cases ({task_title(task.name)} graph, top {min(TOP_CASES, len(task.linked_cases))} "
+                f"of {len(task.linked_cases)})")
+    cases = task.linked_cases[:TOP_CASES]
+    extra = label_columns(cases)[:3]
+    headers = ["Case", "Weight", "Project", "Survival (mo)", "Status", "Stage"] + extra
+    rows = [[str(c.case.get("case_id", "")), f"{c.weight:.3f}", format_value(c.case.get("project")),
+             format_value(c.case.get("survival_months")), event_status(c.case) or "—",
+             format_value(c.case.get("stage"))] + [format_value(c.case.get(k)) for k in extra] for c in cases]
+    base = [0.22, 0.09, 0.15, 0.13, 0.11, 0.08]
+    rest = (1 - sum(base)) / max(1, len(extra))
+    lay.table(headers, rows, base + [rest] * len(extra), right={1, 3})
+    if task.pathways is not None:
+        names, recon, mean = paired_pathways(task.pathways.names, task.pathways.reconstructed,
+                                             task.pathways.neighbours_mean)
+        lay.heading("Hallmark pathway activity")
+        lay.text("Reconstructed for this slide from the graph vs the edge-weighted mean of the linked cases' "
+                 "authentic (measured) activity.", 8.5, color="#4b5563")
+        bars = BarsPlot("light", value_format="{:+.2f}", x_range=None)
+        bars.set_bars(names, [("this slide (reconstructed)", recon), ("linked cases (authentic, mean)", mean)])
+        h = mm(16 + 7.5 * len(names))
+        lay.image(_plot_image(bars, px(lay.width), h), lay.width, h)
+    _model_card_summary(lay, inputs)
+    lay.footer()
+
+
+def _legend(lay: _Layout, width: float) -> None:
+    lut = colormap_lut(64)
+    h = lay.mm(3)
+    step = width * 0.6 / len(lut)
+    for i, (r, g, b) in enumerate(lut):
+        lay.p.fillRect(QRectF(i * step, lay.y, step + 1, h), QColor(int(r), int(g), int(b)))
+    lay.font(7.5, color="#4b5563")
+    lay.p.drawText(QRectF(width * 0.6 + lay.mm(2), lay.y - lay.mm(1), width, lay.mm(5)),
+                   int(Qt.AlignmentFlag.AlignVCenter), "attention: low → high (rank)")
+    lay.y += h + lay.mm(3)
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    names = {"c_index": "C-index", "auc": "AUC", "f1": "macro F1"}
+    if not metrics:
+        return ""
+    return "Cross-validated (training cohort): " + ", ".join(
+        f"{names.get(k, k)} {format_metric(v)}" for k, v in metrics.items())
+
+
+def _plot_image(plot, width: float, height: float) -> QImage:
+    """Render at 2/3 of the device resolution: crisp at print size, readable font sizes."""
+    scale = 0.5
+    image = render_plot(plot, int(width * scale), int(height * scale))
+    plot.deleteLater()
+    return image
+
+
+def _model_card_summary(lay: _Layout, inputs: ReportInputs) -> None:
+    manifest = inputs.manifest or {}
+    cohort = manifest.get("cohort") or {}
+    encoder = manifest.get("encoder") or inputs.result.encoder
+    lay.heading("Model card (summary)")
+    if cohort.get("synthetic") or inputs.result.synthetic_training_cohort:
+        lay.text("Training cohort: SYNTHETIC (generated data, not patients).", 9.5, True, "#b02a1f")
+    lay.text(f"Training cases: {cohort.get('n_cases', '?')} · projects: "
+             f"{', '.join(map(str, cohort.get('projects') or [])) or '?'} · source: {cohort.get('source', '?')}", 8.5)
+    lay.text(f"Patch encoder: {encoder.get('name')} {encoder.get('version')} ({encoder.get('dim')}-d) · "
+             f"bundle format {manifest.get('format_version', '?')}, created {manifest.get('created', '?')}", 8.5)
+    rows = [[t.get("name", ""), t.get("kind", ""), t.get("variant", ""), str(t.get("n_buffer", "")),
+             "; ".join(f"{k} {format_metric(v)}" for k, v in (t.get("metrics") or {}).items())]
+            for t in manifest.get("tasks") or []]
+    if rows:
+        lay.table(["Task", "Kind", "Variant", "Buffer cases", "Cross-validated metrics"], rows,
+                  [0.18, 0.15, 0.1, 0.14, 0.43], right={3})
+    paragraph = _first_paragraph(inputs.model_card)
+    if paragraph:
+        lay.text(paragraph, 8.5, color="#374151")
+
+
+def _first_paragraph(markdown: str) -> str:
+    """The model card's first prose paragraph (headings skipped), as plain text."""
+    for block in markdown.split("\n\n"):
+        block = block.strip()
+        if block and not block.startswith("#"):
+            return " ".join(line.strip() for line in block.splitlines())
+    return ""
+
+
+# ---- JSON / CSV -----------------------------------------------------------------------------------
+
+
+def key_values(result: PredictionResult) -> list[dict[str, Any]]:
+    """One row per (task, quantity): the headline numbers of every task."""
+    rows: list[dict[str, Any]] = []
+
+    def add(task: str, key: str, value: Any) -> None:
+        rows.append({"slide_id": result.slide_id, "mode": result.mode, "task": task, "key": key, "value": value})
+
+    for name, task in result.tasks.items():
+        if task.survival is not None:
+            s = task.survival
+            for key in ("risk", "percentile", "percentile_in_project", "risk_group", "median_survival_months"):
+                add(name, key, getattr(s, key))
+            for j, value in enumerate(s.bin_survival):
+                add(name, f"S_bin{j}", value)
+        if task.classification is not None:
+            add(name, "predicted", task.classification.predicted)
+            for cls, prob in zip(task.classification.classes, task.classification.probabilities):
+                add(name, f"p({cls})", prob)
+        add(name, "linked_cases", len(task.linked_cases))
+        add(name, "suggested_project", task.suggested_project)
+    return rows
+
+
+def write_results(path: str | os.PathLike, result: PredictionResult) -> list[Path]:
+    """``path`` (JSON, :meth:`PredictionResult.to_json`), ``<stem>.csv`` (key values per task) and
+    ``<stem>-linked-cases.csv`` (every task's linked cases); returns the files written."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        path = path.with_suffix(".json")
+    keys_csv = path.with_suffix(".csv")
+    cases_csv = path.with_name(f"{path.stem}-linked-cases.csv")
+    _atomic_text(path, result.to_json(indent=2))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["slide_id", "mode", "task", "key", "value"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**r, "value": "" if r["value"] is None else r["value"]} for r in key_values(result))
+    _atomic_text(keys_csv, buf.getvalue())
+    columns: list[str] = []
+    for task in result.tasks.values():
+        for c in task.linked_cases:
+            columns += [k for k in c.case if k not in columns]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["slide_id", "task", "rank", "buffer_row", "weight", *columns])
+    for name, task in result.tasks.items():
+        for rank, c in enumerate(task.linked_cases, 1):
+            writer.writerow([result.slide_id, name, rank, c.row, c.weight,
+                             *["" if c.case.get(k) is None else c.case.get(k) for k in columns]])
+    _atomic_text(cases_csv, buf.getvalue())
+    return [path, keys_csv, cases_csv]
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
