@@ -177,66 +177,80 @@ class RiskHistogram(_ThemedPlot):
         self.setYRange(0, max(1, counts.max()) * 1.15, padding=0)
 
 
+class PercentAxis(pg.AxisItem):
+    """Tick labels as percentages (probabilities)."""
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph override
+        return [f"{v:.0%}" for v in values]
+
+
 class BarsPlot(_ThemedPlot):
     """Horizontal bars with their values; one or two series (this slide vs a linked case)."""
+
+    ROW_PX = 26  # height of one bar row in pixels
 
     def __init__(self, theme: str = "dark", parent: QWidget | None = None, value_format: str = "{:.0%}",
                  x_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
         super().__init__(theme, parent)
+        if value_format.endswith("%}"):
+            self.getPlotItem().setAxisItems({"bottom": PercentAxis("bottom")})
+            axis = self.getPlotItem().getAxis("bottom")
+            axis.setPen(_pen(self.theme.foreground, 1))
+            axis.setTextPen(_pen(self.theme.foreground, 1))
         self.value_format = value_format
         self.x_range = x_range
         self.getPlotItem().showGrid(x=True, y=False, alpha=self.theme.grid_alpha)
         self.getPlotItem().getAxis("left").setStyle(tickLength=0)
         self.bar_items: list[pg.BarGraphItem] = []
-        self.legend = None
+        self.values: list[np.ndarray] = []  # the values of each series, label order (tests, export)
+        self.legend = self._legend()
 
     def set_bars(self, labels: Sequence[str], series: Sequence[tuple[str, np.ndarray]],
                  highlight: int | None = None) -> None:
         """``labels`` (C,) top to bottom; ``series``: (name, values (C,)); ``highlight``: index of the
         bar drawn in the accent colour (e.g. the most probable class), the others muted."""
         self.clear()
-        if self.legend is not None:
-            self.legend.scene().removeItem(self.legend) if self.legend.scene() else None
-            self.legend = None
-        self.bar_items = []
-        n = len(labels)
+        self.legend.clear()
+        self.bar_items, self.values = [], []
+        n, k = len(labels), len(series)
         rows = np.arange(n)[::-1].astype(float)  # first label on top
-        height = 0.7 / max(1, len(series))
+        height = 0.72 / max(1, k)
         colors = [self.theme.accent, self.theme.neighbours]
-        if len(series) > 1:
-            self.legend = self._legend()
         lo, hi = self.x_range if self.x_range else (0.0, 0.0)
-        for k, (name, values) in enumerate(series):
+        for j, (name, values) in enumerate(series):
             values = np.asarray(values, dtype=float)
-            y = rows + (0.35 - height * (k + 0.5)) if len(series) > 1 else rows
-            if len(series) == 1 and highlight is not None:
-                brushes = [pg.mkBrush(self.theme.accent if i == highlight else self.theme.muted) for i in range(n)]
+            y = rows + (0.36 - height * (j + 0.5)) if k > 1 else rows
+            if k == 1 and highlight is not None:
+                style = {"brushes": [pg.mkBrush(self.theme.accent if i == highlight else self.theme.muted)
+                                     for i in range(n)]}
             else:
-                brushes = [pg.mkBrush(colors[k % 2])] * n
-            x0 = np.minimum(values, 0.0)
-            bars = pg.BarGraphItem(x0=x0, y=y, height=height * 0.9, width=np.abs(values), brushes=brushes,
-                                   pen=pg.mkPen(None), name=name)
+                style = {"brush": pg.mkBrush(colors[j % 2])}  # one brush: the legend swatch shows it
+            bars = pg.BarGraphItem(x0=np.minimum(values, 0.0), y=y, height=height * 0.88, width=np.abs(values),
+                                   pen=pg.mkPen(None), **style)
             self.addItem(bars)
             self.bar_items.append(bars)
-            if self.legend is not None:
+            self.values.append(values)
+            if k > 1:
                 self.legend.addItem(bars, name)
             for yi, v in zip(y, values):
-                text = pg.TextItem(self.value_format.format(v), color=self.theme.foreground,
+                text = pg.TextItem(" " + self.value_format.format(v) + " ", color=self.theme.foreground,
                                    anchor=(0, 0.5) if v >= 0 else (1, 0.5))
                 text.setPos(v, yi)
                 self.addItem(text)
             if not self.x_range:
                 lo, hi = min(lo, float(values.min(initial=0))), max(hi, float(values.max(initial=0)))
         self.getPlotItem().getAxis("left").setTicks([[(r, label) for r, label in zip(rows, labels)]])
-        pad = 0.22 * ((hi - lo) or 1.0)  # room for the value labels
+        self.legend.setVisible(k > 1)
+        pad = (0.12 if self.x_range else 0.25) * ((hi - lo) or 1.0)  # room for the value labels
         self.setXRange(lo - (pad if lo < 0 else 0), hi + pad, padding=0)
-        self.setYRange(-0.6, n - 0.4, padding=0)
-        self.setMinimumHeight(int(40 + 26 * n * (1.4 if len(series) > 1 else 1)))
-
-
+        top = n - 0.4 + (0.45 * k if k > 1 else 0)  # room above the bars for the legend
+        self.setYRange(-0.6, top, padding=0)
+        self.setFixedHeight(int(44 + self.ROW_PX * (top + 0.6) * (1.25 if k > 1 else 1)))
 def render_plot(plot: pg.PlotWidget, width: int, height: int) -> QImage:
     """Draw ``plot`` (shown or not) into a ``width`` x ``height`` image (``QWidget.grab``)."""
     plot.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)
+    plot.setMinimumSize(0, 0)
+    plot.setMaximumSize(16777215, 16777215)  # QWIDGETSIZE_MAX: lift any fixed size
     plot.resize(width, height)
     if not plot.isVisible():
         plot.show()  # lays out the scene; WA_DontShowOnScreen keeps it off screen

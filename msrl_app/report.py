@@ -2,13 +2,12 @@
 machine-readable results (the PredictionResult JSON, a CSV of per-task key values, a CSV of the
 linked cases).
 
-Report pages (A4 portrait):
-    1. header (slide id, date, software version, bundle and its fingerprint, mode), the research-use
-       disclaimer, the synthetic-cohort warning when so, the slide thumbnail with the attention
-       heat-map, the key results and the slide's facts;
-    2. risk in the training cohort, survival curves, class probabilities;
-    3. the top linked training cases, pathway activity, and the model card summary.
-Every page's footer repeats the disclaimer. The slide id is also the PDF's title (metadata).
+Report (A4 portrait, sections flow over pages):
+    header (slide id, date, software version, bundle and its fingerprint, mode), the research-use
+    disclaimer, the synthetic-cohort warning when so, the slide thumbnail with the attention
+    heat-map, the key results and the slide's facts; risk in the training cohort and survival
+    curves; class probabilities; the top linked training cases; pathway activity; the model card
+    summary. Every page's footer repeats the disclaimer. The slide id is also the PDF's title (metadata).
 """
 
 from __future__ import annotations
@@ -122,8 +121,9 @@ class _Layout:
         self.y += rect.height() + self.mm(gap)
         return rect.height()
 
-    def heading(self, text: str) -> None:
-        self.room(self.mm(14))
+    def heading(self, text: str, keep: float = 0.0) -> None:
+        """A section heading; ``keep``: height (device px) of what follows that must stay on its page."""
+        self.room(self.mm(14) + keep)
         self.y += self.mm(2.5)
         self.text(text, 12, True, "#0b3d66", gap=0.6)
         self.p.setPen(QPen(QColor("#0b3d66"), self.mm(0.35)))
@@ -136,12 +136,14 @@ class _Layout:
         self.y += height + self.mm(2)
 
     def box(self, text: str, fill: str, color: str = "white", size: float = 10.0) -> None:
+        """A full-width coloured band with wrapped bold text."""
         self.font(size, True, color)
-        h = self.mm(8)
+        inner = self.width - self.mm(6)
+        flags = int(Qt.TextFlag.TextWordWrap | Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft)
+        h = self.p.boundingRect(QRectF(0, 0, inner, 10_000), flags, text).height() + self.mm(3)
         self.room(h)
         self.p.fillRect(QRectF(0, self.y, self.width, h), QColor(fill))
-        self.p.drawText(QRectF(self.mm(3), self.y, self.width - self.mm(6), h),
-                        int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft), text)
+        self.p.drawText(QRectF(self.mm(3), self.y, inner, h), flags, text)
         self.y += h + self.mm(2)
 
     def table(self, headers: list[str], rows: list[list[str]], widths: list[float], size: float = 8.0,
@@ -163,8 +165,12 @@ class _Layout:
                 self.p.drawText(rect, int(align | Qt.AlignmentFlag.AlignVCenter), elided)
             self.y += line_h
 
+        self.room(line_h * min(4, len(rows) + 1))  # never a lone header at the bottom of a page
         row(headers, True, "#0b3d66")
         for i, cells in enumerate(rows):
+            if self.y + line_h > self.height - self.footer_h:
+                self.new_page()
+                row(headers, True, "#0b3d66")  # repeat the header on the next page
             row(cells, False, "#eef2f7" if i % 2 else None)
         self.y += self.mm(2)
 
@@ -266,20 +272,19 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
         for w in result.warnings:
             lay.text(f"• {w}", 8.5, color="#9a3412")
 
-    # -- page 2: survival and probabilities
-    lay.new_page()
+    # -- survival and probabilities (the layout breaks pages where needed)
     px = lambda v: int(v)  # noqa: E731 - device pixels as ints for the renderers
     for name, task in result.tasks.items():
         if task.survival is None:
             continue
         s = task.survival
-        lay.heading(f"{task_title(name)}: risk in the training cohort")
+        lay.heading(f"{task_title(name)}: risk in the training cohort", keep=mm(52))
         lay.text(f"Risk score {s.risk:.3f} — higher than {s.percentile:.0f}% of the training cases; risk group "
                  f"{s.risk_group} (tertiles: {s.risk_thresholds[0]:.3f} / {s.risk_thresholds[1]:.3f}).", 9)
         hist = RiskHistogram("light")
         hist.set_data(inputs.cohort_risks.get(name, np.asarray([])), s.risk, s.risk_thresholds)
         lay.image(_plot_image(hist, lay.width, mm(42)), lay.width, mm(42))
-        lay.heading(f"{task_title(name)}: predicted survival")
+        lay.heading(f"{task_title(name)}: predicted survival", keep=mm(72))
         plot = SurvivalPlot("light")
         plot.set_curves([("slide", "This slide (predicted)", s.curve.times, s.curve.survival),
                          ("neighbours", f"Linked cases (KM, n={len(task.linked_cases)})", s.neighbours_km.times,
@@ -290,10 +295,11 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
         lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
     classes = [(n, t) for n, t in result.tasks.items() if t.classification is not None]
     if classes:
-        lay.heading("Class probabilities")
+        lay.heading("Class probabilities", keep=mm(30))
         for name, task in classes:
             c = task.classification
             h = mm(12 + 7 * len(c.classes))
+            lay.room(h + mm(8))  # title and chart on one page
             lay.text(f"{task_title(name)} — most likely {c.predicted}", 9.5, True)
             bars = BarsPlot("light")
             bars.set_bars(list(c.classes), [("probability", np.asarray(c.probabilities))],
@@ -301,24 +307,23 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
             lay.image(_plot_image(bars, px(lay.width * 0.8), h), lay.width * 0.8, h)
             lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
 
-    # -- page 3: linked cases, pathways, model card
-    lay.new_page()
+    # -- linked cases, pathways, model card
     task = next((t for t in result.tasks.values() if t.kind == "survival"), next(iter(result.tasks.values())))
     lay.heading(f"Linked training cases ({task_title(task.name)} graph, top {min(TOP_CASES, len(task.linked_cases))} "
-                f"of {len(task.linked_cases)})")
+                f"of {len(task.linked_cases)})", keep=mm(22))
     cases = task.linked_cases[:TOP_CASES]
     extra = label_columns(cases)[:3]
-    headers = ["Case", "Weight", "Project", "Survival (mo)", "Status", "Stage"] + extra
+    headers = ["Case", "Weight", "Project", "Survival, mo", "Status", "Stage"] + extra
     rows = [[str(c.case.get("case_id", "")), f"{c.weight:.3f}", format_value(c.case.get("project")),
              format_value(c.case.get("survival_months")), event_status(c.case) or "—",
              format_value(c.case.get("stage"))] + [format_value(c.case.get(k)) for k in extra] for c in cases]
-    base = [0.22, 0.09, 0.15, 0.13, 0.11, 0.08]
+    base = [0.21, 0.09, 0.15, 0.14, 0.11, 0.08]
     rest = (1 - sum(base)) / max(1, len(extra))
     lay.table(headers, rows, base + [rest] * len(extra), right={1, 3})
     if task.pathways is not None:
         names, recon, mean = paired_pathways(task.pathways.names, task.pathways.reconstructed,
                                              task.pathways.neighbours_mean)
-        lay.heading("Hallmark pathway activity")
+        lay.heading("Hallmark pathway activity", keep=mm(16 + 7.5 * len(names)) + mm(8))
         lay.text("Reconstructed for this slide from the graph vs the edge-weighted mean of the linked cases' "
                  "authentic (measured) activity.", 8.5, color="#4b5563")
         bars = BarsPlot("light", value_format="{:+.2f}", x_range=None)
@@ -350,8 +355,8 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
 
 
 def _plot_image(plot, width: float, height: float) -> QImage:
-    """Render at 2/3 of the device resolution: crisp at print size, readable font sizes."""
-    scale = 0.5
+    """Render at ~0.4 of the device resolution (120 dpi): sharp enough, with readable tick labels."""
+    scale = 0.4
     image = render_plot(plot, int(width * scale), int(height * scale))
     plot.deleteLater()
     return image
@@ -361,7 +366,7 @@ def _model_card_summary(lay: _Layout, inputs: ReportInputs) -> None:
     manifest = inputs.manifest or {}
     cohort = manifest.get("cohort") or {}
     encoder = manifest.get("encoder") or inputs.result.encoder
-    lay.heading("Model card (summary)")
+    lay.heading("Model card (summary)", keep=lay.mm(40))
     if cohort.get("synthetic") or inputs.result.synthetic_training_cohort:
         lay.text("Training cohort: SYNTHETIC (generated data, not patients).", 9.5, True, "#b02a1f")
     lay.text(f"Training cases: {cohort.get('n_cases', '?')} · projects: "

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QPixmap
+from PySide6.QtGui import QColor, QImage, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QGridLayout, QHBoxLayout, QHeaderView,
                                QLabel, QLineEdit, QPushButton, QScrollArea, QSplitter, QTableView, QTabWidget,
                                QVBoxLayout, QWidget)
@@ -312,6 +312,7 @@ class LinkedCasesSection(QWidget):
         self.pathway_title = _heading("Hallmark pathway activity")
         self.pathway_note = _muted()
         self.pathway_plot = BarsPlot(value_format="{:+.2f}", x_range=None)
+        self.pathway_plot.setVisible(False)
         fields_row = QHBoxLayout()
         fields_row.addWidget(self.detail_fields, 1)
         fields_row.addWidget(self.thumbnail, 0, Qt.AlignmentFlag.AlignTop)
@@ -322,7 +323,8 @@ class LinkedCasesSection(QWidget):
         dl.addLayout(fields_row)
         dl.addWidget(self.pathway_title)
         dl.addWidget(self.pathway_note)
-        dl.addWidget(self.pathway_plot, 1)
+        dl.addWidget(self.pathway_plot)
+        dl.addStretch(1)
 
         top = QWidget()
         tl = QVBoxLayout(top)
@@ -336,9 +338,14 @@ class LinkedCasesSection(QWidget):
         tl.addWidget(self.table, 1)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(top)
-        self.splitter.addWidget(detail)
-        self.splitter.setStretchFactor(0, 1)
-        self.splitter.setStretchFactor(1, 1)
+        detail_scroll = QScrollArea()
+        detail_scroll.setWidgetResizable(True)
+        detail_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        detail_scroll.setWidget(detail)
+        self.splitter.addWidget(detail_scroll)
+        self.splitter.setChildrenCollapsible(False)
+        self.table.setMinimumHeight(150)
+        self.splitter.setSizes([260, 420])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.splitter)
@@ -385,7 +392,7 @@ class LinkedCasesSection(QWidget):
             self.detail_title.setText("Select a linked case")
             self.detail_fields.setText("")
             self.thumbnail.clear()
-            self.pathway_plot.clear()
+            self.pathway_plot.setVisible(False)
             return
         self.detail_title.setText(f"{case.case.get('case_id', '?')}  ·  edge weight {case.weight:.3f}")
         rows = [("Slide", case.case.get("slide_id")), ("Project", case.case.get("project")),
@@ -406,13 +413,14 @@ class LinkedCasesSection(QWidget):
                 126, 126, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))
         if task.pathways is None or not case.pathways:
             self.pathway_note.setText("This bundle has no pathway decoder for this task.")
-            self.pathway_plot.clear()
+            self.pathway_plot.setVisible(False)
             return
         names, recon, authentic = paired_pathways(task.pathways.names, task.pathways.reconstructed, case.pathways)
         self.pathway_note.setText(f"Top {len(names)} pathways: reconstructed for this slide (from the graph) "
                                   f"vs measured in {case.case.get('case_id', 'the case')} (authentic expression).")
         self.pathway_plot.set_bars(names, [("this slide (reconstructed)", recon),
                                            (f"{case.case.get('case_id', 'case')} (authentic)", authentic)])
+        self.pathway_plot.setVisible(True)
 
 
 class ResultsPanel(QWidget):
@@ -515,11 +523,13 @@ class ResultsPanel(QWidget):
         self.suggest_frame.setVisible(False)
         self.warnings_label.setVisible(False)
         if result is None:
+            self.title.setText("Results")
             self.mode_label.setText("")
             self.meta_label.setText("")
             self.synthetic_label.setVisible(False)
             self.linked.set_result(None)
             return
+        self.title.setText(result.slide_id)
         self.mode_label.setText(mode_title(result.mode))
         style = "#4fc3f7" if result.mode == "msrl_multi" else "#c9ccd1"
         self.mode_label.setStyleSheet(f"color: {style}; font-weight: bold;")
