@@ -70,6 +70,7 @@ class MainWindow(QMainWindow):
 
     slideOpened = Signal(str)  # path of a slide that opened successfully
     bundleLoaded = Signal(str)  # path of a bundle whose manifest was read
+    analysisProgress = Signal(object)  # each Progress event of the running analysis
     analysisFinished = Signal(str)  # "done" | "error" | "cancelled" | "ignored" (the slide changed meanwhile)
 
     def __init__(self, settings: QSettings | None = None, log_path: Path | None = None) -> None:
@@ -564,6 +565,7 @@ class MainWindow(QMainWindow):
         if self.sender() is not self._analysis:
             return
         self.progress.on_progress(event)
+        self.analysisProgress.emit(event)
         if event.stage == "retry":
             self.statusBar().showMessage(event.message, 20000)
 

@@ -23,8 +23,10 @@ def test_parse_args():
     args = parse_args(["slide.svs", "--quit"])
     assert str(args.slide) == "slide.svs" and args.quit
     assert parse_args([]).slide is None
+    args = parse_args(["s.svs", "--bundle", "b.msrl", "--analyze", "--export", "o.pdf", "--quit"])
+    assert args.analyze and str(args.export) == "o.pdf" and str(args.bundle) == "b.msrl"
     with pytest.raises(SystemExit):
-        parse_args(["--analyze"])  # not in this build: refused, not silently ignored
+        parse_args(["--analyse-everything"])  # unknown options are refused, not silently ignored
 
 
 def _run_app(args, tmp_path):
