@@ -146,7 +146,7 @@ class MainWindow(QMainWindow):
         bar = self.statusBar()
         self.progress = AnalysisProgress()
         self.progress.cancelRequested.connect(self.cancel_analysis)
-        bar.addWidget(self.progress)
+        bar.addPermanentWidget(self.progress)  # permanent: temporary messages never draw over it
         self.position_label = QLabel()
         self.level_label = QLabel()
         self.mag_label = QLabel()

@@ -367,3 +367,18 @@ def test_json_export_from_the_command_line(tmp_path, tiny_bundle, slide):
     assert run.returncode == 0, run.stderr
     data = json.loads(out.read_text())
     assert data["project"] == "TCGA-BRCA" and data["research_use_only"]
+
+
+def test_demo_slide_is_rendered_once_and_opened(qtbot, window, monkeypatch, tmp_path):
+    import msrl_app.analysis
+
+    monkeypatch.setattr(msrl_app.analysis, "DEMO_SLIDE", dict(width=1024, height=768, seed=5))
+    window.open_demo_slide()
+    qtbot.waitUntil(lambda: window.viewer.slide is not None, timeout=60_000)
+    demo = tmp_path / "cache" / "demo" / "msrl-demo-slide.svs"
+    assert window.viewer.slide.path == demo and demo.is_file()
+    assert [p.name for p in demo.parent.iterdir()] == [demo.name]  # nothing temporary left
+    stamp = demo.stat().st_mtime_ns
+    window.close_slide()
+    window.open_demo_slide()  # exists: opened at once, not rendered again
+    assert window.viewer.slide.path == demo and demo.stat().st_mtime_ns == stamp
