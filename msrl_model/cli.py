@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "msrl_model.synth.cli",
     "msrl_model.features.cli",
     "msrl_model.infer.cli",
+    "msrl_model.train.cli",
 )
 
 
