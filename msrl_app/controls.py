@@ -138,7 +138,7 @@ class ModelCardDialog(QDialog):
         self.resize(760, 680)
         self.summary = QTextBrowser()
         self.summary.setHtml(model_card_html(manifest))
-        self.summary.setMaximumHeight(220)
+        self.summary.setMaximumHeight(260)
         self.summary.setOpenExternalLinks(False)
         self.card = QTextBrowser()
         self.card.setOpenExternalLinks(False)

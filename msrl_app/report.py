@@ -225,7 +225,8 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
     # -- page 1: header, disclaimer, thumbnail, key results
     p.fillRect(QRectF(0, 0, lay.width, mm(20)), QColor("#0b3d66"))
     lay.font(16, True, "white")
-    p.drawText(QRectF(mm(4), mm(2), lay.width, mm(10)), int(Qt.AlignmentFlag.AlignVCenter), "MSRL Studio — slide report")
+    p.drawText(QRectF(mm(4), mm(2), lay.width, mm(10)), int(Qt.AlignmentFlag.AlignVCenter),
+               "MSRL Studio — slide report")
     lay.font(9, False, "#d6e4f0")
     p.drawText(QRectF(mm(4), mm(11), lay.width - mm(8), mm(7)), int(Qt.AlignmentFlag.AlignVCenter),
                f"Slide {result.slide_id} · {datetime.now().strftime('%Y-%m-%d %H:%M')} · MSRL Studio "
@@ -237,7 +238,8 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
         lay.box("SYNTHETIC TRAINING COHORT — this model was trained on generated data; its predictions "
                 "demonstrate the software only.", "#f59f00", "#1f2933", size=9)
     bundle = Path(result.bundle_path).name
-    lay.text(f"Mode: {mode_title(result.mode)}  ·  Model bundle: {bundle} (SHA-256 {result.bundle_sha256[:16]}…)  ·  "
+    lay.text(f"Mode: {mode_title(result.mode)}  ·  Model bundle: {bundle} "
+             f"(SHA-256 {result.bundle_sha256[:16]}…)  ·  "
              f"Encoder: {result.encoder.get('name')} {result.encoder.get('version')}  ·  "
              f"Cancer type: {result.project or 'not specified'}", 8.5, color="#4b5563")
 

@@ -93,7 +93,8 @@ class LinkedCasesModel(QAbstractTableModel):
     def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
         return 0 if parent.isValid() else len(self.columns)
 
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):  # noqa: N802
+    def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802
+                   role: int = Qt.ItemDataRole.DisplayRole):
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return self.columns[section][1]
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
@@ -445,6 +446,8 @@ class ResultsPanel(QWidget):
         self.synthetic_label.setWordWrap(True)
         self.synthetic_label.setVisible(False)
         self.meta_label = _muted()
+        self.model_label = _muted("No model bundle loaded")
+        self.model_label.setObjectName("model")
         self.suggest_label = QLabel()
         self.suggest_label.setWordWrap(True)
         self.suggest_button = QPushButton()
@@ -481,6 +484,7 @@ class ResultsPanel(QWidget):
         header.addWidget(self.research_label)
         header.addWidget(self.synthetic_label)
         header.addWidget(self.meta_label)
+        header.addWidget(self.model_label)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(header)
@@ -489,6 +493,16 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.placeholder, 1)
         layout.addWidget(self.tabs, 3)
         self.set_result(None)
+
+    def set_model(self, manifest: dict[str, Any] | None, name: str = "") -> None:
+        """The model bundle line of the header (None: no bundle)."""
+        if manifest is None:
+            self.model_label.setText("No model bundle loaded — File ▸ Open model bundle…")
+            return
+        cohort = manifest.get("cohort") or {}
+        tasks = ", ".join(task_title(t.get("name", "?")) for t in manifest.get("tasks") or [])
+        synthetic = " · <b style='color:#ff8787'>synthetic cohort</b>" if cohort.get("synthetic") else ""
+        self.model_label.setText(f"Model: {name} · {tasks} · {cohort.get('n_cases', '?')} training cases{synthetic}")
 
     def _scroll_tab(self) -> tuple[QScrollArea, QVBoxLayout]:
         inner = QWidget()

@@ -28,7 +28,7 @@ from msrl_app.panels import OverlayPanel, SlidePropertiesPanel
 from msrl_app.viewer import OverviewWidget, SlideViewer, format_magnification
 from msrl_app.worker import GeneratorWorker
 from msrl_model import __version__
-from msrl_model.errors import CancelledError, MSRLError
+from msrl_model.errors import MSRLError
 from msrl_model.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -398,6 +398,7 @@ class MainWindow(QMainWindow):
         (this is also where torch is first imported); projects fill the cancer-type list when done."""
         self.bundle_path = Path(path).expanduser().absolute() if path else None
         self.bundle_manifest, self.bundle_card = None, ""
+        self.results.set_model(None)
         self.predictors.clear()
         self._fill_projects([])
         if remember and self.bundle_path is not None:
@@ -422,6 +423,7 @@ class MainWindow(QMainWindow):
         if bundle != self.bundle_path:
             return  # another bundle was chosen meanwhile
         self.bundle_manifest, self.bundle_card = manifest, card
+        self.results.set_model(manifest, bundle.name)
         cohort = manifest.get("cohort") or {}
         self._fill_projects([str(p) for p in cohort.get("projects") or []])
         synthetic = " · SYNTHETIC training cohort" if cohort.get("synthetic") else ""
