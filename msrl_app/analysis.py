@@ -186,21 +186,17 @@ class PredictorCache:
             self._key, self._predictor = None, None
 
 
-def cohort_risks(predictor: Any) -> dict[str, np.ndarray]:
-    """Per survival task, the training cohort's risks (N,) that percentiles and risk groups use
-    (available once the task has predicted). The predictor does not expose them publicly yet, so
-    they are read from its task runtimes; an empty dict when that changes (the histogram then
-    shows the groups without the cohort's bars)."""
-    out: dict[str, np.ndarray] = {}
-    for name, runtime in getattr(predictor, "_tasks", {}).items():
-        risks = getattr(runtime, "cohort_risk", None)
-        if risks is not None:
-            out[name] = np.asarray(risks, dtype=float)
-    return out
+@dataclass
+class AnalysisOutcome:
+    """What one analysis returns to the window."""
+
+    result: Any  # msrl_model.infer.results.PredictionResult
+    cohort_risks: dict[str, np.ndarray]  # survival task -> (N,) training cohort risks (the histogram)
 
 
-def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Generator[Progress, None, Any]:
-    """Load the predictor (cached) and run ``predict_slide``; returns the PredictionResult.
+def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Generator[Progress, None, AnalysisOutcome]:
+    """Load the predictor (cached) and run ``predict_slide``; returns the result with the cohort's
+    risks (computed here, on the worker thread).
 
     Out of GPU memory: the run is retried with half the batch, then once more on the CPU; each
     retry is logged and yielded as a ``"retry"`` event (the window puts its message in the status line)."""
@@ -215,9 +211,10 @@ def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Genera
         predictor = predictors.get(request.bundle, device)
         yield Progress("load model", 1, 1, Path(request.bundle).name)
         try:
-            return (yield from predictor.predict_slide(
+            result = yield from predictor.predict_slide(
                 request.slide, request.cache, project=request.project, expression=request.expression,
-                batch_size=batch))
+                batch_size=batch)
+            return AnalysisOutcome(result, predictor.cohort_risks())
         except Exception as exc:
             if not is_out_of_memory(exc) or i == len(attempts) - 1:
                 raise

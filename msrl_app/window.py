@@ -21,7 +21,7 @@ from PySide6.QtGui import QAction, QActionGroup, QColor, QDragEnterEvent, QDropE
 from PySide6.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow,
                                QMessageBox, QStyleFactory, QToolBar, QToolButton, QVBoxLayout, QWidget)
 
-from msrl_app.analysis import (DEVICES, NO_BUNDLE, AnalysisRequest, PredictorCache, analysis_job, cohort_risks,
+from msrl_app.analysis import (DEVICES, NO_BUNDLE, AnalysisOutcome, AnalysisRequest, PredictorCache, analysis_job,
                                features_dir, read_expression)
 from msrl_app.controls import AnalysisProgress, ModelCardDialog
 from msrl_app.panels import OverlayPanel, SlidePropertiesPanel
@@ -571,7 +571,7 @@ class MainWindow(QMainWindow):
         if event.stage == "retry":
             self.statusBar().showMessage(event.message, 20000)
 
-    def _on_analysis_result(self, result: Any) -> None:
+    def _on_analysis_result(self, outcome: AnalysisOutcome) -> None:
         if self.sender() is not self._analysis:
             return
         slide = self.viewer.slide
@@ -579,7 +579,8 @@ class MainWindow(QMainWindow):
             log.info("analysis result for %s dropped: that slide is no longer open", self._analysis_slide)
             self._finish_status = "ignored"
             return
-        self.cohort_risks = cohort_risks(self.predictors.current())
+        result = outcome.result
+        self.cohort_risks = outcome.cohort_risks
         self.show_result(result, slide.path)
         self._finish_status = "done"
         log.info("analysis done: %s", result.summary())

@@ -310,6 +310,9 @@ class _FakePredictor:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return "result"
 
+    def cohort_risks(self):
+        return {"survival": np.zeros(3)}
+
 
 def test_out_of_gpu_memory_falls_back_to_smaller_batch_then_cpu(tmp_path):
     calls: list = []
@@ -326,7 +329,7 @@ def test_out_of_gpu_memory_falls_back_to_smaller_batch_then_cpu(tmp_path):
         try:
             events.append(next(job))
         except StopIteration as stop:
-            assert stop.value == "result"
+            assert stop.value.result == "result" and list(stop.value.cohort_risks) == ["survival"]
             break
     assert calls == [("cuda", 64), ("cuda", 32), ("cpu", 64)]
     retries = [e.message for e in events if e.stage == "retry"]
