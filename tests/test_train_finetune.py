@@ -67,10 +67,12 @@ def test_batch_cases_own_buffer_rows_are_masked(setup, monkeypatch):
     for cases, kept, n_rows, total in seen:
         assert not set(kept.tolist()) & set(cases.tolist())  # no own entry in the graph
         assert n_rows == len(kept) < total  # the batch's rows really were removed
-    # every graph (online and target) was built on the masked buffer plus the batch
+    # every graph (online, target, online with real genomics) was built on the masked buffer plus the batch
     masked = [n for _, _, n, _ in seen]
-    assert [m for m, _ in graph_sizes[0::2]] == masked
-    assert [m for m, _ in graph_sizes[1::2]] == masked
+    per_step = len(graph_sizes) // len(seen)
+    assert per_step == 3 and len(graph_sizes) == 3 * len(seen)
+    for j in range(per_step):
+        assert [m for m, _ in graph_sizes[j::per_step]] == masked
 
 
 def test_ema_update_math():

@@ -66,6 +66,7 @@ class MSRLConfig:
     n_bins: int = 4  # discrete-time survival bins (quartiles of uncensored times)
     nll_alpha: float = 0.0  # weight of the uncensored term in the NLL survival loss (MCAT default 0)
     head_dropout: float = 0.0  # dropout before the task heads
+    readout_skip: bool = False  # head reads Z + W_s f (the node's own features, "jumping knowledge")
 
     # ---- derived ------------------------------------------------------------------------------
     @property
@@ -121,6 +122,8 @@ class MSRLConfig:
         for name in ("max_patches_train", "buffer_size", "warmup_epochs"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
+        if not isinstance(self.readout_skip, bool):
+            problems.append(f"readout_skip={self.readout_skip!r} must be true or false")
         for name in ("slide_dropout", "snn_dropout", "head_dropout", "edge_drop", "nll_alpha"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name}={getattr(self, name)} must be in [0, 1)")

@@ -15,7 +15,15 @@ Fine-tuning and inference (paper §3.3, Algorithm 2, :class:`MSRLNet`): one netw
     \end{cases}
 
     F = [\,F_{buffer};\ f_1..f_B\,], \qquad A^r = \mathrm{GSL}(F), \qquad Z = \mathrm{GCN}(A^r, F), \qquad
-    \hat y = \mathrm{head}(Z_{query})
+    \hat y = \mathrm{head}(Z_{query} + W_s f_{query})
+
+**Readout skip** (``cfg.readout_skip``, our addition, "jumping knowledge"): with K = 12 neighbours a
+node's own weight in the normalised adjacency is about 1/13, so Z is mostly a neighbour average and a
+poorly placed query washes out. The head therefore also reads a linear projection of the query's own
+node features, :math:`W_s f` (``self.skip``; absent when the flag is off: :math:`\hat y =
+\mathrm{head}(Z)`). It depends on the query alone, so it is applied *after* the exact engine:
+:meth:`MSRLNet.readout` ``(z, nodes)`` is the one call that turns GCN outputs into logits, for queries
+and for buffer rows alike.
 
 The buffer holds *target* node features of authentic training cases (real genomics). At inference
 the exact engine (:mod:`msrl_model.infer.engine`) computes the same Z for a query from its local
@@ -147,10 +155,16 @@ class MSRLNet(nn.Module):
         else:
             self.head = ClassificationHead(cfg.gcn_out, task.n_outputs, cfg.head_dropout)
         self.pathway_decoder = PathwayDecoder(cfg.gcn_out, cfg.n_groups) if cfg.n_groups else None
+        self.skip = nn.Linear(self.node_dim, cfg.gcn_out) if cfg.readout_skip else None
 
     def reset_parameters(self) -> None:
         for module in self.children():
             module.reset_parameters()
+
+    def readout(self, z: Tensor, nodes: Tensor) -> Tensor:
+        """Task logits (B, n_outputs) from GCN outputs z (B, gcn_out) and the same rows' node features
+        (B, node_dim): head(z + W_s nodes) with the readout skip, head(z) without."""
+        return self.head(z if self.skip is None else z + self.skip(nodes))
 
     def load_pretrained(self, pre: PretrainNet) -> None:
         """Start from stage 1: φ_H, φ_G and the fused graph learner + GCN (or the histology ones for MSRL_H)."""

@@ -147,9 +147,16 @@ class SlideEncoder(nn.Module):
     r"""WSI encoder φ_H (paper §3.1): [CLS] transformer over patch features with 2-D positions.
 
     .. math::
-        X^{(0)} = [\,c;\ X_I W_p + b_p + \mathrm{PE}(r, c)\,], \qquad
+        \tilde X_I = (X_I - \mu) \oslash \sigma, \qquad
+        X^{(0)} = [\,c;\ \tilde X_I W_p + b_p + \mathrm{PE}(r, c)\,], \qquad
         X^{(l)} = \mathrm{Block}_l(X^{(l-1)}), \qquad
         h = \mathrm{LN}(X^{(L)}_0)
+
+    :math:`\mu, \sigma` (buffers ``patch_mean``, ``patch_std``, (patch_dim,)) standardise every
+    feature dimension with statistics of the training patches (:meth:`set_patch_stats`; identity
+    until set). Encoders such as builtin-he mix dimensions whose scales differ by 1000x; without this
+    the few large dimensions dominate the projection. They are buffers, so they travel in the state
+    dict (and the bundle's weights) with the network; a state dict without them loads as identity.
 
     Heat-map: :math:`a = \frac1H \sum_{heads} \mathrm{softmax}_{valid\ patches}(q_0 K_{1:}^\top / \sqrt{d_h})`
     of the last block, so each row sums to 1 over the valid patches and is 0 on padding.
@@ -178,7 +185,17 @@ class SlideEncoder(nn.Module):
         self.embed_drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList([Block(d, heads, mlp_ratio, dropout) for _ in range(layers)])
         self.norm = nn.LayerNorm(d)
+        self.register_buffer("patch_mean", torch.zeros(patch_dim))  # (patch_dim,) standardiser mean
+        self.register_buffer("patch_std", torch.ones(patch_dim))  # (patch_dim,) standardiser std
         self.reset_parameters()
+
+    def set_patch_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Set the per-dimension standardiser (mean, std: (patch_dim,)); std is floored at 1e-6."""
+        set_patch_stats(self, mean, std)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        fill_patch_stats(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_config(cls, cfg: MSRLConfig) -> SlideEncoder:
@@ -195,6 +212,7 @@ class SlideEncoder(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, n, _ = x.shape
+        x = (x - self.patch_mean) / self.patch_std  # (B, N, patch_dim) standardised (padding stays masked)
         tokens = self.patch_embed(x) + sincos_2d(pos, self.d).to(x.dtype)  # (B, N, d)
         tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)  # (B, N + 1, d)
         tokens = self.embed_drop(tokens)
@@ -208,6 +226,20 @@ class SlideEncoder(nn.Module):
             tokens, weights = block(tokens, key_mask, cls_attn=i == len(self.blocks) - 1)
         h = self.norm(tokens[:, 0])  # (B, d)
         return h, weights.mean(dim=1)  # attn (B, N), mean over heads
+
+
+def set_patch_stats(module: nn.Module, mean: Tensor, std: Tensor) -> None:
+    """Copy a patch standardiser into ``module.patch_mean`` / ``module.patch_std`` (std floored at 1e-6)."""
+    with torch.no_grad():
+        module.patch_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        module.patch_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-6))
+
+
+def fill_patch_stats(module: nn.Module, state_dict: dict, prefix: str) -> None:
+    """State dicts written before the standardiser existed: load it as the identity (mean 0, std 1)."""
+    for name, fill in (("patch_mean", torch.zeros_like), ("patch_std", torch.ones_like)):
+        if prefix + name not in state_dict:
+            state_dict[prefix + name] = fill(getattr(module, name))
 
 
 def pad_bags(features: Sequence[Tensor], positions: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -242,4 +274,5 @@ def subsample_patches(n: int, max_patches: int, generator: torch.Generator | Non
     return torch.randperm(n, generator=generator)[:max_patches].sort().values
 
 
-__all__ = ["SlideEncoder", "grid_positions", "pad_bags", "sincos_2d", "subsample_patches"]
+__all__ = ["SlideEncoder", "fill_patch_stats", "grid_positions", "pad_bags", "set_patch_stats", "sincos_2d",
+           "subsample_patches"]

@@ -21,6 +21,7 @@ from msrl_model.nn.config import MSRLConfig
 from msrl_model.nn.genomics import GenomicsEncoder
 from msrl_model.nn.heads import ClassificationHead, SurvivalHead
 from msrl_model.nn.msrl import TaskSpec
+from msrl_model.nn.slide_encoder import set_patch_stats
 from msrl_model.progress import Job, Progress
 from msrl_model.train.data import Bags
 from msrl_model.train.finetune import Predictions, lr_at, outputs_from_logits, task_loss
@@ -45,6 +46,9 @@ def variant_options(name: str) -> dict | None:
 class GatedABMIL(nn.Module):
     r"""Gated attention MIL (Ilse et al. 2018) over a bag of patch features, then a task head.
 
+    Patch features are standardised first, :math:`x_i \leftarrow (x_i - \mu) \oslash \sigma` (buffers
+    ``patch_mean`` / ``patch_std`` fitted on the training patches, as in the slide encoder).
+
     .. math::
         e_i = \mathrm{ReLU}(W_e x_i), \quad
         a_i = \mathrm{softmax}_i\big(w^\top (\tanh(V e_i) \odot \sigma(U e_i))\big), \quad
@@ -62,9 +66,11 @@ class GatedABMIL(nn.Module):
         self.att_w = nn.Linear(hidden, 1)
         self.head: nn.Module = (SurvivalHead(dim, task.n_outputs) if task.kind == "survival"
                                 else ClassificationHead(dim, task.n_outputs))
+        self.register_buffer("patch_mean", torch.zeros(patch_dim))  # (patch_dim,) standardiser mean
+        self.register_buffer("patch_std", torch.ones(patch_dim))  # (patch_dim,) standardiser std
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        e = self.embed(x)  # (B, N, dim)
+        e = self.embed((x - self.patch_mean) / self.patch_std)  # (B, N, dim)
         score = self.att_w(torch.tanh(self.att_v(e)) * torch.sigmoid(self.att_u(e))).squeeze(-1)  # (B, N)
         a = score.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # (B, N)
         return self.head((a.unsqueeze(-1) * e).sum(1))  # (B, dim) -> logits
@@ -122,8 +128,10 @@ def baseline_job(kind: str, cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomic
         model = SNNBaseline(cfg, task)
     else:
         raise ValueError(f"unknown baseline {kind!r}; use 'abmil' or 'snn'")
-    model.to(device)
     train_cases = np.asarray(train_cases, dtype=np.int64)
+    if kind == "abmil":
+        set_patch_stats(model, *bags.patch_stats(train_cases))
+    model.to(device)
     samples = train_cases[y[train_cases] >= 0]
     epochs = settings.baseline_epochs or cfg.finetune_epochs
     lr = settings.baseline_lr or cfg.finetune_lr

@@ -37,6 +37,11 @@ class Bags:
     def patch_dim(self) -> int:
         return int(self.features[0].shape[1])
 
+    def patch_stats(self, cases: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Per-dimension mean and std (each (patch_dim,)) over every patch of ``cases`` (the training fold)."""
+        x = torch.cat([self.features[i] for i in cases]).double()  # (Σ N_i, patch_dim)
+        return x.mean(0).float(), x.std(0, unbiased=False).float()
+
     def batch(self, cases: Sequence[int], max_patches: int = 0,
               generator: torch.Generator | None = None) -> SlideBatch:
         """A padded :class:`SlideBatch` of ``cases``; each bag subsampled to ``max_patches`` (0 = all)."""

@@ -13,6 +13,18 @@ One step over a batch of B training cases (global case indices ``idx``):
     \mathcal L = \mathcal L_{f\text{-}align}(f, \hat f) + \mathcal L_{g\text{-}align}(Z, \hat Z)
       + \mathcal L_{s\text{-}align}(A^r, \hat A^r) + \mathcal L_{task}(\mathrm{head}(Z), y)
       + w_{pw}\,\lVert \mathrm{dec}(Z) - a \rVert^2
+      + w_{mm}\,\mathcal L_{task}(\mathrm{head}(Z^{G}), y),\qquad
+    Z^{G} = \mathrm{GF}([φ_G(X_G); h], \mathcal B')
+
+(the head reads :meth:`~msrl_model.nn.msrl.MSRLNet.readout` ``(Z, f)``: Z plus the readout skip when
+``cfg.readout_skip``).
+
+* **Modality-complete pass** (our decision, ``settings.multimodal_weight`` = :math:`w_{mm}`): the
+  paper's online branch only ever feeds the head Inductor-prompted nodes, yet MSRL_multi (DESIGN:
+  "real genomics at inference") runs the same network on :math:`[φ_G(X_G); h]`, a node distribution
+  the head never saw. Each step therefore also builds the batch's nodes from the *real* genomics with
+  the online φ_G over the same :math:`\mathcal B'` and adds their task loss, so one set of weights
+  serves MSRL (WSI only) and MSRL_multi. Off for MSRL_H (no genomics) and when the weight is 0.
 
 * **Own entry masked**: a batch case's buffer rows are removed from its graph (otherwise it would
   link to its own authentic genomics, which a test case never has).
@@ -370,7 +382,10 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
         raise ValueError(f"buffer_branch must be 'target' or 'online', got {buffer_branch!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    online = build_network(cfg, task, variant, pretrained, random_gsl, seed).to(device)
+    online = build_network(cfg, task, variant, pretrained, random_gsl, seed)
+    if pretrained is None:
+        online.slide_encoder.set_patch_stats(*bags.patch_stats(train_cases))
+    online.to(device)
     target = copy.deepcopy(online).eval()
     for p in target.parameters():
         p.requires_grad_(False)
@@ -383,6 +398,7 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
     total = steps_per_epoch * cfg.finetune_epochs
     warmup = steps_per_epoch * cfg.warmup_epochs
     pw = settings.pathway_weight if online.pathway_decoder is not None else 0.0
+    mm = settings.multimodal_weight if online.uses_genomics else 0.0
 
     run_id = _run_id(cfg, task, variant, graph_mode, random_gsl, buffer_branch, seed, train_cases, settings)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -422,8 +438,14 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
                 "f_align": f_align(f, f_t, cfg.tau),
                 "g_align": g_align(z, z_t, cfg.tau),
                 "s_align": sparsity_balanced_bce_sparse(ei, ew, ei_t, ew_t, n_nodes),
-                "task": task_loss(task, online.head(z), y_t[idx].to(device), c_t[idx].to(device), cfg.nll_alpha),
+                "task": task_loss(task, online.readout(z, f), y_t[idx].to(device), c_t[idx].to(device),
+                                  cfg.nll_alpha),
             }
+            if mm:
+                f_g = online.node_features(h, genomics[part].to(device))  # (B, node_dim) real genomics
+                z_g = graph_forward(online, f_g, mem, graph_mode)[0]
+                terms["task_multi"] = mm * task_loss(task, online.readout(z_g, f_g), y_t[idx].to(device),
+                                                     c_t[idx].to(device), cfg.nll_alpha)
             if pw:
                 terms["pathway"] = pw * F.mse_loss(online.pathway_decoder(z), pathways[part].to(device))
             loss = sum(terms.values())
@@ -496,7 +518,7 @@ def predict(result: FinetuneResult, bags: Bags, cases: Sequence[int], genomics: 
         z = torch.stack([r.z for r in eng.predict(nodes)])  # (Q, gcn_out)
     else:
         z = torch.cat([graph_forward(net, nodes[i:i + 1], buffer, result.graph_mode)[0] for i in range(len(cases))])
-    return outputs_from_logits(net.task, cases, net.head(z), z)
+    return outputs_from_logits(net.task, cases, net.readout(z, nodes), z)
 
 
 __all__ = [

@@ -38,13 +38,14 @@ class TrainSettings:
     baseline_epochs: int = 0  # epochs of the ABMIL / SNN baselines; 0 = cfg.finetune_epochs
     abmil_hidden: int = 0  # gated-attention width of ABMIL; 0 = cfg.d
     grad_clip: float = 5.0  # max gradient norm (0 = no clipping)
+    multimodal_weight: float = 1.0  # weight of the task loss of the real-genomics (MSRL_multi) pass; 0 = off
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("pretrain_graph_cases", "anchor_every", "dense_anchor_max", "encode_chunk"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive")
-        for name in ("pathway_weight", "baseline_lr", "baseline_epochs", "abmil_hidden", "grad_clip"):
+        for name in ("pathway_weight", "multimodal_weight", "baseline_lr", "baseline_epochs", "abmil_hidden", "grad_clip"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
         if problems:

@@ -187,7 +187,9 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
         raise ValueError(f"pre-training needs at least 3 cases, got {n}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = PretrainNet(cfg).to(device)
+    net = PretrainNet(cfg)
+    net.slide_encoder.set_patch_stats(*bags.patch_stats(cases))
+    net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.pretrain_lr)
     dense = n <= settings.dense_anchor_max
     h0, g0, _, _ = _learned_graphs(net, bags, genomics, cases, settings, device, dense, gen)
