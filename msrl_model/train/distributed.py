@@ -20,7 +20,10 @@ whole batch, identically. Gradients are averaged with :func:`average_gradients`:
     \frac{\partial\mathcal L}{\partial\theta_{graph}} = \frac1W\sum_q\frac{\partial\mathcal L_q}{\partial\theta_{graph}}
 
 (the backward of the gather sums the W ranks' — equal — row gradients, :math:`\mathcal L_q = \mathcal L`),
-which is exactly the single-process gradient of the same global batch. Averaging explicitly after
+which is the single-process gradient of the same global batch up to float rounding (sums in
+another order). Adam magnifies that rounding only where the true gradient is exactly zero — the
+attention key bias (softmax is shift-invariant), which wanders on rounding noise in one process
+too. Averaging explicitly after
 ``backward()`` (instead of wrapping the network in ``DistributedDataParallel``) keeps every
 collective in one deterministic order on every rank: a training step is not one ``forward`` call
 (online and EMA target branches, buffer, several methods), and the gather's all-reduce in backward
