@@ -113,7 +113,7 @@ class _TaskRuntime:
         if self.task.spec.kind == "survival":
             edge_index, edge_weight = self.net.gsl.adjacency(buffer)
             z = self.net.gcn(buffer, edge_index, edge_weight)  # (N, gcn_out)
-            self.cohort_risk = survival_from_logits(self.net.head(z)).risk.double().cpu().numpy()
+            self.cohort_risk = survival_from_logits(self.net.readout(z, buffer)).risk.double().cpu().numpy()
             self.cohort_km = _km(self.task.cases)
 
     @property
@@ -279,7 +279,7 @@ class Predictor:
 
         survival = classification = None
         if task.spec.kind == "survival":
-            out = survival_from_logits(net.head(z).double())  # float64: risk = -Σ S exactly
+            out = survival_from_logits(net.readout(z, nodes).double())  # float64: risk = -Σ S exactly
             risk = float(out.risk[0])
             s = out.survival[0].double().cpu().numpy()
             assert rt.cohort_risk is not None and rt.cohort_km is not None
@@ -296,7 +296,7 @@ class Predictor:
                 hazards=[float(v) for v in out.hazards[0]], bin_survival=[float(v) for v in s],
                 curve=curve, median_survival_months=median, cohort_km=rt.cohort_km, neighbours_km=_km(cases, rows))
         else:
-            p = torch.softmax(net.head(z).double(), dim=-1)[0].cpu().numpy()  # float64: sums to 1
+            p = torch.softmax(net.readout(z, nodes).double(), dim=-1)[0].cpu().numpy()  # float64: sums to 1
             classification = ClassificationPrediction(list(task.spec.classes), [float(v) for v in p],
                                                       task.spec.classes[int(np.argmax(p))])
         pathways = None

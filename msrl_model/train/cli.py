@@ -119,7 +119,8 @@ def run_train(args: argparse.Namespace) -> int:
 
         out.mkdir(parents=True, exist_ok=True)
         synth = SynthCohortConfig(n_cases=run_preset.n_cases, n_projects=run_preset.n_projects, seed=args.seed,
-                                  feature_dim=run_preset.feature_dim, patches=run_preset.patches)
+                                  feature_dim=run_preset.feature_dim, patches=run_preset.patches,
+                                  render_slides=run_preset.render_slides, slide_size=run_preset.slide_size)
         drive(synth_cohort_job(out / "cohort", synth), show=not args.quiet)
         cohort = load_cohort(out / "cohort")
     return _train(args, cohort, cfg, settings, run_preset, device, start)
