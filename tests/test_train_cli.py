@@ -99,6 +99,16 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert "SYNTHETIC" in (out / "model_card.md").read_text()
 
 
+def test_demo_preset_trains_on_the_apps_features():
+    from msrl_model.train.presets import preset
+
+    demo = preset("demo")
+    # rendered slides -> builtin-he features, the cohort of `msrl synth cohort --cases 300 --projects 3 --seed 0
+    # --render-slides`; the bundle's encoder spec is then builtin-he
+    assert demo.render_slides and demo.feature_dim is None and demo.slide_size == (2048, 1536)
+    assert (demo.n_cases, demo.n_projects) == (300, 3) and demo.config.readout_skip
+
+
 @pytest.mark.heavy
 def test_demo_preset_ordering(tmp_path):
     """The paper's claim on the SYNTHETIC demo cohort: MSRL_multi >= MSRL > WSI-only ABMIL (C-index)."""

@@ -167,3 +167,24 @@ def test_euclidean_knn_adjacency_is_symmetric_normalised():
     assert (a.diagonal() > 0).all()
     nearest = torch.cdist(x, x).fill_diagonal_(float("inf")).argmin(1)
     assert (a[torch.arange(12), nearest] > 0).all()
+
+
+def test_modality_complete_pass_trains_the_real_genomics_path(setup):
+    on = drive(_job(setup, seed=0), show=False)
+    off = drive(_job(setup, seed=0, settings=TrainSettings(multimodal_weight=0.0)), show=False)
+    assert all("task_multi" in h for h in on.history) and not any("task_multi" in h for h in off.history)
+    # the extra loss moves the shared weights
+    assert not torch.allclose(on.online.head.linear.weight, off.online.head.linear.weight)
+
+
+def test_readout_skip_network_predicts_with_its_node_features(setup):
+    cohort, bags, cfg, train, fg, pre = setup
+    res = drive(_job(setup, seed=0, cfg={"readout_skip": True}), show=False)
+    assert res.online.skip is not None
+    test = np.arange(24, 30)
+    pred = ft.predict(res, bags, test, engine="dense")
+    nodes = ft._node_features(res.online.eval(), bags, test, None, max_patches=0, chunk=8, device=torch.device("cpu"))
+    with torch.no_grad():
+        z = torch.from_numpy(pred.z)
+        assert np.allclose(pred.logits, res.online.readout(z, nodes).numpy(), atol=1e-5)
+        assert not np.allclose(pred.logits, res.online.head(z).numpy(), atol=1e-3)
