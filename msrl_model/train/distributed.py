@@ -40,11 +40,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+
+# How long a collective waits for the other ranks before failing: rank 0 alone writes a preset's
+# cohort (the demo preset renders slides and extracts their features) while the others wait.
+GROUP_TIMEOUT = timedelta(hours=3)
 
 
 def _env_world_size() -> int:
@@ -65,7 +71,8 @@ def setup(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                            timeout=GROUP_TIMEOUT)
     return device
 
 
