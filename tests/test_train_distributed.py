@@ -146,3 +146,96 @@ def test_setup_needs_every_torchrun_variable(monkeypatch, var):
         monkeypatch.setenv(k, v)
     with pytest.raises(RuntimeError, match=var):
         D.setup(torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# a tiny pre-training + fine-tuning: 2 processes == 1 process
+# ---------------------------------------------------------------------------------------------------
+def _tiny_run(root, out, ckpt) -> None:
+    """Pre-train + fine-tune on a tiny synthetic cohort; rank 0 writes every weight to ``out``."""
+    from safetensors.torch import save_file
+
+    from msrl_model.nn.config import MSRLConfig
+    from msrl_model.progress import drive
+    from msrl_model.train.cohort import load_cohort
+    from msrl_model.train.data import fold_genomics, load_bags, task_targets
+    from msrl_model.train.finetune import finetune_job
+    from msrl_model.train.presets import TrainSettings
+    from msrl_model.train.pretrain import pretrain_job
+
+    cohort = load_cohort(root)
+    bags = drive(load_bags(cohort), show=False)
+    # slide dropout 0 (its masks depend on the split); SNN / GCN dropout on: they run replicated
+    cfg = MSRLConfig.tiny(patch_dim=8, max_patches_train=10, pretrain_epochs=2, finetune_epochs=2,
+                          warmup_epochs=1, batch_size=6, snn_dropout=0.1, head_dropout=0.1,
+                          group_sizes=tuple(len(g) for g in cohort.gene_groups))
+    settings = TrainSettings(pretrain_graph_cases=7, anchor_every=1, encode_chunk=4)  # 2 graph steps / epoch
+    train = np.arange(14)
+    fg = fold_genomics(cohort, train)
+    pre = drive(pretrain_job(cfg, bags, fg.packed, train, settings=settings, seed=3), show=False)
+    tt = task_targets(cohort, "survival", train, cfg.n_bins)
+    res = drive(finetune_job(cfg, tt.spec, bags, fg.packed, fg.pathways, tt.y, tt.censorship, train,
+                             pretrained=pre, settings=settings, seed=3, checkpoint_dir=ckpt), show=False)
+    if D.is_main():
+        tensors = {f"pre.{k}": v for k, v in pre.state_dict().items()}
+        tensors |= {f"online.{k}": v for k, v in res.online.state_dict().items()}
+        tensors |= {f"target.{k}": v for k, v in res.target.state_dict().items()}
+        tensors["buffer"] = res.buffer
+        save_file({k: v.contiguous() for k, v in tensors.items()}, out)
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    from msrl_model.synth.cohort import make_synth_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    make_synth_cohort(root, n_cases=16, n_projects=2, patches=(8, 14), feature_dim=8, seed=2)
+    return root
+
+
+def test_two_processes_train_the_same_model_as_one(tiny_cohort, tmp_path):
+    from safetensors.torch import load_file
+
+    _tiny_run(tiny_cohort, tmp_path / "one.safetensors", tmp_path / "ckpt1")
+    _spawn(_tiny_run, tiny_cohort, tmp_path / "two.safetensors", tmp_path / "ckpt2")
+    one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    assert one.keys() == two.keys()
+    for name in one:
+        a, b = one[name], two[name]
+        if name.endswith("attn.qkv.bias"):
+            # the key bias has an exactly-zero gradient (softmax is shift-invariant per query): Adam
+            # turns its rounding noise into full steps, so it is compared without its key third
+            d = a.shape[0] // 3
+            a, b = torch.cat([a[:d], a[2 * d:]]), torch.cat([b[:d], b[2 * d:]])
+        assert torch.allclose(b, a, rtol=1e-4, atol=1e-5), name
+    # the FIFO buffer of the last checkpoint (written by rank 0 only): same rows, same owners
+    s1, s2 = load_file(tmp_path / "ckpt1" / "state.safetensors"), load_file(tmp_path / "ckpt2" / "state.safetensors")
+    assert torch.equal(s2["buffer.owners"], s1["buffer.owners"])
+    assert torch.allclose(s2["buffer.feats"], s1["buffer.feats"], rtol=1e-4, atol=1e-5)
+    # fine-tuning moved the weights: the runs are compared after real steps
+    name = "slide_encoder.patch_embed.weight"
+    assert not torch.allclose(one[f"online.{name}"], one[f"pre.{name}"], atol=1e-4)
+
+
+@pytest.mark.heavy
+def test_torchrun_cli_matches_one_process(tmp_path):
+    """``torchrun --nproc_per_node 2 -m msrl_model.train`` writes the outputs once, with the same CV numbers."""
+    import subprocess
+    import sys
+
+    args = ["-m", "msrl_model.train", "--preset", "tiny", "--folds", "2", "--tasks", "survival",
+            "--variants", "msrl,msrl_multi,abmil", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, env=env, timeout=600)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", str(_free_port()), *args, "--out", str(tmp_path / "two")],
+                   check=True, env=env, timeout=600)
+    one = (tmp_path / "one" / "cv_results.csv").read_text().splitlines()
+    two = (tmp_path / "two" / "cv_results.csv").read_text().splitlines()
+    assert len(one) == len(two) > 1
+    for a, b in zip(one[1:], two[1:]):
+        *key_a, va = a.split(",")
+        *key_b, vb = b.split(",")
+        assert key_a == key_b and abs(float(va) - float(vb)) < 1e-3, (a, b)
+    assert (tmp_path / "two" / "bundle" / "manifest.json").exists()
+    assert (tmp_path / "two" / "train.log").read_text().count("processes 2") == 1  # one writer

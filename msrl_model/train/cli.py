@@ -8,6 +8,8 @@ Writes to ``--out``: ``bundle/`` (or ``model.msrl`` with ``--zip``), ``cv_result
 ``km_<task>_<method>.png``, ``model_card.md``, ``config.toml``, ``train.log`` (and ``cohort/`` for a
 preset: the SYNTHETIC cohort it generated). A cohort that fails validation is reported in full
 (every problem) and nothing is trained (exit code 2).
+
+Several processes (one machine or many) with ``torchrun``: :data:`EPILOG`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from pathlib import Path
 from msrl_model.errors import MSRLError
 
 log = logging.getLogger("msrl_model.train")
+
+EPILOG = """\
+several processes (torchrun):
+  torchrun --nproc_per_node 2 -m msrl_model.train --preset tiny --out DIR
+  torchrun --nnodes 2 --node_rank N --master_addr HOST --nproc_per_node 4 -m msrl_model.train ...
+  Pre-training and MSRL fine-tuning split each batch across the processes (gloo on CPU, NCCL with
+  one GPU per process: --device cuda uses cuda:LOCAL_RANK). The config's batch_size is the global
+  batch, so the models equal those of one process up to float rounding (as long as slide_dropout
+  is 0; with dropout the masks depend on the split). Rank 0 alone writes DIR.
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``msrl train`` to the ``msrl`` dispatcher."""
     parser = subparsers.add_parser("train", help="cross-validate MSRL and build a model bundle",
-                                   description=__doc__.splitlines()[0])
+                                   description=__doc__.splitlines()[0], epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.set_defaults(func=run_train)
 
@@ -95,9 +108,14 @@ def _device(spec: str) -> "torch.device":  # noqa: F821 (torch imported lazily)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """The whole run; returns the exit code (MSRLError propagates to the caller's handler)."""
+    """The whole run; returns the exit code (MSRLError propagates to the caller's handler).
+
+    Under ``torchrun`` every process runs it: they join one process group here, rank 0 writes the
+    outputs (and a preset's cohort) while the others wait.
+    """
     start = time.perf_counter()
     from msrl_model.nn.config import MSRLConfig
+    from msrl_model.train import distributed
     from msrl_model.train.cohort import load_cohort
     from msrl_model.train.presets import TrainSettings, preset
 
@@ -107,23 +125,30 @@ def run_train(args: argparse.Namespace) -> int:
         raise MSRLError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
     base = (run_preset.config, run_preset.settings) if run_preset else (MSRLConfig.paper(), TrainSettings())
     cfg, settings = _read_config(args.config, base)
-    device = _device(args.device)
+    device = distributed.setup(_device(args.device))
+    main_rank = distributed.is_main()
+    try:
+        if run_preset is None:
+            cohort = load_cohort(args.cohort)  # CohortValidationError lists every problem; nothing written yet
+            _tasks_variants(args, cohort, None)  # unknown tasks / variants: nothing written either
+            if main_rank:
+                out.mkdir(parents=True, exist_ok=True)
+        else:
+            from msrl_model.progress import drive
+            from msrl_model.synth.cohort import SynthCohortConfig, synth_cohort_job
 
-    if run_preset is None:
-        cohort = load_cohort(args.cohort)  # CohortValidationError lists every problem; nothing written yet
-        _tasks_variants(args, cohort, None)  # unknown tasks / variants: nothing written either
-        out.mkdir(parents=True, exist_ok=True)
-    else:
-        from msrl_model.progress import drive
-        from msrl_model.synth.cohort import SynthCohortConfig, synth_cohort_job
-
-        out.mkdir(parents=True, exist_ok=True)
-        synth = SynthCohortConfig(n_cases=run_preset.n_cases, n_projects=run_preset.n_projects, seed=args.seed,
-                                  feature_dim=run_preset.feature_dim, patches=run_preset.patches,
-                                  render_slides=run_preset.render_slides, slide_size=run_preset.slide_size)
-        drive(synth_cohort_job(out / "cohort", synth), show=not args.quiet)
-        cohort = load_cohort(out / "cohort")
-    return _train(args, cohort, cfg, settings, run_preset, device, start)
+            if main_rank:
+                out.mkdir(parents=True, exist_ok=True)
+                synth = SynthCohortConfig(n_cases=run_preset.n_cases, n_projects=run_preset.n_projects,
+                                          seed=args.seed, feature_dim=run_preset.feature_dim,
+                                          patches=run_preset.patches, render_slides=run_preset.render_slides,
+                                          slide_size=run_preset.slide_size)
+                drive(synth_cohort_job(out / "cohort", synth), show=not args.quiet)
+            distributed.barrier()  # the cohort is written
+            cohort = load_cohort(out / "cohort")
+        return _train(args, cohort, cfg, settings, run_preset, device, start)
+    finally:
+        distributed.cleanup()
 
 
 def _tasks_variants(args: argparse.Namespace, cohort, run_preset) -> tuple[list[str], list[str]]:
@@ -147,16 +172,21 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
     import torch
 
     from msrl_model.progress import drive
+    from msrl_model.train import distributed
     from msrl_model.train.cv import cv_job
     from msrl_model.train.data import load_bags
     from msrl_model.train.export import export_bundle, feature_encoder
     from msrl_model.train.report import cv_table_markdown, model_card, plot_km, write_cv_csv
 
     out: Path = args.out
-    handler = logging.FileHandler(out / "train.log", mode="w", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    main_rank = distributed.is_main()  # the other ranks train the same models and write nothing
+    show = not args.quiet and main_rank
+    handler = None
+    if main_rank:
+        handler = logging.FileHandler(out / "train.log", mode="w", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         threads = args.threads or (1 if run_preset is not None else 0)
         if threads:
@@ -166,14 +196,15 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
                  "SYNTHETIC" if cohort.config.synthetic else "real")
         for note in cohort.notes + cohort.warnings:
             log.info("cohort: %s", note)
-        bags = drive(load_bags(cohort), show=not args.quiet)
+        bags = drive(load_bags(cohort), show=show)
         cfg = dataclasses.replace(cfg, patch_dim=bags.patch_dim,
                                   group_sizes=tuple(len(g) for g in cohort.gene_groups))
-        cfg.to_toml(out / "config.toml")
-        with (out / "config.toml").open("a", encoding="utf-8") as fh:
-            fh.write("\n[train]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.to_dict().items()))
-        log.info("device %s, torch threads %d, tasks %s, variants %s, %d folds, seed %d", device,
-                 torch.get_num_threads(), tasks, variants, args.folds, args.seed)
+        if main_rank:
+            cfg.to_toml(out / "config.toml")
+            with (out / "config.toml").open("a", encoding="utf-8") as fh:
+                fh.write("\n[train]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.to_dict().items()))
+        log.info("device %s, torch threads %d, processes %d, tasks %s, variants %s, %d folds, seed %d", device,
+                 torch.get_num_threads(), distributed.world_size(), tasks, variants, args.folds, args.seed)
 
         def on_event(event) -> None:
             if event.stage == "cross-validation" or event.done == event.total:
@@ -181,7 +212,9 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
 
         result = drive(cv_job(cohort, bags, cfg, tasks=tasks, variants=variants, n_folds=args.folds,
                               settings=settings, seed=args.seed, device=device, final=not args.no_bundle),
-                       show=not args.quiet, on_event=on_event)
+                       show=show, on_event=on_event)
+        if not main_rank:
+            return 0
         write_cv_csv(result, out / "cv_results.csv")
         table = cv_table_markdown(result, tasks, variants)
         (out / "cv_table.md").write_text(table, encoding="utf-8")
@@ -209,8 +242,10 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
         log.exception("training failed")
         raise
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        distributed.barrier()  # the other ranks wait until rank 0 has written every output
 
 
 def _toml(value: object) -> str:
@@ -221,7 +256,8 @@ def _toml(value: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m msrl_model.train``: user errors print one message, exit non-zero."""
-    parser = argparse.ArgumentParser(prog="python -m msrl_model.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m msrl_model.train", description=__doc__.splitlines()[0],
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

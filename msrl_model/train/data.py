@@ -21,6 +21,7 @@ from msrl_model.nn.msrl import SlideBatch, TaskSpec
 from msrl_model.nn.slide_encoder import grid_positions, pad_bags, subsample_patches
 from msrl_model.progress import Job, Progress
 from msrl_model.train.cohort import Cohort, ExpressionScaler, assign_bins, survival_bins
+from msrl_model.train.distributed import keyed_generator
 
 # Grid columns left empty between two slides of one case.
 SLIDE_GAP = 4
@@ -42,12 +43,18 @@ class Bags:
         x = torch.cat([self.features[i] for i in cases]).double()  # (Σ N_i, patch_dim)
         return x.mean(0).float(), x.std(0, unbiased=False).float()
 
-    def batch(self, cases: Sequence[int], max_patches: int = 0,
-              generator: torch.Generator | None = None) -> SlideBatch:
-        """A padded :class:`SlideBatch` of ``cases``; each bag subsampled to ``max_patches`` (0 = all)."""
+    def batch(self, cases: Sequence[int], max_patches: int = 0, generator: torch.Generator | None = None,
+              key: tuple[int, ...] | None = None) -> SlideBatch:
+        """A padded :class:`SlideBatch` of ``cases``; each bag subsampled to ``max_patches`` (0 = all).
+
+        The subsets come from ``generator`` (one stream through the cases in order) or, when ``key``
+        is given, from :func:`~msrl_model.train.distributed.keyed_generator` ``(*key, case)``: the
+        same subset of a case however the cases are split into batches or across processes.
+        """
         feats, pos = [], []
         for i in cases:
-            sel = subsample_patches(self.features[i].shape[0], max_patches, generator)
+            gen = keyed_generator(*key, int(i)) if key is not None else generator
+            sel = subsample_patches(self.features[i].shape[0], max_patches, gen)
             feats.append(self.features[i][sel])
             pos.append(self.positions[i][sel])
         x, p, mask = pad_bags(feats, pos)

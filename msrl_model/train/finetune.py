@@ -31,7 +31,9 @@ One step over a batch of B training cases (global case indices ``idx``):
 * **Mixup views (RankMix-style)**: each view of case i is a random subset of its bag (at most
   ``cfg.max_patches_train`` patches) of which a share :math:`\lambda' = \max(\lambda, 1 - \lambda)`,
   :math:`\lambda \sim \mathrm{Beta}(\alpha, \alpha)`, comes from case i and the rest from another case
-  of the batch (a random pairing per view). *Choice:* the label stays with case i, which always
+  of the batch (a random pairing per view). The pairing is drawn from ``(seed, epoch, view, first
+  case of the batch)``, λ and the patch subsets from ``(seed, epoch, view, case)``: a case's view
+  does not depend on which process builds it. *Choice:* the label stays with case i, which always
   provides the majority of the patches (:math:`\lambda' \ge 1/2`); we do not mix labels, because
   survival targets (bin + censorship) cannot be interpolated meaningfully.
 * **Buffer**: FIFO of *target* node features, initialised from all training cases with the
@@ -50,6 +52,16 @@ Variants in the same code path: ``variant="msrl_h"`` (nodes h, no genomics anywh
 ``graph_mode="knn_cos" | "knn_euc"`` (fixed kNN graphs over the node features instead of the GSL),
 ``random_gsl=True`` (GSL weights random and frozen), ``buffer_branch="online"`` (buffer filled with
 online features).
+
+**Several processes** (``torchrun``, :mod:`msrl_model.train.distributed`): ``cfg.batch_size`` is the
+*global* batch. Each rank builds the views of its contiguous share of the batch and runs the online
+and target slide encoders on it; h and ĥ are gathered in batch order (the online gather is
+differentiable), and every rank then computes the same node features, graphs and losses over the
+whole batch, averages the gradients, takes the same optimizer step and EMA update, and pushes the
+same gathered target rows to its copy of the FIFO buffer (replicated, identical on every rank). The
+result equals one process with the same settings, up to float rounding (online slide-encoder
+dropout, when ``cfg.slide_dropout > 0``, draws per-rank masks: same distribution, different
+weights). Rank 0 alone writes checkpoints.
 
 Checkpoints (``checkpoint_dir``): after every epoch ``online.safetensors``, ``target.safetensors``,
 ``state.safetensors`` (optimizer moments, buffer, RNG states) and ``state.json`` (epoch, step,
@@ -82,8 +94,9 @@ from msrl_model.nn.losses import (classification_loss, f_align, g_align, nll_sur
 from msrl_model.nn.msrl import MSRLNet, PretrainNet, SlideBatch, TaskSpec
 from msrl_model.nn.slide_encoder import pad_bags
 from msrl_model.progress import Job, Progress
+from msrl_model.train import distributed
 from msrl_model.train.data import Bags
-from msrl_model.train.pretrain import embed_slides
+from msrl_model.train.pretrain import embed_shared
 from msrl_model.train.presets import TrainSettings
 
 GraphMode = Literal["gsl", "knn_cos", "knn_euc"]
@@ -171,25 +184,33 @@ class FifoBuffer:
         return self.feats[keep.to(self.feats.device)]
 
 
-def mixup_view(bags: Bags, idx: Sequence[int], max_patches: int, alpha: float,
-               generator: torch.Generator) -> SlideBatch:
-    """One RankMix-style view of the bags of ``idx`` (module docstring: the share and label choice)."""
-    idx = list(idx)
+def mixup_view(bags: Bags, idx: Sequence[int], max_patches: int, alpha: float, key: tuple[int, ...],
+               rows: Sequence[int] | None = None) -> SlideBatch:
+    """One RankMix-style view of the bags of ``idx`` (module docstring: the share and label choice).
+
+    Args:
+        idx: the cases of the (global) batch; partners are drawn among all of them.
+        key: ``(seed, epoch, view)``; the pairing comes from ``(*key, 0, idx[0])``, each case's λ and
+            patch subsets from ``(*key, 1, case)``.
+        rows: positions in ``idx`` of the cases to build views of (this process's share); None = all.
+    """
+    idx = [int(i) for i in idx]
     b = len(idx)
-    partner = torch.randperm(b, generator=generator).tolist() if b > 1 else [0]
-    lam = torch.distributions.Beta(alpha, alpha).sample((b,)) if alpha > 0 else torch.ones(b)  # global RNG
+    partner = np.random.default_rng(distributed.key_seed(*key, 0, idx[0])).permutation(b) if b > 1 else [0]
     feats, pos = [], []
-    for i, case in enumerate(idx):
-        other = idx[partner[i]]
+    for i in range(b) if rows is None else rows:
+        case, other = idx[i], idx[partner[i]]
+        rng = np.random.default_rng(distributed.key_seed(*key, 1, case))
+        lam = rng.beta(alpha, alpha) if alpha > 0 else 1.0
         n_own = bags.features[case].shape[0]
         m = min(n_own, max_patches) if max_patches > 0 else n_own
-        share = max(float(lam[i]), 1.0 - float(lam[i])) if other != case else 1.0
+        share = max(lam, 1.0 - lam) if other != case else 1.0
         k_own = max(1, int(round(share * m)))
         k_other = min(m - k_own, bags.features[other].shape[0])
-        sel = torch.randperm(n_own, generator=generator)[:k_own]
+        sel = torch.from_numpy(rng.permutation(n_own)[:k_own])
         f, p = [bags.features[case][sel]], [bags.positions[case][sel]]
         if k_other > 0:
-            sel_o = torch.randperm(bags.features[other].shape[0], generator=generator)[:k_other]
+            sel_o = torch.from_numpy(rng.permutation(bags.features[other].shape[0])[:k_other])
             f.append(bags.features[other][sel_o])
             p.append(bags.positions[other][sel_o])
         feats.append(torch.cat(f))
@@ -240,12 +261,26 @@ class FinetuneResult:
 
 
 def _node_features(net: MSRLNet, bags: Bags, cases: Sequence[int], genomics: Tensor | None, *,
-                   max_patches: int, chunk: int, device: torch.device,
-                   generator: torch.Generator | None = None) -> Tensor:
-    """Node features (len(cases), node_dim); real genomics when ``genomics`` is given (rows = cases)."""
-    h = embed_slides(net.slide_encoder, bags, cases, max_patches=max_patches, chunk=chunk, device=device,
-                     generator=generator)
+                   max_patches: int, chunk: int, device: torch.device) -> Tensor:
+    """Node features (len(cases), node_dim); real genomics when ``genomics`` is given (rows = cases).
+    Every process encodes its share of the cases (:func:`embed_shared`); patch subsets (``max_patches``)
+    from the global RNG."""
+    h = embed_shared(net.slide_encoder, bags, cases, max_patches=max_patches, chunk=chunk, device=device)
     return net.node_features(h, None if genomics is None else genomics.to(device))
+
+
+def _encode_share(net: MSRLNet, view: SlideBatch | None, dropout_key: tuple[int, ...] | None) -> Tensor:
+    """h of every case of the global batch (B, d) from this process's view of its share (None = an
+    empty share), gathered in batch order; the slide-encoder dropout on a forked RNG (``dropout_key``)."""
+    if view is None:  # more processes than cases in the batch: an empty share still joins the gather
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in net.slide_encoder.parameters())
+        h = torch.zeros(0, net.cfg.d, device=next(net.parameters()).device, requires_grad=trainable)
+    elif dropout_key is None:
+        h = net.encode_slides(view)[0]
+    else:
+        with distributed.forked_rng(*dropout_key, distributed.rank(), device=view.x.device):
+            h = net.encode_slides(view)[0]  # (b_rank, d)
+    return distributed.all_gather_rows(h)
 
 
 @torch.no_grad()
@@ -369,9 +404,9 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
         pretrained: stage-1 network (None: random initialisation).
         variant, graph_mode, random_gsl, buffer_branch: see the module docstring.
         settings: training-program settings.
-        seed: same seed, same weights.
+        seed: same seed, same weights (with any number of processes; module docstring).
         device: torch device.
-        checkpoint_dir: where to checkpoint after every epoch and resume from.
+        checkpoint_dir: where to checkpoint after every epoch and resume from (rank 0 writes).
     """
     device = torch.device(device)
     train_cases = np.asarray(train_cases, dtype=np.int64)
@@ -386,6 +421,7 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
     if pretrained is None:
         online.slide_encoder.set_patch_stats(*bags.patch_stats(train_cases))
     online.to(device)
+    distributed.broadcast_module(online)  # same seed, same weights already; this only guards against drift
     target = copy.deepcopy(online).eval()
     for p in target.parameters():
         p.requires_grad_(False)
@@ -422,12 +458,13 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
             idx = torch.as_tensor(part)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, warmup, cfg.finetune_lr, cfg.finetune_min_lr)
-            view1 = mixup_view(bags, part, cfg.max_patches_train, cfg.mixup_alpha, gen).to(device)
-            view2 = mixup_view(bags, part, cfg.max_patches_train, cfg.mixup_alpha, gen).to(device)
-            h, _ = online.encode_slides(view1)
+            rows = distributed.local_part(np.arange(len(part)))  # positions of this process's share
+            views = [mixup_view(bags, part, cfg.max_patches_train, cfg.mixup_alpha, (seed, epoch, v), rows).to(device)
+                     if len(rows) else None for v in (1, 2)]
+            h = _encode_share(online, views[0], (seed, epoch, step))  # (B, d) whole batch, batch order
             f = online.node_features(h)  # (B, node_dim) online: Inductor prompt
             with torch.no_grad():
-                h_t, _ = target.encode_slides(view2)
+                h_t = _encode_share(target, views[1], None)  # eval mode: no dropout
                 f_t = target.node_features(h_t, genomics[part].to(device) if target.uses_genomics else None)
             mem = buffer.without(idx)  # (M', node_dim) the batch's own entries removed
             z, ei, ew = graph_forward(online, f, mem, graph_mode)
@@ -451,6 +488,7 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
             loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(params)
             if settings.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
             opt.step()
@@ -461,7 +499,9 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
             step += 1
         history.append({name: value / steps_per_epoch for name, value in sums.items()})
         if ckpt is not None:
-            _save_checkpoint(ckpt, run_id, epoch + 1, step, online, target, opt, buffer, gen, history)
+            if distributed.is_main():
+                _save_checkpoint(ckpt, run_id, epoch + 1, step, online, target, opt, buffer, gen, history)
+            distributed.barrier()
         yield Progress(f"fine-tune {task.name}", epoch + 1, cfg.finetune_epochs,
                        f"{variant} loss={sum(history[-1].values()):.4f}")
     online.eval()

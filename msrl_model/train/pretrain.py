@@ -24,12 +24,21 @@ fused graph), so it is not built.
 **Mini-batches**: when the training set is larger than ``settings.pretrain_graph_cases``, each epoch
 splits a random permutation of the cases into equal parts; each part forms the graph of one step
 (learned graphs over the part, anchors restricted to it).
+
+**Several processes** (``torchrun``, :mod:`msrl_model.train.distributed`): each rank encodes its
+contiguous share of a step's cases (:func:`embed_shared`), the embeddings are gathered in case order,
+and every rank computes the same graphs and losses over the whole part; gradients are averaged. The
+result equals one process with the same settings (the number of cases per step does not depend on
+the number of processes): patch subsets are drawn per case from ``(seed, epoch, case)``, slide-encoder
+dropout runs on a forked RNG keyed by ``(seed, epoch, step, rank)`` — with ``slide_dropout > 0`` the
+masks, and so the weights, depend on the rank split; everything else is identical.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -42,20 +51,49 @@ from msrl_model.nn.losses import fused_loss, inter_loss, intra_loss
 from msrl_model.nn.msrl import PretrainNet
 from msrl_model.nn.slide_encoder import SlideEncoder
 from msrl_model.progress import Job, Progress
+from msrl_model.train import distributed
 from msrl_model.train.data import Bags
 from msrl_model.train.presets import TrainSettings
 
 
 def embed_slides(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
-                 chunk: int = 32, device: torch.device | str = "cpu",
-                 generator: torch.Generator | None = None) -> Tensor:
-    """h (len(cases), d) of ``cases`` in chunks of bags; grads flow when enabled by the caller."""
+                 chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None) -> Tensor:
+    """h (len(cases), d) of ``cases`` in chunks of bags; grads flow when enabled by the caller.
+
+    Patch subsets (``max_patches``) per case from ``(*key, case)`` (:meth:`Bags.batch`).
+    """
     out = []
     cases = list(cases)
     for start in range(0, len(cases), chunk):
-        batch = bags.batch(cases[start:start + chunk], max_patches, generator).to(device)
+        batch = bags.batch(cases[start:start + chunk], max_patches, key=key).to(device)
         out.append(encoder(batch.x, batch.pos, batch.mask)[0])  # (b, d)
     return torch.cat(out)
+
+
+def embed_shared(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
+                 chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
+                 dropout_key: tuple[int, ...] | None = None) -> Tensor:
+    """h (len(cases), d) of ``cases``, every process encoding its share (rank order = case order).
+
+    Args:
+        key: per-case patch subsets from ``(*key, case)`` (needed with ``max_patches``; None = all patches).
+        dropout_key: run the encoder on a global RNG forked and seeded by ``(*dropout_key, rank)``
+            (training mode: dropout must not advance the stream that the replicated rest of the step
+            draws from); None = the current RNG (eval mode).
+
+    Differentiable (the gather sums the ranks' gradients, see :mod:`msrl_model.train.distributed`);
+    one process: :func:`embed_slides` of all ``cases``.
+    """
+    mine = distributed.local_part(np.asarray(cases, dtype=np.int64))
+    device = torch.device(device)
+    if len(mine) == 0:  # more processes than cases: an empty share still joins the gather
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+        return distributed.all_gather_rows(torch.zeros(0, encoder.d, device=device, requires_grad=trainable))
+    fork = nullcontext() if dropout_key is None else distributed.forked_rng(*dropout_key, distributed.rank(),
+                                                                           device=device)
+    with fork:
+        h = embed_slides(encoder, bags, mine, max_patches=max_patches, chunk=chunk, device=device, key=key)
+    return distributed.all_gather_rows(h)  # (len(cases), d)
 
 
 class AnchorGraph:
@@ -149,13 +187,14 @@ def pretrain_losses(net: PretrainNet, h: Tensor, g: Tensor, aug_h: tuple[Tensor,
 
 def _learned_graphs(net: PretrainNet, bags: Bags, genomics: Tensor, cases: np.ndarray,
                     settings: TrainSettings, device: torch.device, dense: bool,
-                    generator: torch.Generator) -> tuple[Tensor, Tensor, AnchorGraph, AnchorGraph]:
-    """h, g of all training cases (no grad, eval mode) and the learned graphs over them."""
+                    key: tuple[int, ...]) -> tuple[Tensor, Tensor, AnchorGraph, AnchorGraph]:
+    """h, g of all training cases (no grad, eval mode; patch subsets from ``(*key, case)``) and the
+    learned graphs over them."""
     was = net.training
     net.eval()
     with torch.no_grad():
-        h = embed_slides(net.slide_encoder, bags, cases, max_patches=net.cfg.max_patches_train,
-                         chunk=settings.encode_chunk, device=device, generator=generator)
+        h = embed_shared(net.slide_encoder, bags, cases, max_patches=net.cfg.max_patches_train,
+                         chunk=settings.encode_chunk, device=device, key=key)
         g = net.genomics_encoder(genomics[cases].to(device))[0]
         graphs = [AnchorGraph.from_edges(*gsl.adjacency(x), len(cases), dense)
                   for gsl, x in ((net.gsl_h, h), (net.gsl_g, g))]
@@ -174,7 +213,7 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
         genomics: (n_cases, Σ group sizes) packed z-scored expression (scaler fitted on the training cases).
         cases: the training cases (rows of the cohort); nothing else is looked at.
         settings: mini-batch size, bootstrapping interval, dense/sparse threshold.
-        seed: same seed, same weights.
+        seed: same seed, same weights (with any number of processes; module docstring).
         device: torch device.
 
     Returns (generator return value): the trained :class:`PretrainNet` (in eval mode), with
@@ -190,9 +229,10 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
     net = PretrainNet(cfg)
     net.slide_encoder.set_patch_stats(*bags.patch_stats(cases))
     net.to(device)
+    distributed.broadcast_module(net)  # same seed, same weights already; this only guards against drift
     opt = torch.optim.Adam(net.parameters(), lr=cfg.pretrain_lr)
     dense = n <= settings.dense_anchor_max
-    h0, g0, _, _ = _learned_graphs(net, bags, genomics, cases, settings, device, dense, gen)
+    h0, g0, _, _ = _learned_graphs(net, bags, genomics, cases, settings, device, dense, (seed, 1, 0))
     anchor_h = AnchorGraph.knn(h0, cfg.k, dense)
     anchor_g = AnchorGraph.knn(g0, cfg.k, dense)
     steps = math.ceil(n / min(n, settings.pretrain_graph_cases))
@@ -202,11 +242,12 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
         net.train()
         perm = torch.randperm(n, generator=gen)
         total = 0.0
-        for part in torch.tensor_split(perm, steps):
+        for step, part in enumerate(torch.tensor_split(perm, steps)):
             part = part.sort().values  # local indices into ``cases``
             idx = cases[part.numpy()]
-            h = embed_slides(net.slide_encoder, bags, idx, max_patches=cfg.max_patches_train,
-                             chunk=settings.encode_chunk, device=device, generator=gen)  # (b, d)
+            h = embed_shared(net.slide_encoder, bags, idx, max_patches=cfg.max_patches_train,
+                             chunk=settings.encode_chunk, device=device, key=(seed, 0, epoch),
+                             dropout_key=(seed, epoch, step))  # (b, d)
             g = net.genomics_encoder(genomics[idx].to(device))[0]  # (b, d)
             sub = part.to(anchor_h.adj.device)
             aug_h = augment_edges(*anchor_h.edges(sub), len(idx), cfg.edge_drop, cfg.edge_add, gen)
@@ -215,6 +256,7 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
             loss = terms["intra"] + terms["inter"] + terms["fused"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(net.parameters())
             if settings.grad_clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
             opt.step()
@@ -222,7 +264,7 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
         history.append(total / steps)
         if (epoch + 1) % settings.anchor_every == 0 and epoch + 1 < cfg.pretrain_epochs:
             _, _, learned_h, learned_g = _learned_graphs(net, bags, genomics, cases, settings, device,
-                                                         dense, gen)
+                                                         dense, (seed, 1, epoch + 1))
             anchor_h.bootstrap(learned_h, cfg.anchor_momentum)
             anchor_g.bootstrap(learned_g, cfg.anchor_momentum)
         yield Progress("pre-train", epoch + 1, cfg.pretrain_epochs, f"loss={history[-1]:.4f}")
@@ -231,4 +273,4 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
     return net
 
 
-__all__ = ["AnchorGraph", "augment_edges", "embed_slides", "pretrain_job", "pretrain_losses"]
+__all__ = ["AnchorGraph", "augment_edges", "embed_shared", "embed_slides", "pretrain_job", "pretrain_losses"]
