@@ -1,0 +1,75 @@
+"""Take the README's screenshots of the main window before and after Analyze, in a real X window.
+
+Run under Xvfb (see FIELD-NOTES): ``Xvfb :99 -screen 0 1600x1000x24 -nolisten tcp &`` then
+``DISPLAY=:99 python docs/screenshots.py SLIDE BUNDLE docs/img``. The screen is captured with
+Pillow's ``ImageGrab`` from the X display, i.e. exactly what a user would see.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import ImageGrab
+from PySide6.QtCore import QEventLoop, QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+
+from msrl_app.window import MainWindow, apply_theme
+
+
+def _wait(app: QApplication, condition, timeout_s: float = 600.0) -> None:
+    """Run the Qt event loop until ``condition()`` holds (or fail after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    loop = QEventLoop()
+    timer = QTimer()
+    timer.timeout.connect(lambda: (condition() or time.monotonic() > deadline) and loop.quit())
+    timer.start(50)
+    loop.exec()
+    if not condition():
+        raise SystemExit("timed out waiting for the app")
+
+
+def _settle(app: QApplication, seconds: float = 1.5) -> None:
+    _wait(app, lambda end=time.monotonic() + seconds: time.monotonic() > end)
+
+
+def main(slide: str, bundle: str, out_dir: str) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="msrl-shots-"))
+    os.environ["MSRL_STUDIO_CACHE_DIR"] = str(scratch / "cache")
+    os.environ["MSRL_STUDIO_LOG_DIR"] = str(scratch / "logs")
+    app = QApplication([])
+    apply_theme(app)
+    settings = QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings)
+    window.show_dialogs = False
+    window.setGeometry(0, 0, 1600, 1000)
+    window.show()
+    window.set_bundle(bundle)
+    window.open_slide(slide)
+    _wait(app, lambda: window.viewer.thumbnail() is not None and window.bundle_manifest is not None)
+    _settle(app)
+    display = os.environ["DISPLAY"]
+    ImageGrab.grab(xdisplay=display).save(out / "main-window-before.png")
+    finished: list = []
+    window.analysisFinished.connect(finished.append)
+    window.start_analysis()
+    _wait(app, lambda: bool(finished))
+    if window.last_error:
+        raise SystemExit(f"analysis failed: {window.last_error}")
+    _settle(app, 3.0)
+    ImageGrab.grab(xdisplay=display).save(out / "main-window-after.png")
+    window.results.tabs.setCurrentIndex(2)  # the linked training cases
+    _settle(app)
+    ImageGrab.grab(xdisplay=display).save(out / "main-window-linked-cases.png")
+    window.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or "DISPLAY" not in os.environ:
+        raise SystemExit("usage: DISPLAY=:99 python docs/screenshots.py SLIDE BUNDLE OUT_DIR")
+    main(*sys.argv[1:])
