@@ -90,13 +90,25 @@ def test_register_adds_msrl_train():
     assert args.func is cli.run_train and args.preset == "tiny" and args.folds == 3
 
 
-@pytest.mark.heavy
-def test_tiny_preset_end_to_end(tmp_path):
+def test_tiny_preset_end_to_end_then_analyze_the_real_slide(tmp_path, cmu_slide):
+    """What CI promises: ``--preset tiny`` writes every output, and its bundle analyses a real slide."""
+    from msrl_model.cli import main as msrl
+
     out = tmp_path / "tiny"
     assert cli.main(["--preset", "tiny", "--out", str(out), "--quiet"]) == 0
     for name in ("bundle/manifest.json", "cv_results.csv", "cv_table.md", "km_survival_msrl.png", "model_card.md"):
         assert (out / name).is_file()
     assert "SYNTHETIC" in (out / "model_card.md").read_text()
+    methods = {row["method"] for row in csv.DictReader((out / "cv_results.csv").open())}
+    assert {"msrl", "msrl_multi", "abmil", "snn"} <= methods
+
+    results = tmp_path / "results"
+    assert msrl(["analyze", str(cmu_slide), "--bundle", str(out / "bundle"), "--out", str(results), "--quiet"]) == 0
+    result = json.loads((results / "cmu_small_region.json").read_text())
+    survival = result["tasks"]["survival"]
+    assert 0.0 <= survival["survival"]["percentile"] <= 100.0
+    assert survival["linked_cases"] and len(survival["attention"]) == len(result["coords"])
+    assert result["synthetic_training_cohort"] is True
 
 
 def test_demo_preset_trains_on_the_apps_features():

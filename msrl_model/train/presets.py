@@ -93,10 +93,13 @@ def preset(name: str) -> RunPreset:
     """The ``tiny`` (CI: ~80 cases, seconds per model) or ``demo`` (shipped bundle) preset."""
     if name == "tiny":
         return RunPreset(
-            name="tiny", n_cases=80, n_projects=2, patches=(24, 64), feature_dim=32,
+            # small rendered slides: the bundle's features are builtin-he ones, like the app's, so
+            # `msrl analyze` runs it on any real slide (CI does, on the CMU slide)
+            name="tiny", n_cases=80, n_projects=2, patches=(24, 64), feature_dim=None,
             config=MSRLConfig.tiny(max_patches_train=32, pretrain_epochs=6, finetune_epochs=4,
                                    warmup_epochs=1, batch_size=8),
             settings=TrainSettings(anchor_every=2, encode_chunk=40),
+            render_slides=True, slide_size=(1536, 1024),
         )
     if name == "demo":
         # the demo MSRLConfig with a CPU-friendly schedule: 2 cores must run 5-fold CV of every
