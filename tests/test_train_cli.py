@@ -101,6 +101,10 @@ def test_tiny_preset_end_to_end_then_analyze_the_real_slide(tmp_path, cmu_slide)
     assert "SYNTHETIC" in (out / "model_card.md").read_text()
     methods = {row["method"] for row in csv.DictReader((out / "cv_results.csv").open())}
     assert {"msrl", "msrl_multi", "abmil", "snn"} <= methods
+    from msrl_model.infer.bundle import load_bundle
+
+    thumbnails = load_bundle(out / "bundle").tasks["survival"].thumbnails
+    assert thumbnails and all(t[:2] == b"\xff\xd8" for t in thumbnails)  # a JPEG per rendered case
 
     results = tmp_path / "results"
     assert msrl(["analyze", str(cmu_slide), "--bundle", str(out / "bundle"), "--out", str(results), "--quiet"]) == 0

@@ -32,6 +32,36 @@ def case_table(cohort: Cohort, cases: np.ndarray) -> pd.DataFrame:
     return out
 
 
+def case_thumbnails(cohort: Cohort, cases: np.ndarray, max_size: int = 192) -> list[bytes] | None:
+    """Small JPEG thumbnails of each buffer case's first slide (b"" where it has no slide file).
+
+    None when the cohort has no slide files at all (features only): the bundle then has no thumbnails.
+    """
+    import io
+
+    from PIL import Image
+
+    from msrl_model.errors import SlideError
+    from msrl_model.slide import open_slide
+
+    if not any(cohort.slide_paths.values()):
+        return None
+    thumbs = []
+    for case in cohort.cases["case_id"].iloc[cases]:
+        path = cohort.slide_paths.get(cohort.slides[case][0])
+        jpeg = b""
+        if path is not None:
+            try:
+                with open_slide(path) as slide:
+                    buf = io.BytesIO()
+                    Image.fromarray(slide.thumbnail(max_size)).save(buf, format="JPEG", quality=85)
+                    jpeg = buf.getvalue()
+            except SlideError:
+                jpeg = b""  # an unreadable slide keeps its buffer row, without a picture
+        thumbs.append(jpeg)
+    return thumbs
+
+
 def expression_scale(cohort: Cohort) -> str:
     """"raw" or "log": how the cohort's expression table was given (the app treats a case's file alike).
 
@@ -78,7 +108,7 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
             buffer_nodes=res.buffer.detach().cpu().numpy().astype(np.float32),
             cases=case_table(cohort, res.buffer_cases),
             pathways=fg.pathways[res.buffer_cases].numpy().astype(np.float32),
-            metrics=metrics))
+            metrics=metrics, thumbnails=case_thumbnails(cohort, res.buffer_cases)))
     scale = expression_scale(cohort)
     genomics = {"genes": list(cohort.genes), "group_names": list(cohort.group_names),
                 "groups": [g.tolist() for g in cohort.gene_groups],
@@ -93,4 +123,4 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
                         model_card=model_card)
 
 
-__all__ = ["case_table", "export_bundle", "expression_scale", "feature_encoder"]
+__all__ = ["case_table", "case_thumbnails", "export_bundle", "expression_scale", "feature_encoder"]
