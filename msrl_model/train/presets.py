@@ -116,6 +116,7 @@ def preset(name: str) -> RunPreset:
                                    warmup_epochs=2, batch_size=16, slide_dropout=0.1, finetune_lr=1e-3,
                                    finetune_min_lr=1e-5, readout_skip=True),
             settings=TrainSettings(anchor_every=5, encode_chunk=64),
+            tasks=("survival", "stage", "TP53_mut", "HER2_status"),
             variants=("msrl", "msrl_multi", "abmil", "snn"),
             render_slides=True, slide_size=(2048, 1536),
         )
