@@ -831,6 +831,11 @@ class MainWindow(QMainWindow):
             worker = self._analysis
             worker.quit()
             worker.wait(10000)
+        if self._bundle_worker is not None:
+            # the model load cannot be interrupted inside torch's import; exiting the interpreter
+            # under it crashes (seen: SIGSEGV on `msrl-app SLIDE --quit` with a bundle), so let it end
+            self._bundle_worker.quit()
+            self._bundle_worker.wait(120000)
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         self.settings.sync()
