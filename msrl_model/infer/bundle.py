@@ -29,6 +29,7 @@ says which encoder produced its features, the encoder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -245,8 +246,12 @@ def _read_cases(group: Any) -> pd.DataFrame:
 # ---- writing ------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=32)
 def _expected_shapes(config: MSRLConfig, spec: TaskSpec, variant: str) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of MSRLNet(config, spec, variant), built without memory (meta)."""
+    """Parameter names and shapes of MSRLNet(config, spec, variant), built without memory (meta).
+
+    Cached: :func:`load_bundle` builds them before it opens ``buffer.h5``, so that a failure of the
+    model code itself is never reported as a damaged buffer file."""
     with torch.device("meta"):
         net = MSRLNet(config, spec, variant)  # type: ignore[arg-type]
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
@@ -539,6 +544,11 @@ def load_bundle(path: str | Path, expected_encoder: dict | None = None) -> Bundl
             raise _bad(path, f"{MANIFEST} is invalid ({err}); the bundle was written by an incompatible tool") from None
         if expected_encoder is not None:
             check_encoder(encoder, expected_encoder, path)
+        for spec, variant, _ in specs:
+            try:
+                _expected_shapes(config, spec, variant)
+            except ValueError as err:
+                raise _bad(path, f"task {spec.name!r} is invalid ({err})") from None
         try:
             weights = load_safetensors(src.read(WEIGHTS))
         except (SafetensorError, ValueError, RuntimeError) as err:
