@@ -9,6 +9,7 @@ pip install --upgrade pip
 if [ "${1:-}" = "--cpu" ]; then pip install torch==2.13.0; fi
 pip install . pyinstaller
 pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller installers/msrl_studio.spec
-# Smoke test: the frozen app opens the demo slide and quits without a person.
-QT_QPA_PLATFORM=offscreen dist/MSRL-Studio/msrl-studio --quit
+# Smoke test: the frozen app analyses a synthetic slide with the shipped bundle and writes a report.
+msrl synth slide build/smoke.svs --width 2048 --height 1536 --seed 1
+QT_QPA_PLATFORM=offscreen dist/MSRL-Studio/msrl-studio build/smoke.svs --analyze --export build/smoke.pdf --quit
 echo "built dist/MSRL-Studio ($(du -sh dist/MSRL-Studio | cut -f1))"
