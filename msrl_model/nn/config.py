@@ -146,23 +146,7 @@ class MSRLConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MSRLConfig:
         """Build from a plain dict; unknown keys and wrong types raise :class:`ConfigError`."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ConfigError(f"unknown model configuration keys {unknown}; valid keys: {sorted(fields)}")
-        defaults = cls()
-        typed: dict[str, Any] = {}
-        for name, value in values.items():
-            want = type(getattr(defaults, name))
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            ok = (isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
-                                                          for v in value)) if want is tuple else (
-                isinstance(value, want) and not (want is int and isinstance(value, bool)))
-            if not ok:
-                raise ConfigError(f"model configuration key {name!r} must be {want.__name__}, got {value!r}")
-            typed[name] = tuple(value) if want is tuple else value
-        return cls(**typed)
+        return cls(**typed_fields(cls, values, "model configuration key"))
 
     def to_toml(self, path: str | Path) -> Path:
         """Write the configuration as a flat TOML table (every field, so the file is complete)."""
@@ -202,4 +186,31 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-__all__ = ["ConfigError", "MSRLConfig"]
+def typed_fields(cls: type, values: dict[str, Any], label: str) -> dict[str, Any]:
+    """``values`` checked against the fields of the dataclass ``cls`` (whose defaults give the types).
+
+    Ints are accepted for float fields, lists of ints for tuple fields; unknown keys and wrong types
+    raise :class:`ConfigError` naming them (``label`` says what a key is, e.g. "[train] setting").
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"unknown {label}s {unknown}; valid keys: {sorted(fields)}")
+    defaults = cls()
+    typed: dict[str, Any] = {}
+    for name, value in values.items():
+        want = type(getattr(defaults, name))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if want is tuple:
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)
+        else:
+            ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{label} {name!r} must be {want.__name__}, got {value!r}")
+        typed[name] = tuple(value) if want is tuple else value
+    return typed
+
+
+__all__ = ["ConfigError", "MSRLConfig", "typed_fields"]

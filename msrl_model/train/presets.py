@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from msrl_model.nn.config import ConfigError, MSRLConfig
+from msrl_model.nn.config import ConfigError, MSRLConfig, typed_fields
 
 ALL_VARIANTS = ("msrl", "msrl_h", "msrl_multi", "abmil", "snn", "knn_cos", "knn_euc", "random_gsl",
                 "online_buffer")
@@ -56,20 +56,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown [train] settings {unknown}; valid keys: {sorted(known)}")
-        defaults = cls()
-        typed = {}
-        for name, value in values.items():
-            want = type(getattr(defaults, name))
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, want) or isinstance(value, bool):
-                raise ConfigError(f"[train] setting {name!r} must be {want.__name__}, got {value!r}")
-            typed[name] = value
-        return cls(**typed)
+        return cls(**typed_fields(cls, values, "[train] setting"))
 
 
 @dataclass(frozen=True)
