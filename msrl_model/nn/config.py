@@ -160,14 +160,7 @@ class MSRLConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> MSRLConfig:
         """Read a TOML file written by :meth:`to_toml` (or by hand; missing keys keep their defaults)."""
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"model configuration {path} does not exist; check the path") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"model configuration {path} is not valid TOML ({err}); fix or regenerate it") from None
-        return cls.from_dict(values)
+        return cls.from_dict(read_toml(path, "model configuration"))
 
 
 def _toml_value(value: Any) -> str:
@@ -184,6 +177,17 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def read_toml(path: str | Path, what: str = "configuration") -> dict[str, Any]:
+    """The table of a TOML file; a missing or malformed file raises :class:`ConfigError` saying which."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist; check the path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} {path} is not valid TOML ({err}); fix or regenerate it") from None
 
 
 def typed_fields(cls: type, values: dict[str, Any], label: str) -> dict[str, Any]:
@@ -213,4 +217,4 @@ def typed_fields(cls: type, values: dict[str, Any], label: str) -> dict[str, Any
     return typed
 
 
-__all__ = ["ConfigError", "MSRLConfig", "typed_fields"]
+__all__ = ["ConfigError", "MSRLConfig", "read_toml", "typed_fields"]

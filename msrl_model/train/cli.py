@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 from msrl_model.errors import MSRLError
@@ -75,18 +74,13 @@ def _split(text: str | None) -> list[str] | None:
 
 def _read_config(path: Path | None, base: tuple) -> tuple:
     """(MSRLConfig, TrainSettings) from a TOML file on top of the preset's / default values."""
-    from msrl_model.nn.config import ConfigError, MSRLConfig
+    from msrl_model.nn.config import MSRLConfig, read_toml
     from msrl_model.train.presets import TrainSettings
 
     cfg, settings = base
     if path is None:
         return cfg, settings
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"configuration {path} does not exist; check the path") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"configuration {path} is not valid TOML ({err}); fix it") from None
+    values = read_toml(path)
     train = values.pop("train", {})
     merged = {**cfg.to_dict(), **values}
     merged.pop("group_sizes", None)  # always from the cohort
