@@ -127,7 +127,7 @@ def test_cache_stays_within_its_budget(qtbot, synth_slide):
     v.zoom_to(1.0)
     for x in range(0, 2048, 400):
         v.set_center(QPointF(x, 700))
-        qtbot.waitUntil(lambda: _settled(v), timeout=10000)
+        qtbot.waitUntil(lambda: _settled(v), timeout=30000)
         assert len(v.cached_tiles()) <= 3
     v.shutdown()
 
