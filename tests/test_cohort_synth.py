@@ -53,15 +53,20 @@ def test_signal_split_between_morphology_and_genomics(big):
     # both the visible and the genomics-only factor are prognostic
     assert c_index(latents["aggressiveness"], times, cens) > 0.65
     assert c_index(latents["genomic"], times, cens) > 0.6
+    assert c_index(latents["hypoxia"], times, cens) > 0.6
     assert c_index(latents["log_hazard"], times, cens) > 0.72
     assert 0.4 < c_index(latents["nuisance1"], times, cens) < 0.6
-    # slides show aggressiveness but not the genomic factor
+    # slides show aggressiveness plainly, hypoxia (clear-cell foci) faintly, the genomic factor not at all
     feats = _pooled_features(root, cohort)
-    assert _cv_r2(feats, latents["aggressiveness"].to_numpy()) > 0.3
+    r2_aggressiveness = _cv_r2(feats, latents["aggressiveness"].to_numpy())
+    r2_hypoxia = _cv_r2(feats, latents["hypoxia"].to_numpy())
+    assert r2_aggressiveness > 0.3
+    assert 0.05 < r2_hypoxia < r2_aggressiveness
     assert _cv_r2(feats, latents["genomic"].to_numpy()) < 0.1
-    # expression measures both
-    assert _cv_r2(cohort.expression, latents["genomic"].to_numpy()) > 0.5
-    assert _cv_r2(cohort.expression, latents["aggressiveness"].to_numpy()) > 0.5
+    # expression measures all three, hypoxia far better than the slides do
+    for latent in ("genomic", "aggressiveness", "hypoxia"):
+        assert _cv_r2(cohort.expression, latents[latent].to_numpy()) > 0.5
+    assert _cv_r2(cohort.expression, latents["hypoxia"].to_numpy()) > r2_hypoxia + 0.2
     # labels follow their latents: stage rises with aggressiveness, TP53 with the genomic factor
     stage = cohort.label_codes("stage")
     assert np.corrcoef(stage, latents["aggressiveness"])[0, 1] > 0.4

@@ -117,11 +117,18 @@ def test_tissue_vs_blank():
     ("tissue_fraction", 0.25, 0.6, lambda rgb: 1 - _white(rgb).mean()),
     ("stain_eosin", 0.6, 1.5, lambda rgb: -rgb[..., 1][_pink(rgb) | _pink_ish(rgb)].mean()),
     ("atypia", 0.0, 1.0, lambda rgb: _blob_area_cv(rgb)),
+    ("clear_cell_fraction", 0.0, 0.5, lambda rgb: _cytoplasm_pallor(rgb)),
 ])
 def test_morphology_moves_statistics(field, low, high, measure):
     lo = render_slide(W, H, 4, dataclasses.replace(SlideMorphology(), **{field: low}))
     hi = render_slide(W, H, 4, dataclasses.replace(SlideMorphology(), **{field: high}))
     assert measure(hi) > measure(lo) * 1.05 + 1e-9
+
+
+def _cytoplasm_pallor(rgb: np.ndarray) -> float:
+    """Mean green (high = little eosin) of tissue pixels that are neither nuclei nor pink stroma."""
+    cyto = ~_white(rgb) & ~_dark_purple(rgb) & ~_pink(rgb)
+    return float(rgb[..., 1][cyto].mean())
 
 
 def _pink_ish(rgb: np.ndarray) -> np.ndarray:

@@ -303,7 +303,7 @@ class Predictor:
         if net.pathway_decoder is not None:
             g = self.bundle.genomics
             names = list(g.group_names) if g is not None else [f"group_{i}" for i in range(task.pathways.shape[1])]
-            recon = net.pathway_decoder(z)[0].double().cpu().numpy()
+            recon = net.pathways(z, nodes)[0].double().cpu().numpy()
             mean = (weights @ task.pathways[rows].astype(np.float64) / weights.sum()) if len(rows) \
                 else np.full(len(names), np.nan)
             pathways = PathwayActivity(names, [float(v) for v in recon], json_safe(mean))

@@ -29,8 +29,9 @@ The buffer holds *target* node features of authentic training cases (real genomi
 the exact engine (:mod:`msrl_model.infer.engine`) computes the same Z for a query from its local
 neighbourhood; :meth:`MSRLNet.graph_forward` is the plain form used in training.
 
-The pathway decoder reads the query's GCN output (which has aggregated its neighbours' authentic
-genomics) into Hallmark-style pathway activity scores: the "reconstructed pathway activity" the app
+The pathway decoder reads the same embedding as the head (the query's GCN output, which has
+aggregated its neighbours' authentic genomics, plus the readout skip) into Hallmark-style pathway
+activity scores: the "reconstructed pathway activity" the app
 shows next to the neighbours' authentic scores.
 """
 
@@ -161,14 +162,26 @@ class MSRLNet(nn.Module):
         for module in self.children():
             module.reset_parameters()
 
-    def readout(self, z: Tensor, nodes: Tensor) -> Tensor:
-        """Task logits (B, n_outputs) from GCN outputs z (B, gcn_out) and the same rows' node features
-        (B, node_dim): head(z + W_s nodes) with the readout skip, head(z) without."""
-        return self.head(z if self.skip is None else z + self.skip(nodes))
+    def embedding(self, z: Tensor, nodes: Tensor) -> Tensor:
+        """What the head and the pathway decoder read (B, gcn_out): z + W_s nodes with the readout
+        skip, z without; z (B, gcn_out) GCN outputs, nodes (B, node_dim) the same rows' node features."""
+        return z if self.skip is None else z + self.skip(nodes)
 
-    def load_pretrained(self, pre: PretrainNet) -> None:
-        """Start from stage 1: φ_H, φ_G and the fused graph learner + GCN (or the histology ones for MSRL_H)."""
-        self.slide_encoder.load_state_dict(pre.slide_encoder.state_dict())
+    def readout(self, z: Tensor, nodes: Tensor) -> Tensor:
+        """Task logits (B, n_outputs) from GCN outputs z (B, gcn_out) and node features (B, node_dim)."""
+        return self.head(self.embedding(z, nodes))
+
+    def pathways(self, z: Tensor, nodes: Tensor) -> Tensor:
+        """Reconstructed pathway scores (B, n_groups) from the same embedding as the head."""
+        if self.pathway_decoder is None:
+            raise ValueError("this network has no pathway decoder (no gene groups)")
+        return self.pathway_decoder(self.embedding(z, nodes))
+
+    def load_pretrained(self, pre: PretrainNet, slide_encoder: bool = True) -> None:
+        """Start from stage 1: φ_G and the fused graph learner + GCN (or the histology ones for MSRL_H),
+        and φ_H unless ``slide_encoder`` is False (then φ_H keeps its fresh weights)."""
+        if slide_encoder:
+            self.slide_encoder.load_state_dict(pre.slide_encoder.state_dict())
         if self.uses_genomics:
             self.genomics_encoder.load_state_dict(pre.genomics_encoder.state_dict())
             self.gsl.load_state_dict(pre.gsl_f.state_dict())

@@ -12,15 +12,24 @@ subtype             stroma/lumina, lineage groups,    yes                    via
 aggressiveness a    nuclei density/size/atypia,       yes (subtly)           yes (β = 1.0)
                     lumina ↓, proliferation groups,
                     stage, TP53 (partly)
-genomic factor u    DNA-repair/OXPHOS/hypoxia-like    NO                     yes (β = 0.8)
+genomic factor u    DNA-repair/OXPHOS/p53-like        NO                     yes (β = 0.8)
                     groups, TP53 (mostly)
+hypoxia x           focal clear-cell change (pale,    yes (subtly, focal)    yes (β = 0.8)
+                    eosin-poor tumour cytoplasm),
+                    hypoxia/glycolysis/mTORC1 groups
 immune m            immune patches, immune groups     yes (fast bags only)   mildly (β = −0.25)
 stroma s            stroma patches, EMT-like groups   yes                    no
 nuisance v1, v2     metabolism-like groups            no                     no
 ==================  ================================  =====================  ==================
 
-So genomics carries prognostic signal that no slide can show (``u``), and slides carry a part that
-genomics also measures (``a``): MSRL_multi ≥ MSRL > WSI-only is testable on held-out folds.
+So genomics carries prognostic signal that no slide can show (``u``), slides carry a part that
+genomics also measures plainly (``a``, which survival labels alone teach a WSI model well), and a
+part the slides show only subtly (``x``: the share of tumour in clear-cell foci) while three gene
+groups measure it cleanly. That last part is the paper's premise: genomics supervision (the
+Inductor, the buffer of authentic profiles) teaches a slide model morphology that a few hundred
+censored survival labels barely reveal. Without it the slide-only ceiling (the true visible
+log-hazard) is what a plain attention-MIL model already reaches, and MSRL_multi ≥ MSRL > WSI-only
+could not hold in expectation.
 
 Two modes: the fast one samples patch-feature bags directly (a mixture of tumour/stroma/lumen/
 immune patch types whose proportions and appearance follow the latents); ``render_slides`` renders
@@ -57,6 +66,7 @@ GMT_NAME = "hallmark_synthetic.gmt"
 # Survival model: log-hazard weights of the latents.
 BETA_AGGRESSIVENESS = 1.0
 BETA_GENOMIC = 0.8
+BETA_HYPOXIA = 0.8
 BETA_IMMUNE = -0.25
 WEIBULL_SHAPE = 1.2
 WEIBULL_SCALE_MONTHS = 45.0
@@ -68,8 +78,9 @@ GROUP_ROLES: dict[str, str] = {
         "E2F_TARGETS", "G2M_CHECKPOINT", "MYC_TARGETS_V1", "MYC_TARGETS_V2", "MITOTIC_SPINDLE",
         "PI3K_AKT_MTOR_SIGNALING")},
     **{f"HALLMARK_{n}": "genomic" for n in (
-        "DNA_REPAIR", "OXIDATIVE_PHOSPHORYLATION", "UNFOLDED_PROTEIN_RESPONSE", "MTORC1_SIGNALING",
-        "GLYCOLYSIS", "HYPOXIA", "P53_PATHWAY", "REACTIVE_OXYGEN_SPECIES_PATHWAY")},
+        "DNA_REPAIR", "OXIDATIVE_PHOSPHORYLATION", "UNFOLDED_PROTEIN_RESPONSE",
+        "P53_PATHWAY", "REACTIVE_OXYGEN_SPECIES_PATHWAY")},
+    **{f"HALLMARK_{n}": "hypoxia" for n in ("HYPOXIA", "GLYCOLYSIS", "MTORC1_SIGNALING")},
     **{f"HALLMARK_{n}": "immune" for n in (
         "ALLOGRAFT_REJECTION", "INTERFERON_GAMMA_RESPONSE", "INTERFERON_ALPHA_RESPONSE",
         "INFLAMMATORY_RESPONSE", "IL6_JAK_STAT3_SIGNALING", "IL2_STAT5_SIGNALING", "COMPLEMENT",
@@ -88,7 +99,7 @@ GROUP_ROLES: dict[str, str] = {
         "XENOBIOTIC_METABOLISM")},
 }
 # Order of the latent columns in the activity model (project and subtype one-hots follow).
-_LATENTS = ("aggressiveness", "genomic", "immune", "stroma", "nuisance1", "nuisance2")
+_LATENTS = ("aggressiveness", "genomic", "immune", "stroma", "nuisance1", "nuisance2", "hypoxia")
 
 
 @dataclass
@@ -133,6 +144,7 @@ class Latents:
     stroma: np.ndarray  # float, stroma logit (patches and EMT-like groups)
     nuisance1: np.ndarray  # float, genomics-only non-prognostic factor
     nuisance2: np.ndarray  # float, genomics-only non-prognostic factor
+    hypoxia: np.ndarray  # float, focal clear-cell change in slides (subtle), hypoxia groups, prognostic
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -183,14 +195,15 @@ def sample_latents(n_cases: int, n_projects: int, seed: int) -> Latents:
         + rng.normal(0, 0.5, n_cases),
         nuisance1=rng.normal(0, 1, n_cases),
         nuisance2=rng.normal(0, 1, n_cases),
+        hypoxia=rng.normal(0, 1, n_cases),  # drawn last: the other latents keep their values
     )
 
 
 def log_hazard(lat: Latents, seed: int, n_projects: int) -> np.ndarray:
-    """η = project baseline + β_a·a + β_u·u + β_m·m (the true risk of each case)."""
+    """η = project baseline + β_a·a + β_u·u + β_x·x + β_m·m (the true risk of each case)."""
     pp = _project_params(n_projects, seed)
     return (pp["base_hazard"][lat.project] + BETA_AGGRESSIVENESS * lat.aggressiveness
-            + BETA_GENOMIC * lat.genomic + BETA_IMMUNE * lat.immune)
+            + BETA_GENOMIC * lat.genomic + BETA_HYPOXIA * lat.hypoxia + BETA_IMMUNE * lat.immune)
 
 
 def sample_survival(lat: Latents, seed: int, n_projects: int,
@@ -263,7 +276,7 @@ def group_activities(lat: Latents, n_projects: int, seed: int) -> np.ndarray:
     n = len(lat.project)
     onehot_p = np.eye(n_projects)[lat.project]  # (n, P)
     onehot_ps = np.eye(n_projects * 3)[lat.project * 3 + lat.subtype]  # (n, 3P) subtype within project
-    z = np.column_stack([getattr(lat, k) for k in _LATENTS] + [onehot_p, onehot_ps])  # (n, 6+4P)
+    z = np.column_stack([getattr(lat, k) for k in _LATENTS] + [onehot_p, onehot_ps])  # (n, 7+4P)
     n_lat, roles = len(_LATENTS), list(GROUP_ROLES.items())
     w = rng.normal(0, 0.1, (z.shape[1], len(roles)))
     w[n_lat:n_lat + n_projects] = rng.normal(0, 0.6, (n_projects, len(roles)))
@@ -319,7 +332,14 @@ def slide_morphology(lat: Latents, i: int, seed: int, n_projects: int, slide_k: 
         "stain_hematoxylin": float(np.clip(1 + rng.normal(0, 0.12), 0.6, 1.4)),
         "stain_eosin": float(np.clip(1 + rng.normal(0, 0.12), 0.6, 1.4)),
         "hue_shift": float(np.clip(rng.normal(0, 0.25), -1, 1)),
+        "clear_cell_fraction": clear_cell_fraction(float(lat.hypoxia[i])),
     }
+
+
+def clear_cell_fraction(hypoxia: float) -> float:
+    """Share of the tumour in clear-cell foci for a hypoxia latent x: 0.5·σ(1.5x − 1) (0.03–0.45 for
+    x in ±2; about 0.13 at x = 0), the only trace of x in a slide."""
+    return float(0.5 * _sigmoid(1.5 * hypoxia - 1.0))
 
 
 def patch_type_fractions(morph: dict[str, float], immune: float) -> np.ndarray:
@@ -342,6 +362,7 @@ def _feature_space(dim: int) -> dict[str, np.ndarray]:
         "proto": 3.0 * unit(len(PATCH_TYPES)),  # (4, dim) type centres
         "morph": unit(3),  # (3, dim) nuclear density, size, atypia
         "stain": unit(3),  # (3, dim) haematoxylin, eosin, hue
+        "clear": unit(1)[0],  # (dim,) clear-cell change of a tumour patch
     }
 
 
@@ -365,7 +386,8 @@ def sample_feature_bag(lat: Latents, i: int, slide_k: int, morph: dict[str, floa
     Patch types are laid out in spatially coherent regions (a smooth random field, split at the
     type shares). Feature = type prototype + per-patch morphology (tumour/immune patches: nuclear
     density, size and atypia with intra-tumour heterogeneity N(0, 0.7²) on the aggressiveness) +
-    per-slide stain shift + N(0, 1) noise. The genomic factor ``u`` has no effect at all.
+    per-slide stain shift + N(0, 1) noise; a share ``clear_cell_fraction`` of the tumour patches
+    (one smooth region) gets the clear-cell direction. The genomic factor ``u`` has no effect at all.
     """
     rng = np.random.default_rng([seed, 9, i, slide_k])
     space = _feature_space(dim)
@@ -386,6 +408,9 @@ def sample_feature_bag(lat: Latents, i: int, slide_k: int, morph: dict[str, floa
     nuclear = np.column_stack([0.35 * local_a, 0.15 * local_a, _sigmoid(0.9 * local_a - 0.5) - 0.5])
     cellular = np.isin(types, (0, 3))[:, None]
     feats += cellular * 0.8 * (nuclear @ space["morph"])
+    tumour = np.flatnonzero(types == 0)
+    n_clear = int(round(morph["clear_cell_fraction"] * tumour.size))
+    feats[tumour[np.argsort(field_[tumour])[:n_clear]]] += 1.5 * space["clear"]  # one focus
     stain = np.array([morph["stain_hematoxylin"] - 1, morph["stain_eosin"] - 1, morph["hue_shift"]])
     feats += 2.0 * stain @ space["stain"]
     return feats.astype(np.float32), coords
@@ -458,11 +483,13 @@ check the method's behaviour, never to draw clinical conclusions.
 * `synthetic_latents.csv` — the true latent variables per case (for checks only; not a model input).
 
 Design: aggressiveness drives morphology (nuclear density/size/atypia, fewer lumina), proliferation
-gene groups, stage and survival; a genomic factor drives DNA-repair/OXPHOS/hypoxia-like groups,
-TP53_mut and survival but is invisible in the slides; an immune factor drives immune patches and
-immune groups; subtype drives stroma/lumina, lineage groups and HER2 status. Survival: Weibull
-(shape {shape}) with log-hazard = project baseline + {ba}·aggressiveness + {bu}·genomic
-{bm:+}·immune; uniform random censoring ({censored:.0%} censored).
+gene groups, stage and survival; a genomic factor drives DNA-repair/OXPHOS/p53-like groups,
+TP53_mut and survival but is invisible in the slides; a hypoxia factor drives the hypoxia/glycolysis/
+mTORC1 groups and survival and shows in the slides only subtly, as the share of tumour in clear-cell
+foci (pale, eosin-poor cytoplasm); an immune factor drives immune patches and immune groups; subtype
+drives stroma/lumina, lineage groups and HER2 status. Survival: Weibull (shape {shape}) with
+log-hazard = project baseline + {ba}·aggressiveness + {bu}·genomic + {bx}·hypoxia {bm:+}·immune;
+uniform random censoring ({censored:.0%} censored).
 """
 
 
@@ -559,7 +586,7 @@ def synth_cohort_job(out_dir: str | Path, config: SynthCohortConfig = SynthCohor
     (root / "README.md").write_text(_README.format(
         version=GENERATOR_VERSION, seed=seed, n_cases=config.n_cases, n_slides=total,
         n_projects=n_projects, projects=", ".join(names), gmt=GMT_NAME, feature_note=feature_note,
-        shape=WEIBULL_SHAPE, ba=BETA_AGGRESSIVENESS, bu=BETA_GENOMIC, bm=BETA_IMMUNE,
+        shape=WEIBULL_SHAPE, ba=BETA_AGGRESSIVENESS, bu=BETA_GENOMIC, bx=BETA_HYPOXIA, bm=BETA_IMMUNE,
         censored=float(censorship.mean())))
     return SynthCohortResult(root=root, n_cases=config.n_cases, n_slides=total, n_genes=len(genes),
                              feature_dim=dim, censored_fraction=float(censorship.mean()),

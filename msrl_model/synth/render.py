@@ -32,6 +32,7 @@ _GLASS = np.array([243.0, 242.0, 246.0], np.float32)  # RGB of empty glass
 _H_VEC = np.array([0.60, 0.74, 0.30], np.float32)  # haematoxylin OD per unit concentration
 _E_VEC = np.array([0.10, 0.85, 0.40], np.float32)  # eosin OD per unit concentration
 _NUC_MAX = 1.4  # haematoxylin concentration stored as 255 in the uint8 nucleus map
+_CLEAR_CELL_PALLOR = 0.7  # share of the cytoplasm's eosin lost inside clear-cell foci
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class SlideMorphology:
     stain_eosin: float = 1.0  # eosin (pink) stain strength multiplier (0.3-2)
     hue_shift: float = 0.0  # -1..1: stains drift toward blue (-) or toward red/magenta (+)
     blur: float = 1.0  # edge softness of nuclei in px (focus); 0.5 sharp .. 3 out of focus
+    clear_cell_fraction: float = 0.0  # 0..0.9: share of the tumour in clear-cell foci (pale cytoplasm)
 
 
 def downsample_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
@@ -253,6 +255,19 @@ def _empty_nuclei() -> _Nuclei:
     return _Nuclei(e, e, e, e, e, e, e, e)
 
 
+def _clear_cell_foci(seed: int, fraction: float, cellular_in: np.ndarray) -> np.ndarray:
+    """Low-res field (> 0 inside clear-cell foci) covering ``fraction`` of the cellular region, as a
+    few smooth blobs; from its own random stream, so slides without foci keep their pixels."""
+    if fraction <= 0:
+        return np.full(cellular_in.shape, -1.0, np.float32)
+    raw = _smooth_noise(np.random.default_rng([seed, 77]), cellular_in.shape, 3)
+    weights = cellular_in.ravel()
+    order = np.argsort(-raw.ravel())  # foci grow from the field's peaks
+    covered = np.cumsum(weights[order]) / max(float(weights.sum()), 1e-9)
+    thr = raw.ravel()[order[min(np.searchsorted(covered, min(fraction, 0.9)), order.size - 1)]]
+    return ((raw - thr) * 4.0).astype(np.float32)
+
+
 def render_slide(width: int, height: int, seed: int,
                  morphology: SlideMorphology = SlideMorphology(),
                  kind: str = "tissue") -> np.ndarray:
@@ -304,6 +319,7 @@ def render_slide(width: int, height: int, seed: int,
 
     tissue_in = _smoothstep(tissue_lo) * _smoothstep(0.5 - cell_lo)
     cellular_in = _smoothstep(tissue_lo) * _smoothstep(0.5 + cell_lo)
+    clear_lo = _clear_cell_foci(seed, m.clear_cell_fraction, cellular_in)
 
     # --- 2. glands
     lumen = np.zeros((height, width), np.uint8)
@@ -362,7 +378,7 @@ def render_slide(width: int, height: int, seed: int,
     cosf, sinf = float(np.cos(fib_angle)), float(np.sin(fib_angle))
     xcol = np.arange(width, dtype=np.float32)[None, :]
     # bilinear for fields with level-0 detail; nearest row for the very smooth stain fields
-    lo_cols = _upsample_columns(np.stack([tissue_lo, cell_lo, warp * _LOW]).astype(np.float32), tx)
+    lo_cols = _upsample_columns(np.stack([tissue_lo, cell_lo, warp * _LOW, clear_lo]).astype(np.float32), tx)
     stain_cols = _upsample_columns(
         np.stack([fib_amp, e_var * es, h_var * hs]).astype(np.float32), tx)
     nearest = np.minimum((np.arange(height) // _LOW + 0.5).astype(np.int64), hl - 1)
@@ -373,7 +389,7 @@ def render_slide(width: int, height: int, seed: int,
     for r0 in range(0, height, _STRIP):
         r1 = min(r0 + _STRIP, height)
         rows = r1 - r0
-        t_lo, c_lo, wrp = _upsample_rows(lo_cols, ty, r0, r1)
+        t_lo, c_lo, wrp, clr = _upsample_rows(lo_cols, ty, r0, r1)
         famp, ev, hv = stain_cols[:, nearest[r0:r1]]
         gate = _upsample_rows(mid_cols, my, r0, r1)[0]
         grain = rng.random((rows, width), dtype=np.float32)
@@ -387,7 +403,8 @@ def render_slide(width: int, height: int, seed: int,
         fibre = _sample_periodic(fibre_tex, across, along)  # ~N(0, 1), long thin streaks
         cleft = _smoothstep((-0.6 - fibre) * 1.5) * _smoothstep(gate + 0.6) * famp  # white gaps
         stroma_e = (0.40 + 0.08 * fibre) * (1 - 0.85 * cleft)
-        e = t * (1 - lum) * ev * ((1 - c) * stroma_e + c * (0.20 + 0.08 * rimf))
+        cyto_e = (0.20 + 0.08 * rimf) * (1 - _CLEAR_CELL_PALLOR * _smoothstep(clr))  # clear cells: pale
+        e = t * (1 - lum) * ev * ((1 - c) * stroma_e + c * cyto_e)
         h = t * (1 - lum) * hv * (0.04 + 0.12 * c + 0.06 * rimf)
         nuc = nmap[r0:r1].astype(np.float32) * (_NUC_MAX / 255)
         h += nuc * hv * (0.78 + 0.44 * grain)  # granular chromatin

@@ -39,13 +39,15 @@ class TrainSettings:
     abmil_hidden: int = 0  # gated-attention width of ABMIL; 0 = cfg.d
     grad_clip: float = 5.0  # max gradient norm (0 = no clipping)
     multimodal_weight: float = 1.0  # weight of the task loss of the real-genomics (MSRL_multi) pass; 0 = off
+    pretrained_slide_encoder: bool = True  # fine-tuning starts φ_H from stage 1 (False: fresh φ_H; φ_G, GSL, GCN from stage 1)
+    distill_weight: float = 1.0  # weight of the MSE from WSI-only logits to the real-genomics pass's (detached); 0 = off
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("pretrain_graph_cases", "anchor_every", "dense_anchor_max", "encode_chunk"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive")
-        for name in ("pathway_weight", "multimodal_weight", "baseline_lr", "baseline_epochs", "abmil_hidden", "grad_clip"):
+        for name in ("pathway_weight", "multimodal_weight", "distill_weight", "baseline_lr", "baseline_epochs", "abmil_hidden", "grad_clip"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
         if problems:
@@ -102,7 +104,9 @@ def preset(name: str) -> RunPreset:
             config=MSRLConfig.demo(max_patches_train=64, pretrain_epochs=25, finetune_epochs=10,
                                    warmup_epochs=2, batch_size=16, slide_dropout=0.1, finetune_lr=1e-3,
                                    finetune_min_lr=1e-5, readout_skip=True),
-            settings=TrainSettings(anchor_every=5, encode_chunk=64),
+            # fresh φ_H for fine-tuning: stage 1's φ_H, trained on 240 cases to tell slides apart,
+            # measured C 0.663 vs 0.694 (5 folds, survival; finetune.py has the details)
+            settings=TrainSettings(anchor_every=5, encode_chunk=64, pretrained_slide_encoder=False),
             tasks=("survival", "stage", "TP53_mut", "HER2_status"),
             variants=("msrl", "msrl_multi", "abmil", "snn"),
             render_slides=True, slide_size=(2048, 1536),
