@@ -59,6 +59,22 @@ def test_load_pretrained_copies_the_fused_graph_learner():
     assert torch.equal(net.gcn.convs[0].lin.weight, pre.gcn_f.convs[0].lin.weight)
 
 
+@pytest.mark.parametrize("slide_encoder", [True, False])
+def test_load_pretrained_can_keep_a_fresh_slide_encoder(slide_encoder):
+    torch.manual_seed(0)
+    cfg = MSRLConfig.tiny(group_sizes=(3, 4, 5))
+    pre = PretrainNet(cfg)
+    net = MSRLNet(cfg, STAGE)
+    fresh = {k: v.clone() for k, v in net.slide_encoder.state_dict().items()}
+    net.load_pretrained(pre, slide_encoder=slide_encoder)
+    same_as_pre = all(torch.equal(v, pre.slide_encoder.state_dict()[k]) for k, v in net.slide_encoder.state_dict().items())
+    same_as_fresh = all(torch.equal(v, fresh[k]) for k, v in net.slide_encoder.state_dict().items())
+    assert (same_as_pre, same_as_fresh) == ((True, False) if slide_encoder else (False, True))
+    # φ_G and the graph learner come from stage 1 either way
+    assert all(torch.equal(v, pre.genomics_encoder.state_dict()[k]) for k, v in net.genomics_encoder.state_dict().items())
+    assert all(torch.equal(a, b) for a, b in zip(net.gsl.weights, pre.gsl_f.weights))
+
+
 def test_task_spec_round_trip():
     for task in (SURVIVAL, STAGE):
         assert TaskSpec.from_dict(task.to_dict()) == task
