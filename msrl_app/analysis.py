@@ -28,7 +28,7 @@ import numpy as np
 from PySide6.QtCore import QStandardPaths
 
 from msrl_model.errors import MSRLError
-from msrl_model.progress import Progress
+from msrl_model.progress import Progress, Stage
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def demo_slide_job() -> Generator[Progress, None, Path]:
     path = demo_slide_path()
     if path.is_file():
         return path
-    yield Progress("demo slide", 0, 1, "rendering a synthetic demo slide (once)")
+    yield Progress(Stage.DEMO_SLIDE, 0, 1, "rendering a synthetic demo slide (once)")
     from msrl_model.synth.slides import make_slide
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def demo_slide_job() -> Generator[Progress, None, Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    yield Progress("demo slide", 1, 1, path.name)
+    yield Progress(Stage.DEMO_SLIDE, 1, 1, path.name)
     return path
 
 
@@ -207,9 +207,9 @@ def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Genera
     if device != "cpu":
         attempts += [(device, max(1, batch // 2)), ("cpu", batch)]
     for i, (device, batch) in enumerate(attempts):
-        yield Progress("load model", 0, 1, Path(request.bundle).name)
+        yield Progress(Stage.LOAD_MODEL, 0, 1, Path(request.bundle).name)
         predictor = predictors.get(request.bundle, device)
-        yield Progress("load model", 1, 1, Path(request.bundle).name)
+        yield Progress(Stage.LOAD_MODEL, 1, 1, Path(request.bundle).name)
         try:
             result = yield from predictor.predict_slide(
                 request.slide, request.cache, project=request.project, expression=request.expression,
@@ -223,7 +223,7 @@ def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Genera
             text = (f"Out of GPU memory: retrying with a batch of {nxt_batch}" if nxt_device != "cpu"
                     else "Out of GPU memory: running on the CPU instead (slower)")
             log.warning("%s (%s)", text, exc)
-            yield Progress("retry", i + 1, len(attempts) - 1, text)
+            yield Progress(Stage.RETRY, i + 1, len(attempts) - 1, text)
     raise AssertionError("unreachable")
 
 

@@ -1,6 +1,5 @@
-"""Exports: the PDF report (QPdfWriter + QPainter, plots rendered as images) and the
-machine-readable results (the PredictionResult JSON, a CSV of per-task key values, a CSV of the
-linked cases).
+"""The PDF report (QPdfWriter + QPainter, plots rendered as images). The machine-readable results
+(JSON, CSV, GeoJSON) are written by :mod:`msrl_model.infer.export`, shared with ``msrl analyze``.
 
 Report (A4 portrait, sections flow over pages):
     header (slide id, date, software version, bundle and its fingerprint, mode), the research-use
@@ -12,10 +11,7 @@ Report (A4 portrait, sections flow over pages):
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,10 +25,11 @@ from msrl_app.controls import format_metric
 from msrl_app.overlays import colormap_lut, grid_raster, normalize
 from msrl_app.plots import RISK_GROUP_COLORS, BarsPlot, RiskHistogram, SurvivalPlot, render_plot
 from msrl_app.results_view import event_status, format_value, label_columns, mode_title, paired_pathways, task_title
+from msrl_model import RESEARCH_USE_ONLY as DISCLAIMER
 from msrl_model import __version__
+from msrl_model.files import atomic_path
 from msrl_model.infer.results import PredictionResult
 
-DISCLAIMER = "Research use only — not for diagnostic use"
 TOP_CASES = 15  # linked cases listed in the report
 DPI = 300  # PDF device resolution (px per inch) used for layout and plot images
 
@@ -196,10 +193,7 @@ def write_report(path: str | os.PathLike, inputs: ReportInputs) -> Path:
     """Write the PDF report atomically (temporary file, then rename); returns its path."""
     path = Path(path)
     result = inputs.result
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".pdf", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path, suffix=".pdf") as tmp:
         writer = QPdfWriter(str(tmp))
         writer.setResolution(DPI)
         writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait,
@@ -213,9 +207,6 @@ def write_report(path: str | os.PathLike, inputs: ReportInputs) -> Path:
             _draw_report(_Layout(writer, painter, result), inputs)
         finally:
             painter.end()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -393,64 +384,3 @@ def _first_paragraph(markdown: str) -> str:
         if block and not block.startswith("#"):
             return " ".join(line.strip() for line in block.splitlines())
     return ""
-
-
-# ---- JSON / CSV -----------------------------------------------------------------------------------
-
-
-def key_values(result: PredictionResult) -> list[dict[str, Any]]:
-    """One row per (task, quantity): the headline numbers of every task."""
-    rows: list[dict[str, Any]] = []
-
-    def add(task: str, key: str, value: Any) -> None:
-        rows.append({"slide_id": result.slide_id, "mode": result.mode, "task": task, "key": key, "value": value})
-
-    for name, task in result.tasks.items():
-        if task.survival is not None:
-            s = task.survival
-            for key in ("risk", "percentile", "percentile_in_project", "risk_group", "median_survival_months"):
-                add(name, key, getattr(s, key))
-            for j, value in enumerate(s.bin_survival):
-                add(name, f"S_bin{j}", value)
-        if task.classification is not None:
-            add(name, "predicted", task.classification.predicted)
-            for cls, prob in zip(task.classification.classes, task.classification.probabilities):
-                add(name, f"p({cls})", prob)
-        add(name, "linked_cases", len(task.linked_cases))
-        add(name, "suggested_project", task.suggested_project)
-    return rows
-
-
-def write_results(path: str | os.PathLike, result: PredictionResult) -> list[Path]:
-    """``path`` (JSON, :meth:`PredictionResult.to_json`), ``<stem>.csv`` (key values per task) and
-    ``<stem>-linked-cases.csv`` (every task's linked cases); returns the files written."""
-    path = Path(path)
-    if path.suffix.lower() != ".json":
-        path = path.with_suffix(".json")
-    keys_csv = path.with_suffix(".csv")
-    cases_csv = path.with_name(f"{path.stem}-linked-cases.csv")
-    _atomic_text(path, result.to_json(indent=2))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["slide_id", "mode", "task", "key", "value"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({**r, "value": "" if r["value"] is None else r["value"]} for r in key_values(result))
-    _atomic_text(keys_csv, buf.getvalue())
-    columns: list[str] = []
-    for task in result.tasks.values():
-        for c in task.linked_cases:
-            columns += [k for k in c.case if k not in columns]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["slide_id", "task", "rank", "buffer_row", "weight", *columns])
-    for name, task in result.tasks.items():
-        for rank, c in enumerate(task.linked_cases, 1):
-            writer.writerow([result.slide_id, name, rank, c.row, c.weight,
-                             *["" if c.case.get(k) is None else c.case.get(k) for k in columns]])
-    _atomic_text(cases_csv, buf.getvalue())
-    return [path, keys_csv, cases_csv]
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from msrl_app.overlays import GridRaster, colormap_lut, grid_raster, mask_image, normalize
 from msrl_app.tiles import SlideSource, TileCache, TileKey, TileLoader, choose_level, rgb_to_qimage, tiles_in_rect
 from msrl_app.worker import GeneratorWorker
-from msrl_model.progress import Progress
+from msrl_model.progress import Progress, Stage
 
 if TYPE_CHECKING:
     from msrl_model.slide import Slide
@@ -68,7 +68,7 @@ def format_magnification(mag: float) -> str:
 def _job(fn, *args):
     """A one-step generator job calling ``fn(*args)`` (cancellable before it starts)."""
     def job():
-        yield Progress("start", 0, 1)
+        yield Progress(Stage.START, 0, 1)
         return fn(*args)
     return job
 

@@ -29,7 +29,7 @@ from msrl_app.viewer import OverviewWidget, SlideViewer, format_magnification
 from msrl_app.worker import GeneratorWorker
 from msrl_model import __version__
 from msrl_model.errors import MSRLError
-from msrl_model.progress import Progress
+from msrl_model.progress import Progress, Stage
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ class MainWindow(QMainWindow):
         bundle, device = self.bundle_path, self.device()
 
         def job():  # loads the model in the background: a warm-up for Analyze, and validates the bundle
-            yield Progress("load model", 0, 1, bundle.name)
+            yield Progress(Stage.LOAD_MODEL, 0, 1, bundle.name)
             predictor = self.predictors.get(bundle, device)
             return predictor.bundle.manifest, predictor.bundle.model_card
 
@@ -689,7 +689,7 @@ class MainWindow(QMainWindow):
 
     def export_results(self, path: str | os.PathLike) -> bool:
         """Write ``<path>.json`` (the full result) and ``<stem>.csv`` and ``<stem>-linked-cases.csv``."""
-        from msrl_app.report import write_results
+        from msrl_model.infer.export import write_results
 
         path = Path(path)
         try:

@@ -4,3 +4,6 @@ Never imports Qt (``tests/test_no_qt.py`` enforces it), so it runs headless on s
 """
 
 __version__ = "0.1.0"
+
+# Shown with every prediction: the app header and footer, the PDF report, the result JSON, model cards.
+RESEARCH_USE_ONLY = "Research use only — not for diagnostic use"

@@ -36,6 +36,10 @@ class EncoderError(MSRLError):
     """A patch encoder could not be built (unknown name, missing local weights, ...)."""
 
 
+class DeviceError(MSRLError):
+    """The requested compute device does not exist or cannot be used here."""
+
+
 class CohortError(MSRLError):
     """A cohort directory is invalid; the message lists every problem found."""
 

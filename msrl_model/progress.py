@@ -16,9 +16,9 @@ job's ``finally`` blocks release its resources. The job's result is the generato
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from msrl_model.errors import CancelledError
@@ -26,11 +26,38 @@ from msrl_model.errors import CancelledError
 T = TypeVar("T")
 
 
+class Stage(StrEnum):
+    """The stages a job reports: the contract between ``msrl_model`` jobs and their views.
+
+    A :class:`StrEnum`, so ``Stage.TISSUE == "tissue"`` and the value is what a tqdm bar and a log
+    line print. The app maps each member to a title for the user (``msrl_app.controls``).
+    """
+
+    START = "start"  # a background job of the viewer began
+    LOAD_MODEL = "load model"  # reading a bundle and building its networks
+    DEMO_SLIDE = "demo slide"  # rendering the synthetic demo slide (once)
+    OPEN = "open"  # opening a slide
+    CACHED = "cached"  # features of this slide are already in the cache
+    TISSUE = "tissue"  # tissue detection and tiling
+    READ_ENCODE = "read+encode"  # reading tiles and running the patch encoder
+    WRITE = "write"  # saving a feature file
+    PREDICT = "predict"  # MSRL inference, one unit per task
+    RETRY = "retry"  # an analysis restarted with a smaller batch or on the CPU
+    SLIDES = "slides"  # a batch run over slides, one unit per slide
+    READ_FEATURES = "read features"  # loading a cohort's feature bags
+    LATENTS = "latents"  # synthetic cohort: sampling the latent factors
+    FEATURE_BAGS = "feature bags"  # synthetic cohort: sampling feature bags without slides
+    PRETRAIN = "pre-train"  # stage-1 pre-training, one unit per epoch
+    FINETUNE = "fine-tune"  # stage-2 fine-tuning of one task, one unit per epoch
+    BASELINE = "baseline"  # training a comparison model, one unit per epoch
+    CROSS_VALIDATION = "cross-validation"  # folds × tasks × variants
+
+
 @dataclass(frozen=True)
 class Progress:
     """One progress tick of a long job."""
 
-    stage: str  # what is being done now, e.g. "tissue", "read+encode", "write"
+    stage: Stage | str  # what is being done now (a :class:`Stage`; plain strings in doctests)
     done: int  # units finished in this stage
     total: int | None  # units in this stage, None when unknown
     message: str = ""  # free text for logs and status bars, e.g. the slide id
@@ -94,18 +121,3 @@ def drive(
         if bar is not None:
             bar.close()
 
-
-class RateMeter:
-    """Counts units over wall time; used by benchmarks and the ETA in the app."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.units = 0
-
-    def add(self, n: int) -> None:
-        self.units += n
-
-    @property
-    def per_second(self) -> float:
-        elapsed = time.perf_counter() - self.start
-        return self.units / elapsed if elapsed > 0 else 0.0

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from msrl_model.device import resolve_device
 from msrl_model.errors import EncoderError
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "register_encoder",
     "available_encoders",
     "build_encoder",
-    "resolve_device",
     "hf_offline",
 ]
 
@@ -80,19 +80,6 @@ def register_encoder(name: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
 def available_encoders() -> list[str]:
     """Registered encoder names in registration order (``builtin-he`` first)."""
     return list(_REGISTRY)
-
-
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else goes through ``torch.device``."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise EncoderError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EncoderError(f"device {device!r} requested but CUDA is not available: use device 'cpu' or 'auto'")
-    return dev
 
 
 def build_encoder(spec: str = "builtin-he", device: str | torch.device = "cpu") -> PatchEncoder:

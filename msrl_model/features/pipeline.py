@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from msrl_model.device import resolve_device
 from msrl_model.errors import EncoderError, MSRLError
 from msrl_model.features.h5io import FORMAT_VERSION, FeatureFileError, read_features, write_features
 from msrl_model.features.reader import ParallelTileReader, ReaderConfig
-from msrl_model.progress import Job, Progress
+from msrl_model.progress import Job, Progress, Stage
 
 # File extensions picked up when a directory is given (any OpenSlide/tiffslide format).
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
@@ -56,13 +57,6 @@ class ExtractStats:
     device: str = ""  # device actually used
     warnings: list[str] = field(default_factory=list)  # the slide's and the grid's (e.g. assumed mpp)
     sync_timing: bool = False  # True: synchronise CUDA after each stage so the split is exact
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; EncoderError for unusable devices."""
-    from msrl_model.encoders import resolve_device as encoder_device
-
-    return str(encoder_device(device))
 
 
 def _params_dict(params: Any) -> dict[str, Any]:
@@ -146,13 +140,13 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
     t_start = time.perf_counter()
     slide_path = Path(slide_path)
     out_dir = Path(out_dir)
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     stats.device = device
     slide = open_slide(slide_path)
     reader: ParallelTileReader | None = None
     try:
         stats.slide_id = slide.slide_id
-        yield Progress("open", 1, 1, slide.slide_id)
+        yield Progress(Stage.OPEN, 1, 1, slide.slide_id)
         sha = slide.sha256_head()
         encoder = _build(encoder_spec, device)
         key = cache_key(sha, encoder.name, encoder.version, tissue, tiling)
@@ -160,17 +154,17 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         if _cache_hit(out, key):
             stats.cached = True
             stats.total_s = time.perf_counter() - t_start
-            yield Progress("cached", 1, 1, slide.slide_id)
+            yield Progress(Stage.CACHED, 1, 1, slide.slide_id)
             return out
 
         t0 = time.perf_counter()
-        yield Progress("tissue", 0, 1, slide.slide_id)
+        yield Progress(Stage.TISSUE, 0, 1, slide.slide_id)
         mask = tissue_mask(slide, tissue)
         grid = tile_grid(slide, mask, tiling)
         stats.tissue_s = time.perf_counter() - t0
         stats.warnings = [*getattr(slide, "warnings", []), *getattr(grid, "warnings", [])]
         n = len(grid.coords)
-        yield Progress("tissue", 1, 1, f"{slide.slide_id}: {n} tiles")
+        yield Progress(Stage.TISSUE, 1, 1, f"{slide.slide_id}: {n} tiles")
 
         cuda = device.startswith("cuda")
         sync = cuda and stats.sync_timing
@@ -181,7 +175,7 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         # so the previous batch's non_blocking upload has finished before the buffer is refilled.
         pinned = (torch.empty((batch_size, grid.patch_size, grid.patch_size, 3), dtype=torch.uint8).pin_memory()
                   if cuda else None)
-        yield Progress("read+encode", 0, n, slide.slide_id)
+        yield Progress(Stage.READ_ENCODE, 0, n, slide.slide_id)
         # No torch context manager may stay open across a yield: it would leak into the consumer.
         for first, batch in reader:
             t0 = time.perf_counter()
@@ -200,11 +194,11 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
             stats.transfer_s += t1 - t0
             stats.encode_s += t2 - t1
             stats.tiles += len(batch)
-            yield Progress("read+encode", first + len(batch), n, slide.slide_id)
+            yield Progress(Stage.READ_ENCODE, first + len(batch), n, slide.slide_id)
         stats.read_wait_s = reader.read_wait_s
 
         t0 = time.perf_counter()
-        yield Progress("write", 0, 1, slide.slide_id)
+        yield Progress(Stage.WRITE, 0, 1, slide.slide_id)
         attrs = {
             "patch_size": int(grid.patch_size),
             "patch_size_level0": int(grid.patch_size_level0),
@@ -225,7 +219,7 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         write_features(out, features, grid.coords, attrs)
         stats.write_s = time.perf_counter() - t0
         stats.total_s = time.perf_counter() - t_start
-        yield Progress("write", 1, 1, slide.slide_id)
+        yield Progress(Stage.WRITE, 1, 1, slide.slide_id)
         return out
     finally:
         if reader is not None:
@@ -345,11 +339,11 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
     shard = resolve_shard(shard)
     slides = shard_slides(collect_slides(paths), shard)
     report = ExtractReport(out_dir=str(out_dir), shard=shard)
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     encoder = _build(encoder_spec, device) if slides else None
     seen: dict[str, Path] = {}
     for k, path in enumerate(slides):
-        yield Progress("slides", k, len(slides), path.name)
+        yield Progress(Stage.SLIDES, k, len(slides), path.name)
         t0 = time.perf_counter()
         if path.stem in seen:
             result = SlideResult(str(path), path.stem, "error",
@@ -362,7 +356,7 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
                 try:
                     while True:
                         ev = next(job)
-                        yield Progress("slides", k, len(slides),
+                        yield Progress(Stage.SLIDES, k, len(slides),
                                        f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
                 except StopIteration as stop:
                     output = stop.value
@@ -378,6 +372,6 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
         result.seconds = time.perf_counter() - t0
         report.slides.append(result)
         _write_report(report)
-    yield Progress("slides", len(slides), len(slides), "done")
+    yield Progress(Stage.SLIDES, len(slides), len(slides), "done")
     _write_report(report)
     return report

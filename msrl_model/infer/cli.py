@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from msrl_model.errors import MSRLError
-from msrl_model.progress import Job, Progress
+from msrl_model.files import atomic_write
+from msrl_model.infer.export import write_results
+from msrl_model.progress import Job, Progress, Stage
 
 REPORT_NAME = "analyze_report.json"
 
@@ -34,6 +35,9 @@ exit codes:
 outputs:
   OUT/<slide_id>.json        the full result (survival curve, risk, probabilities, linked training
                              cases, attention per patch, pathway activity); research use only
+  OUT/<slide_id>.csv         the headline numbers, one row per task and quantity
+  OUT/<slide_id>-linked-cases.csv   every task's linked training cases
+                             (the same three files as the app's File > Export results)
   OUT/analyze_report.json    one entry per slide: status ok | skipped | error, message, seconds
   --json                     one JSON line per slide on stdout: slide, slide_id, status, output,
                              message and the headline numbers (summary)
@@ -72,13 +76,7 @@ class AnalyzeReport:
                 "counts": counts, "slides": [asdict(s) for s in self.slides]}
 
     def write(self) -> None:
-        _atomic_write(Path(self.out_dir) / REPORT_NAME, json.dumps(self.to_json(), indent=2) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        atomic_write(Path(self.out_dir) / REPORT_NAME, json.dumps(self.to_json(), indent=2) + "\n")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -173,7 +171,7 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
     report = AnalyzeReport(str(out_dir), str(predictor.bundle.path), predictor.bundle.fingerprint)
     seen: dict[str, Path] = {}
     for k, path in enumerate(slides):
-        yield Progress("slides", k, len(slides), path.name)
+        yield Progress(Stage.SLIDES, k, len(slides), path.name)
         t0 = time.perf_counter()
         out = out_dir / f"{path.stem}.json"
         try:
@@ -190,14 +188,14 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
                 try:
                     while True:
                         ev = next(job)
-                        yield Progress("slides", k, len(slides), f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
+                        yield Progress(Stage.SLIDES, k, len(slides), f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
                 except StopIteration as stop:
                     result = stop.value
                 finally:
                     job.close()
                 if expression is not None and expr is None:
                     result.warnings.append(f"no expression row matches {path.stem}; analysed from the slide only")
-                _atomic_write(out, result.to_json(indent=1) + "\n")
+                write_results(out, result)
                 outcome = SlideOutcome(str(path), result.slide_id, "ok", "; ".join(result.warnings), str(out),
                                        summary=result.summary())
         except MSRLError as err:
@@ -209,7 +207,7 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
         report.write()
         if on_slide is not None:
             on_slide(outcome)
-    yield Progress("slides", len(slides), len(slides), "done")
+    yield Progress(Stage.SLIDES, len(slides), len(slides), "done")
     return report
 
 

@@ -49,7 +49,7 @@ from msrl_model.infer.results import (ClassificationPrediction, Curve, LinkedCas
 from msrl_model.nn.genomics import gather_groups
 from msrl_model.nn.heads import survival_from_logits
 from msrl_model.nn.msrl import MSRLNet, SlideBatch
-from msrl_model.progress import Job, Progress
+from msrl_model.progress import Job, Progress, Stage
 
 
 def _km(cases: Any, rows: np.ndarray | None = None) -> Curve:
@@ -132,11 +132,11 @@ class Predictor:
     """
 
     def __init__(self, bundle: Bundle, device: str = "auto") -> None:
-        from msrl_model.features.pipeline import resolve_device
+        from msrl_model.device import resolve_device
 
         self.bundle = bundle
-        self.device_name = resolve_device(device)
-        self.device = torch.device(self.device_name)
+        self.device = resolve_device(device)
+        self.device_name = str(self.device)
         try:
             self._tasks = {name: _TaskRuntime(bundle, t, self.device) for name, t in bundle.tasks.items()}
         except (RuntimeError, ValueError) as err:
@@ -218,7 +218,7 @@ class Predictor:
                     project: str | None = None, expression: Mapping[str, float] | Any = None, *,
                     slide_id: str = "slide", slide_path: str | None = None,
                     slide_sha256_head: str | None = None) -> Job[PredictionResult]:
-        """:meth:`predict` as a job: yields Progress("predict", i, n_tasks, task) and returns the result."""
+        """:meth:`predict` as a job: yields Progress(Stage.PREDICT, i, n_tasks, task) and returns the result."""
         cfg = self.bundle.config
         features = np.asarray(features, dtype=np.float32)
         coords = np.asarray(coords, dtype=np.int64)
@@ -239,10 +239,10 @@ class Predictor:
                                      [int(patch_size_level0)]).to(self.device)
         results: dict[str, TaskResult] = {}
         for i, (name, rt) in enumerate(self._tasks.items()):
-            yield Progress("predict", i, len(self._tasks), name)
+            yield Progress(Stage.PREDICT, i, len(self._tasks), name)
             rt.prepare()
             results[name] = self._predict_task(rt, batch, packed, project, warnings)
-        yield Progress("predict", len(self._tasks), len(self._tasks), "done")
+        yield Progress(Stage.PREDICT, len(self._tasks), len(self._tasks), "done")
         modes = {t.mode for t in results.values()}
         mode = "msrl_multi" if "msrl_multi" in modes else ("msrl" if "msrl" in modes else "msrl_h")
         first = next((t for t in results.values() if t.kind == "survival"), next(iter(results.values())))

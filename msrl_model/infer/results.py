@@ -34,8 +34,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from msrl_model import RESEARCH_USE_ONLY
+
 RESULT_FORMAT_VERSION = 1
-RESEARCH_USE_ONLY = "Research use only. Not for diagnostic use."
 
 
 @dataclass
@@ -194,11 +195,5 @@ class PredictionResult:
         return out
 
 
-def finite_or_none(x: float) -> float | None:
-    """A Python float, or None for NaN/±inf."""
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 __all__ = ["ClassificationPrediction", "Curve", "LinkedCase", "PathwayActivity", "PredictionResult",
-           "RESEARCH_USE_ONLY", "RESULT_FORMAT_VERSION", "SurvivalPrediction", "TaskResult", "finite_or_none"]
+           "RESEARCH_USE_ONLY", "RESULT_FORMAT_VERSION", "SurvivalPrediction", "TaskResult"]

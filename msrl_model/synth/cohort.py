@@ -51,7 +51,7 @@ import pandas as pd
 
 from msrl_model.errors import MSRLError
 from msrl_model.features.h5io import write_features
-from msrl_model.progress import Job, Progress, drive
+from msrl_model.progress import Job, Progress, Stage, drive
 from msrl_model.train.gmt import GeneSet, write_gmt
 
 GENERATOR_VERSION = "1"
@@ -512,7 +512,7 @@ def synth_cohort_job(out_dir: str | Path, config: SynthCohortConfig = SynthCohor
     dim = tools[3].dim if tools else (config.feature_dim or builtin_feature_dim())
     names = [PROJECT_NAMES[p] if p < len(PROJECT_NAMES) else f"SYN-P{p + 1}" for p in range(n_projects)]
 
-    yield Progress("latents", 0, 3, "sampling latents, survival and labels")
+    yield Progress(Stage.LATENTS, 0, 3, "sampling latents, survival and labels")
     lat = sample_latents(config.n_cases, n_projects, seed)
     months, censorship = sample_survival(lat, seed, n_projects, config.censoring)
     labels = sample_labels(lat, seed)
@@ -520,7 +520,7 @@ def synth_cohort_job(out_dir: str | Path, config: SynthCohortConfig = SynthCohor
     n_slides = np.where(rng.uniform(size=config.n_cases) < config.second_slide_fraction, 2, 1)
     case_ids = [f"SYN-{i + 1:04d}" for i in range(config.n_cases)]
 
-    yield Progress("latents", 1, 3, "expression")
+    yield Progress(Stage.LATENTS, 1, 3, "expression")
     sets = make_gene_sets(seed, config.genes_per_group)
     genes, counts = sample_expression(lat, sets, n_projects, seed)
     write_gmt(root / GMT_NAME, sets)
@@ -528,7 +528,7 @@ def synth_cohort_job(out_dir: str | Path, config: SynthCohortConfig = SynthCohor
     expr.insert(0, "case_id", case_ids)
     expr.to_csv(root / "expression.csv", index=False)
 
-    yield Progress("latents", 2, 3, "clinical table")
+    yield Progress(Stage.LATENTS, 2, 3, "clinical table")
     rows = []
     for i, case in enumerate(case_ids):
         for k in range(n_slides[i]):
@@ -548,7 +548,7 @@ def synth_cohort_job(out_dir: str | Path, config: SynthCohortConfig = SynthCohor
         (root / "slides").mkdir(exist_ok=True)
     total = int(n_slides.sum())
     done = 0
-    yield Progress("slides" if config.render_slides else "feature bags", 0, total)
+    yield Progress(Stage.SLIDES if config.render_slides else Stage.FEATURE_BAGS, 0, total)
     for i, case in enumerate(case_ids):
         for k in range(n_slides[i]):
             slide_id = f"{case}-DX{k + 1}"
@@ -565,7 +565,7 @@ def synth_cohort_job(out_dir: str | Path, config: SynthCohortConfig = SynthCohor
                     "encoder_version": f"synth-cohort-{GENERATOR_VERSION}",
                     "slide_sha256_head": "", "synthetic": True, "morphology": morph})
             done += 1
-            yield Progress("slides" if config.render_slides else "feature bags", done, total, slide_id)
+            yield Progress(Stage.SLIDES if config.render_slides else Stage.FEATURE_BAGS, done, total, slide_id)
 
     cohort_json = {
         "name": f"synthetic-{config.n_cases}c-{n_projects}p-seed{seed}",

@@ -22,7 +22,7 @@ from msrl_model.nn.genomics import GenomicsEncoder
 from msrl_model.nn.heads import ClassificationHead, SurvivalHead
 from msrl_model.nn.msrl import TaskSpec
 from msrl_model.nn.slide_encoder import set_patch_stats
-from msrl_model.progress import Job, Progress
+from msrl_model.progress import Job, Progress, Stage
 from msrl_model.train.data import Bags
 from msrl_model.train.finetune import Predictions, lr_at, outputs_from_logits, task_loss
 from msrl_model.train.presets import TrainSettings
@@ -158,7 +158,7 @@ def baseline_job(kind: str, cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomic
             total += float(loss.detach())
             step += 1
         history.append(total / steps)
-        yield Progress(f"{kind} {task.name}", epoch + 1, epochs, f"loss={history[-1]:.4f}")
+        yield Progress(Stage.BASELINE, epoch + 1, epochs, f"{kind} {task.name} loss={history[-1]:.4f}")
     return BaselineResult(kind, model.eval(), history)
 
 

@@ -87,20 +87,6 @@ def _read_config(path: Path | None, base: tuple) -> tuple:
     return MSRLConfig.from_dict(merged), TrainSettings.from_dict({**settings.to_dict(), **train})
 
 
-def _device(spec: str) -> "torch.device":  # noqa: F821 (torch imported lazily)
-    import torch
-
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise MSRLError(f"unknown device {spec!r}; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MSRLError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return dev
-
-
 def run_train(args: argparse.Namespace) -> int:
     """The whole run; returns the exit code (MSRLError propagates to the caller's handler).
 
@@ -108,6 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
     outputs (and a preset's cohort) while the others wait.
     """
     start = time.perf_counter()
+    from msrl_model.device import resolve_device
     from msrl_model.nn.config import MSRLConfig
     from msrl_model.train import distributed
     from msrl_model.train.cohort import load_cohort
@@ -119,7 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise MSRLError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
     base = (run_preset.config, run_preset.settings) if run_preset else (MSRLConfig.paper(), TrainSettings())
     cfg, settings = _read_config(args.config, base)
-    device = distributed.setup(_device(args.device))
+    device = distributed.setup(resolve_device(args.device))
     main_rank = distributed.is_main()
     try:
         if run_preset is None:

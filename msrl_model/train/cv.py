@@ -23,7 +23,7 @@ import torch
 
 from msrl_model.nn.config import MSRLConfig
 from msrl_model.nn.msrl import PretrainNet
-from msrl_model.progress import Job, Progress
+from msrl_model.progress import Job, Progress, Stage
 from msrl_model.train.baselines import baseline_job, predict_baseline, variant_options
 from msrl_model.train.cohort import Cohort, stratified_folds
 from msrl_model.train.data import Bags, FoldGenomics, TaskTargets, fold_genomics, task_targets
@@ -139,7 +139,7 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
             pre = yield from pretrain_job(cfg, bags, fg.packed, fold.train, settings=settings, seed=fold_seed,
                                           device=device)
         for task in tasks:
-            yield Progress("cross-validation", done, units, f"fold {fold.index + 1}/{n_folds} {task}")
+            yield Progress(Stage.CROSS_VALIDATION, done, units, f"fold {fold.index + 1}/{n_folds} {task}")
             models, tt = yield from _train_variants(cohort, bags, fg, pre, cfg, settings, task, variants,
                                                     fold.train, fold_seed, device)
             test = tt.valid(fold.test)
@@ -160,7 +160,7 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
                                         "value": float(value)})
                 _record_oof(result, task, v, fold.index, pred)
             done += 1
-            yield Progress("cross-validation", done, units, f"fold {fold.index + 1}/{n_folds} {task} done")
+            yield Progress(Stage.CROSS_VALIDATION, done, units, f"fold {fold.index + 1}/{n_folds} {task} done")
     if final:
         every = np.arange(cohort.n_cases)
         fg = fold_genomics(cohort, every)
@@ -169,13 +169,13 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
         pre = yield from pretrain_job(cfg, bags, fg.packed, every, settings=settings, seed=final_seed,
                                       device=device)
         for task in tasks:
-            yield Progress("cross-validation", done, units, f"final model {task}")
+            yield Progress(Stage.CROSS_VALIDATION, done, units, f"final model {task}")
             tt = task_targets(cohort, task, every, cfg.n_bins)
             res = yield from finetune_job(cfg, tt.spec, bags, fg.packed, fg.pathways, tt.y, tt.censorship, every,
                                           pretrained=pre, settings=settings, seed=final_seed, device=device)
             result.final[task] = FinalTask(res, tt.y)
             done += 1
-            yield Progress("cross-validation", done, units, f"final model {task} done")
+            yield Progress(Stage.CROSS_VALIDATION, done, units, f"final model {task} done")
     return result
 
 

@@ -19,7 +19,7 @@ from msrl_model.errors import CohortError
 from msrl_model.nn.genomics import gather_groups, pathway_scores
 from msrl_model.nn.msrl import SlideBatch, TaskSpec
 from msrl_model.nn.slide_encoder import grid_positions, pad_bags, subsample_patches
-from msrl_model.progress import Job, Progress
+from msrl_model.progress import Job, Progress, Stage
 from msrl_model.train.cohort import Cohort, ExpressionScaler, assign_bins, survival_bins
 from msrl_model.train.distributed import keyed_generator
 
@@ -96,7 +96,7 @@ def load_bags(cohort: Cohort) -> Job[Bags]:
             raise CohortError(f"case {case} has only empty feature files; re-extract its slides")
         features.append(torch.cat(feats))
         positions.append(torch.cat(pos))
-        yield Progress("read features", i + 1, n, case)
+        yield Progress(Stage.READ_FEATURES, i + 1, n, case)
     return Bags(features, positions)
 
 

@@ -111,7 +111,7 @@ from msrl_model.nn.losses import (classification_loss, f_align, g_align, nll_sur
                                   sparsity_balanced_bce_sparse)
 from msrl_model.nn.msrl import MSRLNet, PretrainNet, SlideBatch, TaskSpec
 from msrl_model.nn.slide_encoder import pad_bags
-from msrl_model.progress import Job, Progress
+from msrl_model.progress import Job, Progress, Stage
 from msrl_model.train import distributed
 from msrl_model.train.data import Bags
 from msrl_model.train.pretrain import embed_shared
@@ -469,7 +469,7 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
         buffer = FifoBuffer(compute_buffer(init_net, bags, genomics, order, branch=buffer_branch,
                                            chunk=settings.encode_chunk, device=device),
                             torch.as_tensor(order), capacity)
-    yield Progress(f"fine-tune {task.name}", start_epoch, cfg.finetune_epochs, variant)
+    yield Progress(Stage.FINETUNE, start_epoch, cfg.finetune_epochs, f"{task.name} {variant}")
     for epoch in range(start_epoch, cfg.finetune_epochs):
         online.train()
         perm = samples[torch.randperm(len(samples), generator=gen).numpy()]
@@ -526,8 +526,8 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
             if distributed.is_main():
                 _save_checkpoint(ckpt, run_id, epoch + 1, step, online, target, opt, buffer, gen, history)
             distributed.barrier()
-        yield Progress(f"fine-tune {task.name}", epoch + 1, cfg.finetune_epochs,
-                       f"{variant} loss={sum(history[-1].values()):.4f}")
+        yield Progress(Stage.FINETUNE, epoch + 1, cfg.finetune_epochs,
+                       f"{task.name} {variant} loss={sum(history[-1].values()):.4f}")
     online.eval()
     final_net = online if buffer_branch == "online" else target
     ship = compute_buffer(final_net, bags, genomics, train_cases, branch=buffer_branch,

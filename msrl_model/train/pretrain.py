@@ -50,7 +50,7 @@ from msrl_model.nn.graph import gsl_adjacency_sparse
 from msrl_model.nn.losses import fused_loss, inter_loss, intra_loss
 from msrl_model.nn.msrl import PretrainNet
 from msrl_model.nn.slide_encoder import SlideEncoder
-from msrl_model.progress import Job, Progress
+from msrl_model.progress import Job, Progress, Stage
 from msrl_model.train import distributed
 from msrl_model.train.data import Bags
 from msrl_model.train.presets import TrainSettings
@@ -237,7 +237,7 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
     anchor_g = AnchorGraph.knn(g0, cfg.k, dense)
     steps = math.ceil(n / min(n, settings.pretrain_graph_cases))
     history: list[float] = []
-    yield Progress("pre-train", 0, cfg.pretrain_epochs, f"{n} cases, {steps} step(s)/epoch")
+    yield Progress(Stage.PRETRAIN, 0, cfg.pretrain_epochs, f"{n} cases, {steps} step(s)/epoch")
     for epoch in range(cfg.pretrain_epochs):
         net.train()
         perm = torch.randperm(n, generator=gen)
@@ -267,7 +267,7 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
                                                          dense, (seed, 1, epoch + 1))
             anchor_h.bootstrap(learned_h, cfg.anchor_momentum)
             anchor_g.bootstrap(learned_g, cfg.anchor_momentum)
-        yield Progress("pre-train", epoch + 1, cfg.pretrain_epochs, f"loss={history[-1]:.4f}")
+        yield Progress(Stage.PRETRAIN, epoch + 1, cfg.pretrain_epochs, f"loss={history[-1]:.4f}")
     net.eval()
     net.loss_history = history
     return net

@@ -1,0 +1,120 @@
+"""Machine-readable exports of a :class:`~msrl_model.infer.results.PredictionResult`, one writer for
+``msrl analyze`` and the app (File ▸ Export results…) alike.
+
+Files written by :func:`write_results` for ``OUT/<name>.json``:
+
+* ``<name>.json`` — the full result (:meth:`PredictionResult.to_json`, strict JSON, indent 2);
+* ``<name>.csv`` — one row per (task, quantity): ``slide_id, mode, task, key, value``;
+* ``<name>-linked-cases.csv`` — every task's linked training cases by rank, with their case-table
+  columns.
+
+:func:`write_geojson` writes the analysed patches as QuPath ``tile`` objects (a GeoJSON
+``FeatureCollection``, coordinates in level-0 pixels) whose ``measurements`` hold each task's
+attention, so the heat-map can be opened next to the slide in QuPath.
+
+Every file is written atomically (:mod:`msrl_model.files`). Pure Python: no torch, no Qt.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from msrl_model.files import atomic_write
+from msrl_model.infer.results import PredictionResult
+
+KEY_VALUE_COLUMNS = ["slide_id", "mode", "task", "key", "value"]
+
+
+def key_values(result: PredictionResult) -> list[dict[str, Any]]:
+    """One row per (task, quantity): the headline numbers of every task."""
+    rows: list[dict[str, Any]] = []
+
+    def add(task: str, key: str, value: Any) -> None:
+        rows.append({"slide_id": result.slide_id, "mode": result.mode, "task": task, "key": key, "value": value})
+
+    for name, task in result.tasks.items():
+        if task.survival is not None:
+            s = task.survival
+            for key in ("risk", "percentile", "percentile_in_project", "risk_group", "median_survival_months"):
+                add(name, key, getattr(s, key))
+            for j, value in enumerate(s.bin_survival):
+                add(name, f"S_bin{j}", value)
+        if task.classification is not None:
+            add(name, "predicted", task.classification.predicted)
+            for cls, prob in zip(task.classification.classes, task.classification.probabilities):
+                add(name, f"p({cls})", prob)
+        add(name, "linked_cases", len(task.linked_cases))
+        add(name, "suggested_project", task.suggested_project)
+    return rows
+
+
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return buf.getvalue()
+
+
+def key_values_csv(result: PredictionResult) -> str:
+    """The text of ``<name>.csv``."""
+    return _csv_text(KEY_VALUE_COLUMNS, [[r[c] for c in KEY_VALUE_COLUMNS] for r in key_values(result)])
+
+
+def linked_cases_csv(result: PredictionResult) -> str:
+    """The text of ``<name>-linked-cases.csv``: the union of the case-table columns, in first-seen order."""
+    columns: list[str] = []
+    for task in result.tasks.values():
+        for c in task.linked_cases:
+            columns += [k for k in c.case if k not in columns]
+    rows = [[result.slide_id, name, rank, c.row, c.weight, *[c.case.get(k) for k in columns]]
+            for name, task in result.tasks.items() for rank, c in enumerate(task.linked_cases, 1)]
+    return _csv_text(["slide_id", "task", "rank", "buffer_row", "weight", *columns], rows)
+
+
+def result_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """The JSON, key-value CSV and linked-cases CSV that :func:`write_results` writes for ``path``."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        path = path.with_suffix(".json")
+    return path, path.with_suffix(".csv"), path.with_name(f"{path.stem}-linked-cases.csv")
+
+
+def write_results(path: str | os.PathLike, result: PredictionResult) -> list[Path]:
+    """Write ``path`` (JSON), ``<stem>.csv`` and ``<stem>-linked-cases.csv``; returns the files written."""
+    json_path, keys_csv, cases_csv = result_paths(path)
+    atomic_write(json_path, result.to_json(indent=2) + "\n")
+    atomic_write(keys_csv, key_values_csv(result))
+    atomic_write(cases_csv, linked_cases_csv(result))
+    return [json_path, keys_csv, cases_csv]
+
+
+def geojson(result: PredictionResult) -> dict[str, Any]:
+    """The analysed patches as a QuPath-readable GeoJSON ``FeatureCollection`` of ``tile`` objects.
+
+    Each feature is the patch square (level-0 pixels, closed ring) with ``properties.objectType =
+    "tile"`` and ``measurements`` ``{"<task> attention": value}`` for every task.
+    """
+    size = result.patch_size_level0
+    features = []
+    for i, (x, y) in enumerate(result.coords):
+        ring = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
+        measurements = {f"{name} attention": task.attention[i] for name, task in result.tasks.items()
+                        if i < len(task.attention)}
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"objectType": "tile", "name": f"patch {i}", "measurements": measurements}})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(path: str | os.PathLike, result: PredictionResult) -> Path:
+    """Write :func:`geojson` to ``path`` atomically; returns ``path``."""
+    return atomic_write(Path(path), json.dumps(geojson(result), allow_nan=False) + "\n")
+
+
+__all__ = ["geojson", "key_values", "key_values_csv", "linked_cases_csv", "result_paths", "write_geojson",
+           "write_results"]
