@@ -2,7 +2,8 @@
 
 Run under Xvfb (see FIELD-NOTES): ``Xvfb :99 -screen 0 1600x1000x24 -nolisten tcp &`` then
 ``DISPLAY=:99 python docs/screenshots.py SLIDE BUNDLE docs/img``. The screen is captured with
-Pillow's ``ImageGrab`` from the X display, i.e. exactly what a user would see.
+Pillow's ``ImageGrab`` from the X display, i.e. exactly what a user would see. Without a display,
+``QT_QPA_PLATFORM=offscreen python docs/screenshots.py …`` grabs the window itself (``window.grab()``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import ImageGrab
 from PySide6.QtCore import QEventLoop, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
@@ -36,6 +36,16 @@ def _settle(app: QApplication, seconds: float = 1.5) -> None:
     _wait(app, lambda end=time.monotonic() + seconds: time.monotonic() > end)
 
 
+def _shot(window: MainWindow, path: Path) -> None:
+    """The X screen under Xvfb, else (offscreen) the window as Qt renders it."""
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        window.grab().save(str(path))
+        return
+    from PIL import ImageGrab
+
+    ImageGrab.grab(xdisplay=os.environ["DISPLAY"]).save(path)
+
+
 def main(slide: str, bundle: str, out_dir: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,23 +63,19 @@ def main(slide: str, bundle: str, out_dir: str) -> None:
     window.open_slide(slide)
     _wait(app, lambda: window.viewer.thumbnail() is not None and window.bundle_manifest is not None)
     _settle(app)
-    display = os.environ["DISPLAY"]
-    ImageGrab.grab(xdisplay=display).save(out / "main-window-before.png")
-    finished: list = []
-    window.analysisFinished.connect(finished.append)
-    window.start_analysis()
-    _wait(app, lambda: bool(finished))
-    if window.last_error:
+    _shot(window, out / "main-window-before.png")
+    if window.analyze_and_wait() != "done":
         raise SystemExit(f"analysis failed: {window.last_error}")
     _settle(app, 3.0)
-    ImageGrab.grab(xdisplay=display).save(out / "main-window-after.png")
+    _shot(window, out / "main-window-after.png")
     window.results.tabs.setCurrentIndex(2)  # the linked training cases
     _settle(app)
-    ImageGrab.grab(xdisplay=display).save(out / "main-window-linked-cases.png")
+    _shot(window, out / "main-window-linked-cases.png")
     window.close()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or "DISPLAY" not in os.environ:
-        raise SystemExit("usage: DISPLAY=:99 python docs/screenshots.py SLIDE BUNDLE OUT_DIR")
+    if len(sys.argv) != 4 or ("DISPLAY" not in os.environ and os.environ.get("QT_QPA_PLATFORM") != "offscreen"):
+        raise SystemExit("usage: DISPLAY=:99 (or QT_QPA_PLATFORM=offscreen) python docs/screenshots.py "
+                         "SLIDE BUNDLE OUT_DIR")
     main(*sys.argv[1:])

@@ -1,4 +1,4 @@
-"""What Analyze needs besides widgets: folders, the default bundle, the device setting, the demo
+"""What Analyze needs besides widgets (Qt-free): folders, the default bundle, the device setting, the demo
 slide, a case's expression file, and the analysis job (with its out-of-GPU-memory fallback).
 
 Nothing here imports torch at module level: the model (``msrl_model.infer``) is imported inside the
@@ -13,9 +13,7 @@ Folders:
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
 import os
 import sys
 import threading
@@ -25,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QStandardPaths
 
+from msrl_model.cohort.expression import read_expression  # noqa: F401 - re-exported for the app's state
 from msrl_model.errors import MSRLError
 from msrl_model.progress import Progress, Stage
 
@@ -45,8 +43,19 @@ def cache_dir() -> Path:
     override = os.environ.get(CACHE_ENV)
     if override:
         return Path(override)
-    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericCacheLocation)
-    return (Path(base) if base else Path.home() / ".cache") / "msrl-studio"
+    return user_cache_base() / "msrl-studio"
+
+
+def user_cache_base() -> Path:
+    """The per-user cache folder, as Qt's ``GenericCacheLocation`` names it, without Qt (this module
+    is imported by the Qt-free :mod:`msrl_app.state`)."""
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA")
+        return Path(local) / "cache" if local else Path.home() / "AppData" / "Local" / "cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
 
 
 def features_dir() -> Path:
@@ -85,55 +94,13 @@ def demo_slide_job() -> Generator[Progress, None, Path]:
     if path.is_file():
         return path
     yield Progress(Stage.DEMO_SLIDE, 0, 1, "rendering a synthetic demo slide (once)")
+    from msrl_model.files import atomic_path
     from msrl_model.synth.slides import make_slide
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.svs")  # atomic: render aside, then rename
-    try:
+    with atomic_path(path) as tmp:  # render aside, then rename: never a half-written demo slide
         make_slide(tmp, DEMO_SLIDE["width"], DEMO_SLIDE["height"], seed=DEMO_SLIDE["seed"])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     yield Progress(Stage.DEMO_SLIDE, 1, 1, path.name)
     return path
-
-
-def read_expression(path: str | os.PathLike) -> dict[str, float]:
-    """One case's gene expression from a CSV: either a one-row table with a column per gene (an
-    optional ``case_id`` column is ignored) or two columns ``gene,value`` (a header row is optional).
-
-    Raises MSRLError with what to fix when the file has neither shape or no numeric value."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = [[c.strip() for c in row] for row in csv.reader(f) if any(c.strip() for c in row)]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MSRLError(f"cannot read {path.name} ({exc}); choose a CSV text file") from exc
-
-    def number(text: str) -> float | None:
-        try:
-            value = float(text)
-        except ValueError:
-            return None
-        return value if math.isfinite(value) else None
-
-    values: dict[str, float] = {}
-    if len(rows) == 2 and len(rows[0]) > 2:  # wide: header of genes, one row of values
-        for gene, text in zip(rows[0], rows[1]):
-            if gene.lower() in ("case_id", "case", "sample", "") or number(text) is None:
-                continue
-            values[gene] = number(text)
-    elif rows and all(len(r) == 2 for r in rows):  # long: gene,value (header optional)
-        for gene, text in rows:
-            if number(text) is not None and gene:
-                values[gene] = number(text)
-    else:
-        raise MSRLError(f"{path.name} is neither a one-row table with a column per gene nor two "
-                        f"columns gene,value; save the case's expression in one of these shapes")
-    if not values:
-        raise MSRLError(f"{path.name} has no numeric expression values; check the file's separator "
-                        f"(comma) and decimal point (.)")
-    return values
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -9,19 +9,20 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                QTextBrowser, QVBoxLayout, QWidget)
 
-from msrl_app.worker import ProgressPresenter, ProgressView
-from msrl_model.progress import Progress
+from msrl_app.presenter import ProgressPresenter, ProgressView, format_eta
+from msrl_model import RESEARCH_USE_ONLY
+from msrl_model.progress import Progress, Stage
 
-# What each job stage means to a user; unknown stages show their own name.
-STAGE_TITLES = {
-    "load model": "Loading the model",
-    "open": "Opening the slide",
-    "cached": "Reusing cached features",
-    "tissue": "Detecting tissue",
-    "read+encode": "Extracting patch features",
-    "write": "Saving features",
-    "retry": "Retrying",
-    "demo slide": "Preparing the demo slide",
+# What each job stage means to a user; other stages show their own name.
+STAGE_TITLES: dict[Stage, str] = {
+    Stage.LOAD_MODEL: "Loading the model",
+    Stage.OPEN: "Opening the slide",
+    Stage.CACHED: "Reusing cached features",
+    Stage.TISSUE: "Detecting tissue",
+    Stage.READ_ENCODE: "Extracting patch features",
+    Stage.WRITE: "Saving features",
+    Stage.RETRY: "Retrying",
+    Stage.DEMO_SLIDE: "Preparing the demo slide",
 }
 
 
@@ -67,7 +68,7 @@ class AnalysisProgress(QWidget):
         view = self.presenter.update(event)
         if not self.stages_seen or self.stages_seen[-1] != event.stage:
             self.stages_seen.append(event.stage)
-        title = STAGE_TITLES.get(event.stage, event.stage.capitalize())
+        title = STAGE_TITLES.get(event.stage, str(event.stage).capitalize())
         step = f"Step {len(self.stages_seen)} · " if len(self.stages_seen) > 1 else ""
         self.stage_label.setText(f"{step}{title}")
         self.stage_label.setToolTip(view.text)
@@ -77,10 +78,8 @@ class AnalysisProgress(QWidget):
             self.bar.setRange(0, 100)
             self.bar.setValue(view.percent)
             self.bar.setFormat(f"{event.done:,} / {event.total:,}" if event.total and event.total > 1 else "%p%")
-        parts = [event.message] if event.message and event.stage == "retry" else []
+        parts = [event.message] if event.message and event.stage == Stage.RETRY else []
         if view.eta_seconds is not None:
-            from msrl_app.worker import format_eta
-
             parts.append(format_eta(view.eta_seconds))
         self.eta_label.setText(" · ".join(parts))
         return view
@@ -146,7 +145,7 @@ class ModelCardDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
-        title = QLabel("<b>Research use only — not for diagnostic use.</b>")
+        title = QLabel(f"<b>{RESEARCH_USE_ONLY}.</b>")
         title.setStyleSheet("color: #f0b450;")
         title.setAlignment(Qt.AlignmentFlag.AlignLeft)
         layout.addWidget(title)

@@ -93,60 +93,47 @@ def main(argv: list[str] | None = None) -> int:
     window.show()
     status = {"code": 0}
 
-    def fail() -> None:
-        status["code"] = 1
-        if args.quit:
-            window.close()
-            app.quit()
-
-    def on_analysis(outcome: str) -> None:
-        if outcome != "done":
-            if outcome == "cancelled":
-                print("error: the analysis was cancelled", file=sys.stderr)
-            fail()
-            return
-        if args.export is not None:
-            written = (window.export_results(args.export) if args.export.suffix.lower() == ".json"
-                       else window.export_pdf(args.export))
-            if not written:
-                fail()
-                return
-        if args.quit:
-            window.close()
-            app.quit()
-
     def start() -> None:
-        bundle = args.bundle or _remembered_bundle(window)
-        if bundle is not None:
-            window.set_bundle(bundle, remember=args.bundle is not None and not args.quit)
-        if args.slide is None:
-            if args.quit and not args.analyze:
-                window.close()
-                app.quit()
-            elif args.analyze:
-                print("error: --analyze needs a slide", file=sys.stderr)
-                fail()
-            elif not args.no_demo:
-                window.open_demo_slide()
-            return
-        if not window.open_slide(args.slide):
-            fail()
-            return
-        if args.expression is not None and not window.load_expression(args.expression, analyze=False):
-            fail()
-            return
-        if args.project:
-            window.set_project(args.project)
-        if args.analyze:
-            window.analysisFinished.connect(on_analysis)
-            window.start_analysis()
-        elif args.quit:
+        status["code"] = run_startup(window, args)
+        if args.quit:
             window.close()
             app.quit()
 
     QTimer.singleShot(0, start)
     code = app.exec()
     return code or status["code"]
+
+
+def run_startup(window, args: argparse.Namespace) -> int:
+    """What the command line asks for, as a sequence of actions on the window's state; the exit
+    status (1 after any error, which was reported on stderr in ``--quit`` mode)."""
+    state = window.state
+    bundle = args.bundle or _remembered_bundle(window)
+    if bundle is not None:
+        window.set_bundle(bundle, remember=args.bundle is not None and not args.quit)
+    if args.slide is None:
+        if args.analyze:
+            print("error: --analyze needs a slide", file=sys.stderr)
+            return 1
+        if not args.quit and not args.no_demo:
+            state.open_demo_slide()
+        return 0
+    if not window.open_slide(args.slide):
+        return 1
+    if args.expression is not None and not state.load_expression(args.expression):
+        return 1
+    if args.project:
+        state.set_project(args.project)
+    if not args.analyze:
+        return 0
+    outcome = window.analyze_and_wait()  # runs the event loop until the analysis ends
+    if outcome != "done":
+        if outcome == "cancelled":
+            print("error: the analysis was cancelled", file=sys.stderr)
+        return 1
+    if args.export is not None and not state.export(args.export):
+        return 1
+    return 0
 
 
 def _remembered_bundle(window) -> Path | None:

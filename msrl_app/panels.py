@@ -9,7 +9,8 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QCheckBox, QGridLayout, QHeaderView, QLabel, QSlider, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
-from msrl_app.viewer import ColorLegend, SlideViewer
+from msrl_app.overview import ColorLegend
+from msrl_app.viewer import SlideViewer
 
 if TYPE_CHECKING:
     from msrl_model.slide import Slide
@@ -49,6 +50,13 @@ def slide_summary(slide: Slide) -> list[tuple[str, list[tuple[str, str]]]]:
     if slide.warnings:
         sections.append(("Warnings", [(f"{i + 1}", w) for i, w in enumerate(slide.warnings)]))
     return sections
+
+
+def report_facts(slide: Slide) -> list[tuple[str, str]]:
+    """A few facts about a slide for the PDF report."""
+    rows = dict(row for _, section in slide_summary(slide) for row in section)
+    return [(k, rows[k]) for k in ("File", "Vendor", "Dimensions", "Physical size", "Microns per pixel",
+                                   "Objective power") if k in rows]
 
 
 class SlidePropertiesPanel(QTreeWidget):

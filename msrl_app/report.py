@@ -22,9 +22,11 @@ from PySide6.QtCore import QMarginsF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QPen
 
 from msrl_app.controls import format_metric
-from msrl_app.overlays import colormap_lut, grid_raster, normalize
+from msrl_app.overlays import colormap_lut, heatmap_raster
 from msrl_app.plots import RISK_GROUP_COLORS, BarsPlot, RiskHistogram, SurvivalPlot, render_plot
-from msrl_app.results_view import event_status, format_value, label_columns, mode_title, paired_pathways, task_title
+from msrl_app.labels import metrics_line, mode_title, survival_curves, task_title
+from msrl_app.linked_cases import event_status, format_value, label_columns, paired_pathways
+from msrl_app.state import primary_task
 from msrl_model import RESEARCH_USE_ONLY as DISCLAIMER
 from msrl_model import __version__
 from msrl_model.files import atomic_path
@@ -51,13 +53,10 @@ def heatmap_thumbnail(thumbnail: QImage, slide_size: tuple[int, int], result: Pr
                       opacity: float = 0.55) -> QImage:
     """The slide thumbnail with the first survival task's (else first task's) attention drawn over it."""
     image = thumbnail.convertToFormat(QImage.Format.Format_ARGB32)
-    task = next((t for t in result.tasks.values() if t.kind == "survival"), next(iter(result.tasks.values())))
+    task = primary_task(result)
     if not task.attention:
         return image
-    lut = colormap_lut()
-    index = np.clip((normalize(np.asarray(task.attention)) * 255).round().astype(int), 0, 255)
-    rgba = np.concatenate([lut[index], np.full((len(index), 1), 255, np.uint8)], axis=1)  # (N, 4)
-    raster = grid_raster(np.asarray(result.coords), result.patch_size_level0, rgba)
+    raster = heatmap_raster(np.asarray(result.coords), result.patch_size_level0, np.asarray(task.attention))
     sx, sy = image.width() / slide_size[0], image.height() / slide_size[1]  # thumbnail px per level-0 px
     painter = QPainter(image)
     painter.setOpacity(opacity)
@@ -211,9 +210,18 @@ def write_report(path: str | os.PathLike, inputs: ReportInputs) -> Path:
 
 
 def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
-    result, mm = inputs.result, lay.mm
-    p = lay.p
-    # -- page 1: header, disclaimer, thumbnail, key results
+    _draw_header(lay, inputs.result)
+    _draw_slide_and_key_results(lay, inputs)
+    _draw_survival(lay, inputs)
+    _draw_classes(lay, inputs.result)
+    _draw_linked_cases(lay, inputs.result)
+    _model_card_summary(lay, inputs)
+    lay.footer()
+
+
+def _draw_header(lay: _Layout, result: PredictionResult) -> None:
+    """Page 1: the title band, the disclaimer, the synthetic-cohort warning, the run's facts."""
+    mm, p = lay.mm, lay.p
     p.fillRect(QRectF(0, 0, lay.width, mm(20)), QColor("#0b3d66"))
     lay.font(16, True, "white")
     p.drawText(QRectF(mm(4), mm(2), lay.width, mm(10)), int(Qt.AlignmentFlag.AlignVCenter),
@@ -234,6 +242,10 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
              f"Encoder: {result.encoder.get('name')} {result.encoder.get('version')}  ·  "
              f"Cancer type: {result.project or 'not specified'}", 8.5, color="#4b5563")
 
+
+def _draw_slide_and_key_results(lay: _Layout, inputs: ReportInputs) -> None:
+    """The thumbnail with the heat-map on the left, the key results and slide facts on the right."""
+    result, mm = inputs.result, lay.mm
     lay.heading("Slide and attention heat-map")
     top = lay.y
     left_w = lay.width * 0.52
@@ -265,8 +277,10 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
         for w in result.warnings:
             lay.text(f"• {w}", 8.5, color="#9a3412")
 
-    # -- survival and probabilities (the layout breaks pages where needed)
-    px = lambda v: int(v)  # noqa: E731 - device pixels as ints for the renderers
+
+def _draw_survival(lay: _Layout, inputs: ReportInputs) -> None:
+    """Per survival task: risk among the training cohort, survival curves (pages break where needed)."""
+    result, mm = inputs.result, lay.mm
     for name, task in result.tasks.items():
         if task.survival is None:
             continue
@@ -279,13 +293,13 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
         lay.image(_plot_image(hist, lay.width, mm(42)), lay.width, mm(42))
         lay.heading(f"{task_title(name)}: predicted survival", keep=mm(72))
         plot = SurvivalPlot("light")
-        plot.set_curves([("slide", "This slide (predicted)", s.curve.times, s.curve.survival),
-                         ("neighbours", f"Linked cases (KM, n={len(task.linked_cases)})", s.neighbours_km.times,
-                          s.neighbours_km.survival),
-                         ("cohort", "Training cohort (KM)", s.cohort_km.times, s.cohort_km.survival)],
-                        s.median_survival_months)
+        plot.set_curves(survival_curves(task), s.median_survival_months)
         lay.image(_plot_image(plot, lay.width, mm(72)), lay.width, mm(72))
         lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
+
+
+def _draw_classes(lay: _Layout, result: PredictionResult) -> None:
+    mm = lay.mm
     classes = [(n, t) for n, t in result.tasks.items() if t.classification is not None]
     if classes:
         lay.heading("Class probabilities", keep=mm(30))
@@ -297,11 +311,14 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
             bars = BarsPlot("light")
             bars.set_bars(list(c.classes), [("probability", np.asarray(c.probabilities))],
                           highlight=int(np.argmax(c.probabilities)))
-            lay.image(_plot_image(bars, px(lay.width * 0.8), h), lay.width * 0.8, h)
+            lay.image(_plot_image(bars, int(lay.width * 0.8), h), lay.width * 0.8, h)
             lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
 
-    # -- linked cases, pathways, model card
-    task = next((t for t in result.tasks.values() if t.kind == "survival"), next(iter(result.tasks.values())))
+
+def _draw_linked_cases(lay: _Layout, result: PredictionResult) -> None:
+    """The primary task's top linked training cases and its pathway activity."""
+    mm = lay.mm
+    task = primary_task(result)
     lay.heading(f"Linked training cases ({task_title(task.name)} graph, top {min(TOP_CASES, len(task.linked_cases))} "
                 f"of {len(task.linked_cases)})", keep=mm(22))
     cases = task.linked_cases[:TOP_CASES]
@@ -322,9 +339,7 @@ def _draw_report(lay: _Layout, inputs: ReportInputs) -> None:
         bars = BarsPlot("light", value_format="{:+.2f}", x_range=None)
         bars.set_bars(names, [("this slide (reconstructed)", recon), ("linked cases (authentic, mean)", mean)])
         h = mm(16 + 7.5 * len(names))
-        lay.image(_plot_image(bars, px(lay.width), h), lay.width, h)
-    _model_card_summary(lay, inputs)
-    lay.footer()
+        lay.image(_plot_image(bars, int(lay.width), h), lay.width, h)
 
 
 def _legend(lay: _Layout, width: float) -> None:
@@ -340,11 +355,7 @@ def _legend(lay: _Layout, width: float) -> None:
 
 
 def _metrics_line(metrics: dict[str, Any]) -> str:
-    names = {"c_index": "C-index", "auc": "AUC", "f1": "macro F1"}
-    if not metrics:
-        return ""
-    return "Cross-validated (training cohort): " + ", ".join(
-        f"{names.get(k, k)} {format_metric(v)}" for k, v in metrics.items())
+    return metrics_line(metrics, "Cross-validated (training cohort): ", ", ")
 
 
 def _plot_image(plot, width: float, height: float) -> QImage:

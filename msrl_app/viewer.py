@@ -1,4 +1,6 @@
-"""The slide viewer: tiled multi-resolution rendering, smooth zoom/pan, overview, overlays.
+"""The slide viewer: tiled multi-resolution rendering, smooth zoom/pan, overlays (their data and
+painting: :class:`msrl_app.overlays.OverlayLayers`; the overview and colour legend:
+:mod:`msrl_app.overview`; the scale bar: :mod:`msrl_app.scalebar`).
 
 View model: ``scale`` is screen pixels per level-0 pixel (1.0 = 1:1) and ``center`` the level-0
 point shown at the middle of the widget. The pyramid level drawn is the coarsest one with at least
@@ -20,57 +22,24 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import (QColor, QFont, QImage, QKeyEvent, QLinearGradient, QMouseEvent, QPainter,
-                           QPaintEvent, QPen, QResizeEvent, QTransform, QWheelEvent)
+from PySide6.QtGui import (QColor, QFont, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QResizeEvent,
+                           QTransform, QWheelEvent)
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from msrl_app.overlays import GridRaster, colormap_lut, grid_raster, mask_image, normalize
+from msrl_app.overlays import OverlayLayers
+from msrl_app.overview import BACKGROUND, ColorLegend, OverviewWidget  # noqa: F401 - re-exported
+from msrl_app.scalebar import (NICE_LENGTHS_UM, format_length, format_magnification,  # noqa: F401 - re-exported
+                               magnification, nice_scale_length, paint_hud)
 from msrl_app.tiles import SlideSource, TileCache, TileKey, TileLoader, choose_level, rgb_to_qimage, tiles_in_rect
-from msrl_app.worker import GeneratorWorker
-from msrl_model.progress import Progress, Stage
+from msrl_app.worker import call_job, new_worker
 
 if TYPE_CHECKING:
     from msrl_model.slide import Slide
 
 log = logging.getLogger(__name__)
 
-BACKGROUND = QColor("#1b1d21")
-OVERLAYS = ("tissue", "patches", "heatmap")
-NICE_LENGTHS_UM = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+OVERLAYS = OverlayLayers.NAMES
 THUMBNAIL_SIZE = 1024
-
-
-def nice_scale_length(um_per_px: float, max_px: float = 140.0) -> tuple[float, float]:
-    """The longest round length (µm) whose bar fits in ``max_px`` screen pixels, and its length in px.
-
-    Falls back to the shortest round length when even that is longer than ``max_px``.
-    """
-    best = NICE_LENGTHS_UM[0]
-    for length in NICE_LENGTHS_UM:
-        if length / um_per_px <= max_px:
-            best = length
-    return float(best), best / um_per_px
-
-
-def format_length(um: float) -> str:
-    return f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
-
-
-def magnification(mpp: float, scale: float) -> float:
-    """Equivalent objective magnification on screen: 10 / (µm per screen pixel)."""
-    return 10.0 * scale / mpp
-
-
-def format_magnification(mag: float) -> str:
-    return f"{mag:.0f}×" if mag >= 100 else f"{mag:.1f}×"
-
-
-def _job(fn, *args):
-    """A one-step generator job calling ``fn(*args)`` (cancellable before it starts)."""
-    def job():
-        yield Progress(Stage.START, 0, 1)
-        return fn(*args)
-    return job
 
 
 class SlideViewer(QWidget):
@@ -104,20 +73,11 @@ class SlideViewer(QWidget):
         self._loader = TileLoader(self.TILE_SIZE, threads, self)
         self._loader.loaded.connect(self._on_tile_loaded)
         self._loader.failed.connect(self._on_tile_failed)
-        self._jobs: dict[GeneratorWorker, tuple[SlideSource | None, object, str]] = {}
+        # background jobs by their signal object (``sender()`` in the slots): (worker, source, on_result, what)
+        self._jobs: dict[object, tuple[object, SlideSource | None, object, str]] = {}
         self._thumbnail: QImage | None = None
 
-        self._visible = {"tissue": False, "patches": True, "heatmap": True}
-        self._opacity = {"tissue": 0.6, "patches": 0.9, "heatmap": 0.55}
-        self._tissue_image: QImage | None = None
-        self._tissue_rect = QRectF()
-        self._tissue_fraction: float | None = None
-        self._patch_coords: np.ndarray | None = None
-        self._patch_size = 0.0
-        self._patch_raster: GridRaster | None = None
-        self._heat: GridRaster | None = None
-        self._heat_range: tuple[float, float] | None = None
-        self._heat_label = ""
+        self._layers = OverlayLayers()
 
         self._drag_origin: QPointF | None = None
         self._drag_center = QPointF()
@@ -134,8 +94,8 @@ class SlideViewer(QWidget):
 
     def set_slide(self, slide: Slide | None) -> None:
         """Show ``slide`` (or nothing); the previous slide is closed once its reads finish."""
-        for job in self._jobs:
-            job.quit()
+        for worker, *_ in self._jobs.values():
+            worker.quit()
         old, self._source = self._source, (SlideSource(slide) if slide is not None else None)
         self._loader.set_source(self._source)
         if old is not None:
@@ -143,8 +103,7 @@ class SlideViewer(QWidget):
         self._cache.clear()
         self._failed.clear()
         self._thumbnail = None
-        self._tissue_image, self._tissue_fraction = None, None
-        self._patch_coords, self._patch_raster, self._heat, self._heat_range = None, None, None, None
+        self._layers.clear()
         self._anim.stop()
         self.slideChanged.emit()
         self.overlaysChanged.emit()
@@ -152,22 +111,22 @@ class SlideViewer(QWidget):
             self.update()
             return
         self.fit()
-        self._start_job(_job(self._source.call, lambda s: s.thumbnail(THUMBNAIL_SIZE)),
-                        self._on_thumbnail, "overview image")
-        self._start_job(_job(self._source.call, _compute_tissue), self._on_tissue, "tissue detection")
+        self._start_job(self._on_thumbnail, "overview image", self._source.call,
+                        lambda s: s.thumbnail(THUMBNAIL_SIZE))
+        self._start_job(self._on_tissue, "tissue detection", self._source.call, _compute_tissue)
 
     def shutdown(self, msecs: int = 5000) -> None:
         """Close the slide and wait (bounded) for background reads and jobs (window closing)."""
-        jobs = list(self._jobs)
+        workers = [worker for worker, *_ in self._jobs.values()]
         self.set_slide(None)
         self._loader.shutdown(msecs)
-        for job in jobs:
-            job.wait(msecs)
+        for worker in workers:
+            worker.wait(msecs)
 
-    def _start_job(self, job, on_result, what: str) -> None:
-        """Run ``job`` in the background; ``on_result`` gets its result if the slide is still shown."""
-        worker = GeneratorWorker(job)
-        self._jobs[worker] = (self._source, on_result, what)
+    def _start_job(self, on_result, what: str, fn, *args) -> None:
+        """Run ``fn(*args)`` in the background; ``on_result`` gets its result if the slide is still shown."""
+        worker = new_worker(call_job, fn, *args)
+        self._jobs[worker.signals] = (worker, self._source, on_result, what)
         # bound methods of this widget: Qt disconnects them if the viewer is destroyed first
         worker.returned.connect(self._on_job_returned)
         worker.errored.connect(self._on_job_errored)
@@ -175,12 +134,12 @@ class SlideViewer(QWidget):
         worker.start()
 
     def _on_job_returned(self, result: object) -> None:
-        source, on_result, _ = self._jobs.get(self.sender(), (None, None, ""))
+        _, source, on_result, _ = self._jobs.get(self.sender(), (None, None, None, ""))
         if source is not None and source is self._source:
             on_result(result)
 
     def _on_job_errored(self, exc: Exception) -> None:
-        source, _, what = self._jobs.get(self.sender(), (None, None, ""))
+        _, source, _, what = self._jobs.get(self.sender(), (None, None, None, ""))
         if source is not None and source is self._source:
             log.warning("%s failed: %s", what, exc, exc_info=exc)
             self.backgroundError.emit(f"{what} failed: {exc}")
@@ -367,31 +326,25 @@ class SlideViewer(QWidget):
         self._loader.finish(generation, key)
         log.warning("tile %s of %s unreadable: %s", key, self.slide.path.name if self.slide else "?", reason)
 
-    # -- overlays -----------------------------------------------------------------------------------
-    def set_tissue_mask(self, mask: np.ndarray, downsample: float) -> None:
-        """Tissue mask ``mask`` (H x W bool) with ``downsample`` level-0 px per mask px."""
-        mask = np.asarray(mask, dtype=bool)
-        self._tissue_image = mask_image(mask, QColor(60, 220, 120), fill_alpha=110)
-        self._tissue_rect = QRectF(0, 0, mask.shape[1] * downsample, mask.shape[0] * downsample)
-        self._tissue_fraction = float(mask.mean()) if mask.size else 0.0
+    # -- overlays (data and painting in msrl_app.overlays.OverlayLayers) -------------------------------
+    def _overlays_changed(self) -> None:
         self.overlaysChanged.emit()
         self.update()
 
+    def set_tissue_mask(self, mask: np.ndarray, downsample: float) -> None:
+        """Tissue mask ``mask`` (H x W bool) with ``downsample`` level-0 px per mask px."""
+        self._layers.set_tissue_mask(mask, downsample)
+        self._overlays_changed()
+
     def tissue_fraction(self) -> float | None:
         """Fraction of the slide area that is tissue, None until detection finished."""
-        return self._tissue_fraction
+        return self._layers.tissue_fraction
 
     def set_patches(self, coords: np.ndarray | None, size_level0: float = 0.0) -> None:
         """Analysed patches: ``coords`` (N, 2) level-0 top-left corners of squares of side
         ``size_level0`` level-0 px; None clears them."""
-        if coords is None:
-            self._patch_coords, self._patch_raster = None, None
-        else:
-            coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)  # (N, 2) x, y
-            self._patch_coords, self._patch_size = coords, float(size_level0)
-            self._patch_raster = grid_raster(coords, size_level0, np.array([80, 200, 255, 70], np.uint8))
-        self.overlaysChanged.emit()
-        self.update()
+        self._layers.set_patches(coords, size_level0)
+        self._overlays_changed()
 
     def set_heatmap(self, coords: np.ndarray | None, size_level0: float = 0.0,
                     values: np.ndarray | None = None, label: str = "Attention",
@@ -405,50 +358,30 @@ class SlideViewer(QWidget):
             label: legend title.
             normalization: "percentile" (rank; CLAM-style, robust to a few huge weights) or "minmax".
         """
-        if coords is None:
-            self._heat, self._heat_range = None, None
-        else:
-            values = np.asarray(values, dtype=np.float64).reshape(-1)  # (N,)
-            coords = np.asarray(coords).reshape(-1, 2)
-            if len(values) != len(coords):
-                raise ValueError(f"{len(coords)} patches but {len(values)} heat-map values")
-            lut = colormap_lut()
-            index = np.clip((normalize(values, normalization) * 255).round().astype(int), 0, 255)
-            rgba = np.concatenate([lut[index], np.full((len(index), 1), 255, np.uint8)], axis=1)  # (N, 4)
-            self._heat = grid_raster(coords, size_level0, rgba)
-            self._heat_range = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
-            self._heat_label = label
-        self.overlaysChanged.emit()
-        self.update()
+        self._layers.set_heatmap(coords, size_level0, values, label, normalization)
+        self._overlays_changed()
 
     def heatmap_legend(self) -> tuple[str, float, float] | None:
         """(label, min value, max value) of the heat-map, None without one."""
-        if self._heat_range is None:
-            return None
-        return (self._heat_label, *self._heat_range)
+        layers = self._layers
+        return None if layers.heat_range is None else (layers.heat_label, *layers.heat_range)
 
     def overlay_available(self, name: str) -> bool:
-        return {"tissue": self._tissue_image, "patches": self._patch_raster,
-                "heatmap": self._heat}[name] is not None
+        return self._layers.available(name)
 
     def overlay_visible(self, name: str) -> bool:
-        return self._visible[name]
+        return self._layers.visible[name]
 
     def set_overlay_visible(self, name: str, visible: bool) -> None:
-        if self._visible[name] != visible:
-            self._visible[name] = bool(visible)
-            self.overlaysChanged.emit()
-            self.update()
+        if self._layers.set_visible(name, visible):
+            self._overlays_changed()
 
     def overlay_opacity(self, name: str) -> float:
-        return self._opacity[name]
+        return self._layers.opacity[name]
 
     def set_overlay_opacity(self, name: str, opacity: float) -> None:
-        opacity = min(max(float(opacity), 0.0), 1.0)
-        if self._opacity[name] != opacity:
-            self._opacity[name] = opacity
-            self.overlaysChanged.emit()
-            self.update()
+        if self._layers.set_opacity(name, opacity):
+            self._overlays_changed()
 
     # -- painting -----------------------------------------------------------------------------------
     def _screen_rect(self, rect: QRectF) -> QRect:
@@ -489,8 +422,8 @@ class SlideViewer(QWidget):
             image = self._cache.get(key)
             if image is not None:
                 painter.drawImage(self._screen_rect(self._tile_rect(key, image)), image)
-        self._paint_overlays(painter)
-        self._paint_hud(painter)
+        self._layers.paint(painter, self._transform(), self._scale, view)
+        paint_hud(painter, self.font(), self.height(), slide.mpp, self._scale)
 
     def _paint_empty(self, painter: QPainter) -> None:
         painter.setPen(QColor("#8a8f98"))
@@ -499,70 +432,6 @@ class SlideViewer(QWidget):
         painter.setFont(font)
         painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
                          "Open a slide\nFile ▸ Open slide… (Ctrl+O), or drop a slide file here")
-
-    def _paint_overlays(self, painter: QPainter) -> None:
-        painter.save()
-        painter.setTransform(self._transform())
-        if self._visible["tissue"] and self._tissue_image is not None:
-            painter.setOpacity(self._opacity["tissue"])
-            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
-            painter.drawImage(self._tissue_rect, self._tissue_image)
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
-        if self._visible["heatmap"] and self._heat is not None:
-            painter.setOpacity(self._opacity["heatmap"])
-            painter.drawImage(self._heat.rect, self._heat.image)
-        if self._visible["patches"] and self._patch_raster is not None:
-            painter.setOpacity(self._opacity["patches"])
-            self._paint_patches(painter)
-        painter.restore()
-
-    def _paint_patches(self, painter: QPainter) -> None:
-        coords, size = self._patch_coords, self._patch_size
-        if size * self._scale < 6:  # too small for outlines: a tint per patch
-            painter.drawImage(self._patch_raster.rect, self._patch_raster.image)
-            return
-        view = self.view_rect_level0()
-        inside = ((coords[:, 0] + size >= view.left()) & (coords[:, 0] <= view.right())
-                  & (coords[:, 1] + size >= view.top()) & (coords[:, 1] <= view.bottom()))
-        pen = QPen(QColor(80, 200, 255), 1.2)
-        pen.setCosmetic(True)
-        painter.setPen(pen)
-        painter.setBrush(Qt.BrushStyle.NoBrush)
-        painter.drawRects([QRectF(x, y, size, size) for x, y in coords[inside]])
-
-    def _paint_hud(self, painter: QPainter) -> None:
-        """Magnification and scale bar, bottom left, on a translucent plate."""
-        slide = self.slide
-        um_per_px = slide.mpp / self._scale
-        length_um, length_px = nice_scale_length(um_per_px)
-        mag = format_magnification(magnification(slide.mpp, self._scale))
-        label = format_length(length_um)
-        painter.setOpacity(1.0)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
-        font = QFont(self.font())
-        font.setBold(True)
-        painter.setFont(font)
-        metrics = painter.fontMetrics()
-        pad, gap = 8, 12
-        mag_w = metrics.horizontalAdvance(mag)
-        label_w = metrics.horizontalAdvance(label)
-        width = pad + mag_w + gap + max(length_px, label_w) + pad
-        height = metrics.height() + 18
-        plate = QRectF(12, self.height() - 12 - height, width, height)
-        painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(QColor(20, 22, 26, 190))
-        painter.drawRoundedRect(plate, 5, 5)
-        painter.setPen(QColor("#f0f0f0"))
-        text_y = plate.top() + 4
-        painter.drawText(QRectF(plate.left() + pad, text_y, mag_w, metrics.height()),
-                         Qt.AlignmentFlag.AlignLeft, mag)
-        bar_x = plate.left() + pad + mag_w + gap
-        painter.drawText(QRectF(bar_x, text_y - 2, max(length_px, label_w), metrics.height()),
-                         Qt.AlignmentFlag.AlignHCenter, label)
-        bar_y = plate.bottom() - 6
-        painter.fillRect(QRectF(bar_x, bar_y - 3, length_px, 3), QColor("#f0f0f0"))
-        painter.fillRect(QRectF(bar_x, bar_y - 7, 1.5, 7), QColor("#f0f0f0"))
-        painter.fillRect(QRectF(bar_x + length_px - 1.5, bar_y - 7, 1.5, 7), QColor("#f0f0f0"))
 
     # -- input --------------------------------------------------------------------------------------
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
@@ -635,123 +504,3 @@ def _compute_tissue(slide: Slide) -> tuple[np.ndarray, float]:
 
     result = tissue_mask(slide)
     return result.mask, float(result.downsample)
-
-
-class OverviewWidget(QWidget):
-    """The whole-slide thumbnail with the viewport rectangle; click or drag to move the view."""
-
-    def __init__(self, viewer: SlideViewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self._image: QImage | None = None
-        self.setMinimumSize(160, 120)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.setCursor(Qt.CursorShape.PointingHandCursor)
-        self.setToolTip("Overview: click or drag to move the view")
-        viewer.thumbnailReady.connect(self._on_thumbnail)
-        viewer.slideChanged.connect(self._on_slide_changed)
-        viewer.viewChanged.connect(self.update)
-
-    def _on_thumbnail(self, image: QImage) -> None:
-        self._image = image
-        self.updateGeometry()
-        self.update()
-
-    def _on_slide_changed(self) -> None:
-        self._image = self.viewer.thumbnail()
-        self.update()
-
-    def hasHeightForWidth(self) -> bool:  # noqa: N802
-        return True
-
-    def heightForWidth(self, width: int) -> int:  # noqa: N802
-        slide = self.viewer.slide
-        if slide is None:
-            return 160
-        w0, h0 = slide.dimensions
-        return max(100, min(360, round(width * h0 / w0)))
-
-    def image_rect(self) -> QRectF:
-        """Where the slide is drawn in this widget."""
-        slide = self.viewer.slide
-        if slide is None:
-            return QRectF()
-        w0, h0 = slide.dimensions
-        s = min((self.width() - 8) / w0, (self.height() - 8) / h0)
-        w, h = w0 * s, h0 * s
-        return QRectF((self.width() - w) / 2, (self.height() - h) / 2, w, h)
-
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
-        painter = QPainter(self)
-        painter.fillRect(self.rect(), BACKGROUND)
-        slide = self.viewer.slide
-        if slide is None:
-            return
-        target = self.image_rect()
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
-        if self._image is not None:
-            painter.drawImage(target, self._image)
-        else:
-            painter.fillRect(target, QColor("white"))
-        s = target.width() / slide.dimensions[0]
-        view = self.viewer.view_rect_level0().intersected(self.viewer.slide_rect())
-        box = QRectF(target.left() + view.left() * s, target.top() + view.top() * s,
-                     max(3.0, view.width() * s), max(3.0, view.height() * s))
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
-        painter.setPen(QPen(QColor(0, 0, 0, 120), 3))
-        painter.drawRect(box)
-        painter.setPen(QPen(QColor("#ffcc33"), 1.5))
-        painter.drawRect(box)
-
-    def _jump(self, pos: QPointF) -> None:
-        slide = self.viewer.slide
-        target = self.image_rect()
-        if slide is None or target.isEmpty():
-            return
-        s = slide.dimensions[0] / target.width()
-        self.viewer.set_center(QPointF((pos.x() - target.left()) * s, (pos.y() - target.top()) * s))
-
-    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
-        if event.button() == Qt.MouseButton.LeftButton:
-            self._jump(event.position())
-
-    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
-        if event.buttons() & Qt.MouseButton.LeftButton:
-            self._jump(event.position())
-
-
-class ColorLegend(QWidget):
-    """Horizontal colour bar of the heat-map colormap with its title and value range."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._title, self._lo, self._hi = "", "", ""
-        self.setMinimumHeight(48)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-
-    def set_range(self, title: str, lo: float, hi: float, low_text: str = "low",
-                  high_text: str = "high") -> None:
-        self._title = title
-        self._lo, self._hi = f"{low_text} ({lo:.3g})", f"{high_text} ({hi:.3g})"
-        self.update()
-
-    def texts(self) -> tuple[str, str, str]:
-        return self._title, self._lo, self._hi
-
-    def sizeHint(self) -> QSize:  # noqa: N802
-        return QSize(200, 48)
-
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
-        painter = QPainter(self)
-        metrics = painter.fontMetrics()
-        bar = QRectF(2, metrics.height() + 2, self.width() - 4, 12)
-        gradient = QLinearGradient(bar.topLeft(), bar.topRight())
-        lut = colormap_lut(16)
-        for i, (r, g, b) in enumerate(lut):
-            gradient.setColorAt(i / (len(lut) - 1), QColor(int(r), int(g), int(b)))
-        painter.fillRect(bar, gradient)
-        painter.setPen(self.palette().windowText().color())
-        painter.drawText(QRectF(0, 0, self.width(), metrics.height()), Qt.AlignmentFlag.AlignLeft, self._title)
-        below = QRectF(0, bar.bottom() + 2, self.width(), metrics.height())
-        painter.drawText(below, Qt.AlignmentFlag.AlignLeft, self._lo)
-        painter.drawText(below, Qt.AlignmentFlag.AlignRight, self._hi)

@@ -11,7 +11,7 @@ import pytest
 
 from msrl_model.encoders import build_encoder
 from msrl_model.infer.cli import register
-from msrl_model.infer.demo import make_random_bundle
+from msrl_model.infer.random_bundle import make_random_bundle
 from msrl_model.infer.results import PredictionResult
 
 

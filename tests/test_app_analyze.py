@@ -15,7 +15,7 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMessageBox
 
-import msrl_app.window
+import msrl_app.state
 from msrl_app.analysis import AnalysisRequest, analysis_job, read_expression
 from msrl_app.applog import setup_logging
 from msrl_app.results_view import CaseSortProxy, LinkedCasesModel
@@ -31,7 +31,7 @@ ANALYSIS_TIMEOUT_MS = 120_000
 def tiny_bundle(tmp_path_factory):
     """The bundle engineer's random-weight bundle, for the built-in H&E encoder's features."""
     from msrl_model.encoders import build_encoder
-    from msrl_model.infer.demo import make_random_bundle
+    from msrl_model.infer.random_bundle import make_random_bundle
 
     enc = build_encoder("builtin-he")
     return make_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", patch_dim=enc.dim,
@@ -158,7 +158,7 @@ def test_cancel_on_first_event_leaves_the_app_usable(qtbot, window, tiny_bundle,
         assert gate.wait(30)
         return (yield from job)
 
-    monkeypatch.setattr(msrl_app.window, "analysis_job", gated_job)
+    monkeypatch.setattr(msrl_app.state, "analysis_job", gated_job)
     load(qtbot, window, tiny_bundle, slide)
     events: list[Progress] = []
 
@@ -178,7 +178,7 @@ def test_cancel_on_first_event_leaves_the_app_usable(qtbot, window, tiny_bundle,
     assert window.analyze_action.isEnabled() and not window.cancel_action.isEnabled()
     assert not window.progress.isVisible()
     assert dialogs[-1][0] == "information" and "cancelled" in dialogs[-1][2]
-    monkeypatch.setattr(msrl_app.window, "analysis_job", real_job)
+    monkeypatch.setattr(msrl_app.state, "analysis_job", real_job)
     assert analyze(qtbot, window) == "done"  # usable again
 
 

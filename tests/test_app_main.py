@@ -12,8 +12,10 @@ from msrl_app.main import parse_args
 
 
 def test_start_up_never_imports_torch():
+    """Nor pyqtgraph (the results dock) nor superqt (the first background job): the window shows at once."""
     code = ("import msrl_app.main, msrl_app.window, msrl_app.viewer, sys\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torch_geometric'))\n"
+            "lazy = ('torch', 'torch_geometric', 'pyqtgraph', 'superqt')\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in lazy)\n"
             "assert not heavy, heavy\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

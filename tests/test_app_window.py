@@ -8,7 +8,8 @@ from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from msrl_app.applog import setup_logging
-from msrl_app.window import RESEARCH_ONLY, MainWindow
+from msrl_app.window import MainWindow
+from msrl_model import RESEARCH_USE_ONLY
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_drop_opens_the_file(qtbot, window, cmu_slide):
 
 
 def test_research_use_only_and_about(qtbot, window, dialogs):
-    assert window.research_label.isVisible() and window.research_label.text() == RESEARCH_ONLY
+    assert window.research_label.isVisible() and window.research_label.text() == RESEARCH_USE_ONLY
     window.about_action.trigger()
     kind, title, text = dialogs[-1]
     assert kind == "about" and "Research use only" in text and str(window.log_path) in text

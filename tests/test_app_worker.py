@@ -1,4 +1,4 @@
-"""GeneratorWorker and ProgressPresenter: results, cancellation, errors, ETA."""
+"""GeneratorWorker (superqt's, as the app uses it) and ProgressPresenter: results, cancellation, errors, ETA."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_returned_value_and_events_arrive_on_gui_thread(qtbot):
     log: list = []
     events: list[Progress] = []
     threads: set[int] = set()
-    worker = GeneratorWorker(lambda: counting_job(5, log))
+    worker = GeneratorWorker(counting_job, 5, log)
     worker.yielded.connect(events.append)
     returned: list = []
     worker.returned.connect(lambda value: (threads.add(threading.get_ident()), returned.append(value)))
@@ -44,7 +44,7 @@ def test_quit_mid_run_aborts_and_runs_finally(qtbot):
     log: list = []
     gate = threading.Event()
     returned: list = []
-    worker = GeneratorWorker(lambda: counting_job(100, log, gate))
+    worker = GeneratorWorker(counting_job, 100, log, gate)
     worker.returned.connect(returned.append)
     with qtbot.waitSignal(worker.yielded):
         worker.start()
@@ -58,7 +58,12 @@ def test_quit_mid_run_aborts_and_runs_finally(qtbot):
 
 def test_quit_before_start_never_runs_the_job(qtbot):
     called = []
-    worker = GeneratorWorker(lambda: called.append(1) or counting_job(3, []))
+
+    def job():
+        called.append(1)  # the job's first line: never runs
+        yield from counting_job(3, [])
+
+    worker = GeneratorWorker(job)
     worker.quit()
     with qtbot.waitSignal(worker.aborted):
         worker.start()
@@ -83,7 +88,7 @@ def test_exception_arrives_via_errored(qtbot):
 
 def test_start_twice_is_refused(qtbot):
     gate = threading.Event()
-    worker = GeneratorWorker(lambda: counting_job(2, [], gate))
+    worker = GeneratorWorker(counting_job, 2, [], gate)
     with qtbot.waitSignal(worker.finished):
         worker.start()
         with pytest.raises(RuntimeError):
@@ -113,3 +118,31 @@ def test_format_eta_wording():
     assert format_eta(42) == "about 40 s left"
     assert format_eta(150) == "about 2 min left"
     assert format_eta(7200) == "about 2.0 h left"
+
+
+def test_runtime_error_is_errored_then_finished(qtbot):
+    """superqt takes a RuntimeError for a deleted worker and emits nothing; ours reports it (torch raises them)."""
+    def failing():
+        yield Progress("x", 0, 1)
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    worker = GeneratorWorker(failing)
+    errors: list = []
+    worker.errored.connect(errors.append)
+    with qtbot.waitSignals([worker.errored, worker.finished], order="strict"):
+        worker.start()
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert worker.wait(5000)
+
+
+def test_wait_blocks_until_the_job_is_done(qtbot):
+    log: list = []
+    gate = threading.Event()
+    worker = GeneratorWorker(counting_job, 100, log, gate)
+    assert worker.wait(10)  # never started: nothing to wait for
+    with qtbot.waitSignal(worker.yielded):
+        worker.start()
+    assert not worker.wait(50)  # held at the gate
+    worker.quit()
+    gate.set()
+    assert worker.wait(5000) and log[-1] == "finally"

@@ -14,7 +14,7 @@ import torch
 
 from msrl_model.errors import BundleError
 from msrl_model.infer.bundle import (FORMAT_VERSION, TaskBundle, load_bundle, read_manifest, write_bundle)
-from msrl_model.infer.demo import make_random_bundle, random_cases
+from msrl_model.infer.random_bundle import make_random_bundle, random_cases
 from msrl_model.nn.config import MSRLConfig
 from msrl_model.nn.msrl import MSRLNet, TaskSpec
 

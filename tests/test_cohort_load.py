@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from msrl_model.cohort import CohortValidationError, CohortWarning, GeneSet, load_cohort, read_gmt, write_gmt
 from msrl_model.errors import CohortError
 from msrl_model.synth.cohort import make_synth_cohort
-from msrl_model.train.cohort import CohortValidationError, CohortWarning, load_cohort
-from msrl_model.train.gmt import GeneSet, read_gmt, write_gmt
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from msrl_model.cohort import ExpressionScaler, assign_bins, load_cohort, stratified_folds, survival_bins
 from msrl_model.errors import CohortError
 from msrl_model.synth.cohort import make_synth_cohort
-from msrl_model.train.cohort import (ExpressionScaler, assign_bins, load_cohort, stratified_folds,
-                                     survival_bins)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
 from sklearn.model_selection import cross_val_predict
 
+from msrl_model.cohort import load_cohort
 from msrl_model.errors import MSRLError
+from msrl_model.stats import c_index
 from msrl_model.synth.cohort import make_synth_cohort, run_cohort_command
-from msrl_model.train.cohort import load_cohort
-from msrl_model.train.metrics import c_index
 
 ALPHAS = np.logspace(-2, 4, 13)
 

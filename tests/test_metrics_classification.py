@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from msrl_model.train.metrics import auc_macro_ovr, f1_macro
+from msrl_model.stats import auc_macro_ovr, f1_macro
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

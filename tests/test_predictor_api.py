@@ -13,7 +13,7 @@ import torch
 from msrl_model.errors import BundleError, MSRLError
 from msrl_model.features.h5io import write_features
 from msrl_model.infer.bundle import load_bundle
-from msrl_model.infer.demo import make_random_bundle
+from msrl_model.infer.random_bundle import make_random_bundle
 from msrl_model.infer.engine import DenseReference
 from msrl_model.infer.predictor import Predictor, percentile_of, survival_curve
 from msrl_model.infer.results import PredictionResult

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from msrl_model.cohort import ExpressionScaler, load_cohort
 from msrl_model.nn.config import MSRLConfig
 from msrl_model.progress import drive
 from msrl_model.synth.cohort import make_synth_cohort
 from msrl_model.train import cv as cv_mod
 from msrl_model.train import data as data_mod
 from msrl_model.train import report
-from msrl_model.train.cohort import ExpressionScaler, load_cohort
+from msrl_model.train import variants as variants_mod
 from msrl_model.train.data import load_bags
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
@@ -31,7 +32,7 @@ def spied_run(tmp_path_factory):
                           group_sizes=tuple(len(g) for g in cohort.gene_groups))
     calls = {"fit": [], "bins": [], "pretrain": [], "predict": []}
     mp = pytest.MonkeyPatch()
-    fit, bins, pre, pred = ExpressionScaler.fit, data_mod.survival_bins, cv_mod.pretrain_job, cv_mod.predict
+    fit, bins, pre, pred = ExpressionScaler.fit, data_mod.survival_bins, cv_mod.pretrain_job, variants_mod.predict
 
     def spy_fit(self, x):
         calls["fit"].append(np.asarray(x).copy())
@@ -52,7 +53,7 @@ def spied_run(tmp_path_factory):
     mp.setattr(ExpressionScaler, "fit", spy_fit)
     mp.setattr(data_mod, "survival_bins", spy_bins)
     mp.setattr(cv_mod, "pretrain_job", spy_pretrain)
-    mp.setattr(cv_mod, "predict", spy_predict)
+    mp.setattr(variants_mod, "predict", spy_predict)
     try:
         result = drive(cv_mod.cv_job(cohort, bags, cfg, tasks=["survival", "stage"],
                                      variants=["msrl", "msrl_multi", "snn"], n_folds=3, seed=0), show=False)

@@ -157,10 +157,10 @@ def _tiny_run(root, out, ckpt) -> None:
 
     from msrl_model.nn.config import MSRLConfig
     from msrl_model.progress import drive
-    from msrl_model.train.cohort import load_cohort
+    from msrl_model.cohort import load_cohort
     from msrl_model.train.data import fold_genomics, load_bags, task_targets
     from msrl_model.train.finetune import finetune_job
-    from msrl_model.train.presets import TrainSettings
+    from msrl_model.train.settings import TrainSettings
     from msrl_model.train.pretrain import pretrain_job
 
     cohort = load_cohort(root)

@@ -9,14 +9,19 @@ import pytest
 import torch
 from torch import nn
 
+from msrl_model.cohort import load_cohort
 from msrl_model.nn.config import MSRLConfig
+from msrl_model.nn.graph import euclidean_knn_adjacency
+from msrl_model.nn.msrl import MSRLNet
 from msrl_model.progress import drive
 from msrl_model.synth.cohort import make_synth_cohort
+from msrl_model.train import buffer as buf_mod
 from msrl_model.train import finetune as ft
-from msrl_model.train.cohort import load_cohort
 from msrl_model.train.data import fold_genomics, load_bags, task_targets
-from msrl_model.train.presets import TrainSettings
+from msrl_model.train.optim import lr_at
+from msrl_model.train.predict import predict
 from msrl_model.train.pretrain import pretrain_job
+from msrl_model.train.settings import TrainSettings
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
 
@@ -45,7 +50,7 @@ def _job(setup, task="survival", **kw):
 
 def test_batch_cases_own_buffer_rows_are_masked(setup, monkeypatch):
     seen = []
-    original_without = ft.FifoBuffer.without
+    original_without = buf_mod.FifoBuffer.without
 
     def spy_without(self, cases):
         kept = self.owners[~torch.isin(self.owners, cases)]
@@ -54,14 +59,14 @@ def test_batch_cases_own_buffer_rows_are_masked(setup, monkeypatch):
         return rows
 
     graph_sizes = []
-    original_forward = ft.graph_forward
+    original_forward = MSRLNet.graph_forward
 
     def spy_forward(net, nodes, buffer, mode="gsl"):
         graph_sizes.append((buffer.shape[0], nodes.shape[0]))
         return original_forward(net, nodes, buffer, mode)
 
-    monkeypatch.setattr(ft.FifoBuffer, "without", spy_without)
-    monkeypatch.setattr(ft, "graph_forward", spy_forward)
+    monkeypatch.setattr(buf_mod.FifoBuffer, "without", spy_without)
+    monkeypatch.setattr(MSRLNet, "graph_forward", spy_forward)
     drive(_job(setup, seed=0), show=False)
     assert seen
     for cases, kept, n_rows, total in seen:
@@ -79,16 +84,16 @@ def test_ema_update_math():
     torch.manual_seed(0)
     online, target = nn.Linear(3, 2), nn.Linear(3, 2)
     t0 = [p.detach().clone() for p in target.parameters()]
-    ft.ema_update(target, online, 0.9)
+    buf_mod.ema_update(target, online, 0.9)
     for p_t, p0, p_o in zip(target.parameters(), t0, online.parameters()):
         assert torch.allclose(p_t, 0.9 * p0 + 0.1 * p_o)
-    ft.ema_update(target, online, 0.0)
+    buf_mod.ema_update(target, online, 0.0)
     for p_t, p_o in zip(target.parameters(), online.parameters()):
         assert torch.equal(p_t, p_o)
 
 
 def test_fifo_buffer_order():
-    buf = ft.FifoBuffer(torch.arange(4.0)[:, None], torch.tensor([10, 11, 12, 13]), capacity=4)
+    buf = buf_mod.FifoBuffer(torch.arange(4.0)[:, None], torch.tensor([10, 11, 12, 13]), capacity=4)
     buf.push(torch.tensor([[4.0], [5.0]]), torch.tensor([10, 14]))
     assert buf.owners.tolist() == [12, 13, 10, 14]  # the two oldest left, new rows at the end
     assert buf.feats[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
@@ -96,10 +101,10 @@ def test_fifo_buffer_order():
 
 
 def test_lr_schedule():
-    lrs = [ft.lr_at(s, 10, 2, 1.0, 0.1) for s in range(10)]
+    lrs = [lr_at(s, 10, 2, 1.0, 0.1) for s in range(10)]
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
-    assert ft.lr_at(10, 10, 2, 1.0, 0.1) == pytest.approx(0.1)
+    assert lr_at(10, 10, 2, 1.0, 0.1) == pytest.approx(0.1)
 
 
 def test_same_seed_same_weights(setup):
@@ -135,8 +140,8 @@ def test_exact_engine_matches_dense_graph_forward(setup, task):
     cohort, bags, *_ = setup
     res = drive(_job(setup, task=task, seed=0), show=False)
     test = np.arange(24, 30)
-    exact = ft.predict(res, bags, test, engine="exact")
-    dense = ft.predict(res, bags, test, engine="dense")
+    exact = predict(res, bags, test, engine="exact")
+    dense = predict(res, bags, test, engine="dense")
     assert np.allclose(exact.logits, dense.logits, atol=1e-4)
     if task == "survival":
         assert exact.risk.shape == (6,) and np.all(np.isfinite(exact.risk))
@@ -149,7 +154,7 @@ def test_exact_engine_matches_dense_graph_forward(setup, task):
 def test_variants_train_and_predict(setup, options):
     cohort, bags, cfg, train, fg, pre = setup
     res = drive(_job(setup, seed=0, cfg={"finetune_epochs": 1}, settings=TrainSettings(), **options), show=False)
-    pred = ft.predict(res, bags, np.arange(24, 30))
+    pred = predict(res, bags, np.arange(24, 30))
     assert np.all(np.isfinite(pred.risk))
     if options.get("random_gsl"):
         assert not any(w.requires_grad for w in res.online.gsl.weights)
@@ -160,7 +165,7 @@ def test_variants_train_and_predict(setup, options):
 
 def test_euclidean_knn_adjacency_is_symmetric_normalised():
     x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
-    ei, ew = ft.euclidean_knn_adjacency(x, 3)
+    ei, ew = euclidean_knn_adjacency(x, 3)
     a = torch.zeros(12, 12)
     a[ei[0], ei[1]] = ew
     assert torch.allclose(a, a.T)
@@ -182,8 +187,8 @@ def test_distillation_pulls_wsi_only_logits_toward_the_real_genomics_pass(setup)
 
     def gap(res):
         """Mean |WSI-only − real-genomics| logit difference on the training cases."""
-        wsi = ft.predict(res, bags, train, engine="dense").logits
-        multi = ft.predict(res, bags, train, fg.packed[train], engine="dense").logits
+        wsi = predict(res, bags, train, engine="dense").logits
+        multi = predict(res, bags, train, fg.packed[train], engine="dense").logits
         return float(np.abs(wsi - multi).mean())
 
     job_cfg = {"finetune_epochs": 4, "readout_skip": True}
@@ -199,8 +204,9 @@ def test_readout_skip_network_predicts_with_its_node_features(setup):
     res = drive(_job(setup, seed=0, cfg={"readout_skip": True}), show=False)
     assert res.online.skip is not None
     test = np.arange(24, 30)
-    pred = ft.predict(res, bags, test, engine="dense")
-    nodes = ft._node_features(res.online.eval(), bags, test, None, max_patches=0, chunk=8, device=torch.device("cpu"))
+    pred = predict(res, bags, test, engine="dense")
+    nodes = buf_mod.case_node_features(res.online.eval(), bags, test, None, max_patches=0, chunk=8,
+                                       device=torch.device("cpu"))
     with torch.no_grad():
         z = torch.from_numpy(pred.z)
         assert np.allclose(pred.logits, res.online.readout(z, nodes).numpy(), atol=1e-5)

@@ -11,9 +11,9 @@ import torch
 from msrl_model.nn.config import MSRLConfig
 from msrl_model.progress import drive
 from msrl_model.synth.cohort import make_synth_cohort
-from msrl_model.train.cohort import load_cohort
+from msrl_model.cohort import load_cohort
 from msrl_model.train.data import fold_genomics, load_bags
-from msrl_model.train.presets import TrainSettings
+from msrl_model.train.settings import TrainSettings
 from msrl_model.train.pretrain import AnchorGraph, augment_edges, pretrain_job
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores

@@ -7,11 +7,14 @@ benchmarks live here.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from msrl_model.files import atomic_path
 
 
 def cache_dir() -> Path:
@@ -21,18 +24,27 @@ def cache_dir() -> Path:
     return path
 
 
+def add_slide_options(parser: argparse.ArgumentParser) -> None:
+    """``--slide`` (a slide to use) or ``--width/--height/--seed`` of the generated one (:func:`input_slide`)."""
+    parser.add_argument("--slide", type=Path, default=None, help="slide (default: a generated synthetic SVS)")
+    parser.add_argument("--width", type=int, default=8192, help="width of the generated slide")
+    parser.add_argument("--height", type=int, default=6144, help="height of the generated slide")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated slide")
+
+
+def input_slide(args: argparse.Namespace) -> Path:
+    """The slide of :func:`add_slide_options`: ``--slide``, else the generated synthetic SVS."""
+    return args.slide if args.slide is not None else bench_slide(args.width, args.height, args.seed)
+
+
 def bench_slide(width: int, height: int, seed: int = 0) -> Path:
     """A synthetic tissue SVS of ``width``×``height`` (generated once, then reused from the cache)."""
     from msrl_model.synth.slides import make_slide
 
     path = cache_dir() / f"synth_{width}x{height}_seed{seed}.svs"
     if not path.exists():
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.svs")
-        try:
+        with atomic_path(path) as tmp:
             make_slide(tmp, width, height, seed)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from msrl_model.bench import add_slide_options, emit, input_slide
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("extract", help="feature extraction tiles/s, overall and per stage")
-    p.add_argument("--slide", type=Path, default=None, help="slide (default: a generated synthetic SVS)")
-    p.add_argument("--width", type=int, default=8192, help="width of the generated slide")
-    p.add_argument("--height", type=int, default=6144, help="height of the generated slide")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated slide")
+    add_slide_options(p)
     p.add_argument("--encoder", default="builtin-he", help="encoder spec")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reader threads")
@@ -77,8 +76,6 @@ def measure(path: Path, encoder: str, device: str, workers: int, batch_size: int
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrl_model.bench import bench_slide, emit
-
-    path = args.slide if args.slide is not None else bench_slide(args.width, args.height, args.seed)
+    path = input_slide(args)
     emit(measure(path, args.encoder, args.device, max(1, args.workers), max(1, args.batch_size)), args.json)
     return 0

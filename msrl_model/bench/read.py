@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from msrl_model.bench import add_slide_options, emit, input_slide
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("read", help="tile reading: naive read_region loop vs the parallel reader")
-    p.add_argument("--slide", type=Path, default=None, help="slide to read (default: a generated synthetic SVS)")
-    p.add_argument("--width", type=int, default=8192, help="width of the generated slide")
-    p.add_argument("--height", type=int, default=6144, help="height of the generated slide")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated slide")
+    add_slide_options(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reader threads (default: CPU count)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per batch")
     p.add_argument("--patch", type=int, default=256, help="tile side in level-0 pixels")
@@ -130,8 +129,6 @@ def measure(path: Path, workers: int, batch_size: int, patch: int, repeats: int)
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrl_model.bench import bench_slide, emit
-
-    path = args.slide if args.slide is not None else bench_slide(args.width, args.height, args.seed)
+    path = input_slide(args)
     emit(measure(path, max(1, args.workers), max(1, args.batch_size), args.patch, max(1, args.repeats)), args.json)
     return 0

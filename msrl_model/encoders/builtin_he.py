@@ -67,7 +67,7 @@ Cost per 256² tile (a multiply-add counts 2 FLOP): logarithm and Haar step on 3
 filter bank on 3 channels over ≈ 21 800 pixels (16 384 + 4 096 + 1 024 + 256 per channel): blur
 10, Sobel 14, derivatives/steering/LoG/anisotropy 25, statistics ≈ 25 -> ≈ 75 FLOP per pixel per
 channel ≈ 5 MFLOP. Total ≈ 8 MFLOP per tile (a ResNet-50 at 224² is ≈ 8 GFLOP). It is memory-bound
-on CPU: ``python -m msrl_model.encoders.bench_builtin --threads 1`` measured 110-210 tiles per
+on CPU: ``python -m msrl_model.bench encoder --threads 1`` measured 110-210 tiles per
 CPU-second (one core) on the shared 2-core build machine while other jobs ran (load 4-7), i.e.
 ≈ 400 tiles/s from two single-threaded workers on idle cores. Prefer one torch thread per worker:
 intra-op threading of these small ops collapses when cores are oversubscribed. Tiles are processed

@@ -1,8 +1,8 @@
 """Feature files (DESIGN §3): ``<slide_id>.h5`` with ``features`` (N×D float32) and ``coords`` (N×2 int64).
 
-Written atomically: the data goes to a temporary file in the destination directory, which
-:func:`os.replace` renames over the target only once it is complete and closed. A failure part-way
-(disk full, cancel, crash) leaves either the previous file or nothing, never a partial file.
+Written atomically (:func:`msrl_model.files.atomic_path`): the data goes to a temporary file in the
+destination directory, renamed over the target only once it is complete and closed. A failure
+part-way (disk full, cancel, crash) leaves either the previous file or nothing, never a partial file.
 
 Reads this tool's files and the CLAM/TRIDENT style: attributes may sit on the root, on ``coords`` or
 on ``features``; datasets may carry a leading batch dimension of 1 (``1×N×D``, ``1×N×2``); missing
@@ -12,8 +12,6 @@ attributes get defaults (and ``TRIDENT``'s magnifications are turned into µm/px
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from msrl_model.errors import MSRLError
+from msrl_model.files import atomic_path
 
 # Version of the layout written here; bump when the datasets or attribute meanings change.
 FORMAT_VERSION = 1
@@ -91,21 +90,12 @@ def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray,
     coords = np.asarray(coords, dtype=np.int64)
     if features.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2 or len(features) != len(coords):
         raise ValueError(f"features must be (N, D) and coords (N, 2); got {features.shape} and {coords.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features)
-            f.create_dataset("coords", data=coords)
-            f.attrs["format_version"] = FORMAT_VERSION
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = _encode_attr(value)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=features)
+        f.create_dataset("coords", data=coords)
+        f.attrs["format_version"] = FORMAT_VERSION
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = _encode_attr(value)
     return path
 
 

@@ -34,6 +34,7 @@ from msrl_model.device import resolve_device
 from msrl_model.errors import EncoderError, MSRLError
 from msrl_model.features.h5io import FORMAT_VERSION, FeatureFileError, read_features, write_features
 from msrl_model.features.reader import ParallelTileReader, ReaderConfig
+from msrl_model.files import atomic_write
 from msrl_model.progress import Job, Progress, Stage
 
 # File extensions picked up when a directory is given (any OpenSlide/tiffslide format).
@@ -108,6 +109,78 @@ def _build(encoder: Any, device: str) -> Any:
     return encoder
 
 
+def _grid(slide: Any, tissue: Any, tiling: Any, stats: ExtractStats) -> Any:
+    """The tissue mask and the tile grid over it; records their time and warnings in ``stats``."""
+    from msrl_model.slide import tile_grid, tissue_mask
+
+    t0 = time.perf_counter()
+    grid = tile_grid(slide, tissue_mask(slide, tissue), tiling)
+    stats.tissue_s = time.perf_counter() - t0
+    stats.warnings = [*getattr(slide, "warnings", []), *getattr(grid, "warnings", [])]
+    return grid
+
+
+def _encode_tiles(reader: ParallelTileReader, encoder: Any, n: int, patch_size: int, device: str,
+                  batch_size: int, stats: ExtractStats, slide_id: str) -> Job[np.ndarray]:
+    """Encode every tile the reader yields; returns the (n, D) float32 features, grid order.
+
+    Yields ``read+encode`` progress after each batch and adds the transfer and encode times to
+    ``stats``. No torch context manager stays open across a yield: it would leak into the consumer.
+    """
+    import torch
+
+    cuda = device.startswith("cuda")
+    sync = cuda and stats.sync_timing
+    features = np.empty((n, encoder.dim), dtype=np.float32)
+    # One pinned staging buffer, reused: the features' copy back to the host below synchronises,
+    # so the previous batch's non_blocking upload has finished before the buffer is refilled.
+    pinned = (torch.empty((batch_size, patch_size, patch_size, 3), dtype=torch.uint8).pin_memory()
+              if cuda else None)
+    yield Progress(Stage.READ_ENCODE, 0, n, slide_id)
+    for first, batch in reader:
+        t0 = time.perf_counter()
+        tensor = torch.from_numpy(batch)  # (B, P, P, 3) uint8
+        if pinned is not None:
+            staging = pinned[:len(batch)]
+            staging.copy_(tensor)
+            tensor = staging.to(device, non_blocking=True)
+            if sync:
+                torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            out_feats = _encode_batch(encoder, tensor)  # (B, D)
+            features[first:first + len(batch)] = out_feats.float().cpu().numpy()
+        t2 = time.perf_counter()
+        stats.transfer_s += t1 - t0
+        stats.encode_s += t2 - t1
+        stats.tiles += len(batch)
+        yield Progress(Stage.READ_ENCODE, first + len(batch), n, slide_id)
+    stats.read_wait_s = reader.read_wait_s
+    return features
+
+
+def _feature_attrs(slide: Any, grid: Any, encoder: Any, encoder_spec: Any, sha: str, key: str, tissue: Any,
+                   tiling: Any, warnings: list[str]) -> dict[str, Any]:
+    """The feature file's root attributes (DESIGN §3)."""
+    return {
+        "patch_size": int(grid.patch_size),
+        "patch_size_level0": int(grid.patch_size_level0),
+        "target_mpp": float(grid.target_mpp),
+        "level0_mpp": float(grid.level0_mpp),
+        "read_level": int(grid.read_level),
+        "encoder": encoder.name,
+        "encoder_version": encoder.version,
+        "encoder_spec": encoder_spec if isinstance(encoder_spec, str) else encoder.name,
+        "slide_sha256_head": sha,
+        "slide_id": slide.slide_id,
+        "mpp_source": getattr(slide, "mpp_source", ""),
+        "tissue_params": _params_dict(tissue),
+        "tiling_params": _params_dict(tiling),
+        "cache_key": key,
+        "warnings": warnings,
+    }
+
+
 def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any = "builtin-he",
                   device: str = "auto", workers: int | None = None, batch_size: int = 64,
                   tissue: Any = None, tiling: Any = None, stats: ExtractStats | None = None,
@@ -130,19 +203,15 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
     Yields Progress stages ``open``, then ``cached`` (and returns) or ``tissue``, ``read+encode``,
     ``write``. Returns the feature file's path.
     """
-    import torch
-
-    from msrl_model.slide import TilingParams, TissueParams, open_slide, tile_grid, tissue_mask
+    from msrl_model.slide import TilingParams, TissueParams, open_slide
 
     tissue = tissue if tissue is not None else TissueParams()
     tiling = tiling if tiling is not None else TilingParams()
     stats = stats if stats is not None else ExtractStats()
     t_start = time.perf_counter()
-    slide_path = Path(slide_path)
-    out_dir = Path(out_dir)
     device = str(resolve_device(device))
     stats.device = device
-    slide = open_slide(slide_path)
+    slide = open_slide(Path(slide_path))
     reader: ParallelTileReader | None = None
     try:
         stats.slide_id = slide.slide_id
@@ -150,73 +219,27 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         sha = slide.sha256_head()
         encoder = _build(encoder_spec, device)
         key = cache_key(sha, encoder.name, encoder.version, tissue, tiling)
-        out = out_dir / f"{slide.slide_id}.h5"
+        out = Path(out_dir) / f"{slide.slide_id}.h5"
         if _cache_hit(out, key):
             stats.cached = True
             stats.total_s = time.perf_counter() - t_start
             yield Progress(Stage.CACHED, 1, 1, slide.slide_id)
             return out
 
-        t0 = time.perf_counter()
         yield Progress(Stage.TISSUE, 0, 1, slide.slide_id)
-        mask = tissue_mask(slide, tissue)
-        grid = tile_grid(slide, mask, tiling)
-        stats.tissue_s = time.perf_counter() - t0
-        stats.warnings = [*getattr(slide, "warnings", []), *getattr(grid, "warnings", [])]
+        grid = _grid(slide, tissue, tiling, stats)
         n = len(grid.coords)
         yield Progress(Stage.TISSUE, 1, 1, f"{slide.slide_id}: {n} tiles")
 
-        cuda = device.startswith("cuda")
-        sync = cuda and stats.sync_timing
-        features = np.empty((n, encoder.dim), dtype=np.float32)
         reader = ParallelTileReader(slide.path, grid, ReaderConfig(
             workers=workers or os.cpu_count() or 1, batch_size=batch_size, prefetch=prefetch))
-        # One pinned staging buffer, reused: the features' copy back to the host below synchronises,
-        # so the previous batch's non_blocking upload has finished before the buffer is refilled.
-        pinned = (torch.empty((batch_size, grid.patch_size, grid.patch_size, 3), dtype=torch.uint8).pin_memory()
-                  if cuda else None)
-        yield Progress(Stage.READ_ENCODE, 0, n, slide.slide_id)
-        # No torch context manager may stay open across a yield: it would leak into the consumer.
-        for first, batch in reader:
-            t0 = time.perf_counter()
-            tensor = torch.from_numpy(batch)  # (B, P, P, 3) uint8
-            if pinned is not None:
-                staging = pinned[:len(batch)]
-                staging.copy_(tensor)
-                tensor = staging.to(device, non_blocking=True)
-                if sync:
-                    torch.cuda.synchronize()
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                out_feats = _encode_batch(encoder, tensor)  # (B, D)
-                features[first:first + len(batch)] = out_feats.float().cpu().numpy()
-            t2 = time.perf_counter()
-            stats.transfer_s += t1 - t0
-            stats.encode_s += t2 - t1
-            stats.tiles += len(batch)
-            yield Progress(Stage.READ_ENCODE, first + len(batch), n, slide.slide_id)
-        stats.read_wait_s = reader.read_wait_s
+        features = yield from _encode_tiles(reader, encoder, n, grid.patch_size, device, batch_size, stats,
+                                            slide.slide_id)
 
         t0 = time.perf_counter()
         yield Progress(Stage.WRITE, 0, 1, slide.slide_id)
-        attrs = {
-            "patch_size": int(grid.patch_size),
-            "patch_size_level0": int(grid.patch_size_level0),
-            "target_mpp": float(grid.target_mpp),
-            "level0_mpp": float(grid.level0_mpp),
-            "read_level": int(grid.read_level),
-            "encoder": encoder.name,
-            "encoder_version": encoder.version,
-            "encoder_spec": encoder_spec if isinstance(encoder_spec, str) else encoder.name,
-            "slide_sha256_head": sha,
-            "slide_id": slide.slide_id,
-            "mpp_source": getattr(slide, "mpp_source", ""),
-            "tissue_params": _params_dict(tissue),
-            "tiling_params": _params_dict(tiling),
-            "cache_key": key,
-            "warnings": stats.warnings,
-        }
-        write_features(out, features, grid.coords, attrs)
+        write_features(out, features, grid.coords,
+                       _feature_attrs(slide, grid, encoder, encoder_spec, sha, key, tissue, tiling, stats.warnings))
         stats.write_s = time.perf_counter() - t0
         stats.total_s = time.perf_counter() - t_start
         yield Progress(Stage.WRITE, 1, 1, slide.slide_id)
@@ -317,10 +340,7 @@ def shard_slides(slides: list[Path], shard: tuple[int, int]) -> list[Path]:
 
 
 def _write_report(report: ExtractReport) -> None:
-    path = report_path(Path(report.out_dir), report.shard)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2))
-    os.replace(tmp, path)
+    atomic_write(report_path(Path(report.out_dir), report.shard), json.dumps(report.to_json(), indent=2))
 
 
 def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec: Any = "builtin-he",

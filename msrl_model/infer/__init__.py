@@ -19,7 +19,7 @@ _EXPORTS = {
     "ClassificationPrediction": "results", "LinkedCase": "results", "PathwayActivity": "results",
     "Curve": "results",
     "ExactEngine": "engine", "DenseReference": "engine", "QueryResult": "engine",
-    "make_random_bundle": "demo",
+    "make_random_bundle": "random_bundle",
 }
 
 

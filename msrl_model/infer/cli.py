@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msrl_model.cohort.expression import ExpressionTable
 from msrl_model.errors import MSRLError
 from msrl_model.files import atomic_write
 from msrl_model.infer.export import write_results
@@ -101,45 +102,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_analyze)
-
-
-# ---- expression tables --------------------------------------------------------------------------
-
-
-class ExpressionTable:
-    """Rows of an expression CSV matched to slides (see ``--expression``)."""
-
-    def __init__(self, path: Path) -> None:
-        import pandas as pd
-
-        try:
-            table = pd.read_csv(path)
-        except FileNotFoundError:
-            raise MSRLError(f"expression file {path} not found; check the path") from None
-        except (ValueError, OSError, UnicodeDecodeError) as err:
-            raise MSRLError(f"expression file {path} is not a readable CSV ({err})") from None
-        if "case_id" not in table.columns:
-            raise MSRLError(f"expression file {path} has no case_id column; add one (one row per case)")
-        ids = {"case_id", "slide_id"}
-        genes = [c for c in table.columns if c not in ids]
-        if not genes or len(table) == 0:
-            raise MSRLError(f"expression file {path} has no gene columns or no rows")
-        self.table = table.astype({"case_id": str})
-        self.genes = genes
-
-    def for_slide(self, slide_id: str, single: bool) -> Any:
-        """The row (a Series gene -> value) for a slide, or None when none matches."""
-        t = self.table
-        if "slide_id" in t.columns:
-            hit = t[t["slide_id"].astype(str) == slide_id]
-            if len(hit):
-                return hit.iloc[0][self.genes]
-        matches = [(len(c), i) for i, c in enumerate(t["case_id"]) if slide_id == c or slide_id.startswith(c)]
-        if matches:
-            return t.iloc[max(matches)[1]][self.genes]
-        if single and len(t) == 1:
-            return t.iloc[0][self.genes]
-        return None
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -251,4 +213,4 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 3 if report.failed else 0
 
 
-__all__ = ["AnalyzeReport", "ExpressionTable", "SlideOutcome", "analyze_many", "register", "run_analyze"]
+__all__ = ["AnalyzeReport", "SlideOutcome", "analyze_many", "register", "run_analyze"]

@@ -128,13 +128,18 @@ class DenseReference:
 
 
 class _Patch:
-    """The per-query changes of the buffer graph."""
+    """The per-query changes of the buffer graph, and the degrees they change."""
 
-    def __init__(self, n: int, hop1: Tensor, w_q: Tensor, drop_rows: Tensor, drop_cols: Tensor) -> None:
+    def __init__(self, n: int, hop1: Tensor, w_q: Tensor, drop_rows: Tensor, drop_cols: Tensor,
+                 self_w: Tensor) -> None:
         self.hop1 = hop1  # (M,) sorted buffer rows with a nonzero edge to the query
         self.w_q = w_q  # (M,) unnormalised S'[q, hop1]
         self.drop_fwd = drop_rows * n + drop_cols  # keys (j, m_j): j no longer keeps m_j
         self.drop_bwd = drop_cols * n + drop_rows  # keys (m_j, j): the mirrored half
+        self.self_w = self_w  # () unnormalised self loop S'[q, q]
+        self.d_q = self_w + w_q.sum()  # () degree of the query
+        self.delta = torch.unique(torch.cat([hop1, drop_rows, drop_cols]))  # buffer rows whose row changed
+        self.d_delta = torch.zeros(0)  # their new degrees, filled in by ExactEngine._patch
 
 
 class ExactEngine:
@@ -231,18 +236,34 @@ class ExactEngine:
         return torch.nonzero(enter).flatten()
 
     def _one(self, s: Tensor, e_q: Tensor, p1_q: Tensor) -> QueryResult:
-        n, k, dev = self.n, self.k, self.device
+        """The query with similarities ``s`` (N,) to the buffer, embedding ``e_q`` and ``p1_q`` = x_q W_1."""
         s_qq = e_q @ e_q
-        # the query's own list: itself (node n) and its top-min(k, n) buffer rows
-        row = torch.cat([s, s_qq[None]])
+        top = self._query_top(s, s_qq, e_q)
+        patch = self._patch(s, e_q, top, F.relu(s_qq))
+        z = self._local_gcn(patch, p1_q)
+        d_hop1 = self._degrees(patch.hop1, patch)
+        links, weights = _sorted_links(patch.hop1, patch.w_q * patch.d_q.rsqrt() * d_hop1.rsqrt())
+        self_weight = (patch.self_w / patch.d_q if patch.self_w > 0
+                       else torch.zeros((), dtype=self.dtype, device=self.device))
+        return QueryResult(z, _apply_head(self.head, z), links, weights, self_weight, top, s[top])
+
+    def _query_top(self, s: Tensor, s_qq: Tensor, e_q: Tensor) -> Tensor:
+        """The query's own list without itself: its top-min(K, N) buffer rows, in selection order."""
+        n = self.n
+        row = torch.cat([s, s_qq[None]])  # the query is node n
 
         def dots(_: int, cols: Tensor) -> Tensor:
             e_cols = self.emb[cols.clamp(max=n - 1)]
             e_cols[cols == n] = e_q
             return canonical_dots(e_q, e_cols)
 
-        top = select_neighbours(row[None], torch.tensor([n], device=dev), min(k, n) + 1, dots, self.tol)[0, 1:]
-        # buffer rows that take the query in (and, if their list was full, drop their last entry)
+        return select_neighbours(row[None], torch.tensor([n], device=self.device), min(self.k, n) + 1, dots,
+                                 self.tol)[0, 1:]
+
+    def _patch(self, s: Tensor, e_q: Tensor, top: Tensor, self_w: Tensor) -> _Patch:
+        """The query's edges S'[q, ·], the rows that take it in (dropping their last entry when full),
+        and the new degrees of every buffer row whose row changed."""
+        n, k, dev = self.n, self.k, self.device
         if k == 0:
             enter = torch.zeros(0, dtype=torch.long, device=dev)
         elif k >= n:
@@ -257,32 +278,26 @@ class ExactEngine:
         half = F.relu(s[cand]) / 2
         w = half * torch.isin(cand, top) + half * torch.isin(cand, enter)  # S'[q, cand]
         nz = w != 0
-        patch = _Patch(n, cand[nz], w[nz], drop_rows, drop_cols)
-        # new degrees of every buffer node whose row changed
-        delta = torch.unique(torch.cat([patch.hop1, drop_rows, drop_cols]))
-        owner, _, w_delta = self._rows(delta, patch)
-        d_delta = torch.zeros(delta.shape[0], dtype=self.dtype, device=dev).index_add_(0, owner, w_delta)
-        self_w = F.relu(s_qq)
-        d_q = self_w + patch.w_q.sum()
+        patch = _Patch(n, cand[nz], w[nz], drop_rows, drop_cols, self_w)
+        owner, _, w_delta = self._rows(patch.delta, patch)
+        patch.d_delta = torch.zeros(patch.delta.shape[0], dtype=self.dtype, device=dev).index_add_(0, owner, w_delta)
+        return patch
 
-        # balls B_0 = {q} ⊂ B_1 ⊂ ... ⊂ B_L in the new graph, and the patched rows of B_{L-1}
+    def _local_gcn(self, patch: _Patch, p1_q: Tensor) -> Tensor:
+        """z = H_L[q]: the GCN over the balls B_0 = {q} ⊂ B_1 ⊂ ... ⊂ B_L of the new graph only."""
+        n, dev = self.n, self.device
         n_layers = len(self.params)
         balls = [torch.tensor([n], device=dev)]
         for _ in range(n_layers):
-            src, nbr, wt = self._rows_with_query(balls[-1], patch, self_w)
+            src, nbr, wt = self._rows_with_query(balls[-1], patch)
             balls.append(torch.unique(torch.cat([balls[-1], nbr])))
         # (src, nbr, wt) are now the rows of B_{L-1}; B_L = balls[-1]
-        deg = self._degrees(balls[-1], delta, d_delta, d_q)
-        dinv = deg.rsqrt()  # every node of B_L has a nonzero edge, so a positive degree
-        pos_src = torch.searchsorted(balls[-1], src)
-        pos_nbr = torch.searchsorted(balls[-1], nbr)
-        wn = wt * dinv[pos_src] * dinv[pos_nbr]  # normalised A'[src, nbr]
-
+        dinv = self._degrees(balls[-1], patch).rsqrt()  # every node of B_L has a nonzero edge: degree > 0
+        wn = wt * dinv[torch.searchsorted(balls[-1], src)] * dinv[torch.searchsorted(balls[-1], nbr)]  # A'[src, nbr]
         # layer l: targets B_{L-l}, inputs on B_{L-l+1}
         h_in_nodes = balls[-1]
-        is_q = h_in_nodes == n
         p = self.p1[h_in_nodes.clamp(max=n - 1)]
-        p[is_q] = p1_q
+        p[h_in_nodes == n] = p1_q
         for layer, (weight, bias) in enumerate(self.params):
             if layer > 0:
                 p = h @ weight
@@ -295,11 +310,7 @@ class ExactEngine:
             if layer < n_layers - 1:
                 h = F.relu(h)
             h_in_nodes = targets
-        z = h[0]
-        d_hop1 = self._degrees(patch.hop1, delta, d_delta, d_q)
-        links, weights = _sorted_links(patch.hop1, patch.w_q * d_q.rsqrt() * d_hop1.rsqrt())
-        self_weight = self_w / d_q if self_w > 0 else torch.zeros((), dtype=self.dtype, device=dev)
-        return QueryResult(z, _apply_head(self.head, z), links, weights, self_weight, top, s[top])
+        return h[0]
 
     def _rows(self, nodes: Tensor, patch: _Patch) -> tuple[Tensor, Tensor, Tensor]:
         """Patched rows of sorted buffer ``nodes``: (owner position in nodes, neighbour, S' weight)."""
@@ -326,26 +337,26 @@ class ExactEngine:
         keep = w != 0
         return owner[keep], nbr[keep], w[keep]
 
-    def _rows_with_query(self, nodes: Tensor, patch: _Patch, self_w: Tensor
-                         ) -> tuple[Tensor, Tensor, Tensor]:
+    def _rows_with_query(self, nodes: Tensor, patch: _Patch) -> tuple[Tensor, Tensor, Tensor]:
         """Patched rows of sorted global ``nodes`` (the query, index N, last): (node, neighbour, S' weight)."""
         buf = nodes[nodes < self.n]
         owner, nbr, w = self._rows(buf, patch)
         src = buf[owner]
         if nodes[-1] == self.n:  # the query's row: its links and its self loop
             q_nbr = torch.cat([patch.hop1, torch.tensor([self.n], device=self.device)])
-            q_w = torch.cat([patch.w_q, self_w[None]])
+            q_w = torch.cat([patch.w_q, patch.self_w[None]])
             keep = q_w != 0
             src = torch.cat([src, torch.full_like(q_nbr[keep], self.n)])
             nbr, w = torch.cat([nbr, q_nbr[keep]]), torch.cat([w, q_w[keep]])
         return src, nbr, w
 
-    def _degrees(self, nodes: Tensor, delta: Tensor, d_delta: Tensor, d_q: Tensor) -> Tensor:
+    def _degrees(self, nodes: Tensor, patch: _Patch) -> Tensor:
         """Degrees in the new graph of global ``nodes``: buffer degrees, patched ones for Δ and q."""
         deg = self.deg[nodes.clamp(max=self.n - 1)].clone()
+        delta = patch.delta
         if delta.numel():
             at = torch.searchsorted(delta, nodes).clamp(max=delta.shape[0] - 1)
             hit = (delta[at] == nodes) & (nodes < self.n)
-            deg[hit] = d_delta[at[hit]]
-        deg[nodes == self.n] = d_q
+            deg[hit] = patch.d_delta[at[hit]]
+        deg[nodes == self.n] = patch.d_q
         return deg

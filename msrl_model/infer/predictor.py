@@ -54,7 +54,7 @@ from msrl_model.progress import Job, Progress, Stage
 
 def _km(cases: Any, rows: np.ndarray | None = None) -> Curve:
     """Kaplan–Meier of the case table's rows (all when None), skipping rows without survival data."""
-    from msrl_model.train.metrics import kaplan_meier
+    from msrl_model.stats import kaplan_meier
 
     if "survival_months" not in cases.columns or "censorship" not in cases.columns:
         return Curve([0.0], [1.0])
@@ -62,7 +62,7 @@ def _km(cases: Any, rows: np.ndarray | None = None) -> Curve:
     t = table["survival_months"].to_numpy(dtype=np.float64, na_value=np.nan)
     c = table["censorship"].to_numpy(dtype=np.float64, na_value=np.nan)
     ok = np.isfinite(t) & np.isin(c, (0.0, 1.0))
-    times, surv = kaplan_meier(t[ok], (1 - c[ok]).astype(np.int64))
+    times, surv = kaplan_meier(t[ok], c[ok].astype(np.int64))
     return Curve([float(x) for x in times], [float(x) for x in surv])
 
 
@@ -121,6 +121,30 @@ class _TaskRuntime:
         self.prepare()
         assert self._engine is not None
         return self._engine
+
+
+def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | None,
+                         rows: np.ndarray) -> SurvivalPrediction:
+    """The slide's survival from its head ``logits`` (1, J), placed among the cohort risks.
+
+    risk = -Σ_j S_j in float64; risk groups are the tertiles t1, t2 of the cohort risks."""
+    task, cases = rt.task, rt.task.cases
+    out = survival_from_logits(logits.double())  # float64: risk = -Σ S exactly
+    risk = float(out.risk[0])
+    s = out.survival[0].double().cpu().numpy()
+    assert rt.cohort_risk is not None and rt.cohort_km is not None
+    t1, t2 = (float(v) for v in np.quantile(rt.cohort_risk, [1 / 3, 2 / 3]))
+    in_project = (cases["project"] == project).to_numpy(dtype=bool, na_value=False) \
+        if project is not None and "project" in cases.columns else np.zeros(len(cases), dtype=bool)
+    curve, median = survival_curve(task.spec.bin_edges, s)
+    return SurvivalPrediction(
+        risk=risk, percentile=percentile_of(risk, rt.cohort_risk),
+        percentile_in_project=percentile_of(risk, rt.cohort_risk[in_project]) if in_project.any() else None,
+        project_cases=int(in_project.sum()),
+        risk_group="low" if risk < t1 else ("high" if risk > t2 else "intermediate"),
+        risk_thresholds=[t1, t2], bin_edges_months=json_safe(list(task.spec.bin_edges)),
+        hazards=[float(v) for v in out.hazards[0]], bin_survival=[float(v) for v in s],
+        curve=curve, median_survival_months=median, cohort_km=rt.cohort_km, neighbours_km=_km(cases, rows))
 
 
 class Predictor:
@@ -279,39 +303,29 @@ class Predictor:
 
         survival = classification = None
         if task.spec.kind == "survival":
-            out = survival_from_logits(net.readout(z, nodes).double())  # float64: risk = -Σ S exactly
-            risk = float(out.risk[0])
-            s = out.survival[0].double().cpu().numpy()
-            assert rt.cohort_risk is not None and rt.cohort_km is not None
-            t1, t2 = (float(v) for v in np.quantile(rt.cohort_risk, [1 / 3, 2 / 3]))
-            in_project = (cases["project"] == project).to_numpy(dtype=bool, na_value=False) \
-                if project is not None and "project" in cases.columns else np.zeros(len(cases), dtype=bool)
-            curve, median = survival_curve(task.spec.bin_edges, s)
-            survival = SurvivalPrediction(
-                risk=risk, percentile=percentile_of(risk, rt.cohort_risk),
-                percentile_in_project=percentile_of(risk, rt.cohort_risk[in_project]) if in_project.any() else None,
-                project_cases=int(in_project.sum()),
-                risk_group="low" if risk < t1 else ("high" if risk > t2 else "intermediate"),
-                risk_thresholds=[t1, t2], bin_edges_months=json_safe(list(task.spec.bin_edges)),
-                hazards=[float(v) for v in out.hazards[0]], bin_survival=[float(v) for v in s],
-                curve=curve, median_survival_months=median, cohort_km=rt.cohort_km, neighbours_km=_km(cases, rows))
+            survival = _survival_prediction(rt, net.readout(z, nodes), project, rows)
         else:
             p = torch.softmax(net.readout(z, nodes).double(), dim=-1)[0].cpu().numpy()  # float64: sums to 1
             classification = ClassificationPrediction(list(task.spec.classes), [float(v) for v in p],
                                                       task.spec.classes[int(np.argmax(p))])
         pathways = None
         if net.pathway_decoder is not None:
-            g = self.bundle.genomics
-            names = list(g.group_names) if g is not None else [f"group_{i}" for i in range(task.pathways.shape[1])]
-            recon = net.pathways(z, nodes)[0].double().cpu().numpy()
-            mean = (weights @ task.pathways[rows].astype(np.float64) / weights.sum()) if len(rows) \
-                else np.full(len(names), np.nan)
-            pathways = PathwayActivity(names, [float(v) for v in recon], json_safe(mean))
+            pathways = self._pathway_activity(task, net.pathways(z, nodes)[0], rows, weights)
         return TaskResult(
             name=task.spec.name, kind=task.spec.kind, variant=task.variant, mode=mode, survival=survival,
             classification=classification, linked_cases=linked, self_weight=float(q.self_weight),
             attention=[float(v) for v in attn[0].double().cpu().numpy()], pathways=pathways,
             suggested_project=suggested, metrics=json_safe(task.metrics))
+
+    def _pathway_activity(self, task: TaskBundle, reconstructed: torch.Tensor, rows: np.ndarray,
+                          weights: np.ndarray) -> PathwayActivity:
+        """The slide's reconstructed pathway scores (n_groups,) beside the edge-weighted mean of its
+        linked cases' authentic scores, Σ_j w_j p_j / Σ_j w_j (NaN without links)."""
+        g = self.bundle.genomics
+        names = list(g.group_names) if g is not None else [f"group_{i}" for i in range(task.pathways.shape[1])]
+        mean = (weights @ task.pathways[rows].astype(np.float64) / weights.sum()) if len(rows) \
+            else np.full(len(names), np.nan)
+        return PathwayActivity(names, [float(v) for v in reconstructed.double().cpu().numpy()], json_safe(mean))
 
     # ---- files and slides ---------------------------------------------------------------------
 

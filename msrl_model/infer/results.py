@@ -30,7 +30,6 @@ JSON layout (``PredictionResult.to_dict``)::
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

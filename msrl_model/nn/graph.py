@@ -27,12 +27,19 @@ entries within :func:`tie_tolerance` (16·√D·eps) of a row's threshold are ra
 :func:`canonical_dots` (an element-wise product and a row reduction, which treats every pair the
 same way) — exact ties stay exact in every path. Kept entries whose similarity is negative become 0
 after the ReLU and are not edges of the sparse output.
+
+**Fixed kNN graphs** (the fine-tuning ablations KNN-cosine / KNN-euclidean, and stage 1's anchor
+graphs): :func:`cosine_knn_adjacency` is the same post-processing of the cosine similarities of the
+raw features; :func:`euclidean_knn_adjacency` keeps the euclidean nearest rows with Gaussian weights.
+Both go through the one symmetrise-normalise, :func:`symmetric_normalised_edges`. No gradient flows
+through a fixed graph.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +68,14 @@ class GSL(nn.Module):
         """Set every :math:`\\omega^{(l)}` back to ones (the SUBLIME initialisation)."""
         for w in self.weights:
             nn.init.ones_(w)
+
+    @torch.no_grad()
+    def freeze_random_(self, generator: torch.Generator) -> None:
+        r"""The random-GSL ablation: every :math:`\omega^{(l)} \sim \mathcal N(0, I)` (drawn from
+        ``generator`` layer by layer) and frozen (``requires_grad=False``)."""
+        for w in self.weights:
+            w.copy_(torch.randn(w.shape, generator=generator))
+            w.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Embeddings E (N, D), rows of unit L2 norm (a zero row stays zero), from x (N, D)."""
@@ -227,19 +242,77 @@ def gsl_adjacency_sparse(e: Tensor, k: int, block_size: int = 4096) -> tuple[Ten
         vals = (e[rows] * e[cols]).sum(-1)
     else:
         vals = sim.reshape(-1)
-    half = F.relu(vals) / 2
+    return symmetric_normalised_edges(rows, cols, vals, n)
+
+
+def symmetric_normalised_edges(rows: Tensor, cols: Tensor, values: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    r"""Steps 2–3 of the post-processing on kept entries :math:`S^{sp}_{rows_m, cols_m} = values_m`:
+    :math:`A = D^{-1/2}\,\tfrac12(R + R^\top)\,D^{-1/2}`, :math:`R = \operatorname{ReLU}(S^{sp})`.
+
+    Args:
+        rows, cols: (M,) int64 node indices of the kept entries (each (row, col) pair at most once).
+        values: (M,) their similarities / weights (differentiable).
+        n: number of nodes N.
+
+    Returns:
+        edge_index (2, E) int64 sorted by (row, col), edge_weight (E,): the nonzero entries of A.
+    """
+    half = F.relu(values) / 2
     # symmetrise: each kept (i, j) contributes half to (i, j) and half to (j, i); coalesce by key
-    key = torch.cat([rows * n + cols, cols * n + rows])
+    key = torch.cat([rows * n + cols, cols * n + rows])  # (2M,)
     uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
-    weight = torch.zeros(uniq.shape[0], dtype=e.dtype, device=e.device).index_add(
+    weight = torch.zeros(uniq.shape[0], dtype=values.dtype, device=values.device).index_add(
         0, inverse, torch.cat([half, half])
     )
     r, c = uniq // n, uniq % n
-    deg = torch.zeros(n, dtype=e.dtype, device=e.device).index_add(0, r, weight)
+    deg = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, r, weight)
     dinv = _inv_sqrt_degree(deg)
     weight = dinv[r] * weight * dinv[c]
     keep = weight != 0
     return torch.stack([r[keep], c[keep]]), weight[keep]
+
+
+def cosine_knn_adjacency(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    r"""Fixed cosine kNN graph: the GSL post-processing (module docstring) of
+    :math:`S = \hat X \hat X^\top`, :math:`\hat x_i = x_i / \lVert x_i \rVert` (no learnable weights).
+
+    Args: x (N, D) node features (detached); k neighbours besides self.
+    Returns: edge_index (2, E), edge_weight (E,) as :func:`gsl_adjacency_sparse`.
+    """
+    return gsl_adjacency_sparse(F.normalize(x.detach(), dim=-1), k)
+
+
+def euclidean_knn_adjacency(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    r"""Fixed euclidean kNN graph: row i keeps itself and its K' = min(k, N - 1) nearest rows (ties:
+    lower index) with weights :math:`w_{ij} = \exp(-\lVert x_i - x_j\rVert^2 / \bar d^2)`
+    (:math:`\bar d^2` the mean kept squared distance to another row), then
+    :func:`symmetric_normalised_edges`.
+
+    Args: x (N, D) node features (detached); k neighbours besides self.
+    Returns: edge_index (2, E), edge_weight (E,). Dense N×N distances (buffers here are at most a few
+    thousand rows).
+    """
+    x = x.detach()
+    n = x.shape[0]
+    k1 = min(k, n - 1) + 1
+    d2 = torch.cdist(x, x).pow(2)  # (N, N)
+    d2.fill_diagonal_(-1.0)  # self first
+    order = torch.sort(d2, dim=1, stable=True).indices[:, :k1]  # (N, k1) ascending distance, ties lower index
+    rows = torch.arange(n, device=x.device).repeat_interleave(k1)  # (N·k1,)
+    cols = order.reshape(-1)  # (N·k1,)
+    dist = d2[rows, cols].clamp(min=0.0)
+    scale = dist[rows != cols].mean().clamp(min=1e-12) if n > 1 else torch.ones((), device=x.device)
+    return symmetric_normalised_edges(rows, cols, torch.exp(-dist / scale), n)
+
+
+GraphMode = Literal["gsl", "knn_cos", "knn_euc"]
+"""The graph over the nodes in fine-tuning: the learned GSL graph or a fixed kNN graph."""
+
+KNN_GRAPHS: dict[str, Callable[[Tensor, int], tuple[Tensor, Tensor]]] = {
+    "knn_cos": cosine_knn_adjacency,
+    "knn_euc": euclidean_knn_adjacency,
+}
+"""Graph mode -> builder ``(x (N, D), k) -> (edge_index, edge_weight)`` of the fixed kNN graphs."""
 
 
 class GCN(nn.Module):

@@ -41,7 +41,24 @@ def survival_from_logits(logits: Tensor) -> SurvivalOutput:
     return SurvivalOutput(hazards=hazards, survival=survival, risk=-survival.sum(dim=-1))
 
 
-class SurvivalHead(nn.Module):
+class _LinearHead(nn.Module):
+    r""":math:`\hat y = W\,\mathrm{dropout}(z) + b`: z (B, in_dim) -> logits (B, out_dim)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.linear.reset_parameters()
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.linear(self.dropout(z))
+
+
+class SurvivalHead(_LinearHead):
     r"""Linear discrete-time survival head.
 
     .. math:: \hat y = W\,\mathrm{dropout}(z) + b \in \mathbb{R}^{J}
@@ -56,17 +73,8 @@ class SurvivalHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, n_bins: int = 4, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.in_dim, self.n_bins = in_dim, n_bins
-        self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(in_dim, n_bins)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.linear.reset_parameters()
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.linear(self.dropout(z))
+        super().__init__(in_dim, n_bins, dropout)
+        self.n_bins = n_bins
 
     def predict(self, z: Tensor) -> SurvivalOutput:
         """Hazards, survival function and risk for features z (B, in_dim)."""
@@ -76,7 +84,7 @@ class SurvivalHead(nn.Module):
         return f"in_dim={self.in_dim}, n_bins={self.n_bins}"
 
 
-class ClassificationHead(nn.Module):
+class ClassificationHead(_LinearHead):
     r"""Linear classification head (stage, mutation, receptor status).
 
     .. math:: \hat y = W\,\mathrm{dropout}(z) + b \in \mathbb{R}^{C}, \qquad p = \mathrm{softmax}(\hat y)
@@ -91,19 +99,10 @@ class ClassificationHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, n_classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
         if n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-        self.in_dim, self.n_classes = in_dim, n_classes
-        self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(in_dim, n_classes)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.linear.reset_parameters()
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.linear(self.dropout(z))
+        super().__init__(in_dim, n_classes, dropout)
+        self.n_classes = n_classes
 
     def predict_proba(self, z: Tensor) -> Tensor:
         """Class probabilities (B, C)."""
@@ -113,4 +112,15 @@ class ClassificationHead(nn.Module):
         return f"in_dim={self.in_dim}, n_classes={self.n_classes}"
 
 
-__all__ = ["ClassificationHead", "SurvivalHead", "SurvivalOutput", "survival_from_logits"]
+def task_head(kind: str, in_dim: int, n_outputs: int, dropout: float = 0.0) -> nn.Module:
+    """The head of a task kind: :class:`SurvivalHead` (``kind="survival"``, one logit per bin) or
+    :class:`ClassificationHead` (one logit per class).
+
+    Shapes: z (B, in_dim) -> logits (B, n_outputs).
+    """
+    if kind == "survival":
+        return SurvivalHead(in_dim, n_outputs, dropout)
+    return ClassificationHead(in_dim, n_outputs, dropout)
+
+
+__all__ = ["ClassificationHead", "SurvivalHead", "SurvivalOutput", "survival_from_logits", "task_head"]

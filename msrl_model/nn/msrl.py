@@ -46,8 +46,8 @@ from torch import Tensor, nn
 
 from msrl_model.nn.config import MSRLConfig
 from msrl_model.nn.genomics import GenomicsEncoder, Inductor, PathwayDecoder
-from msrl_model.nn.graph import GCN, GSL
-from msrl_model.nn.heads import ClassificationHead, SurvivalHead
+from msrl_model.nn.graph import GCN, GSL, KNN_GRAPHS, GraphMode
+from msrl_model.nn.heads import task_head
 from msrl_model.nn.slide_encoder import SlideEncoder, grid_positions, pad_bags
 
 TaskKind = Literal["survival", "classification"]
@@ -151,10 +151,7 @@ class MSRLNet(nn.Module):
             self.inductor = Inductor.from_config(cfg)
         self.node_dim = cfg.fused_dim if self.uses_genomics else cfg.d
         self.gsl, self.gcn = _graph_modules(cfg, self.node_dim)
-        if task.kind == "survival":
-            self.head: nn.Module = SurvivalHead(cfg.gcn_out, task.n_outputs, cfg.head_dropout)
-        else:
-            self.head = ClassificationHead(cfg.gcn_out, task.n_outputs, cfg.head_dropout)
+        self.head = task_head(task.kind, cfg.gcn_out, task.n_outputs, cfg.head_dropout)
         self.pathway_decoder = PathwayDecoder(cfg.gcn_out, cfg.n_groups) if cfg.n_groups else None
         self.skip = nn.Linear(self.node_dim, cfg.gcn_out) if cfg.readout_skip else None
 
@@ -207,18 +204,30 @@ class MSRLNet(nn.Module):
         g = self.inductor(h) if genomics is None else self.genomics_encoder(genomics)[0]  # (B, d)
         return torch.cat([g, h], dim=-1)  # (B, 2d) f = concatenate(g, h)
 
-    def graph_forward(self, nodes: Tensor, buffer: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def adjacency(self, x: Tensor, graph_mode: GraphMode = "gsl") -> tuple[Tensor, Tensor]:
+        """Normalised sparse adjacency (edge_index (2, E), edge_weight (E,)) over node features
+        x (N, node_dim): the learned graph (``"gsl"``) or a fixed kNN graph of
+        :data:`~msrl_model.nn.graph.KNN_GRAPHS` with ``cfg.k`` neighbours (no gradient)."""
+        if graph_mode == "gsl":
+            return self.gsl.adjacency(x)
+        if graph_mode not in KNN_GRAPHS:
+            raise ValueError(f"unknown graph mode {graph_mode!r}; use 'gsl', " + ", ".join(map(repr, KNN_GRAPHS)))
+        return KNN_GRAPHS[graph_mode](x, self.cfg.k)
+
+    def graph_forward(self, nodes: Tensor, buffer: Tensor, graph_mode: GraphMode = "gsl"
+                      ) -> tuple[Tensor, Tensor, Tensor]:
         """Algorithm 2.I over F = [buffer; nodes].
 
         Args:
             nodes: (B, node_dim) features of the cases in the batch.
             buffer: (M, node_dim) buffer features (already without the batch cases' own entries).
+            graph_mode: the graph over F (:meth:`adjacency`; the kNN ablations use fixed graphs).
 
         Returns:
             z (B, gcn_out) for the batch cases, and the sparse adjacency over [buffer; nodes]
             (edge_index (2, E), edge_weight (E,)) with batch nodes numbered M..M+B-1.
         """
         x = torch.cat([buffer, nodes], dim=0)  # (M + B, node_dim)
-        edge_index, edge_weight = self.gsl.adjacency(x)
+        edge_index, edge_weight = self.adjacency(x, graph_mode)
         z = self.gcn(x, edge_index, edge_weight)  # (M + B, gcn_out)
         return z[buffer.shape[0]:], edge_index, edge_weight

@@ -268,27 +268,38 @@ def _clear_cell_foci(seed: int, fraction: float, cellular_in: np.ndarray) -> np.
     return ((raw - thr) * 4.0).astype(np.float32)
 
 
-def render_slide(width: int, height: int, seed: int,
-                 morphology: SlideMorphology = SlideMorphology(),
-                 kind: str = "tissue") -> np.ndarray:
-    """A ``height x width x 3`` uint8 RGB image of synthetic H&E tissue (``kind="tissue"``) or of
-    empty glass with faint noise (``kind="blank"``); the same arguments give the same pixels."""
-    m = morphology
-    rng = np.random.default_rng(seed)
-    hl, wl = -(-height // _LOW) + 1, -(-width // _LOW) + 1  # low-res field shape
-    ty, tx = _lin_index(height, hl, _LOW), _lin_index(width, wl, _LOW)
+def _render_blank(rng: np.random.Generator, height: int, width: int, low: tuple[int, int],
+                  ty: tuple, tx: tuple) -> np.ndarray:
+    """Empty glass: the glass colour under slightly uneven illumination, with faint noise."""
     out = np.empty((height, width, 3), np.uint8)
-    if kind == "blank":
-        light = 1 + 0.006 * _smooth_noise(rng, (hl, wl), 24)  # illumination unevenness
-        light_cols = _upsample_columns(light[None], tx)
-        for r0 in range(0, height, _STRIP):
-            r1 = min(r0 + _STRIP, height)
-            lit = _upsample_rows(light_cols, ty, r0, r1)[0, :, :, None] * _GLASS
-            noise = rng.standard_normal((r1 - r0, width, 1), dtype=np.float32) * 1.2
-            out[r0:r1] = np.clip(lit + noise + 0.5, 0, 255).astype(np.uint8)
-        return out
+    light = 1 + 0.006 * _smooth_noise(rng, low, 24)  # illumination unevenness
+    light_cols = _upsample_columns(light[None], tx)
+    for r0 in range(0, height, _STRIP):
+        r1 = min(r0 + _STRIP, height)
+        lit = _upsample_rows(light_cols, ty, r0, r1)[0, :, :, None] * _GLASS
+        noise = rng.standard_normal((r1 - r0, width, 1), dtype=np.float32) * 1.2
+        out[r0:r1] = np.clip(lit + noise + 0.5, 0, 255).astype(np.uint8)
+    return out
 
-    # --- 1. low-resolution fields (hl x wl)
+
+@dataclass
+class _Fields:
+    """The low-resolution fields (all (hl, wl) float32, 1/16 scale) that lay out the tissue."""
+
+    tissue_lo: np.ndarray  # > 0 inside tissue, ramping ~1/6 per low-res px at the edge
+    cell_lo: np.ndarray  # > 0 in cellular (tumour) regions, < 0 in stroma
+    e_var: np.ndarray  # eosin uptake multiplier ~1 ± 0.10
+    h_var: np.ndarray  # haematoxylin uptake multiplier ~1 ± 0.08
+    warp: np.ndarray  # fibre phase warp, in units of _LOW px
+    fib_amp: np.ndarray  # 0.5..1 strength of the white clefts between fibres
+    lymph_lo: np.ndarray  # lymphocyte cluster intensity (log-normal)
+    tissue_in: np.ndarray  # 0..1 soft stromal tissue mask
+    cellular_in: np.ndarray  # 0..1 soft cellular tissue mask
+    clear_lo: np.ndarray  # > 0 inside clear-cell foci
+
+
+def _tissue_shape(rng: np.random.Generator, m: SlideMorphology, hl: int, wl: int) -> np.ndarray:
+    """(hl, wl) field > 0 on ``m.tissue_fraction`` of the glass: a few irregular elliptical pieces."""
     yy, xx = np.mgrid[0:hl, 0:wl].astype(np.float32)
     n_pieces = int(rng.integers(2, 6))
     shape = np.full((hl, wl), -np.inf, np.float32)
@@ -305,7 +316,12 @@ def render_slide(width: int, height: int, seed: int,
     shape -= np.clip(1 - margin, 0, 1) * 2  # keep tissue off the slide border
     frac = float(np.clip(m.tissue_fraction, 0.02, 0.95))
     thr = np.quantile(shape, 1 - frac)
-    tissue_lo = (shape - thr) * 6  # > 0 inside tissue; ~1/6 field unit per low-res px edge ramp
+    return (shape - thr) * 6  # > 0 inside tissue; ~1/6 field unit per low-res px edge ramp
+
+
+def _low_res_fields(rng: np.random.Generator, m: SlideMorphology, seed: int, hl: int, wl: int) -> _Fields:
+    """Layer 1: tissue pieces, cellular vs stromal regions, stain variation, fibre warp, foci."""
+    tissue_lo = _tissue_shape(rng, m, hl, wl)
     cell_raw = _smooth_noise(rng, (hl, wl), 4) + 0.4 * _smooth_noise(rng, (hl, wl), 1.5)
     inside = tissue_lo > 0
     cthr = (np.quantile(cell_raw[inside], float(np.clip(m.stroma_fraction, 0, 1)))
@@ -316,71 +332,92 @@ def render_slide(width: int, height: int, seed: int,
     warp = 4.0 * _smooth_noise(rng, (hl, wl), 6)  # fibre phase warp, in units of _LOW px
     fib_amp = 0.5 + 0.5 * _smoothstep(0.5 + 0.5 * _smooth_noise(rng, (hl, wl), 2))
     lymph_lo = np.exp(1.2 * _smooth_noise(rng, (hl, wl), 3))  # lymphocyte cluster intensity
-
     tissue_in = _smoothstep(tissue_lo) * _smoothstep(0.5 - cell_lo)
     cellular_in = _smoothstep(tissue_lo) * _smoothstep(0.5 + cell_lo)
-    clear_lo = _clear_cell_foci(seed, m.clear_cell_fraction, cellular_in)
+    return _Fields(tissue_lo, cell_lo, e_var, h_var, warp, fib_amp, lymph_lo, tissue_in, cellular_in,
+                   _clear_cell_foci(seed, m.clear_cell_fraction, cellular_in))
 
-    # --- 2. glands
+
+def _gland_maps(rng: np.random.Generator, m: SlideMorphology, f: _Fields, height: int, width: int
+                ) -> tuple[np.ndarray, np.ndarray, _Nuclei]:
+    """Layer 2: (lumen, rim) uint8 (H, W) maps of the glands and the nuclei lining them."""
     lumen = np.zeros((height, width), np.uint8)
     rim = np.zeros((height, width), np.uint8)
-    cand = np.argwhere((tissue_lo > 1.5) & (cell_lo > 0.3))
-    cell_area = float(np.sum(cellular_in)) * _LOW * _LOW
-    tissue_area = float(np.sum(_smoothstep(tissue_lo))) * _LOW * _LOW
+    cand = np.argwhere((f.tissue_lo > 1.5) & (f.cell_lo > 0.3))
+    cell_area = float(np.sum(f.cellular_in)) * _LOW * _LOW
+    tissue_area = float(np.sum(_smoothstep(f.tissue_lo))) * _LOW * _LOW
     mean_lumen = np.pi * 26 * 26 * 0.73 * np.exp(0.45 ** 2)
     n_glands = int(min(np.clip(m.lumen_fraction, 0, 0.5) * tissue_area,
                        0.6 * cell_area) / mean_lumen)
     rim_nuclei = _glands(rng, m, cand, n_glands, height, width, lumen, rim)
+    return lumen, rim, rim_nuclei
 
-    # --- 3. nuclei
+
+def _tumour_nuclei(rng: np.random.Generator, m: SlideMorphology, f: _Fields, lumen: np.ndarray,
+                   rim: np.ndarray) -> _Nuclei:
+    """Tumour nuclei in the cellular regions, outside lumina and gland rims."""
+    height, width = lumen.shape
     base = 1.0 / 170.0  # tumour nuclei per px² at nuclear_density 1
     size = 6.0 * m.nuclear_size  # default tumour nuclear semi-axis, px
     atyp = float(np.clip(m.atypia, 0, 1))
-    ys, xs = _sample_points(rng, cellular_in, base * m.nuclear_density, height, width)
+    ys, xs = _sample_points(rng, f.cellular_in, base * m.nuclear_density, height, width)
     free = (lumen[ys.astype(np.int64), xs.astype(np.int64)] == 0) & (
         rim[ys.astype(np.int64), xs.astype(np.int64)] < 128)
     ys, xs = ys[free], xs[free]
     n = ys.size
     a = size * rng.lognormal(0, 0.10 + 0.30 * atyp, n)
-    tumour = _Nuclei(
+    return _Nuclei(
         cy=ys, cx=xs, a=a, b=a / (1 + np.abs(rng.normal(0.15, 0.1 + 0.3 * atyp, n))),
         angle=rng.uniform(0, np.pi, n),
         dark=np.clip(rng.normal(0.62 + 0.40 * atyp, 0.05 + 0.12 * atyp, n), 0.3, 1.35),
         irregular=np.clip(rng.normal(0.03 + 0.15 * atyp, 0.03, n), 0, 0.25),
         vesicular=np.clip(rng.normal(atyp * 0.8 - 0.2, 0.2, n), 0, 1))
-    ys, xs = _sample_points(rng, tissue_in, 1 / 2600, height, width)
+
+
+def _fibroblast_nuclei(rng: np.random.Generator, f: _Fields, height: int, width: int) -> tuple[_Nuclei, float]:
+    """Fibroblast nuclei in the stroma along the fibres, and the fibres' mean angle (radians)."""
+    hl, wl = f.warp.shape
+    ys, xs = _sample_points(rng, f.tissue_in, 1 / 2600, height, width)
     n = ys.size
     fib_angle = rng.uniform(0, np.pi)
     # fibroblasts lie along the local fibre direction, perpendicular to the gradient of
-    # across = x cos + y sin + warp * _LOW (see the fibre texture below)
-    gy, gx = np.gradient(warp)  # d(warp * _LOW)/d(level-0 px) per low-res cell
+    # across = x cos + y sin + warp * _LOW (see the fibre texture in _compose)
+    gy, gx = np.gradient(f.warp)  # d(warp * _LOW)/d(level-0 px) per low-res cell
     cell_y = np.minimum((ys // _LOW).astype(np.int64), hl - 1)
     cell_x = np.minimum((xs // _LOW).astype(np.int64), wl - 1)
     along_angle = np.arctan2(np.sin(fib_angle) + gy[cell_y, cell_x],
                              np.cos(fib_angle) + gx[cell_y, cell_x]) + np.pi / 2
-    fibro = _Nuclei(
+    return _Nuclei(
         cy=ys, cx=xs, a=rng.uniform(7, 12, n), b=rng.uniform(1.8, 2.8, n),
         angle=along_angle + rng.normal(0, 0.15, n), dark=rng.uniform(0.75, 1.0, n),
-        irregular=np.full(n, 0.03), vesicular=np.zeros(n))
-    ys, xs = _sample_points(rng, tissue_in * lymph_lo, 1 / 5000 * m.lymphocytes, height, width)
+        irregular=np.full(n, 0.03), vesicular=np.zeros(n)), float(fib_angle)
+
+
+def _lymphocyte_nuclei(rng: np.random.Generator, m: SlideMorphology, f: _Fields, height: int,
+                       width: int) -> _Nuclei:
+    """Small dark round lymphocytes in the stroma, clustered by ``f.lymph_lo``."""
+    ys, xs = _sample_points(rng, f.tissue_in * f.lymph_lo, 1 / 5000 * m.lymphocytes, height, width)
     n = ys.size
     ra = rng.uniform(3.5, 4.8, n)
-    lymph = _Nuclei(cy=ys, cx=xs, a=ra, b=ra * rng.uniform(0.85, 1.0, n),
-                    angle=rng.uniform(0, np.pi, n), dark=rng.uniform(1.0, 1.25, n),
-                    irregular=np.full(n, 0.03), vesicular=np.zeros(n))
-    nmap = np.zeros((height, width), np.uint8)
-    _stamp_nuclei(nmap, _concat([tumour, rim_nuclei, fibro, lymph]),
-                  float(np.clip(m.blur, 0.3, 5)))
+    return _Nuclei(cy=ys, cx=xs, a=ra, b=ra * rng.uniform(0.85, 1.0, n),
+                   angle=rng.uniform(0, np.pi, n), dark=rng.uniform(1.0, 1.25, n),
+                   irregular=np.full(n, 0.03), vesicular=np.zeros(n))
 
-    # --- 4. compose strips in OD space
+
+def _compose(rng: np.random.Generator, m: SlideMorphology, f: _Fields, lumen: np.ndarray, rim: np.ndarray,
+             nmap: np.ndarray, fib_angle: float, ty: tuple, tx: tuple) -> np.ndarray:
+    """Layer 4: stroma, cytoplasm and nuclei in OD space, strip by strip, through the stain LUT."""
+    height, width = nmap.shape
+    hl = f.tissue_lo.shape[0]
+    out = np.empty((height, width, 3), np.uint8)
     lut = _stain_lut(m)
     hs, es = float(m.stain_hematoxylin), float(m.stain_eosin)
     cosf, sinf = float(np.cos(fib_angle)), float(np.sin(fib_angle))
     xcol = np.arange(width, dtype=np.float32)[None, :]
     # bilinear for fields with level-0 detail; nearest row for the very smooth stain fields
-    lo_cols = _upsample_columns(np.stack([tissue_lo, cell_lo, warp * _LOW, clear_lo]).astype(np.float32), tx)
+    lo_cols = _upsample_columns(np.stack([f.tissue_lo, f.cell_lo, f.warp * _LOW, f.clear_lo]).astype(np.float32), tx)
     stain_cols = _upsample_columns(
-        np.stack([fib_amp, e_var * es, h_var * hs]).astype(np.float32), tx)
+        np.stack([f.fib_amp, f.e_var * es, f.h_var * hs]).astype(np.float32), tx)
     nearest = np.minimum((np.arange(height) // _LOW + 0.5).astype(np.int64), hl - 1)
     hm, wm = -(-height // _MID) + 1, -(-width // _MID) + 1  # mid-res (1/4) texture field
     my, mx = _lin_index(height, hm, _MID), _lin_index(width, wm, _MID)
@@ -414,3 +451,28 @@ def render_slide(width: int, height: int, seed: int,
         eq = np.clip(e * _OD_SCALE + 0.5, 0, 255).astype(np.int32)
         out[r0:r1] = lut[hq * 256 + eq]
     return out
+
+
+def render_slide(width: int, height: int, seed: int,
+                 morphology: SlideMorphology = SlideMorphology(),
+                 kind: str = "tissue") -> np.ndarray:
+    """A ``height x width x 3`` uint8 RGB image of synthetic H&E tissue (``kind="tissue"``) or of
+    empty glass with faint noise (``kind="blank"``); the same arguments give the same pixels.
+
+    The layers of the module docstring, in order, all drawn from one random stream (seeded by
+    ``seed``), so every step's draws follow the previous step's.
+    """
+    m = morphology
+    rng = np.random.default_rng(seed)
+    hl, wl = -(-height // _LOW) + 1, -(-width // _LOW) + 1  # low-res field shape
+    ty, tx = _lin_index(height, hl, _LOW), _lin_index(width, wl, _LOW)
+    if kind == "blank":
+        return _render_blank(rng, height, width, (hl, wl), ty, tx)
+    fields = _low_res_fields(rng, m, seed, hl, wl)
+    lumen, rim, rim_nuclei = _gland_maps(rng, m, fields, height, width)
+    tumour = _tumour_nuclei(rng, m, fields, lumen, rim)
+    fibro, fib_angle = _fibroblast_nuclei(rng, fields, height, width)
+    lymph = _lymphocyte_nuclei(rng, m, fields, height, width)
+    nmap = np.zeros((height, width), np.uint8)
+    _stamp_nuclei(nmap, _concat([tumour, rim_nuclei, fibro, lymph]), float(np.clip(m.blur, 0.3, 5)))
+    return _compose(rng, m, fields, lumen, rim, nmap, fib_angle, ty, tx)

@@ -75,7 +75,7 @@ def _split(text: str | None) -> list[str] | None:
 def _read_config(path: Path | None, base: tuple) -> tuple:
     """(MSRLConfig, TrainSettings) from a TOML file on top of the preset's / default values."""
     from msrl_model.nn.config import MSRLConfig, read_toml
-    from msrl_model.train.presets import TrainSettings
+    from msrl_model.train.settings import TrainSettings
 
     cfg, settings = base
     if path is None:
@@ -94,11 +94,12 @@ def run_train(args: argparse.Namespace) -> int:
     outputs (and a preset's cohort) while the others wait.
     """
     start = time.perf_counter()
+    from msrl_model.cohort import load_cohort
     from msrl_model.device import resolve_device
     from msrl_model.nn.config import MSRLConfig
     from msrl_model.train import distributed
-    from msrl_model.train.cohort import load_cohort
-    from msrl_model.train.presets import TrainSettings, preset
+    from msrl_model.train.presets import preset
+    from msrl_model.train.settings import TrainSettings
 
     run_preset = preset(args.preset) if args.preset else None
     out: Path = args.out
@@ -134,14 +135,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _tasks_variants(args: argparse.Namespace, cohort, run_preset) -> tuple[list[str], list[str]]:
     """The run's tasks and variants (user errors for unknown ones)."""
-    from msrl_model.train.presets import ALL_VARIANTS
+    from msrl_model.train.variants import available_variants, unknown_variants
 
     tasks = _split(args.tasks) or (list(run_preset.tasks) if run_preset else
                                    ["survival"] + (["stage"] if "stage" in cohort.labels else []))
-    variants = _split(args.variants) or list(run_preset.variants if run_preset else ALL_VARIANTS)
-    bad = [v for v in variants if v not in ALL_VARIANTS]
+    variants = _split(args.variants) or list(run_preset.variants if run_preset else available_variants())
+    bad = unknown_variants(variants)
     if bad:
-        raise MSRLError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(ALL_VARIANTS)}")
+        raise MSRLError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(available_variants())}")
     for task in tasks:
         if task != "survival" and task not in cohort.labels:
             raise MSRLError(f"task {task!r} is not a label column of the cohort; available: survival, "
@@ -156,8 +157,6 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
     from msrl_model.train import distributed
     from msrl_model.train.cv import cv_job
     from msrl_model.train.data import load_bags
-    from msrl_model.train.export import export_bundle, feature_encoder
-    from msrl_model.train.report import cv_table_markdown, model_card, plot_km, write_cv_csv
 
     out: Path = args.out
     main_rank = distributed.is_main()  # the other ranks train the same models and write nothing
@@ -196,25 +195,7 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
                        show=show, on_event=on_event)
         if not main_rank:
             return 0
-        write_cv_csv(result, out / "cv_results.csv")
-        table = cv_table_markdown(result, tasks, variants)
-        (out / "cv_table.md").write_text(table, encoding="utf-8")
-        km = {}
-        for task in tasks:
-            for v in variants:
-                p = plot_km(result, cohort, task, v, out / f"km_{task}_{v}.png")
-                if p is not None and task == "survival":
-                    km[v] = p
-        encoder = feature_encoder(cohort, bags.patch_dim)
-        wall = time.perf_counter() - start
-        card = model_card(cohort=cohort, result=result, tasks=tasks, methods=variants, encoder=encoder,
-                          config_text=(out / "config.toml").read_text(encoding="utf-8"), km_pvalues=km,
-                          wall_seconds=wall)
-        (out / "model_card.md").write_text(card, encoding="utf-8")
-        if not args.no_bundle:
-            bundle = export_bundle(out / ("model.msrl" if args.zip else "bundle"), cohort=cohort, result=result,
-                                   config=cfg, encoder=encoder, model_card=card)
-            log.info("bundle written to %s", bundle)
+        table = _write_outputs(args, cohort, bags.patch_dim, cfg, result, tasks, variants, start)
         log.info("done in %.1f s", time.perf_counter() - start)
         print(table, end="")
         print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
@@ -227,6 +208,36 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
             log.removeHandler(handler)
             handler.close()
         distributed.barrier()  # the other ranks wait until rank 0 has written every output
+
+
+def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result, tasks: list[str],
+                   variants: list[str], start: float) -> str:
+    """Rank 0's outputs of a finished run in ``args.out`` (CSV, table, Kaplan-Meier plots, model card,
+    bundle); returns the CV table."""
+    from msrl_model.train.export import export_bundle, feature_encoder
+    from msrl_model.train.report import cv_table_markdown, model_card, plot_km, write_cv_csv
+
+    out: Path = args.out
+    write_cv_csv(result, out / "cv_results.csv")
+    table = cv_table_markdown(result, tasks, variants)
+    (out / "cv_table.md").write_text(table, encoding="utf-8")
+    km = {}
+    for task in tasks:
+        for v in variants:
+            p = plot_km(result, cohort, task, v, out / f"km_{task}_{v}.png")
+            if p is not None and task == "survival":
+                km[v] = p
+    encoder = feature_encoder(cohort, patch_dim)
+    wall = time.perf_counter() - start
+    card = model_card(cohort=cohort, result=result, tasks=tasks, methods=variants, encoder=encoder,
+                      config_text=(out / "config.toml").read_text(encoding="utf-8"), km_pvalues=km,
+                      wall_seconds=wall)
+    (out / "model_card.md").write_text(card, encoding="utf-8")
+    if not args.no_bundle:
+        bundle = export_bundle(out / ("model.msrl" if args.zip else "bundle"), cohort=cohort, result=result,
+                               config=cfg, encoder=encoder, model_card=card)
+        log.info("bundle written to %s", bundle)
+    return table
 
 
 def _toml(value: object) -> str:

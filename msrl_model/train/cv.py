@@ -21,19 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from msrl_model.cohort import Cohort, stratified_folds
 from msrl_model.nn.config import MSRLConfig
-from msrl_model.nn.msrl import PretrainNet
 from msrl_model.progress import Job, Progress, Stage
-from msrl_model.train.baselines import baseline_job, predict_baseline, variant_options
-from msrl_model.train.cohort import Cohort, stratified_folds
+from msrl_model.stats import auc_macro_ovr, c_index, f1_macro
 from msrl_model.train.data import Bags, FoldGenomics, TaskTargets, fold_genomics, task_targets
-from msrl_model.train.finetune import FinetuneResult, Predictions, finetune_job, predict
-from msrl_model.train.metrics import auc_macro_ovr, c_index, f1_macro
-from msrl_model.train.presets import ALL_VARIANTS, TrainSettings
+from msrl_model.train.finetune import FinetuneResult, finetune_job
+from msrl_model.train.predict import Predictions
 from msrl_model.train.pretrain import pretrain_job
-
-# variants that need the stage-1 network
-_GRAPH_VARIANTS = frozenset(ALL_VARIANTS) - {"abmil", "snn"}
+from msrl_model.train.settings import TrainSettings
+from msrl_model.train.variants import FoldInputs, available_variants, get_variant, unknown_variants
 
 
 @dataclass
@@ -91,26 +88,48 @@ def _record_oof(result: CVResult, task: str, method: str, fold: int, pred: Predi
         entry["probs"] = np.concatenate([prev, pred.probs])
 
 
-def _train_variants(cohort: Cohort, bags: Bags, fg: FoldGenomics, pre: PretrainNet | None, cfg: MSRLConfig,
-                    settings: TrainSettings, task: str, variants: Sequence[str], train: np.ndarray,
-                    seed: int, device: torch.device) -> Job[tuple[dict[str, object], TaskTargets]]:
-    """Train every variant of one task on ``train``; returns ({variant: trained model}, targets)."""
-    tt = task_targets(cohort, task, train, cfg.n_bins)
+def _train_variants(inputs: FoldInputs, variants: Sequence[str]) -> Job[dict[str, object]]:
+    """Train every variant of one task on ``inputs.train_cases``; returns {trained-as name: model}
+    (MSRL_multi predicts with MSRL's network, so it trains nothing of its own)."""
     models: dict[str, object] = {}
-    for v in variants:
-        if v == "msrl_multi":
-            v = "msrl"  # the same trained network, genomics at test time
-        if v in models:
-            continue
-        opts = variant_options(v)
-        if opts is not None:
-            models[v] = yield from finetune_job(cfg, tt.spec, bags, fg.packed, fg.pathways, tt.y, tt.censorship,
-                                                train, pretrained=pre, settings=settings, seed=seed,
-                                                device=device, **opts)
-        else:
-            models[v] = yield from baseline_job(v, cfg, tt.spec, bags, fg.packed, tt.y, tt.censorship, train,
-                                                settings=settings, seed=seed, device=device)
-    return models, tt
+    for name in variants:
+        variant = get_variant(get_variant(name).trained_as)
+        if variant.name not in models:
+            models[variant.name] = yield from variant.train(variant, inputs)
+    return models
+
+
+def _record_fold_task(result: CVResult, cohort: Cohort, task: str, fold: int, tt: TaskTargets,
+                      inputs: FoldInputs, models: dict[str, object], variants: Sequence[str],
+                      test: np.ndarray) -> None:
+    """Predict the fold's (labelled) test cases with every variant; metric rows and out-of-fold entries."""
+    for name in variants:
+        variant = get_variant(name)
+        pred = variant.predict(variant, models[variant.trained_as], inputs, test)
+        metrics = evaluate(tt.spec.kind, pred, tt.y, cohort.times, cohort.censorship, tt.spec.n_outputs)
+        for metric, value in metrics.items():
+            result.rows.append({"method": name, "task": task, "fold": fold, "metric": metric,
+                                "value": float(value)})
+        _record_oof(result, task, name, fold, pred)
+
+
+def _final_models(result: CVResult, cohort: Cohort, bags: Bags, cfg: MSRLConfig, tasks: Sequence[str],
+                  settings: TrainSettings, seed: int, device: torch.device, done: int, units: int) -> Job[None]:
+    """The final MSRL network of every task, on all cases, into ``result.final``."""
+    every = np.arange(cohort.n_cases)
+    fg = fold_genomics(cohort, every)
+    result.final_genomics = fg
+    final_seed = seed * 1000 + 999
+    pre = yield from pretrain_job(cfg, bags, fg.packed, every, settings=settings, seed=final_seed,
+                                  device=device)
+    for task in tasks:
+        yield Progress(Stage.CROSS_VALIDATION, done, units, f"final model {task}")
+        tt = task_targets(cohort, task, every, cfg.n_bins)
+        res = yield from finetune_job(cfg, tt.spec, bags, fg.packed, fg.pathways, tt.y, tt.censorship, every,
+                                      pretrained=pre, settings=settings, seed=final_seed, device=device)
+        result.final[task] = FinalTask(res, tt.y)
+        done += 1
+        yield Progress(Stage.CROSS_VALIDATION, done, units, f"final model {task} done")
 
 
 def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str], variants: Sequence[str],
@@ -122,12 +141,12 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
     returns :class:`CVResult`.
     """
     device = torch.device(device)
-    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    unknown = unknown_variants(variants)
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; choose from {', '.join(ALL_VARIANTS)}")
+        raise ValueError(f"unknown variants {unknown}; choose from {', '.join(available_variants())}")
     result = CVResult()
     folds = stratified_folds(cohort, n_folds, seed=seed, stratify_by=("project", "event"))
-    need_pre = any(v in _GRAPH_VARIANTS for v in variants)
+    need_pre = any(get_variant(v).needs_pretraining for v in variants)
     units = n_folds * len(tasks) + (len(tasks) if final else 0)
     done = 0
     for fold in folds:
@@ -140,42 +159,18 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
                                           device=device)
         for task in tasks:
             yield Progress(Stage.CROSS_VALIDATION, done, units, f"fold {fold.index + 1}/{n_folds} {task}")
-            models, tt = yield from _train_variants(cohort, bags, fg, pre, cfg, settings, task, variants,
-                                                    fold.train, fold_seed, device)
+            tt = task_targets(cohort, task, fold.train, cfg.n_bins)
+            inputs = FoldInputs(cfg, tt.spec, bags, fg.packed, fg.pathways, tt.y, tt.censorship, fold.train,
+                                pre, settings, fold_seed, device)
+            models = yield from _train_variants(inputs, variants)
             test = tt.valid(fold.test)
-            if len(test) == 0:
-                done += 1
-                continue
-            for v in variants:
-                if v in ("abmil", "snn"):
-                    pred = predict_baseline(models[v], bags, fg.packed, test, chunk=settings.encode_chunk,
-                                            device=device)
-                else:
-                    net = models["msrl" if v == "msrl_multi" else v]
-                    pred = predict(net, bags, test, fg.packed[test] if v == "msrl_multi" else None,
-                                   chunk=settings.encode_chunk, device=device)
-                metrics = evaluate(tt.spec.kind, pred, tt.y, cohort.times, cohort.censorship, tt.spec.n_outputs)
-                for name, value in metrics.items():
-                    result.rows.append({"method": v, "task": task, "fold": fold.index, "metric": name,
-                                        "value": float(value)})
-                _record_oof(result, task, v, fold.index, pred)
             done += 1
+            if len(test) == 0:
+                continue
+            _record_fold_task(result, cohort, task, fold.index, tt, inputs, models, variants, test)
             yield Progress(Stage.CROSS_VALIDATION, done, units, f"fold {fold.index + 1}/{n_folds} {task} done")
     if final:
-        every = np.arange(cohort.n_cases)
-        fg = fold_genomics(cohort, every)
-        result.final_genomics = fg
-        final_seed = seed * 1000 + 999
-        pre = yield from pretrain_job(cfg, bags, fg.packed, every, settings=settings, seed=final_seed,
-                                      device=device)
-        for task in tasks:
-            yield Progress(Stage.CROSS_VALIDATION, done, units, f"final model {task}")
-            tt = task_targets(cohort, task, every, cfg.n_bins)
-            res = yield from finetune_job(cfg, tt.spec, bags, fg.packed, fg.pathways, tt.y, tt.censorship, every,
-                                          pretrained=pre, settings=settings, seed=final_seed, device=device)
-            result.final[task] = FinalTask(res, tt.y)
-            done += 1
-            yield Progress(Stage.CROSS_VALIDATION, done, units, f"final model {task} done")
+        yield from _final_models(result, cohort, bags, cfg, tasks, settings, seed, device, done, units)
     return result
 
 

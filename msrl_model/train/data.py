@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from msrl_model.cohort import Cohort, ExpressionScaler, assign_bins, survival_bins
 from msrl_model.errors import CohortError
 from msrl_model.nn.genomics import gather_groups, pathway_scores
 from msrl_model.nn.msrl import SlideBatch, TaskSpec
 from msrl_model.nn.slide_encoder import grid_positions, pad_bags, subsample_patches
 from msrl_model.progress import Job, Progress, Stage
-from msrl_model.train.cohort import Cohort, ExpressionScaler, assign_bins, survival_bins
 from msrl_model.train.distributed import keyed_generator
 
 # Grid columns left empty between two slides of one case.

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from msrl_model.cohort import Cohort
 from msrl_model.nn.config import MSRLConfig
-from msrl_model.train.cohort import Cohort
 from msrl_model.train.cv import CVResult
 
 

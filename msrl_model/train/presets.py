@@ -1,64 +1,15 @@
-"""Training-run settings that are not model hyper-parameters, and the CLI presets.
-
-:class:`~msrl_model.nn.config.MSRLConfig` describes the model and its two training stages.
-:class:`TrainSettings` holds the knobs of *this* training program around it (mini-batching of the
-pre-training graph, anchor bootstrapping interval, the pathway-reconstruction weight, the baselines'
-schedule, ...). A :class:`RunPreset` bundles a synthetic cohort, an ``MSRLConfig`` and
-``TrainSettings`` for ``python -m msrl_model.train --preset tiny|demo``.
+"""The CLI presets: a :class:`RunPreset` bundles a synthetic cohort, an
+:class:`~msrl_model.nn.config.MSRLConfig` and :class:`~msrl_model.train.settings.TrainSettings` for
+``python -m msrl_model.train --preset tiny|demo``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
-from msrl_model.nn.config import ConfigError, MSRLConfig, typed_fields
-
-ALL_VARIANTS = ("msrl", "msrl_h", "msrl_multi", "abmil", "snn", "knn_cos", "knn_euc", "random_gsl",
-                "online_buffer")
-# Display names in tables (the paper's spelling where it has one).
-METHOD_NAMES = {
-    "msrl": "MSRL", "msrl_h": "MSRL_H", "msrl_multi": "MSRL_multi", "abmil": "ABMIL (WSI)",
-    "snn": "SNN (genomics)", "knn_cos": "KNN-cosine", "knn_euc": "KNN-euclidean",
-    "random_gsl": "Random GSL", "online_buffer": "Online buffer",
-}
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Settings of the training program (not of the model)."""
-
-    pretrain_graph_cases: int = 1024  # cases per pre-training step (one random subset forms the graph)
-    anchor_every: int = 5  # SUBLIME bootstrapping of the anchor graphs every this many epochs
-    dense_anchor_max: int = 5000  # anchor graphs are dense K x K up to this many cases, sparse above
-    encode_chunk: int = 32  # bags per slide-encoder forward when embedding many cases
-    pathway_weight: float = 1.0  # weight of the pathway-reconstruction MSE added to the fine-tuning loss
-    baseline_lr: float = 0.0  # AdamW peak lr of the ABMIL / SNN baselines; 0 = cfg.finetune_lr
-    baseline_epochs: int = 0  # epochs of the ABMIL / SNN baselines; 0 = cfg.finetune_epochs
-    abmil_hidden: int = 0  # gated-attention width of ABMIL; 0 = cfg.d
-    grad_clip: float = 5.0  # max gradient norm (0 = no clipping)
-    multimodal_weight: float = 1.0  # weight of the task loss of the real-genomics (MSRL_multi) pass; 0 = off
-    pretrained_slide_encoder: bool = True  # fine-tuning starts φ_H from stage 1 (False: fresh φ_H; φ_G, GSL, GCN from stage 1)
-    distill_weight: float = 1.0  # weight of the MSE from WSI-only logits to the real-genomics pass's (detached); 0 = off
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("pretrain_graph_cases", "anchor_every", "dense_anchor_max", "encode_chunk"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name}={getattr(self, name)} must be positive")
-        for name in ("pathway_weight", "multimodal_weight", "distill_weight", "baseline_lr", "baseline_epochs", "abmil_hidden", "grad_clip"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}={getattr(self, name)} must be >= 0")
-        if problems:
-            raise ConfigError("invalid training settings: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
-        return cls(**typed_fields(cls, values, "[train] setting"))
+from msrl_model.nn.config import ConfigError, MSRLConfig
+from msrl_model.train.settings import TrainSettings
+from msrl_model.train.variants import available_variants
 
 
 @dataclass(frozen=True)
@@ -73,7 +24,7 @@ class RunPreset:
     config: MSRLConfig  # model configuration (group_sizes filled from the cohort)
     settings: TrainSettings = field(default_factory=TrainSettings)  # training-program settings
     tasks: tuple[str, ...] = ("survival", "stage")  # default tasks
-    variants: tuple[str, ...] = ALL_VARIANTS  # default variants
+    variants: tuple[str, ...] = available_variants()  # default variants: every registered one
     render_slides: bool = False  # render SVS slides and extract builtin-he features (as the app does)
     slide_size: tuple[int, int] = (2048, 1536)  # (width, height) of rendered slides
 
@@ -114,4 +65,4 @@ def preset(name: str) -> RunPreset:
     raise ConfigError(f"unknown preset {name!r}; use 'tiny' or 'demo'")
 
 
-__all__ = ["ALL_VARIANTS", "METHOD_NAMES", "RunPreset", "TrainSettings", "preset"]
+__all__ = ["RunPreset", "preset"]

@@ -42,18 +42,18 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from msrl_model.nn.config import MSRLConfig
-from msrl_model.nn.graph import gsl_adjacency_sparse
+from msrl_model.nn.graph import cosine_knn_adjacency
 from msrl_model.nn.losses import fused_loss, inter_loss, intra_loss
 from msrl_model.nn.msrl import PretrainNet
 from msrl_model.nn.slide_encoder import SlideEncoder
 from msrl_model.progress import Job, Progress, Stage
 from msrl_model.train import distributed
 from msrl_model.train.data import Bags
-from msrl_model.train.presets import TrainSettings
+from msrl_model.train.optim import optimizer_step
+from msrl_model.train.settings import TrainSettings
 
 
 def embed_slides(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
@@ -115,7 +115,7 @@ class AnchorGraph:
     def knn(cls, x: Tensor, k: int, dense: bool) -> AnchorGraph:
         """Cosine kNN graph of x (K, D), post-processed like the GSL output (no learnable weights)."""
         with torch.no_grad():
-            ei, ew = gsl_adjacency_sparse(F.normalize(x.detach(), dim=-1), k)
+            ei, ew = cosine_knn_adjacency(x, k)
         return cls.from_edges(ei, ew, x.shape[0], dense)
 
     @property
@@ -254,12 +254,7 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
             aug_g = augment_edges(*anchor_g.edges(sub), len(idx), cfg.edge_drop, cfg.edge_add, gen)
             terms = pretrain_losses(net, h, g, aug_h, aug_g)
             loss = terms["intra"] + terms["inter"] + terms["fused"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(net.parameters())
-            if settings.grad_clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
-            opt.step()
+            optimizer_step(opt, loss, net.parameters(), settings.grad_clip)
             total += float(loss.detach())
         history.append(total / steps)
         if (epoch + 1) % settings.anchor_every == 0 and epoch + 1 < cfg.pretrain_epochs:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from msrl_model.train.cohort import Cohort
+from msrl_model.cohort import Cohort
+from msrl_model.stats import kaplan_meier, logrank_test
 from msrl_model.train.cv import CVResult
-from msrl_model.train.metrics import kaplan_meier, logrank_test
-from msrl_model.train.presets import METHOD_NAMES
+from msrl_model.train.variants import display_name
 
 # Metric shown per task kind in the main table, in column order.
 _METRIC_LABEL = {"c_index": "C-index", "auc": "AUC", "f1": "F1"}
@@ -56,7 +56,7 @@ def cv_table_markdown(result: CVResult, tasks: Sequence[str], methods: Sequence[
     header = "| Method | " + " | ".join(f"{t} ({_METRIC_LABEL[m]})" for t, m in cols) + " |"
     lines = [header, "|" + "---|" * (len(cols) + 1)]
     for m in methods:
-        row = [METHOD_NAMES.get(m, m)]
+        row = [display_name(m)]
         for task, metric in cols:
             if (m, task, metric) not in cells:
                 row.append("–")
@@ -95,20 +95,20 @@ def plot_km(result: CVResult, cohort: Cohort, task: str, method: str, path: str 
     if entry is None or "risk" not in entry:
         return None
     cases = entry["case"]
-    times, events = cohort.times[cases], cohort.events[cases]
+    times, censorship = cohort.times[cases], cohort.censorship[cases]
     groups = risk_groups(entry["risk"], entry["fold"])
     if len(np.unique(groups)) < 2:
         return None
-    _, p = logrank_test(times, events, groups)
+    _, p = logrank_test(times, censorship, groups)
     fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=110)
     for g, label, colour in ((0, "low risk", "#2b7bba"), (1, "high risk", "#d7301f")):
         sel = groups == g
-        t, s = kaplan_meier(times[sel], events[sel])
+        t, s = kaplan_meier(times[sel], censorship[sel])
         ax.step(t, s, where="post", color=colour, label=f"{label} (n={int(sel.sum())})")
     ax.set_xlabel("months")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"{METHOD_NAMES.get(method, method)}: out-of-fold risk groups\nlog-rank p = {p:.2g}")
+    ax.set_title(f"{display_name(method)}: out-of-fold risk groups\nlog-rank p = {p:.2g}")
     ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
@@ -166,7 +166,7 @@ def model_card(*, cohort: Cohort, result: CVResult, tasks: Sequence[str], method
     ]
     if km_pvalues:
         lines += ["Kaplan–Meier log-rank p-values of out-of-fold high/low risk groups (per-fold median split): "
-                  + ", ".join(f"{METHOD_NAMES.get(m, m)} {p:.2g}" for m, p in km_pvalues.items()), ""]
+                  + ", ".join(f"{display_name(m)} {p:.2g}" for m, p in km_pvalues.items()), ""]
     if wall_seconds is not None:
         lines += [f"Training wall time: {wall_seconds / 60:.1f} min.", ""]
     lines += [

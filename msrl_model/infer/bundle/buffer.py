@@ -1,0 +1,170 @@
+"""``buffer.h5``: every task's buffer of authentic training cases and the genomics input pipeline.
+
+Layout::
+
+    /tasks/<task>/nodes (N, node_dim) float32   buffer node features
+    /tasks/<task>/pathways (N, n_groups) float32 authentic Hallmark scores
+    /tasks/<task>/cases/c<i> one dataset per case-table column (attrs list the names and kinds;
+                         strings UTF-8 variable length, c<i>_na = NA mask where the column has NAs)
+    /tasks/<task>/thumbnails  optional, variable-length uint8 (JPEG bytes)
+    /genomics/{genes, group_names, group_index, group_offsets, scaler_mean, scaler_std}
+
+A gene group g is ``group_index[group_offsets[g]:group_offsets[g + 1]]`` (indices into ``genes``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from msrl_model.infer.bundle.contents import BUFFER, FORMAT_VERSION, GenomicsBlock, TaskBundle, node_dim
+from msrl_model.infer.bundle.manifest import bundle_error
+from msrl_model.nn.config import MSRLConfig
+
+# ---- case tables --------------------------------------------------------------------------------
+
+
+def _column_kind(series: pd.Series) -> str:
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) and not series.isna().any():
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "Int64" if isinstance(dtype, pd.api.extensions.ExtensionDtype) else "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    return "str"
+
+
+def _write_cases(group: Any, cases: pd.DataFrame) -> None:
+    import h5py
+
+    names = [str(c) for c in cases.columns]
+    kinds = []
+    for i, name in enumerate(names):
+        col = cases.iloc[:, i]
+        kind = _column_kind(col)
+        na = col.isna().to_numpy(dtype=bool)
+        if kind == "bool":
+            data = col.to_numpy(dtype=bool)
+        elif kind in ("int", "Int64"):
+            data = col.to_numpy(dtype=np.int64, na_value=0)
+        elif kind == "float":
+            data = col.to_numpy(dtype=np.float64)
+            na = np.zeros_like(na)  # NaN is its own NA marker
+        else:
+            data = np.array(["" if m else str(v) for v, m in zip(col.tolist(), na)], dtype=object)
+        dtype = h5py.string_dtype("utf-8") if kind == "str" else None
+        group.create_dataset(f"c{i}", data=data, dtype=dtype)
+        if na.any():
+            group.create_dataset(f"c{i}_na", data=na)
+        kinds.append(kind)
+    group.attrs["columns"] = json.dumps(names)
+    group.attrs["kinds"] = json.dumps(kinds)
+    group.attrs["n_rows"] = len(cases)
+
+
+def _read_cases(group: Any) -> pd.DataFrame:
+    names = json.loads(group.attrs["columns"])
+    kinds = json.loads(group.attrs["kinds"])
+    n = int(group.attrs["n_rows"])
+    data: dict[str, Any] = {}
+    for i, (name, kind) in enumerate(zip(names, kinds)):
+        raw = group[f"c{i}"]
+        na = np.asarray(group[f"c{i}_na"][()], dtype=bool) if f"c{i}_na" in group else np.zeros(n, dtype=bool)
+        if kind == "str":
+            values = [None if m else v for v, m in zip(raw.asstr()[()].tolist(), na)]
+            data[name] = pd.Series(values, dtype="str") if len(values) else pd.Series([], dtype="str")
+        elif kind == "Int64":
+            data[name] = pd.array(np.asarray(raw[()], dtype=np.int64), dtype="Int64")
+            data[name][na] = pd.NA
+        elif kind == "int":
+            data[name] = np.asarray(raw[()], dtype=np.int64)
+        elif kind == "bool":
+            data[name] = np.asarray(raw[()], dtype=bool)
+        else:
+            data[name] = np.asarray(raw[()], dtype=np.float64)
+        if len(data[name]) != n:
+            raise ValueError(f"case-table column {name!r} has {len(data[name])} rows, expected {n}")
+    return pd.DataFrame(data, columns=names)
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+
+def _write_task(group: Any, task: TaskBundle) -> None:
+    import h5py
+
+    group.create_dataset("nodes", data=np.asarray(task.buffer_nodes, dtype=np.float32))
+    group.create_dataset("pathways", data=np.asarray(task.pathways, dtype=np.float32).reshape(len(task.cases), -1))
+    _write_cases(group.create_group("cases"), task.cases.reset_index(drop=True))
+    if task.thumbnails is not None:
+        ds = group.create_dataset("thumbnails", (len(task.thumbnails),), dtype=h5py.vlen_dtype(np.uint8))
+        for i, jpeg in enumerate(task.thumbnails):
+            ds[i] = np.frombuffer(jpeg, dtype=np.uint8)
+
+
+def _write_genomics(group: Any, block: GenomicsBlock) -> None:
+    import h5py
+
+    text = h5py.string_dtype("utf-8")
+    group.create_dataset("genes", data=np.array(block.genes, dtype=object), dtype=text)
+    group.create_dataset("group_names", data=np.array(block.group_names, dtype=object), dtype=text)
+    group.create_dataset("group_index", data=np.concatenate([np.asarray(g, np.int64) for g in block.groups]))
+    group.create_dataset("group_offsets", data=np.cumsum([0] + [len(g) for g in block.groups]).astype(np.int64))
+    group.create_dataset("scaler_mean", data=np.asarray(block.scaler_mean, np.float32))
+    group.create_dataset("scaler_std", data=np.asarray(block.scaler_std, np.float32))
+
+
+def write_buffer(path: Path, tasks: list[TaskBundle], genomics: GenomicsBlock | None) -> None:
+    """Write ``buffer.h5`` at ``path``: every task's buffer and, when given, the genomics block."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        root = f.create_group("tasks")
+        for task in tasks:
+            _write_task(root.create_group(task.spec.name), task)
+        if genomics is not None:
+            _write_genomics(f.create_group("genomics"), genomics)
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+def read_task_buffer(f: Any, name: str, variant: str, entry: dict[str, Any], config: MSRLConfig, path: Path
+                     ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, list[bytes] | None]:
+    """(nodes (N, node_dim), pathways (N, n_groups), cases, thumbnails or None) of task ``name``.
+
+    ``entry`` is the task's manifest entry (its ``n_buffer``, when present, is N). BundleError when
+    the datasets' shapes disagree with each other, with the manifest or with the configuration."""
+    g = f["tasks"][name]
+    nodes = np.asarray(g["nodes"][()], dtype=np.float32)
+    pathways = np.asarray(g["pathways"][()], dtype=np.float32)
+    cases = _read_cases(g["cases"])
+    n = int(entry.get("n_buffer", len(cases)))
+    thumbs = [bytes(np.asarray(t, dtype=np.uint8).tobytes()) for t in g["thumbnails"][()]] \
+        if "thumbnails" in g else None
+    if (len(cases) != n or nodes.shape != (n, node_dim(config, variant))
+            or pathways.shape != (n, config.n_groups) or (thumbs is not None and len(thumbs) != n)):
+        raise bundle_error(path, f"{BUFFER} task {name!r} has inconsistent shapes (nodes {nodes.shape}, pathways "
+                                 f"{pathways.shape}, {len(cases)} cases, manifest {n}); the bundle is truncated "
+                                 "or corrupt")
+    return nodes, pathways, cases, thumbs
+
+
+def read_genomics(f: Any, expression_scale: str) -> GenomicsBlock:
+    """The genomics block of an open ``buffer.h5``; ValueError when its gene groups index out of range."""
+    g = f["genomics"]
+    index = np.asarray(g["group_index"][()], dtype=np.int64)
+    offsets = np.asarray(g["group_offsets"][()], dtype=np.int64)
+    genes = list(g["genes"].asstr()[()].tolist())
+    groups = [index[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    if any(not grp for grp in groups) or (index.size and (index.min() < 0 or index.max() >= len(genes))):
+        raise ValueError("gene-group indices out of range")
+    return GenomicsBlock(genes=genes, group_names=list(g["group_names"].asstr()[()].tolist()), groups=groups,
+                         scaler_mean=np.asarray(g["scaler_mean"][()], np.float32),
+                         scaler_std=np.asarray(g["scaler_std"][()], np.float32), expression_scale=expression_scale)

@@ -1,0 +1,118 @@
+r"""The two-branch machinery of fine-tuning (paper Algorithm 2): the FIFO buffer of node features,
+RankMix-style mixup views of the patch bags, the EMA update of the target branch, and the node
+features / buffer rows of whole cases. The choices are described in :mod:`msrl_model.train.finetune`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from msrl_model.nn.msrl import MSRLNet, SlideBatch
+from msrl_model.nn.slide_encoder import pad_bags
+from msrl_model.train import distributed
+from msrl_model.train.data import Bags
+from msrl_model.train.pretrain import embed_shared
+
+
+class FifoBuffer:
+    """First-in-first-out buffer of node features with the case that produced each row.
+
+    Row 0 is the oldest. :meth:`push` appends rows at the end and drops the oldest so that at most
+    ``capacity`` rows remain.
+    """
+
+    def __init__(self, feats: Tensor, owners: Tensor, capacity: int) -> None:
+        self.feats = feats.detach()  # (M, node_dim)
+        self.owners = owners.long().cpu()  # (M,) global case index of each row
+        self.capacity = capacity
+        self._trim()
+
+    def _trim(self) -> None:
+        extra = self.feats.shape[0] - self.capacity
+        if extra > 0:
+            self.feats, self.owners = self.feats[extra:], self.owners[extra:]
+
+    def push(self, feats: Tensor, owners: Tensor) -> None:
+        self.feats = torch.cat([self.feats, feats.detach()])
+        self.owners = torch.cat([self.owners, owners.long().cpu()])
+        self._trim()
+
+    def without(self, cases: Tensor) -> Tensor:
+        """Rows whose owner is not in ``cases`` (the graph of a batch never holds its own entries)."""
+        keep = ~torch.isin(self.owners, cases.long().cpu())
+        return self.feats[keep.to(self.feats.device)]
+
+
+def mixup_view(bags: Bags, idx: Sequence[int], max_patches: int, alpha: float, key: tuple[int, ...],
+               rows: Sequence[int] | None = None) -> SlideBatch:
+    """One RankMix-style view of the bags of ``idx`` (the share and label choice:
+    :mod:`msrl_model.train.finetune`).
+
+    Args:
+        idx: the cases of the (global) batch; partners are drawn among all of them.
+        key: ``(seed, epoch, view)``; the pairing comes from ``(*key, 0, idx[0])``, each case's λ and
+            patch subsets from ``(*key, 1, case)``.
+        rows: positions in ``idx`` of the cases to build views of (this process's share); None = all.
+    """
+    idx = [int(i) for i in idx]
+    b = len(idx)
+    partner = np.random.default_rng(distributed.key_seed(*key, 0, idx[0])).permutation(b) if b > 1 else [0]
+    feats, pos = [], []
+    for i in range(b) if rows is None else rows:
+        case, other = idx[i], idx[partner[i]]
+        rng = np.random.default_rng(distributed.key_seed(*key, 1, case))
+        lam = rng.beta(alpha, alpha) if alpha > 0 else 1.0
+        n_own = bags.features[case].shape[0]
+        m = min(n_own, max_patches) if max_patches > 0 else n_own
+        share = max(lam, 1.0 - lam) if other != case else 1.0
+        k_own = max(1, int(round(share * m)))
+        k_other = min(m - k_own, bags.features[other].shape[0])
+        sel = torch.from_numpy(rng.permutation(n_own)[:k_own])
+        f, p = [bags.features[case][sel]], [bags.positions[case][sel]]
+        if k_other > 0:
+            sel_o = torch.from_numpy(rng.permutation(bags.features[other].shape[0])[:k_other])
+            f.append(bags.features[other][sel_o])
+            p.append(bags.positions[other][sel_o])
+        feats.append(torch.cat(f))
+        pos.append(torch.cat(p))
+    x, p, mask = pad_bags(feats, pos)
+    return SlideBatch(x, p, mask, [int(t.shape[0]) for t in feats])
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    r""":math:`\theta_t \leftarrow m\,\theta_t + (1 - m)\,\theta_o` for every parameter; buffers copied."""
+    for pt, po in zip(target.parameters(), online.parameters()):
+        pt.mul_(momentum).add_(po.detach(), alpha=1.0 - momentum)
+    for bt, bo in zip(target.buffers(), online.buffers()):
+        bt.copy_(bo)
+
+
+def case_node_features(net: MSRLNet, bags: Bags, cases: Sequence[int], genomics: Tensor | None, *,
+                       max_patches: int, chunk: int, device: torch.device) -> Tensor:
+    """Node features (len(cases), node_dim); real genomics when ``genomics`` is given (rows = cases).
+    Every process encodes its share of the cases (:func:`embed_shared`); patch subsets (``max_patches``)
+    from the global RNG."""
+    h = embed_shared(net.slide_encoder, bags, cases, max_patches=max_patches, chunk=chunk, device=device)
+    return net.node_features(h, None if genomics is None else genomics.to(device))
+
+
+@torch.no_grad()
+def compute_buffer(net: MSRLNet, bags: Bags, genomics: Tensor, cases: Sequence[int], *, branch: str,
+                   chunk: int, device: torch.device) -> Tensor:
+    """Buffer rows of ``cases`` (full bags, eval mode): target features [φ_G(X_G); h] (or [Inductor(h); h]
+    for ``branch="online"``; h for MSRL_H)."""
+    was = net.training
+    net.eval()
+    cases = np.asarray(cases, dtype=np.int64)
+    real_genomics = None if branch == "online" or not net.uses_genomics else genomics[cases]
+    out = case_node_features(net, bags, cases, real_genomics, max_patches=0, chunk=chunk, device=device)
+    net.train(was)
+    return out
+
+
+__all__ = ["FifoBuffer", "case_node_features", "compute_buffer", "ema_update", "mixup_view"]
