@@ -27,7 +27,7 @@ def test_round_trip_keeps_data_types_and_attrs(tmp_path):
     np.testing.assert_array_equal(got.coords, coords)
     for key, value in attrs.items():
         assert got.attrs[key] == value, key
-    with h5py.File(path) as f:  # the on-disk layout other tools read (DESIGN §3)
+    with h5py.File(path) as f:  # the on-disk layout other tools read (architecture §3)
         assert f["features"].shape == (7, 5) and f["coords"].dtype == np.int64
     assert read_features(path, load_features=False).features.shape == (0, 5)
 

@@ -24,7 +24,7 @@ def benchmark_modules() -> list[str]:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the benchmark named first in ``argv`` is imported (imports can be heavy)."""
     parser = argparse.ArgumentParser(prog="python -m msrl_model.bench",
-                                     description="MSRL Studio benchmarks (DESIGN §9)")
+                                     description="MSRL Studio benchmarks (architecture §9)")
     sub = parser.add_subparsers(dest="benchmark", required=True)
     names = benchmark_modules()
     chosen = [argv[0]] if argv and argv[0] in names else names

@@ -1,4 +1,4 @@
-"""``bench extract``: feature extraction throughput, overall and per stage (DESIGN §9).
+"""``bench extract``: feature extraction throughput, overall and per stage (architecture §9).
 
 Runs :func:`~msrl_model.features.pipeline.extract_slide` on a slide (default: a generated
 synthetic SVS) into a fresh temporary directory (never a cache hit), with CUDA synchronised after

@@ -1,4 +1,4 @@
-"""``bench infer``: the exact inference engine against the paper's dense per-query graph (DESIGN §5, §9).
+"""``bench infer``: the exact inference engine against the paper's dense per-query graph (architecture §5, §9).
 
 For each buffer size: random buffer at the paper's dimensions (fused 1,536-d, K = 12, GSL 2 layers,
 GCN 3 layers → 256, random-but-fixed weights), the dense reference (GSL + dense post-processing +

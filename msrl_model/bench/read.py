@@ -1,4 +1,4 @@
-"""``bench read``: naive single-threaded ``read_region`` loop vs the parallel tile reader (DESIGN §9).
+"""``bench read``: naive single-threaded ``read_region`` loop vs the parallel tile reader (architecture §9).
 
 Both read the same tiles: every whole ``patch``×``patch`` level-0 tile of the slide, row-major.
 

@@ -1,4 +1,4 @@
-"""Cohort directories (DESIGN §3): the format and loading with validation, expression files and
+"""Cohort directories (architecture §3): the format and loading with validation, expression files and
 scaling, survival bins, cross-validation folds and ``.gmt`` gene-set files.
 
 Names are imported lazily (PEP 562) so that the app's ``read_expression`` (``cohort/expression.py``,

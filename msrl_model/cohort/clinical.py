@@ -1,4 +1,4 @@
-"""``clinical.csv`` validation (DESIGN §3), one function per column family: ids and project,
+"""``clinical.csv`` validation (architecture §3), one function per column family: ids and project,
 survival, censorship, duplicate rows, labels (``cohort/labels.py``), then the per-case consistency
 of a case's slide rows. Every problem goes to the :class:`~msrl_model.cohort.format.Problems`
 collector with its spreadsheet row; rows with a problem are left out of the per-case checks."""

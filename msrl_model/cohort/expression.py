@@ -1,4 +1,4 @@
-"""Expression files for prediction, and per-gene expression scaling (DESIGN §3).
+"""Expression files for prediction, and per-gene expression scaling (architecture §3).
 
 One reader serves the app (File ▸ Load expression, one case) and ``msrl analyze --expression``
 (one or many cases): a CSV (comma-separated, ``.`` as decimal point) in one of three layouts,

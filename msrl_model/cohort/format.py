@@ -1,4 +1,4 @@
-"""The cohort directory format (DESIGN §3), its configuration, the loaded :class:`Cohort`, and the
+"""The cohort directory format (architecture §3), its configuration, the loaded :class:`Cohort`, and the
 collector that turns every problem found while loading into one :class:`CohortValidationError`.
 
 A cohort directory holds::

@@ -1,4 +1,4 @@
-"""A cohort's genomics (DESIGN §3): ``expression.csv`` validated, put on the log scale and aligned
+"""A cohort's genomics (architecture §3): ``expression.csv`` validated, put on the log scale and aligned
 with the clinical cases, and the ``.gmt`` gene groups restricted to the genes it measures.
 
 One case's expression file for prediction (the app, ``msrl analyze``) is read by

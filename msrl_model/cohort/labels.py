@@ -1,4 +1,4 @@
-"""Label columns of ``clinical.csv`` (DESIGN §3): which columns are labels, their values normalised
+"""Label columns of ``clinical.csv`` (architecture §3): which columns are labels, their values normalised
 (missing-value spellings, integer codes, stage I–IV) and their class order."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Discrete-time survival bins (DESIGN §4 "Tasks"): edges from quartiles of the uncensored times
+"""Discrete-time survival bins (architecture §4 "Tasks"): edges from quartiles of the uncensored times
 of the training cases, and each case's bin."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Patch features: parallel tile reading, batched extraction with a cache, h5 feature files (DESIGN §3)."""
+"""Patch features: parallel tile reading, batched extraction with a cache, h5 feature files (architecture §3)."""
 
 from msrl_model.features.h5io import FeatureFile, FeatureFileError, read_features, write_features
 from msrl_model.features.pipeline import (ExtractReport, ExtractStats, SlideResult, extract_many,

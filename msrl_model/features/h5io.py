@@ -1,4 +1,4 @@
-"""Feature files (DESIGN §3): ``<slide_id>.h5`` with ``features`` (N×D float32) and ``coords`` (N×2 int64).
+"""Feature files (architecture §3): ``<slide_id>.h5`` with ``features`` (N×D float32) and ``coords`` (N×2 int64).
 
 Written atomically (:func:`msrl_model.files.atomic_path`): the data goes to a temporary file in the
 destination directory, renamed over the target only once it is complete and closed. A failure
@@ -152,7 +152,7 @@ def read_features(path: str | Path, *, load_features: bool = True) -> FeatureFil
 
 
 def _fill_defaults(attrs: dict[str, Any]) -> None:
-    """Complete the DESIGN §3 attributes from the other tools' names, else defaults."""
+    """Complete the architecture §3 attributes from the other tools' names, else defaults."""
     if "target_mpp" not in attrs and attrs.get("target_magnification"):
         attrs["target_mpp"] = 10.0 / float(attrs["target_magnification"])  # 20× ≈ 0.5 µm/px
     if "level0_mpp" not in attrs and attrs.get("level0_magnification"):

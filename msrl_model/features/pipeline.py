@@ -161,7 +161,7 @@ def _encode_tiles(reader: ParallelTileReader, encoder: Any, n: int, patch_size: 
 
 def _feature_attrs(slide: Any, grid: Any, encoder: Any, encoder_spec: Any, sha: str, key: str, tissue: Any,
                    tiling: Any, warnings: list[str]) -> dict[str, Any]:
-    """The feature file's root attributes (DESIGN §3)."""
+    """The feature file's root attributes (architecture §3)."""
     return {
         "patch_size": int(grid.patch_size),
         "patch_size_level0": int(grid.patch_size_level0),
@@ -185,7 +185,7 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
                   device: str = "auto", workers: int | None = None, batch_size: int = 64,
                   tissue: Any = None, tiling: Any = None, stats: ExtractStats | None = None,
                   prefetch: int = 3) -> Job[Path]:
-    """Extract patch features of one slide into ``out_dir/<slide_id>.h5`` (DESIGN §3 layout).
+    """Extract patch features of one slide into ``out_dir/<slide_id>.h5`` (architecture §3 layout).
 
     Args:
         slide_path: the slide file.

@@ -94,7 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--expression", default=None, metavar="CSV",
                    help="expression table (case_id column [+ optional slide_id], one column per gene; raw or "
                         "log as the bundle says): runs MSRL_multi for slides whose id starts with a case_id "
-                        "(or equals a slide_id); a one-row table applies to a single slide")
+                        "(or equals a slide_id); a one-row table or a two-column gene,value file applies to a "
+                        "single slide")
     p.add_argument("--cache", default=None, metavar="DIR", help="feature cache (default: OUT/features)")
     p.add_argument("--json", action="store_true", help="print one JSON line per slide on stdout")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")

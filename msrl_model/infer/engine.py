@@ -1,4 +1,4 @@
-r"""Exact fast MSRL inference against a fixed buffer (DESIGN §5), and the dense reference.
+r"""Exact fast MSRL inference against a fixed buffer (architecture §5), and the dense reference.
 
 **Semantics.** The paper (Algorithm 2.III) builds the GSL graph over [buffer; query] and reads the
 query's GCN output. A batch of Q queries is Q independent problems: query i is predicted on the graph

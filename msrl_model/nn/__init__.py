@@ -1,4 +1,4 @@
-"""The MSRL networks and losses (paper §3, DESIGN §4)."""
+"""The MSRL networks and losses (paper §3, architecture §4)."""
 
 from msrl_model.nn.baselines import GatedABMIL, SNNBaseline
 from msrl_model.nn.config import ConfigError, MSRLConfig

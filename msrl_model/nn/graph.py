@@ -9,7 +9,7 @@ GSL (SUBLIME's attentive learner). For node features :math:`X \in \mathbb{R}^{N 
 with :math:`\omega^{(l)} \in \mathbb{R}^{D}` initialised to ones, :math:`\sigma_l` = ReLU for
 :math:`l < L` and the identity for the last layer.
 
-Post-processing (appendix D.2, DESIGN §4) of :math:`S = E E^\top`:
+Post-processing (appendix D.2, architecture §4) of :math:`S = E E^\top`:
 
 1. sparsify: row :math:`i` keeps its top-(K+1) entries, self included;
 2. ReLU, then symmetrise :math:`S^{sym} = (S^{sp} + S^{sp\top}) / 2`;

@@ -1,4 +1,4 @@
-"""Opening whole-slide images, tissue detection and the patch grid (see DESIGN.md §2, §10)."""
+"""Opening whole-slide images, tissue detection and the patch grid (see docs/architecture.md §2, §10)."""
 
 from msrl_model.slide.reader import ASSUMED_MPP, Slide, open_slide
 from msrl_model.slide.tiling import TileGrid, TilingParams, tile_grid

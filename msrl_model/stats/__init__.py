@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN §4 "Metrics"): survival (C-index, Kaplan–Meier, log-rank) and
+"""Evaluation metrics (architecture §4 "Metrics"): survival (C-index, Kaplan–Meier, log-rank) and
 classification (macro AUC, macro F1). Survival functions take ``censorship`` (1 = censored).
 
     from msrl_model.stats import c_index, kaplan_meier, logrank_test, auc_macro_ovr, f1_macro

@@ -1,4 +1,4 @@
-"""Classification metrics as the field reports them (DESIGN §4 "Metrics"), via scikit-learn:
+"""Classification metrics as the field reports them (architecture §4 "Metrics"), via scikit-learn:
 macro one-vs-rest ROC AUC and macro F1."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Survival metrics as the field reports them (DESIGN §4 "Metrics").
+"""Survival metrics as the field reports them (architecture §4 "Metrics").
 
 One event convention for every function, the cohort's: ``censorship`` 1 = censored, 0 = event
 observed (as in ``clinical.csv`` and ``Cohort.censorship``).

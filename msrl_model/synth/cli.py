@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="what the slide shows: tissue (default) or blank")
     slide.set_defaults(func=_run_slide)
 
-    cohort = kinds.add_parser("cohort", help="write a synthetic cohort directory (DESIGN §3 format)")
+    cohort = kinds.add_parser("cohort", help="write a synthetic cohort directory (architecture §3 format)")
     cohort.add_argument("out", help="output cohort directory")
     cohort.add_argument("--cases", type=int, default=200, help="number of cases")
     cohort.add_argument("--projects", type=int, default=3, help="number of cancer projects")

@@ -1,4 +1,4 @@
-"""Synthetic cohorts (DESIGN §7): SYNTHETIC data in the cohort-directory format of DESIGN §3.
+"""Synthetic cohorts (architecture §7): SYNTHETIC data in the cohort-directory format of architecture §3.
 
 Nothing here is patient data. Each case has latent variables and everything observable is a
 function of them plus noise:

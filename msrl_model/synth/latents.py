@@ -1,4 +1,4 @@
-"""The latent model of synthetic cases (DESIGN §7; SYNTHETIC data, nothing here is patient data).
+"""The latent model of synthetic cases (architecture §7; SYNTHETIC data, nothing here is patient data).
 
 Per case: project, subtype, aggressiveness ``a``, genomic factor ``u``, hypoxia ``x``, immune ``m``,
 stroma ``s`` and two nuisance factors; from them, survival (Weibull, log-hazard

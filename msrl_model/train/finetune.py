@@ -22,7 +22,7 @@ One step over a batch of B training cases (global case indices ``idx``):
 plus the readout skip when ``cfg.readout_skip``; sg = stop-gradient).
 
 * **Modality-complete pass** (our decision, ``settings.multimodal_weight`` = :math:`w_{mm}`): the
-  paper's online branch only ever feeds the head Inductor-prompted nodes, yet MSRL_multi (DESIGN:
+  paper's online branch only ever feeds the head Inductor-prompted nodes, yet MSRL_multi (architecture §4:
   "real genomics at inference") runs the same network on :math:`[φ_G(X_G); h]`, a node distribution
   the head never saw. Each step therefore also builds the batch's nodes from the *real* genomics with
   the online φ_G over the same :math:`\mathcal B'` and adds their task loss, so one set of weights

@@ -1,4 +1,4 @@
-"""Model bundles (DESIGN §3): everything the app needs to predict, in one directory or ``.msrl`` zip.
+"""Model bundles (architecture §3): everything the app needs to predict, in one directory or ``.msrl`` zip.
 
 Layout (no pickle anywhere: JSON, safetensors, HDF5, Markdown)::
 
