@@ -93,14 +93,25 @@ class AnalysisProgress(QWidget):
         self.setVisible(False)
 
 
-def model_card_html(manifest: dict[str, Any]) -> str:
-    """The banner above the model card: SYNTHETIC cohort warning, encoder, cohort size, CV metrics."""
+def model_card_html(manifest: dict[str, Any], provenance: str | None = None) -> str:
+    """The banner above the model card: SYNTHETIC cohort warning, provenance, encoder, cohort size, CV metrics.
+
+    ``provenance`` is ``Bundle.provenance``; by default the text the loaded manifest carries
+    (``msrl_model.infer.bundle.contents.LoadedManifest``)."""
+    import html
+
     cohort = manifest.get("cohort") or {}
     rows = []
+    if provenance is None:
+        provenance = getattr(manifest, "provenance", None)
     if cohort.get("synthetic"):
         rows.append("<div style='background:#7a1f1f;color:white;padding:8px;font-weight:bold;'>"
                     "SYNTHETIC TRAINING COHORT — this model was trained on generated data, not on patients. "
                     "Its predictions demonstrate the software only.</div>")
+    if provenance:
+        trusted = provenance.startswith(("signed by", "shipped with")) and "unknown key" not in provenance
+        colour = "#1f5a2a" if trusted else "#7a5a1f"
+        rows.append(f"<p style='color:{colour};'><b>Provenance:</b> {html.escape(provenance)}</p>")
     encoder = manifest.get("encoder") or {}
     rows.append(f"<p><b>Encoder:</b> {encoder.get('name', '?')} {encoder.get('version', '')} "
                 f"({encoder.get('dim', '?')}-d) · <b>Training cases:</b> {cohort.get('n_cases', '?')} · "

@@ -65,11 +65,25 @@ def rgb_to_qimage(rgb: np.ndarray) -> QImage:
 
 
 class TileCache:
-    """Least-recently-used tile images bounded by total bytes."""
+    """Least-recently-used tile images bounded by total bytes, never evicting the pinned tiles.
+
+    The viewer pins the tiles of the current view (:meth:`pin`, at every view change), so a late
+    load of a tile that is no longer wanted (its read had started before the view moved) evicts
+    older off-screen tiles and never a tile on screen — the cause of visible tiles staying blank.
+
+    Budget: ``nbytes <= max_bytes`` holds after every :meth:`put` and :meth:`pin` as long as the
+    pinned tiles alone fit. When they do not (a tiny budget, or a huge screen: at the default
+    256 MiB a view would need some 250 tiles of 512 px), every unpinned tile is evicted and the
+    cache holds exactly the pinned tiles — over budget by at most what is on screen, which has to be
+    in memory to be drawn anyway — and is trimmed back to the budget by the next :meth:`pin` of a
+    smaller view. Pinned tiles are never evicted, so they are never read twice in a loop. Without
+    pins (plain LRU use) the tile just put is kept even if it alone exceeds the budget.
+    """
 
     def __init__(self, max_bytes: int = 256 * 2**20) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[TileKey, QImage] = OrderedDict()
+        self._pinned: frozenset[TileKey] = frozenset()
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -80,6 +94,16 @@ class TileCache:
 
     def keys(self) -> list[TileKey]:
         return list(self._items)
+
+    @property
+    def pinned(self) -> frozenset[TileKey]:
+        return self._pinned
+
+    def pin(self, keys: Iterable[TileKey]) -> None:
+        """Protect exactly ``keys`` (the tiles on screen, cached or not yet) from eviction, and trim
+        the other tiles to the budget."""
+        self._pinned = frozenset(keys)
+        self._trim(keep=None)
 
     def get(self, key: TileKey) -> QImage | None:
         """The tile, marked as most recently used; None when absent."""
@@ -98,12 +122,23 @@ class TileCache:
             self.nbytes -= old.sizeInBytes()
         self._items[key] = image
         self.nbytes += image.sizeInBytes()
-        while self.nbytes > self.max_bytes and len(self._items) > 1:
-            _, evicted = self._items.popitem(last=False)
-            self.nbytes -= evicted.sizeInBytes()
+        self._trim(keep=key if not self._pinned else None)
+
+    def _trim(self, keep: TileKey | None) -> None:
+        """Evict unpinned tiles (and not ``keep``), least recently used first, until within budget."""
+        if self.nbytes <= self.max_bytes:
+            return
+        for key in list(self._items):
+            if self.nbytes <= self.max_bytes:
+                break
+            if key in self._pinned or key == keep:
+                continue
+            self.nbytes -= self._items.pop(key).sizeInBytes()
 
     def clear(self) -> None:
+        """Drop every tile and every pin (another slide)."""
         self._items.clear()
+        self._pinned = frozenset()
         self.nbytes = 0
 
 

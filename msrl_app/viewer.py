@@ -5,8 +5,10 @@ painting: :class:`msrl_app.overlays.OverlayLayers`; the overview and colour lege
 View model: ``scale`` is screen pixels per level-0 pixel (1.0 = 1:1) and ``center`` the level-0
 point shown at the middle of the widget. The pyramid level drawn is the coarsest one with at least
 one pixel per screen pixel (:func:`msrl_app.tiles.choose_level`); its 512-px tiles are read by a
-:class:`~msrl_app.tiles.TileLoader` off the GUI thread and kept in an LRU cache. While a tile is
-loading, the thumbnail and any cached coarser tiles underneath stand in for it.
+:class:`~msrl_app.tiles.TileLoader` off the GUI thread and kept in an LRU cache that never evicts
+the tiles on screen (:class:`~msrl_app.tiles.TileCache`); a visible tile missing after a load is
+requested again. While a tile is loading, the thumbnail and any cached coarser tiles underneath
+stand in for it.
 
 Overlays (drawn above the tiles, each with a visibility flag and an opacity):
     ``tissue``   the tissue mask (computed in the background when a slide is set)
@@ -302,10 +304,15 @@ class SlideViewer(QWidget):
 
     # -- tiles --------------------------------------------------------------------------------------
     def _request_tiles(self) -> None:
+        """Pin the visible tiles in the cache (a late load can never evict them) and request those
+        missing. Called at every view change, and after every tile load or failure so that a
+        visible tile missing for any reason is read again (the loader skips tiles already queued)."""
         slide = self.slide
         if slide is None:
             return
-        missing = {k for k in self.visible_tiles() if k not in self._cache and k not in self._failed}
+        visible = self.visible_tiles()
+        self._cache.pin(visible)
+        missing = {k for k in visible if k not in self._cache and k not in self._failed}
         ds = slide.level_downsamples[self.current_level()]
         span = self.TILE_SIZE * ds
         cx, cy = self._center.x(), self._center.y()
@@ -317,13 +324,21 @@ class SlideViewer(QWidget):
             return
         self._cache.put(key, image)
         self._loader.finish(generation, key)
+        self._request_visible_missing()
         self.update()
+
+    def _request_visible_missing(self) -> None:
+        """After a load or a failure: request again any visible tile that is neither cached nor
+        unreadable (e.g. evicted by the load that just arrived), so no tile on screen stays blank."""
+        if any(k not in self._cache and k not in self._failed for k in self.visible_tiles()):
+            self._request_tiles()
 
     def _on_tile_failed(self, generation: int, key: TileKey, reason: str) -> None:
         if generation != self._loader.generation:
             return
         self._failed.add(key)
         self._loader.finish(generation, key)
+        self._request_visible_missing()
         log.warning("tile %s of %s unreadable: %s", key, self.slide.path.name if self.slide else "?", reason)
 
     # -- overlays (data and painting in msrl_app.overlays.OverlayLayers) -------------------------------

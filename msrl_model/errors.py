@@ -48,6 +48,20 @@ class BundleError(MSRLError):
     """A model bundle is missing, tampered, truncated, too new or mismatched."""
 
 
+class OutputError(MSRLError, OSError):
+    """An output could not be written: the folder is read-only, the disk is full, ...
+
+    Also an :class:`OSError` (``errno`` set when known), so code that handles file-system errors
+    keeps working; nothing partial is left behind (see :mod:`msrl_model.files`).
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class CancelledError(MSRLError):
     """The user cancelled a long-running job."""
 

@@ -132,6 +132,105 @@ def test_cache_stays_within_its_budget(qtbot, synth_slide):
     v.shutdown()
 
 
+class ManualPool:
+    """Stands in for the loader's QThreadPool: reads run only when the test says, in its order."""
+
+    def __init__(self) -> None:
+        self.queue: list = []
+
+    def start(self, fn) -> None:
+        self.queue.append(fn)
+
+    def clear(self) -> None:
+        self.queue.clear()
+
+    def waitForDone(self, msecs: int = -1) -> bool:  # noqa: N802 - QThreadPool's name
+        return True
+
+    def run(self) -> None:
+        """Run every queued read on this thread (``loaded`` is then delivered at once)."""
+        queue, self.queue = self.queue, []
+        for fn in queue:
+            fn()
+
+
+def _manual_viewer(qtbot, synth_slide, cache: TileCache) -> tuple[SlideViewer, ManualPool]:
+    v = SlideViewer(cache_bytes=cache.max_bytes, threads=1)
+    qtbot.addWidget(v)
+    pool = ManualPool()
+    v._loader._pool = pool  # reads by hand, in the order that used to lose a visible tile
+    v._cache = cache
+    v.resize(300, 300)
+    v.set_slide(_open(synth_slide))
+    return v, pool
+
+
+def _late_loads(v: SlideViewer) -> None:
+    """Reads of the fitted view and of the first 1:1 view that had started before the view moved
+    on (they passed the loader's "still wanted" check) arrive after the current view's tile."""
+    for key, (w, h) in [((1, 0, 0), (512, 384)), ((0, 1, 1), (512, 512)), ((0, 2, 1), (512, 512))]:
+        image = QImage(w, h, QImage.Format.Format_RGB32)
+        image.fill(0x808080)
+        v._loader.loaded.emit(v._loader.generation, key, image)
+
+
+def _move_like_the_budget_test(v: SlideViewer, pool: ManualPool) -> None:
+    v.zoom_to(1.0)  # from the fitted view (tile (1, 0, 0)) to 1:1 at the center: (0, 1, 1), (0, 2, 1)
+    v.set_center(QPointF(0, 700))  # then at once to the left edge: (0, 0, 1) only
+    assert v.visible_tiles() == {(0, 0, 1)}
+    pool.run()  # the older reads are skipped (no longer wanted); (0, 0, 1) is read and cached
+    assert (0, 0, 1) in v.cached_tiles()
+
+
+def test_a_late_tile_load_never_evicts_a_visible_tile(qtbot, synth_slide):
+    """The race behind the flaky budget test, made deterministic: with room for 3 tiles, three late
+    loads of tiles no longer wanted used to evict the one tile on screen, and nothing read it again."""
+    tile_bytes = 512 * 512 * 4
+    v, pool = _manual_viewer(qtbot, synth_slide, TileCache(3 * tile_bytes))
+    _move_like_the_budget_test(v, pool)
+    _late_loads(v)
+    assert v.visible_tiles() <= v.cached_tiles()  # pinned: older off-screen tiles were evicted instead
+    assert v._cache.nbytes <= v._cache.max_bytes and not pool.queue
+    v.shutdown()
+
+
+class UnpinnedCache(TileCache):
+    """The cache as it was: plain LRU, visible tiles not protected."""
+
+    def pin(self, keys) -> None:
+        pass
+
+
+def test_the_viewer_requests_again_a_visible_tile_that_was_evicted(qtbot, synth_slide):
+    """Whatever drops a visible tile from the cache, the next load or failure re-requests it."""
+    tile_bytes = 512 * 512 * 4
+    v, pool = _manual_viewer(qtbot, synth_slide, UnpinnedCache(3 * tile_bytes))
+    _move_like_the_budget_test(v, pool)
+    _late_loads(v)
+    assert (0, 0, 1) not in v.cached_tiles()  # the old LRU evicted the visible tile ...
+    assert len(pool.queue) == 1  # ... and the viewer queued its read again
+    pool.run()
+    assert v.visible_tiles() <= v.cached_tiles()
+    v.shutdown()
+
+
+def test_tile_cache_never_evicts_pinned_tiles():
+    image = QImage(64, 64, QImage.Format.Format_RGB32)
+    size = image.sizeInBytes()
+    cache = TileCache(max_bytes=2 * size)
+    cache.pin({(0, 0, 0), (0, 1, 0)})
+    for i in range(4):
+        cache.put((0, i, 0), image)
+    assert set(cache.keys()) == {(0, 0, 0), (0, 1, 0)}  # late loads of unpinned tiles go first
+    cache.pin({(0, i, 0) for i in range(3)})  # a view larger than the budget: kept whole, over budget
+    cache.put((0, 2, 0), image)
+    assert len(cache) == 3 and cache.nbytes == 3 * size
+    cache.pin({(0, 2, 0)})  # a smaller view: back within the budget at once
+    assert cache.nbytes <= cache.max_bytes and (0, 2, 0) in cache
+    cache.clear()
+    assert cache.pinned == frozenset() and len(cache) == 0
+
+
 def test_keyboard_navigation(qtbot, viewer):
     qtbot.keyClick(viewer, Qt.Key.Key_1)
     assert viewer.scale == 1.0

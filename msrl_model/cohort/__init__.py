@@ -12,6 +12,8 @@ numpy only) does not import pandas.
 ``clinical.py``        ``clinical.csv`` validation by column family
 ``labels.py``          label columns, stage I–IV, class order
 ``genomics.py``        ``expression.csv`` validation, gene groups restricted to its genes
+``featurefiles.py``    every feature file opened and checked (layout, rows, NaN/inf, the majority's dimension)
+``tasks.py``           the requested tasks: survival needs events, a label two classes
 ``expression.py``      one reader of expression files for prediction; :class:`ExpressionScaler`
 ``survival.py``        discrete-time survival bins
 ``folds.py``           stratified cross-validation folds

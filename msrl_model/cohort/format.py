@@ -175,6 +175,18 @@ class Problems:
             rows = [row for row, _ in entries]
             self.items.append(f"{source} {_rows_text(rows)} ({len(rows)} rows): {summary}")
 
+    def per_file(self, entries: list[tuple[str, str]], summary: str) -> None:
+        """``entries``: (file name, sentence; an empty name for a sentence about several files); many
+        entries collapse into one line naming the files with ``summary``."""
+        if not entries:
+            return
+        if len(entries) <= _MAX_LINES_PER_KIND:
+            self.items.extend(f"{name} {text}" if name else text for name, text in entries)
+        else:
+            names = [name for name, _ in entries if name]
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            self.items.append(f"{len(names)} feature files ({shown}): {summary}")
+
 
 def read_csv(path: Path, problems: Problems, **kwargs: Any) -> pd.DataFrame | None:
     """``pd.read_csv`` with stripped column names; None (and a problem) when the file is missing or

@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 
 from msrl_model.cohort.clinical import Clinical, check_clinical
+from msrl_model.cohort.featurefiles import check_feature_files
 from msrl_model.cohort.format import (SLIDE_SUFFIXES, Cohort, CohortConfig, CohortValidationError, Problems,
                                       read_csv)
 from msrl_model.cohort.genomics import check_expression, read_gene_sets, resolve_gmt, restrict_gene_groups
 from msrl_model.cohort.labels import classes_for
+from msrl_model.cohort.tasks import Tasks, check_tasks, resolve_tasks
 from msrl_model.errors import CohortError
 
 
@@ -75,9 +77,11 @@ def _find_slide_files(slides_dir: Path) -> dict[str, Path]:
     return found
 
 
-def _check_files(root: Path, clinical: Clinical, config: CohortConfig,
-                 problems: Problems) -> tuple[dict[str, Path | None], dict[str, Path | None]]:
-    """``(slide_id -> feature file, slide_id -> slide file)``; a slide with neither is a problem."""
+def _check_files(root: Path, clinical: Clinical, config: CohortConfig, problems: Problems,
+                 require_features: bool = False) -> tuple[dict[str, Path | None], dict[str, Path | None]]:
+    """``(slide_id -> feature file, slide_id -> slide file)``; a slide with neither is a problem, and
+    so is (``require_features``) a case without any feature file. Every feature file is opened and
+    checked (``cohort/featurefiles.py``)."""
     features_dir, slides_dir = root / config.features_dir, root / config.slides_dir
     slide_files = _find_slide_files(slides_dir)
     feature_paths: dict[str, Path | None] = {}
@@ -98,6 +102,17 @@ def _check_files(root: Path, clinical: Clinical, config: CohortConfig,
                                 f"nor a slide file {config.slides_dir}/{s}.<svs|tif|ndpi|...>"))
     problems.per_row(config.clinical, entries,
                      "slides without a feature file or a slide file (cases without features or slides)")
+    if require_features:
+        no_features = [(clinical.first_row[case], f"case {case} has no feature file "
+                        f"({config.features_dir}/<slide_id>.h5 for {', '.join(slide_ids)}); run "
+                        "`msrl extract` on its slides first")
+                       for case, slide_ids in clinical.slides.items()
+                       if slide_ids and all(feature_paths[s] is None for s in slide_ids)
+                       and any(slide_paths[s] is not None for s in slide_ids)]  # neither: listed above
+        problems.per_row(config.clinical, no_features,
+                         "cases without a feature file; run `msrl extract` on their slides first")
+    check_feature_files([(f"{config.features_dir}/{p.name}", p) for p in feature_paths.values()
+                         if p is not None], problems)
     return feature_paths, slide_paths
 
 
@@ -113,13 +128,22 @@ def _used_genes(all_genes: list[str], matrix: np.ndarray,
     return genes, matrix[:, [column[g] for g in genes]].astype(np.float32), groups
 
 
-def load_cohort(root: str | Path) -> Cohort:
+def load_cohort(root: str | Path, *, tasks: Tasks | None = None, require_features: bool = False) -> Cohort:
     """Load and validate a cohort directory (format in :mod:`msrl_model.cohort.format`).
+
+    Args:
+        root: the cohort directory.
+        tasks: the tasks a run will train (``survival`` and/or label columns), or a rule that picks
+            them from the label columns; each is checked (``cohort/tasks.py``: observed events, two
+            classes, a known column). None: no task is checked.
+        require_features: every case needs a feature file (training reads only those).
 
     Raises:
         CohortValidationError: listing every problem found (missing columns, duplicates, bad
             survival or censorship values, conflicting case rows, slides without features or slide
-            files, cases missing from the expression table, non-numeric expression values, ...).
+            files, every feature file that is not HDF5, has no coords, no rows, non-finite values or
+            a dimension other than the majority's, cases missing from the expression table,
+            non-numeric expression values, a requested task the cases cannot train, ...).
     """
     root = Path(root)
     if not root.is_dir():
@@ -131,8 +155,10 @@ def load_cohort(root: str | Path) -> Cohort:
 
     df = read_csv(root / config.clinical, problems, dtype=str, keep_default_na=False)
     clinical = check_clinical(df, config, problems, notes) if df is not None else None
-    feature_paths, slide_paths = _check_files(root, clinical, config, problems) \
+    feature_paths, slide_paths = _check_files(root, clinical, config, problems, require_features) \
         if clinical is not None else ({}, {})
+    if clinical is not None and tasks is not None:
+        check_tasks(resolve_tasks(tasks, clinical.label_columns), clinical, config, problems)
     expression = check_expression(root, clinical, config, problems, notes)
     gmt_path = resolve_gmt(root, config, problems)
     gene_sets = read_gene_sets(gmt_path, problems) if gmt_path is not None else []

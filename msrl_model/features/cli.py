@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="process every n-th slide starting at i (default: torchrun RANK/WORLD_SIZE, else all)")
+    p.add_argument("--max-patches", type=int, default=None, metavar="N",
+                   help="refuse slides with more than N tissue patches (default 100000; a 40x TCGA slide has "
+                        "10k-40k)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)
 
@@ -31,8 +34,13 @@ def run_extract(args: argparse.Namespace) -> int:
     from msrl_model.features.pipeline import ExtractStats, extract_many, extract_slide, parse_shard
     from msrl_model.progress import drive
 
+    from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
+
     if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
         raise MSRLError("--batch-size and --workers must be at least 1")
+    max_patches = DEFAULT_MAX_PATCHES if args.max_patches is None else args.max_patches
+    if max_patches < 1:
+        raise MSRLError("--max-patches must be at least 1")
     show = not args.quiet and sys.stderr.isatty()
     inputs = [Path(p) for p in args.inputs]
     shard = parse_shard(args.shard) if args.shard else None
@@ -40,13 +48,13 @@ def run_extract(args: argparse.Namespace) -> int:
         # One slide: its error is the command's error (one line, non-zero exit, via the dispatcher).
         stats = ExtractStats()
         out = drive(extract_slide(inputs[0], args.out, args.encoder, args.device, args.workers,
-                                  args.batch_size, stats=stats), show=show)
+                                  args.batch_size, stats=stats, max_patches=max_patches), show=show)
         for warning in stats.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(out)
         return 0
     report = drive(extract_many(inputs, args.out, args.encoder, args.device, args.workers,
-                                args.batch_size, shard=shard), show=show)
+                                args.batch_size, shard=shard, max_patches=max_patches), show=show)
     for result in report.slides:
         for warning in result.warnings:
             print(f"warning: {result.slide}: {warning}", file=sys.stderr)

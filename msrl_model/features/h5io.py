@@ -1,8 +1,13 @@
 """Feature files (architecture §3): ``<slide_id>.h5`` with ``features`` (N×D float32) and ``coords`` (N×2 int64).
 
-Written atomically (:func:`msrl_model.files.atomic_path`): the data goes to a temporary file in the
+Written atomically: the HDF5 file is built in memory (h5py on a :class:`io.BytesIO`, so the HDF5
+library never writes onto the real file system - a full disk under HDF5's own writer can crash the
+process) and its bytes go through :func:`msrl_model.files.atomic_write`: a temporary file in the
 destination directory, renamed over the target only once it is complete and closed. A failure
-part-way (disk full, cancel, crash) leaves either the previous file or nothing, never a partial file.
+part-way (disk full, cancel, crash) leaves either the previous file or nothing, never a partial
+file, and a full disk or a read-only folder is an ordinary :class:`~msrl_model.errors.OutputError`.
+
+Reading can be bounded (``max_rows``): the declared shapes are checked before any array is read.
 
 Reads this tool's files and the CLAM/TRIDENT style: attributes may sit on the root, on ``coords`` or
 on ``features``; datasets may carry a leading batch dimension of 1 (``1×N×D``, ``1×N×2``); missing
@@ -11,6 +16,7 @@ attributes get defaults (and ``TRIDENT``'s magnifications are turned into µm/px
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from msrl_model.errors import MSRLError
-from msrl_model.files import atomic_path
+from msrl_model.files import atomic_write
 
 # Version of the layout written here; bump when the datasets or attribute meanings change.
 FORMAT_VERSION = 1
@@ -90,13 +96,65 @@ def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray,
     coords = np.asarray(coords, dtype=np.int64)
     if features.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2 or len(features) != len(coords):
         raise ValueError(f"features must be (N, D) and coords (N, 2); got {features.shape} and {coords.shape}")
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:  # in memory: HDF5 never writes to the file system itself
         f.create_dataset("features", data=features)
         f.create_dataset("coords", data=coords)
         f.attrs["format_version"] = FORMAT_VERSION
         for key, value in (attrs or {}).items():
             f.attrs[key] = _encode_attr(value)
+    with buffer.getbuffer() as data:
+        atomic_write(path, data)
     return path
+
+
+def expected_size(n: int, dim: int) -> int:
+    """About the bytes of a feature file of ``n`` patches of ``dim`` features (free-space checks)."""
+    return int(n) * (int(dim) * 4 + 16) + 64 * 1024
+
+
+def _rows(shape: tuple[int, ...], name: str) -> int:
+    """Rows a dataset of ``shape`` holds once a leading batch dimension of 1 is dropped."""
+    shape = tuple(shape)
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    if name == "features" and len(shape) == 1:
+        return 1
+    return int(shape[0]) if shape else 0
+
+
+def cache_problem(path: str | Path, key: str, encoder: str, encoder_version: str, dim: int,
+                  max_rows: int | None = None) -> str | None:
+    """Why the feature file at ``path`` cannot serve as the cached result for ``key``, or None.
+
+    Checks the content, not only the key: the cache key, the encoder name and version, ``features``
+    N×D with D = ``dim``, ``coords`` N×2, the same N ≥ 1 (and at most ``max_rows``), floating-point
+    features. Reads only metadata (no arrays).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        with h5py.File(path, "r") as f:
+            if "features" not in f or "coords" not in f:
+                return "no features/coords datasets"
+            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+            if attrs.get("cache_key") != key:
+                return "another cache key"
+            if attrs.get("encoder") != encoder or str(attrs.get("encoder_version")) != str(encoder_version):
+                return "other or missing encoder attributes"
+            fs, cs = tuple(f["features"].shape), tuple(f["coords"].shape)
+            if len(fs) != 2 or fs[1] != dim or f["features"].dtype.kind != "f":
+                return f"features of shape {fs}, expected N×{dim} floats"
+            if len(cs) != 2 or cs[1] != 2 or cs[0] != fs[0] or fs[0] < 1:
+                return f"coords of shape {cs} do not match features {fs}"
+            if max_rows is not None and fs[0] > max_rows:
+                return f"{fs[0]} patches, more than {max_rows}"
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        return f"unreadable ({type(err).__name__})"
+    return None
 
 
 def _squeeze_batch(array: np.ndarray, name: str, path: Path) -> np.ndarray:
@@ -111,13 +169,15 @@ def _squeeze_batch(array: np.ndarray, name: str, path: Path) -> np.ndarray:
     return array
 
 
-def read_features(path: str | Path, *, load_features: bool = True) -> FeatureFile:
+def read_features(path: str | Path, *, load_features: bool = True, max_rows: int | None = None) -> FeatureFile:
     """Read a feature file written by this tool, CLAM or TRIDENT.
 
     Args:
         path: the ``.h5`` file.
         load_features: False reads only coords and attrs (features is then an empty (0, D) array),
             which is what cache checks need.
+        max_rows: refuse (FeatureFileError) a file declaring more patches than this, before reading
+            any array (a hostile or mistaken file cannot exhaust memory).
     """
     import h5py
 
@@ -129,6 +189,12 @@ def read_features(path: str | Path, *, load_features: bool = True) -> FeatureFil
             if "features" not in f or "coords" not in f:
                 raise FeatureFileError(f"{path}: no 'features'/'coords' datasets; this is not a feature "
                                        "file from msrl, CLAM or TRIDENT")
+            if max_rows is not None:
+                n = max(_rows(f["features"].shape, "features"), _rows(f["coords"].shape, "coords"))
+                if n > max_rows:
+                    raise FeatureFileError(
+                        f"{path}: {n} patches, more than the limit of {max_rows} per slide; check the "
+                        "file (re-extract it with `msrl extract`) or raise the limit with --max-patches")
             attrs: dict[str, Any] = {}
             # Precedence: root attrs (ours) over coords attrs (CLAM/TRIDENT) over features attrs.
             for source in (f["features"].attrs, f["coords"].attrs, f.attrs):

@@ -9,8 +9,15 @@ encoder runs under autocast with its own precision.
 Cache: the output is ``out_dir/<slide_id>.h5``; its ``cache_key`` attribute hashes the slide's
 ``sha256_head``, the encoder name and version and the tissue/tiling parameters. When the file
 exists with the same key the job yields one ``"cached"`` event and returns at once; any change of
-key recomputes. Nothing partial is ever left: the file is written atomically at the very end, and
-cancelling (closing the generator) or an error stops the reader threads and writes nothing.
+key recomputes. A cached file is trusted on its content, not on its key alone
+(:func:`~msrl_model.features.h5io.cache_problem`: encoder attributes, N×D features with D the
+encoder's dimension, N×2 coords); a bad one is recomputed and replaced. Nothing partial is ever
+left: the file is written atomically at the very end, and cancelling (closing the generator) or an
+error stops the reader threads and writes nothing. Orphaned temporaries of killed runs are removed
+when a run starts; the output folder's writability and free space (against the expected file size)
+are checked before the long work, so a read-only folder or a full disk is one
+:class:`~msrl_model.errors.OutputError` line, early. At most ``max_patches`` patches per slide
+(:data:`~msrl_model.slide.tiling.DEFAULT_MAX_PATCHES`).
 
 :func:`extract_many` runs many slides (files or directories), resumes by skipping cached slides,
 continues past bad slides and writes ``extract_report.json`` with one entry per slide.
@@ -31,10 +38,11 @@ from typing import Any
 import numpy as np
 
 from msrl_model.device import resolve_device
-from msrl_model.errors import EncoderError, MSRLError
-from msrl_model.features.h5io import FORMAT_VERSION, FeatureFileError, read_features, write_features
+from msrl_model.errors import EncoderError, MSRLError, OutputError
+from msrl_model.features.h5io import FORMAT_VERSION, cache_problem, expected_size, write_features
 from msrl_model.features.reader import ParallelTileReader, ReaderConfig
-from msrl_model.files import atomic_write
+from msrl_model.files import atomic_write, check_writable, remove_orphaned_temporaries
+from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
 from msrl_model.progress import Job, Progress, Stage
 
 # File extensions picked up when a directory is given (any OpenSlide/tiffslide format).
@@ -77,13 +85,29 @@ def cache_key(sha256_head: str, encoder_name: str, encoder_version: str, tissue:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _cache_hit(path: Path, key: str) -> bool:
-    if not path.is_file():
-        return False
+def _cache_hit(path: Path, key: str, encoder: Any, stats: ExtractStats) -> bool:
+    """True when ``path`` is a valid feature file for ``key`` from ``encoder`` (checked on its content).
+
+    A file with this key whose content is wrong (missing encoder attributes, wrong shapes) is
+    recomputed and replaced, with a warning in ``stats``.
+    """
+    problem = cache_problem(path, key, encoder.name, encoder.version, int(encoder.dim))
+    if problem is None:
+        return True
+    if problem not in ("missing", "another cache key"):
+        stats.warnings.append(f"the cached feature file {path.name} was not valid ({problem}); recomputed it")
+    return False
+
+
+def _stored_warnings(path: Path, default: list[str]) -> list[str]:
+    """The warnings recorded in a feature file when it was extracted (the slide's and the grid's)."""
+    from msrl_model.features.h5io import read_features
+
     try:
-        return read_features(path, load_features=False).attrs.get("cache_key") == key
-    except FeatureFileError:
-        return False  # unreadable old file: recompute and replace it
+        stored = read_features(path, load_features=False).attrs.get("warnings")
+    except MSRLError:
+        return list(default)
+    return [str(w) for w in stored] if isinstance(stored, list) else list(default)
 
 
 def _encode_batch(encoder: Any, batch: Any) -> Any:
@@ -109,14 +133,15 @@ def _build(encoder: Any, device: str) -> Any:
     return encoder
 
 
-def _grid(slide: Any, tissue: Any, tiling: Any, stats: ExtractStats) -> Any:
+def _grid(slide: Any, tissue: Any, tiling: Any, stats: ExtractStats,
+          max_patches: int | None = DEFAULT_MAX_PATCHES) -> Any:
     """The tissue mask and the tile grid over it; records their time and warnings in ``stats``."""
     from msrl_model.slide import tile_grid, tissue_mask
 
     t0 = time.perf_counter()
-    grid = tile_grid(slide, tissue_mask(slide, tissue), tiling)
+    grid = tile_grid(slide, tissue_mask(slide, tissue), tiling, max_patches=max_patches)
     stats.tissue_s = time.perf_counter() - t0
-    stats.warnings = [*getattr(slide, "warnings", []), *getattr(grid, "warnings", [])]
+    stats.warnings = [*stats.warnings, *getattr(slide, "warnings", []), *getattr(grid, "warnings", [])]
     return grid
 
 
@@ -156,6 +181,11 @@ def _encode_tiles(reader: ParallelTileReader, encoder: Any, n: int, patch_size: 
         stats.tiles += len(batch)
         yield Progress(Stage.READ_ENCODE, first + len(batch), n, slide_id)
     stats.read_wait_s = reader.read_wait_s
+    issues = getattr(reader, "decoder_issues", 0)
+    if issues:
+        stats.warnings.append(
+            f"{slide_id}: {issues} tile region(s) could not be decoded directly (JPEG decoder error) and were "
+            "read through the slide library instead; those patches may be damaged - check the slide")
     return features
 
 
@@ -184,7 +214,7 @@ def _feature_attrs(slide: Any, grid: Any, encoder: Any, encoder_spec: Any, sha: 
 def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any = "builtin-he",
                   device: str = "auto", workers: int | None = None, batch_size: int = 64,
                   tissue: Any = None, tiling: Any = None, stats: ExtractStats | None = None,
-                  prefetch: int = 3) -> Job[Path]:
+                  prefetch: int = 3, max_patches: int | None = DEFAULT_MAX_PATCHES) -> Job[Path]:
     """Extract patch features of one slide into ``out_dir/<slide_id>.h5`` (architecture §3 layout).
 
     Args:
@@ -199,8 +229,10 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         tiling: :class:`~msrl_model.slide.TilingParams` (default: its defaults).
         stats: filled in with the timings and the cache flag.
         prefetch: batches the reader keeps ready ahead of the encoder.
+        max_patches: refuse (SlideError) a slide with more tissue patches than this (None: no cap).
 
-    Yields Progress stages ``open``, then ``cached`` (and returns) or ``tissue``, ``read+encode``,
+    Raises OutputError before the tissue stage when ``out_dir`` is not writable or lacks the space
+    for the feature file. Yields Progress stages ``open``, then ``cached`` (and returns) or ``tissue``, ``read+encode``,
     ``write``. Returns the feature file's path.
     """
     from msrl_model.slide import TilingParams, TissueParams, open_slide
@@ -220,15 +252,19 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         encoder = _build(encoder_spec, device)
         key = cache_key(sha, encoder.name, encoder.version, tissue, tiling)
         out = Path(out_dir) / f"{slide.slide_id}.h5"
-        if _cache_hit(out, key):
+        remove_orphaned_temporaries(out_dir)
+        if _cache_hit(out, key, encoder, stats):
             stats.cached = True
+            stats.warnings = [*stats.warnings, *_stored_warnings(out, getattr(slide, "warnings", []))]
             stats.total_s = time.perf_counter() - t_start
             yield Progress(Stage.CACHED, 1, 1, slide.slide_id)
             return out
+        check_writable(out_dir)  # a read-only folder fails now, not after the encoding
 
         yield Progress(Stage.TISSUE, 0, 1, slide.slide_id)
-        grid = _grid(slide, tissue, tiling, stats)
+        grid = _grid(slide, tissue, tiling, stats, max_patches)
         n = len(grid.coords)
+        check_writable(out_dir, expected_size(n, int(encoder.dim)))  # free space for the feature file
         yield Progress(Stage.TISSUE, 1, 1, f"{slide.slide_id}: {n} tiles")
 
         reader = ParallelTileReader(slide.path, grid, ReaderConfig(
@@ -346,16 +382,20 @@ def _write_report(report: ExtractReport) -> None:
 def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec: Any = "builtin-he",
                  device: str = "auto", workers: int | None = None, batch_size: int = 64,
                  tissue: Any = None, tiling: Any = None,
-                 shard: tuple[int, int] | None = None) -> Job[ExtractReport]:
+                 shard: tuple[int, int] | None = None,
+                 max_patches: int | None = DEFAULT_MAX_PATCHES) -> Job[ExtractReport]:
     """Extract every slide of ``paths`` (files and/or directories) into ``out_dir``.
 
     Already extracted slides are cache hits (resume after an interruption); a bad slide is recorded
     with its one-line error and the run goes on. ``shard=(i, n)`` (or torchrun's RANK/WORLD_SIZE)
     keeps every n-th slide of the sorted list. The report is rewritten after every slide.
-    Yields one ``"slides"`` stage whose message carries the current slide's own stage.
+    A read-only output folder or a full disk (:class:`OutputError`) stops the run: it is no fault
+    of the slide and would fail every later one. Yields one ``"slides"`` stage whose message
+    carries the current slide's own stage.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
+    remove_orphaned_temporaries(out_dir)
     shard = resolve_shard(shard)
     slides = shard_slides(collect_slides(paths), shard)
     report = ExtractReport(out_dir=str(out_dir), shard=shard)
@@ -372,7 +412,8 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
             seen[path.stem] = path
             stats = ExtractStats()
             try:
-                job = extract_slide(path, out_dir, encoder, device, workers, batch_size, tissue, tiling, stats)
+                job = extract_slide(path, out_dir, encoder, device, workers, batch_size, tissue, tiling, stats,
+                                    max_patches=max_patches)
                 try:
                     while True:
                         ev = next(job)
@@ -385,6 +426,8 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
                 result = SlideResult(str(path), stats.slide_id or path.stem,
                                      "cached" if stats.cached else "ok", output=str(output), tiles=stats.tiles,
                                      warnings=stats.warnings)
+            except OutputError:
+                raise  # the output folder, not the slide: stop here (one line from the CLI)
             except MSRLError as err:
                 result = SlideResult(str(path), path.stem, "error", str(err))
             except (OSError, ValueError, RuntimeError) as err:

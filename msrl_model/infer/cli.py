@@ -5,7 +5,9 @@ For each slide: tissue → tiling → patch features (cached in ``--cache``, def
 :class:`~msrl_model.infer.results.PredictionResult`). A slide whose result exists for the same slide
 bytes (``slide_sha256_head``) and the same bundle (``bundle_sha256``) is skipped, so an interrupted
 run resumes. Bad slides are reported and the run goes on; ``OUT/analyze_report.json`` lists every
-slide with its status (ok / skipped / error) and one-line error.
+slide with its status (ok / skipped / error) and one-line error. A read-only output folder or a
+full disk is checked before any work and stops the run with one line (exit 4): it would fail every
+slide. Orphaned temporaries of killed runs are removed from OUT and the cache when a run starts.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from msrl_model.cohort.expression import ExpressionTable
-from msrl_model.errors import MSRLError
-from msrl_model.files import atomic_write
-from msrl_model.infer.export import write_results
+from msrl_model.errors import MSRLError, OutputError
+from msrl_model.files import atomic_write, check_writable, remove_orphaned_temporaries
+from msrl_model.infer.export import result_paths, write_results
 from msrl_model.progress import Job, Progress, Stage
 
 REPORT_NAME = "analyze_report.json"
@@ -32,6 +34,8 @@ exit codes:
   0  every slide was analysed (or skipped because its result is up to date)
   2  usage error, or the bundle / expression file could not be used (nothing analysed)
   3  some slides failed (the others are done; see OUT/analyze_report.json)
+  4  an output could not be written: read-only folder or disk full (nothing partial is left)
+  130  interrupted (Ctrl-C); finished results are kept and a rerun resumes
 
 outputs:
   OUT/<slide_id>.json        the full result (survival curve, risk, probabilities, linked training
@@ -101,6 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: CPU count)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
+    p.add_argument("--max-patches", type=int, default=None, metavar="N",
+                   help="refuse slides (and feature files) with more than N patches (default 100000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_analyze)
 
@@ -113,8 +119,8 @@ def _up_to_date(out: Path, slide: Path, bundle_sha: str) -> dict[str, Any] | Non
     from msrl_model.infer.results import PredictionResult
     from msrl_model.slide import open_slide
 
-    if not out.is_file():
-        return None
+    if not all(path.is_file() for path in result_paths(out)):
+        return None  # the JSON and both CSVs make a result; anything less is analysed again
     try:
         previous = PredictionResult.from_json(out.read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError, OSError):
@@ -129,8 +135,15 @@ def _up_to_date(out: Path, slide: Path, bundle_sha: str) -> dict[str, Any] | Non
 
 def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: Path, project: str | None,
                  expression: ExpressionTable | None, *, workers: int | None = None, batch_size: int = 64,
-                 on_slide: Callable[[SlideOutcome], Any] | None = None) -> Job[AnalyzeReport]:
-    """Analyse ``slides`` into ``out_dir``; yields one "slides" stage (message = the slide's own stage)."""
+                 on_slide: Callable[[SlideOutcome], Any] | None = None,
+                 max_patches: int | None = None) -> Job[AnalyzeReport]:
+    """Analyse ``slides`` into ``out_dir``; yields one "slides" stage (message = the slide's own stage).
+
+    An :class:`OutputError` (read-only folder, disk full) is raised, not recorded: it is no fault of
+    the slide. ``max_patches`` (None: the default cap) bounds the patches per slide."""
+    from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
+
+    max_patches = DEFAULT_MAX_PATCHES if max_patches is None else max_patches
     report = AnalyzeReport(str(out_dir), str(predictor.bundle.path), predictor.bundle.fingerprint)
     seen: dict[str, Path] = {}
     for k, path in enumerate(slides):
@@ -147,7 +160,8 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
                                        summary=summary)
             else:
                 expr = expression.for_slide(path.stem, single=len(slides) == 1) if expression else None
-                job = predictor.predict_slide(path, cache_dir, project, expr, workers=workers, batch_size=batch_size)
+                job = predictor.predict_slide(path, cache_dir, project, expr, workers=workers, batch_size=batch_size,
+                                              max_patches=max_patches)
                 try:
                     while True:
                         ev = next(job)
@@ -158,9 +172,18 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
                     job.close()
                 if expression is not None and expr is None:
                     result.warnings.append(f"no expression row matches {path.stem}; analysed from the slide only")
-                write_results(out, result)
+                before = {q: q.stat().st_mtime_ns for q in result_paths(out) if q.is_file()}
+                try:
+                    write_results(out, result)
+                except OutputError:
+                    for q in result_paths(out):  # never a new JSON without its CSVs; older files stay as they were
+                        if q.is_file() and before.get(q) != q.stat().st_mtime_ns:
+                            q.unlink(missing_ok=True)
+                    raise
                 outcome = SlideOutcome(str(path), result.slide_id, "ok", "; ".join(result.warnings), str(out),
                                        summary=result.summary())
+        except OutputError:
+            raise
         except MSRLError as err:
             outcome = SlideOutcome(str(path), path.stem, "error", str(err))
         except (OSError, ValueError, RuntimeError) as err:
@@ -183,6 +206,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     try:
         if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
             raise MSRLError("--batch-size and --workers must be at least 1")
+        if args.max_patches is not None and args.max_patches < 1:
+            raise MSRLError("--max-patches must be at least 1")
         slides = collect_slides(args.inputs)
         if not slides:
             raise MSRLError(f"no slide files found in {' '.join(args.inputs)}")
@@ -190,11 +215,13 @@ def run_analyze(args: argparse.Namespace) -> int:
         predictor = Predictor.from_bundle(args.bundle, device=args.device)
         predictor.encoder()  # refuse a bundle whose encoder this installation cannot reproduce, before any work
         out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(out_dir)  # before any work: the results and the report go here
         cache_dir = Path(args.cache) if args.cache else out_dir / "features"
+        for folder in (out_dir, cache_dir):
+            remove_orphaned_temporaries(folder)
     except MSRLError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code if isinstance(err, OutputError) else 2
 
     def on_slide(o: SlideOutcome) -> None:
         if args.json:
@@ -206,8 +233,13 @@ def run_analyze(args: argparse.Namespace) -> int:
             print(f"{o.status}: {o.slide} -> {o.output}", flush=True)
 
     show = not args.quiet and sys.stderr.isatty()
-    report = drive(analyze_many(predictor, slides, out_dir, cache_dir, args.project, expression,
-                                workers=args.workers, batch_size=args.batch_size, on_slide=on_slide), show=show)
+    try:
+        report = drive(analyze_many(predictor, slides, out_dir, cache_dir, args.project, expression,
+                                    workers=args.workers, batch_size=args.batch_size, on_slide=on_slide,
+                                    max_patches=args.max_patches), show=show)
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     counts = report.to_json()["counts"]
     print(f"{counts['ok']} analysed, {counts['skipped']} up to date, {counts['error']} failed; "
           f"report: {out_dir / REPORT_NAME}", file=sys.stderr)

@@ -241,8 +241,12 @@ class Predictor:
     def predict_job(self, features: np.ndarray, coords: np.ndarray, patch_size_level0: int,
                     project: str | None = None, expression: Mapping[str, float] | Any = None, *,
                     slide_id: str = "slide", slide_path: str | None = None,
-                    slide_sha256_head: str | None = None) -> Job[PredictionResult]:
-        """:meth:`predict` as a job: yields Progress(Stage.PREDICT, i, n_tasks, task) and returns the result."""
+                    slide_sha256_head: str | None = None,
+                    warnings: list[str] | None = None) -> Job[PredictionResult]:
+        """:meth:`predict` as a job: yields Progress(Stage.PREDICT, i, n_tasks, task) and returns the result.
+
+        ``warnings`` (e.g. the slide's and the feature file's: an assumed mpp, decoder warnings) lead
+        the result's warnings."""
         cfg = self.bundle.config
         features = np.asarray(features, dtype=np.float32)
         coords = np.asarray(coords, dtype=np.int64)
@@ -253,7 +257,7 @@ class Predictor:
         if len(features) == 0 or coords.shape != (len(features), 2):
             raise MSRLError(f"{slide_id}: need at least one patch with (N, 2) coords; got features "
                             f"{features.shape} and coords {coords.shape}")
-        warnings: list[str] = []
+        warnings = [str(w) for w in warnings or []]
         packed = None
         if expression is not None:
             packed_np, more = self.expression_input(expression)
@@ -279,7 +283,8 @@ class Predictor:
             encoder={k: self.bundle.encoder.get(k) for k in ("name", "version", "dim")}, mode=mode,
             project=project, suggested_project=first.suggested_project, patch_size_level0=int(patch_size_level0),
             coords=coords.tolist(), tasks=results, warnings=list(dict.fromkeys(warnings)),
-            synthetic_training_cohort=self.bundle.synthetic, software_version=__version__)
+            synthetic_training_cohort=self.bundle.synthetic, software_version=__version__,
+            bundle_provenance=self.bundle.provenance)
 
     @torch.no_grad()
     def _predict_task(self, rt: _TaskRuntime, batch: SlideBatch, packed: torch.Tensor | None,
@@ -335,14 +340,23 @@ class Predictor:
                                             "dim": dim}, self.bundle.path)
 
     def predict_features_file(self, path: str | Path, project: str | None = None,
-                              expression: Mapping[str, float] | Any = None) -> PredictionResult:
-        """Predict from a feature file; BundleError when it comes from another encoder or version."""
+                              expression: Mapping[str, float] | Any = None, *,
+                              max_patches: int | None = None) -> PredictionResult:
+        """Predict from a feature file; BundleError when it comes from another encoder or version.
+
+        A file of more than ``max_patches`` rows (None: the default cap) is refused before it is read."""
         from msrl_model.features.h5io import read_features
 
-        ff = read_features(path)
+        ff = read_features(path, max_rows=_max_rows(max_patches))
         self._check_feature_attrs(ff.attrs, ff.features.shape[1])
-        return self.predict(ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
-                            slide_id=str(ff.attrs.get("slide_id") or Path(path).stem))
+        job = self.predict_job(ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
+                               slide_id=str(ff.attrs.get("slide_id") or Path(path).stem),
+                               warnings=_file_warnings(ff.attrs))
+        while True:
+            try:
+                next(job)
+            except StopIteration as stop:
+                return stop.value
 
     def encoder(self) -> Any:
         """The bundle's patch encoder, built once on this predictor's device; BundleError on a version mismatch."""
@@ -358,9 +372,13 @@ class Predictor:
 
     def predict_slide(self, slide_path: str | Path, cache_dir: str | Path, project: str | None = None,
                       expression: Mapping[str, float] | Any = None, *, workers: int | None = None,
-                      batch_size: int = 64) -> Job[PredictionResult]:
+                      batch_size: int = 64, max_patches: int | None = None) -> Job[PredictionResult]:
         """Extract (cached in ``cache_dir``) with the bundle's encoder, tiling and tissue parameters, then
-        predict. A job: yields the extraction's Progress stages, then "predict"; returns the result."""
+        predict. A job: yields the extraction's Progress stages, then "predict"; returns the result.
+
+        The result's warnings start with the slide's and the extraction's (assumed mpp, upsampling,
+        tiles with decoder warnings), also on a cache hit. More than ``max_patches`` patches (None:
+        the default cap) are refused, for a cached feature file too, before it is read."""
         from msrl_model.features.h5io import read_features
         from msrl_model.features.pipeline import extract_slide
         from msrl_model.slide import TilingParams, TissueParams
@@ -371,15 +389,35 @@ class Predictor:
         except TypeError as err:
             raise BundleError(f"model bundle {self.bundle.path}: tiling/tissue parameters not understood ({err}); "
                               "update MSRL Studio") from None
+        from msrl_model.features.pipeline import ExtractStats
+
         encoder = self.encoder()
+        stats = ExtractStats()
+        cap = _max_rows(max_patches)
         h5 = yield from extract_slide(slide_path, cache_dir, encoder, self.device_name, workers, batch_size,
-                                      tissue, tiling)
-        ff = read_features(h5)
+                                      tissue, tiling, stats=stats, max_patches=cap)
+        ff = read_features(h5, max_rows=cap)
         self._check_feature_attrs(ff.attrs, ff.features.shape[1])
         return (yield from self.predict_job(
             ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
             slide_id=str(ff.attrs.get("slide_id") or Path(slide_path).stem), slide_path=str(slide_path),
-            slide_sha256_head=str(ff.attrs.get("slide_sha256_head") or "") or None))
+            slide_sha256_head=str(ff.attrs.get("slide_sha256_head") or "") or None,
+            warnings=[*stats.warnings, *_file_warnings(ff.attrs)]))
+
+
+def _max_rows(max_patches: int | None) -> int:
+    """The patch cap in force: ``max_patches``, else the default of the tiling."""
+    from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
+
+    return DEFAULT_MAX_PATCHES if max_patches is None else int(max_patches)
+
+
+def _file_warnings(attrs: Mapping[str, Any]) -> list[str]:
+    """The warnings a feature file recorded at extraction (a list, or one string)."""
+    stored = attrs.get("warnings")
+    if isinstance(stored, str):
+        return [stored] if stored else []
+    return [str(w) for w in stored] if isinstance(stored, list) else []
 
 
 __all__ = ["Predictor", "percentile_of", "survival_curve"]

@@ -8,6 +8,7 @@ JSON layout (``PredictionResult.to_dict``)::
 
     format_version, software_version, research_use_only (text), synthetic_training_cohort (bool)
     slide_id, slide_path, slide_sha256_head, bundle_path, bundle_sha256, encoder {name, version, dim}
+    bundle_provenance                           who signed the bundle ("" in results written before it)
     mode: "msrl" | "msrl_multi" | "msrl_h"      how the graph node of this slide was built
     project                                     as given by the user (or None)
     suggested_project                           weighted majority project of the survival (else first) task's neighbours
@@ -161,6 +162,7 @@ class PredictionResult:
     tasks: dict[str, TaskResult]  # by task name, bundle order
     warnings: list[str] = field(default_factory=list)  # things the user should know (missing genes, ...)
     synthetic_training_cohort: bool = False  # the bundle was trained on a synthetic cohort
+    bundle_provenance: str = ""  # Bundle.provenance: "signed by … (key …)", "unsigned — provenance unknown", …
     software_version: str = ""  # MSRL Studio version that predicted
     research_use_only: str = RESEARCH_USE_ONLY  # shown with every result
     format_version: int = RESULT_FORMAT_VERSION  # layout of this JSON

@@ -38,6 +38,7 @@ through a fixed graph.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -315,6 +316,34 @@ KNN_GRAPHS: dict[str, Callable[[Tensor, int], tuple[Tensor, Tensor]]] = {
 """Graph mode -> builder ``(x (N, D), k) -> (edge_index, edge_weight)`` of the fixed kNN graphs."""
 
 
+_TEMPLATE_LOCK = threading.Lock()
+
+
+def _gcn_convs(shapes: list[tuple[int, int]]) -> list[nn.Module]:
+    """GCNConv layers ``(in, out)`` built so that torch_geometric leaves no file behind.
+
+    A MessagePassing layer renders its ``propagate`` from a jinja template, once per process, into
+    ``tempfile.NamedTemporaryFile(delete=False)`` in the system temp folder and imports it from
+    there (``torch_geometric/template.py``), leaving a ``GCNConv_propagate_*.py`` per process. Here
+    that file goes into a private temporary directory, removed as soon as the module is imported;
+    the generated code, and so every number, is the library's own.
+    """
+    import tempfile
+    import types
+
+    import torch_geometric.template as pyg_template
+    from torch_geometric.nn import GCNConv  # lazy: importing torch_geometric costs seconds
+
+    with _TEMPLATE_LOCK, tempfile.TemporaryDirectory(prefix="msrl-pyg-") as private:
+        real = pyg_template.tempfile
+        pyg_template.tempfile = types.SimpleNamespace(
+            NamedTemporaryFile=lambda *a, **k: real.NamedTemporaryFile(*a, **{**k, "dir": private}))
+        try:
+            return [GCNConv(a, b, normalize=False, add_self_loops=False, cached=False) for a, b in shapes]
+        finally:
+            pyg_template.tempfile = real
+
+
 class GCN(nn.Module):
     r"""GCN over a given normalised adjacency (self loops included):
 
@@ -337,15 +366,10 @@ class GCN(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int = 256, layers: int = 3,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        from torch_geometric.nn import GCNConv  # lazy: importing torch_geometric costs seconds
-
         if layers < 1:
             raise ValueError(f"GCN needs at least one layer (got {layers})")
         dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
-        self.convs = nn.ModuleList(
-            GCNConv(a, b, normalize=False, add_self_loops=False, cached=False)
-            for a, b in zip(dims[:-1], dims[1:])
-        )
+        self.convs = nn.ModuleList(_gcn_convs(list(zip(dims[:-1], dims[1:]))))
         self.dropout = dropout
 
     def reset_parameters(self) -> None:

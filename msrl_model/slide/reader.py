@@ -10,7 +10,11 @@ with one-line messages:
 * :class:`CorruptSlideError` - the file is a TIFF / recognised slide format but is truncated or
   damaged. TIFF files are checked at open: every tile of every page must lie inside the file, and a
   probe read of the first and last tile of level 0 and of the lowest level must decode;
-* :class:`UnreadableTileError` - a later read failed; the message names the region.
+* :class:`UnreadableTileError` - a later read failed; the message names the region;
+* :class:`SlideError` - a readable file MSRL Studio does not analyse: not 8-bit (e.g. a float32 or
+  16-bit TIFF), or declaring an absurd size (more than :data:`MAX_LEVEL0_PIXELS` px, or a TIFF page
+  holding fewer tiles than its declared size needs - a few KB claiming 10⁶ × 10⁶ px). These checks
+  read only the file's directory, so nothing proportional to the declared size is ever allocated.
 
 Level-0 resolution (``mpp``, micrometres per pixel) comes from the metadata, else from the objective
 power as ``mpp = 10 / objective_power`` (20x -> 0.5, 40x -> 0.25), else 0.25 is assumed; the last two
@@ -38,6 +42,8 @@ MppSource = Literal["metadata", "objective-power", "assumed"]
 ASSUMED_MPP = 0.25  # µm/px assumed when neither mpp nor objective power is recorded (a 40x scan)
 _MPP_RANGE = (0.01, 100.0)  # plausible level-0 µm/px; values outside are treated as missing
 _HASH_HEAD_BYTES = 1 << 20  # sha256_head hashes the first MiB
+MAX_LEVEL0_PIXELS = 10**11  # level-0 area refused above this (the largest 80x scans are ~6e10 px)
+MAX_LEVEL0_SIDE = 1_000_000  # level-0 width/height refused above this
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PLAIN_IMAGE_MAGICS = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP"}
 
@@ -93,20 +99,40 @@ def _check_tiff_tiles_inside(path: Path, size: int) -> None:
                 raise CorruptSlideError(
                     f"{path} is a truncated or damaged TIFF ({_short(problems[0]) if problems else 'no pages'}); "
                     "copy or export the slide again")
+            _check_declared_size(path, int(pages[0].imagewidth), int(pages[0].imagelength))
+            dtype = pages[0].dtype
+            if dtype is None or np.dtype(dtype) != np.uint8:
+                bits = f"{np.dtype(dtype).name} " if dtype is not None else ""
+                raise SlideError(f"{path} is a {bits}TIFF; MSRL Studio reads 8-bit RGB whole-slide images "
+                                 "(brightfield scans such as H&E) - convert it to 8-bit RGB or choose another slide")
             for index, page in enumerate(pages):
                 offsets = np.asarray(page.dataoffsets, dtype=np.int64)
                 counts = np.asarray(page.databytecounts, dtype=np.int64)
+                needed = math.prod(int(c) for c in page.chunked) if getattr(page, "chunked", None) else 0
+                if offsets.size < needed:
+                    raise CorruptSlideError(
+                        f"{path} is damaged: TIFF page {index} declares {int(page.imagewidth)}x"
+                        f"{int(page.imagelength)} px but holds only {offsets.size} of the {needed} tiles or "
+                        "strips that needs; copy or export the slide again")
                 if offsets.size and int((offsets + counts).max()) > size:
                     raise CorruptSlideError(
                         f"{path} is truncated: image data of TIFF page {index} ends past the end of the "
                         f"file ({size} bytes); copy or download the slide again")
-    except CorruptSlideError:
+    except SlideError:
         raise
     except Exception as exc:  # tifffile raises many types on damaged files
         raise CorruptSlideError(f"{path} is a damaged TIFF ({type(exc).__name__}: {_short(exc)}); "
                                 "copy or export the slide again") from exc
     finally:
         tiff_log.removeFilter(catch)
+
+
+def _check_declared_size(path: Path, width: int, height: int) -> None:
+    """SlideError for a level 0 larger than any real scan (checked before anything is allocated)."""
+    if width > MAX_LEVEL0_SIDE or height > MAX_LEVEL0_SIDE or width * height > MAX_LEVEL0_PIXELS:
+        raise SlideError(f"{path} declares {width}x{height} px ({width * height:.1e} px) at level 0, more than "
+                         f"any whole-slide scan (the limit is {MAX_LEVEL0_PIXELS:.0e} px and {MAX_LEVEL0_SIDE:,} px "
+                         "a side); the file is damaged or not a slide - check it")
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
@@ -339,10 +365,16 @@ def open_slide(path: str | Path, backend: Literal["auto", "openslide", "tiffslid
         except Exception as exc:  # both libraries raise assorted types on bad input
             failures.append(f"{name}: {_short(exc)}")
             continue
-        slide = Slide(path, name, handle)
         try:
+            slide = Slide(path, name, handle)
+        except Exception as exc:  # a backend may refuse only when asked for the levels
+            handle.close()
+            failures.append(f"{name}: {_short(exc)}")
+            continue
+        try:
+            _check_declared_size(path, *slide.dimensions)
             slide._probe()
-        except CorruptSlideError:
+        except SlideError:
             slide.close()
             raise
         return slide

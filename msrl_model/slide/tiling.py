@@ -7,6 +7,11 @@ still <= ``target_mpp`` (never upsampling when avoidable), ``read_size = round(p
 level_downsample)`` px there, and resized to ``patch_size`` when ``read_size != patch_size``.
 Patch coordinates are level-0 top-left ``(x, y)`` int64, row-major; a patch is kept when at least
 ``min_tissue_fraction`` of it is on the tissue mask.
+
+Bounded memory: the candidate grid is scored in chunks of rows (never ``nx × ny`` coordinates at
+once), more than :data:`MAX_GRID_CELLS` candidate patches are refused from the declared size alone,
+and a slide with more than ``max_patches`` tissue patches (default :data:`DEFAULT_MAX_PATCHES`; a 40x
+TCGA slide has 10k-40k) is refused with a message saying how to raise the cap.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from msrl_model.errors import NoTissueError
+from msrl_model.errors import NoTissueError, SlideError
 from msrl_model.slide.reader import Slide
 from msrl_model.slide.tissue import TissueMask
 
-__all__ = ["TilingParams", "TileGrid", "tile_grid"]
+__all__ = ["DEFAULT_MAX_PATCHES", "MAX_GRID_CELLS", "TilingParams", "TileGrid", "tile_grid"]
+
+DEFAULT_MAX_PATCHES = 100_000  # patches per slide; `msrl extract/analyze --max-patches` changes it
+MAX_GRID_CELLS = 50_000_000  # candidate patch positions (nx * ny) a slide may declare
+_CHUNK_CELLS = 1_000_000  # candidate positions scored at a time
 
 
 @dataclass(frozen=True)
@@ -69,8 +78,13 @@ def _read_level(slide: Slide, params: TilingParams, patch_size_level0: int) -> t
     return level, read_size
 
 
-def tile_grid(slide: Slide, mask: TissueMask, params: TilingParams = TilingParams()) -> TileGrid:
-    """The non-overlapping patch grid over ``slide`` keeping patches on tissue. Raises NoTissueError."""
+def tile_grid(slide: Slide, mask: TissueMask, params: TilingParams = TilingParams(),
+              max_patches: int | None = DEFAULT_MAX_PATCHES) -> TileGrid:
+    """The non-overlapping patch grid over ``slide`` keeping patches on tissue.
+
+    Raises NoTissueError, or SlideError when the slide has more than ``max_patches`` tissue
+    patches (None: no cap) or declares an absurd number of patch positions.
+    """
     psl0 = max(1, int(round(params.patch_size * params.target_mpp / slide.mpp)))
     width, height = slide.dimensions
     nx, ny = width // psl0, height // psl0  # whole patches only
@@ -79,15 +93,33 @@ def tile_grid(slide: Slide, mask: TissueMask, params: TilingParams = TilingParam
             f"{slide.path.name} ({width}x{height} px at {slide.mpp:.3g} µm/px) is smaller than one patch "
             f"({psl0} px = {params.patch_size} px at {params.target_mpp} µm/px); use a larger slide or a "
             "smaller TilingParams.patch_size")
+    if nx * ny > MAX_GRID_CELLS:
+        raise SlideError(
+            f"{slide.path.name} declares {width}x{height} px at {slide.mpp:.3g} µm/px, i.e. {nx * ny:,} patch "
+            f"positions (more than {MAX_GRID_CELLS:,}); the file or its resolution metadata is wrong - check the slide")
     if not mask.mask.any():
         raise NoTissueError(
             f"no tissue found on {slide.path.name}: it looks blank at the detection threshold "
             f"(saturation {mask.threshold:.3f}); check the slide or lower TissueParams.min_saturation")
-    ys, xs = np.mgrid[0:ny, 0:nx]  # (ny, nx) each
-    grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64) * psl0  # (ny*nx, 2) as (x, y)
-    fractions = mask.tissue_fraction(grid, psl0)
-    keep = fractions >= params.min_tissue_fraction
-    if not keep.any():
+    kept_coords: list[np.ndarray] = []
+    kept_fractions: list[np.ndarray] = []
+    n_kept = 0
+    rows = max(1, _CHUNK_CELLS // nx)
+    xs = np.arange(nx, dtype=np.int64) * psl0
+    for y0 in range(0, ny, rows):  # row-major order is kept: chunks are whole rows, in order
+        ys = np.arange(y0, min(ny, y0 + rows), dtype=np.int64) * psl0
+        chunk = np.stack([np.tile(xs, len(ys)), np.repeat(ys, nx)], axis=1)  # (rows*nx, 2) as (x, y)
+        fractions = mask.tissue_fraction(chunk, psl0)
+        keep = fractions >= params.min_tissue_fraction
+        n_kept += int(keep.sum())
+        if max_patches is not None and n_kept > max_patches:
+            raise SlideError(
+                f"{slide.path.name} has more than {max_patches:,} tissue patches of {params.patch_size} px at "
+                f"{params.target_mpp} µm/px (the per-slide cap); check the slide's resolution metadata, or "
+                "raise the cap with --max-patches")
+        kept_coords.append(chunk[keep])
+        kept_fractions.append(fractions[keep])
+    if n_kept == 0:
         raise NoTissueError(
             f"no patch of {slide.path.name} is at least {params.min_tissue_fraction:.0%} tissue (tissue covers "
             f"{mask.fraction:.1%} of the slide in small pieces); lower TilingParams.min_tissue_fraction")
@@ -97,6 +129,6 @@ def tile_grid(slide: Slide, mask: TissueMask, params: TilingParams = TilingParam
         warnings.append(
             f"{slide.path.name} is scanned at {slide.mpp:.3g} µm/px, coarser than the {params.target_mpp} µm/px "
             f"target: patches are upsampled from {read_size} px and will look blurrier than the training data")
-    return TileGrid(coords=grid[keep], patch_size=params.patch_size, patch_size_level0=psl0,
+    return TileGrid(coords=np.concatenate(kept_coords), patch_size=params.patch_size, patch_size_level0=psl0,
                     read_level=level, read_size=read_size, target_mpp=params.target_mpp,
-                    level0_mpp=slide.mpp, tissue_fractions=fractions[keep], warnings=warnings)
+                    level0_mpp=slide.mpp, tissue_fractions=np.concatenate(kept_fractions), warnings=warnings)

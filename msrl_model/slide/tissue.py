@@ -15,16 +15,23 @@ Steps, at about ``TissueParams.mask_mpp`` µm per mask pixel:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
+from msrl_model.errors import SlideError
 from msrl_model.slide.reader import Slide
 
 __all__ = ["TissueParams", "TissueMask", "tissue_mask"]
 
 _BLOCK_LEVEL_PX = 2048  # about this many level pixels per side of one read block (bounds memory)
+# Most mask pixels (a 200k x 100k px 40x slide at 8 µm/px has 20M). A slide declaring more gets a
+# coarser mask, so the mask and its by-products stay within a few hundred MB whatever the file says.
+MAX_MASK_PIXELS = 32_000_000
+# Most pixels read for the mask: a slide without a pyramid level coarse enough would be read whole at
+# full resolution (a flat 200k x 200k TIFF: 4e10 px, most of an hour) - refused with a message instead.
+MAX_MASK_SOURCE_PIXELS = 10**10
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class TissueMask:
     mpp: float  # µm per mask pixel (level-0 mpp * downsample)
     threshold: float  # saturation threshold that was applied (0..1)
     level: int  # pyramid level the mask was computed from
+    _sat: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # summed-area table
 
     @property
     def fraction(self) -> float:
@@ -67,9 +75,14 @@ class TissueMask:
         """
         coords = np.asarray(coords_level0, dtype=np.float64).reshape(-1, 2)
         h, w = self.mask.shape
-        # summed-area table with a zero row/column in front: sat[r, c] = mask[:r, :c].sum()
-        sat = np.zeros((h + 1, w + 1), np.int64)
-        sat[1:, 1:] = self.mask.astype(np.int64).cumsum(0).cumsum(1)
+        # summed-area table with a zero row/column in front: sat[r, c] = mask[:r, :c].sum(); computed once
+        if self._sat is None:
+            dtype = np.int32 if self.mask.size < 2**31 else np.int64
+            sat = np.zeros((h + 1, w + 1), dtype)
+            np.cumsum(self.mask, axis=0, dtype=dtype, out=sat[1:, 1:])
+            np.cumsum(sat[1:, 1:], axis=1, out=sat[1:, 1:])
+            self._sat = sat
+        sat = self._sat
         c0 = np.rint(coords[:, 0] / self.downsample).astype(np.int64)
         r0 = np.rint(coords[:, 1] / self.downsample).astype(np.int64)
         side = max(1, int(round(size_level0 / self.downsample)))
@@ -94,6 +107,13 @@ def _low_resolution(slide: Slide, mask_mpp: float) -> tuple[np.ndarray, float, i
     level_ds = slide.level_downsamples[level]
     k = max(1, int(round(wanted / level_ds)))  # level px per mask px
     lw, lh = slide.level_dimensions[level]
+    if lw * lh > MAX_MASK_SOURCE_PIXELS:
+        raise SlideError(
+            f"{slide.path.name} has no pyramid level coarse enough for tissue detection: it would read "
+            f"{lw}x{lh} px at full resolution; save the slide with a pyramid (e.g. `vips tiffsave --tile "
+            "--pyramid`) or export it again from the scanner software")
+    while -(-lw // k) * -(-lh // k) > MAX_MASK_PIXELS:  # bound the allocation by the declared size
+        k *= 2
     mw, mh = -(-lw // k), -(-lh // k)  # ceil: a partial edge block still gets a mask pixel
     out = np.empty((mh, mw, 3), np.uint8)
     block = k * max(1, _BLOCK_LEVEL_PX // k)  # level px per read block side, a multiple of k

@@ -7,7 +7,9 @@
 Writes to ``--out``: ``bundle/`` (or ``model.msrl`` with ``--zip``), ``cv_results.csv``, ``cv_table.md``,
 ``km_<task>_<method>.png``, ``model_card.md``, ``config.toml``, ``train.log`` (and ``cohort/`` for a
 preset: the SYNTHETIC cohort it generated). A cohort that fails validation is reported in full
-(every problem) and nothing is trained (exit code 2).
+(every problem: the tables, every feature file opened and scanned, the requested tasks) within
+seconds, before any feature bag is read; nothing is trained and nothing is written to ``--out``
+(exit code 2).
 
 Several processes (one machine or many) with ``torchrun``: :data:`EPILOG`.
 """
@@ -56,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TOML: MSRLConfig keys at the top level, TrainSettings keys under [train]")
     parser.add_argument("--zip", action="store_true", help="write the bundle as one model.msrl file")
     parser.add_argument("--no-bundle", action="store_true", help="cross-validation only (no final models)")
+    parser.add_argument("--sign-key", type=_sign_key, metavar="KEY.pem",
+                        help="sign the bundle with this Ed25519 private key (make one with: msrl keygen KEY.pem); "
+                             "the signer name is the key file's name unless --signer is given")
+    parser.add_argument("--signer", help="name the bundle's signature carries (with --sign-key)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -107,11 +113,15 @@ def run_train(args: argparse.Namespace) -> int:
         raise MSRLError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
     base = (run_preset.config, run_preset.settings) if run_preset else (MSRLConfig.paper(), TrainSettings())
     cfg, settings = _read_config(args.config, base)
+    _variants(args, run_preset)  # unknown variants: refused before any work
     device = distributed.setup(resolve_device(args.device))
     main_rank = distributed.is_main()
     try:
         if run_preset is None:
-            cohort = load_cohort(args.cohort)  # CohortValidationError lists every problem; nothing written yet
+            # CohortValidationError lists every problem — clinical, expression, every feature file
+            # (opened and scanned), the requested tasks — before anything is written to --out and
+            # before any feature bag is loaded for training
+            cohort = load_cohort(args.cohort, tasks=_requested_tasks(args, None), require_features=True)
             _tasks_variants(args, cohort, None)  # unknown tasks / variants: nothing written either
             if main_rank:
                 out.mkdir(parents=True, exist_ok=True)
@@ -127,22 +137,39 @@ def run_train(args: argparse.Namespace) -> int:
                                           slide_size=run_preset.slide_size)
                 drive(synth_cohort_job(out / "cohort", synth), show=not args.quiet)
             distributed.barrier()  # the cohort is written
-            cohort = load_cohort(out / "cohort")
+            cohort = load_cohort(out / "cohort", tasks=_requested_tasks(args, run_preset), require_features=True)
         return _train(args, cohort, cfg, settings, run_preset, device, start)
     finally:
         distributed.cleanup()
 
 
-def _tasks_variants(args: argparse.Namespace, cohort, run_preset) -> tuple[list[str], list[str]]:
-    """The run's tasks and variants (user errors for unknown ones)."""
+def _default_tasks(label_columns: list[str]) -> list[str]:
+    """Without --tasks or a preset: survival, and stage when the cohort has a stage column."""
+    return ["survival"] + (["stage"] if "stage" in label_columns else [])
+
+
+def _requested_tasks(args: argparse.Namespace, run_preset):
+    """The tasks asked for, as :func:`~msrl_model.cohort.load_cohort` checks them: --tasks, else the
+    preset's, else the default rule (applied to the cohort's label columns)."""
+    return _split(args.tasks) or (list(run_preset.tasks) if run_preset else _default_tasks)
+
+
+def _variants(args: argparse.Namespace, run_preset) -> list[str]:
+    """The run's variants (a user error for unknown ones)."""
     from msrl_model.train.variants import available_variants, unknown_variants
 
-    tasks = _split(args.tasks) or (list(run_preset.tasks) if run_preset else
-                                   ["survival"] + (["stage"] if "stage" in cohort.labels else []))
     variants = _split(args.variants) or list(run_preset.variants if run_preset else available_variants())
     bad = unknown_variants(variants)
     if bad:
         raise MSRLError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(available_variants())}")
+    return variants
+
+
+def _tasks_variants(args: argparse.Namespace, cohort, run_preset) -> tuple[list[str], list[str]]:
+    """The run's tasks and variants (user errors for unknown ones)."""
+    requested = _requested_tasks(args, run_preset)
+    tasks = _default_tasks(list(cohort.labels)) if callable(requested) else requested
+    variants = _variants(args, run_preset)
     for task in tasks:
         if task != "survival" and task not in cohort.labels:
             raise MSRLError(f"task {task!r} is not a label column of the cohort; available: survival, "
@@ -235,9 +262,28 @@ def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result
     (out / "model_card.md").write_text(card, encoding="utf-8")
     if not args.no_bundle:
         bundle = export_bundle(out / ("model.msrl" if args.zip else "bundle"), cohort=cohort, result=result,
-                               config=cfg, encoder=encoder, model_card=card)
+                               config=cfg, encoder=encoder, model_card=card, sign_key=_signing_key(args))
         log.info("bundle written to %s", bundle)
     return table
+
+
+def _sign_key(text: str) -> Path:
+    """``--sign-key``: the key is read and checked at once, so a bad key fails before any training."""
+    from msrl_model.infer.bundle.signing import load_signing_key
+
+    try:
+        load_signing_key(text)
+    except MSRLError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return Path(text)
+
+
+def _signing_key(args: argparse.Namespace):
+    """The SigningKey of ``--sign-key`` / ``--signer`` (None: unsigned)."""
+    from msrl_model.infer.bundle.signing import load_signing_key
+
+    path = getattr(args, "sign_key", None)
+    return None if path is None else load_signing_key(path, getattr(args, "signer", None))
 
 
 def _toml(value: object) -> str:

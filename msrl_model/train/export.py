@@ -7,6 +7,7 @@ Everything the bundle needs is assembled here and handed to
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,8 +87,9 @@ def feature_encoder(cohort: Cohort, dim: int) -> dict:
 
 
 def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: MSRLConfig, encoder: dict,
-                  model_card: str) -> Path:
-    """Write the bundle of ``result.final`` to ``out`` (directory or ``.msrl``) with ``write_bundle``."""
+                  model_card: str, sign_key: Any = None) -> Path:
+    """Write the bundle of ``result.final`` to ``out`` (directory or ``.msrl``) with ``write_bundle``;
+    ``sign_key`` (a :class:`msrl_model.infer.bundle.SigningKey`) signs its manifest."""
     from msrl_model.infer.bundle import TaskBundle, write_bundle
     from msrl_model.slide.tiling import TilingParams
     from msrl_model.slide.tissue import TissueParams
@@ -120,7 +122,7 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
                       "name": summary["name"], "censored_fraction": summary["censored_fraction"]}
     return write_bundle(out, config=config, tasks=tasks, encoder=encoder, tiling=TilingParams().to_dict(),
                         tissue=TissueParams().to_dict(), genomics=genomics, cohort_summary=cohort_summary,
-                        model_card=model_card)
+                        model_card=model_card, sign_key=sign_key)
 
 
 __all__ = ["case_table", "case_thumbnails", "export_bundle", "expression_scale", "feature_encoder"]

@@ -15,9 +15,17 @@ Layout (no pickle anywhere: JSON, safetensors, HDF5, Markdown)::
                          /genomics/{genes, group_names, group_index, group_offsets, scaler_mean,
                                     scaler_std}  the MSRL_multi input pipeline
     model_card.md        the model card (Markdown)
+    signature.json       optional: Ed25519 signature of manifest.json (signing.py)
 
 A ``.msrl`` file is a zip of exactly these files (stored, no sub-directory). In the manifest JSON an
 infinite survival bin edge (the open last bin) is written as ``null``; NaN metrics as ``null``.
+
+Security (architecture §10): every field of the manifest is checked against a schema (schema.py);
+only regular files directly inside a bundle directory are read (no symbolic links), never more than
+the manifest declares; the weights and buffer record the synthetic flag, cohort summary and metrics
+inside them (contents.RECORD_KEY) and must agree with the manifest; a signature must verify; the
+shipped bundle's manifest is pinned by its SHA-256 (shipped.py). :attr:`Bundle.provenance` says who
+signed the bundle ("signed by …", "unsigned — provenance unknown").
 
 :func:`load_bundle` checks, in this order, and raises :class:`~msrl_model.errors.BundleError` with a
 one-line message saying which problem and what to do: readable (a directory or an intact zip),
@@ -37,7 +45,11 @@ from msrl_model.infer.bundle.contents import (BUFFER, FORMAT_VERSION, MANIFEST, 
                                               GenomicsBlock, TaskBundle)
 from msrl_model.infer.bundle.manifest import check_encoder, json_safe, sha256_file
 from msrl_model.infer.bundle.reader import load_bundle, read_manifest
+from msrl_model.infer.bundle.shipped import SHIPPED_MANIFEST_SHA256, check_shipped, is_shipped_location
+from msrl_model.infer.bundle.signing import SIGNATURE, SigningKey, generate_key, load_signing_key
 from msrl_model.infer.bundle.writer import write_bundle
 
-__all__ = ["BUFFER", "Bundle", "FORMAT_VERSION", "GenomicsBlock", "MANIFEST", "MODEL_CARD", "TaskBundle",
-           "WEIGHTS", "check_encoder", "json_safe", "load_bundle", "read_manifest", "sha256_file", "write_bundle"]
+__all__ = ["BUFFER", "Bundle", "FORMAT_VERSION", "GenomicsBlock", "MANIFEST", "MODEL_CARD", "SHIPPED_MANIFEST_SHA256",
+           "SIGNATURE", "SigningKey", "TaskBundle", "WEIGHTS", "check_encoder", "check_shipped", "generate_key",
+           "is_shipped_location", "json_safe", "load_bundle", "load_signing_key", "read_manifest", "sha256_file",
+           "write_bundle"]

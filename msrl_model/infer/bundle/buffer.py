@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msrl_model.infer.bundle.contents import BUFFER, FORMAT_VERSION, GenomicsBlock, TaskBundle, node_dim
+from msrl_model.infer.bundle.contents import (BUFFER, FORMAT_VERSION, RECORD_KEY, GenomicsBlock, TaskBundle,
+                                              node_dim)
 from msrl_model.infer.bundle.manifest import bundle_error
 from msrl_model.nn.config import MSRLConfig
 
@@ -119,12 +120,16 @@ def _write_genomics(group: Any, block: GenomicsBlock) -> None:
     group.create_dataset("scaler_std", data=np.asarray(block.scaler_std, np.float32))
 
 
-def write_buffer(path: Path, tasks: list[TaskBundle], genomics: GenomicsBlock | None) -> None:
-    """Write ``buffer.h5`` at ``path``: every task's buffer and, when given, the genomics block."""
+def write_buffer(path: Path, tasks: list[TaskBundle], genomics: GenomicsBlock | None,
+                 record: str | None = None) -> None:
+    """Write ``buffer.h5`` at ``path``: every task's buffer and, when given, the genomics block and the
+    integrity ``record`` (JSON text, root attribute :data:`~msrl_model.infer.bundle.contents.RECORD_KEY`)."""
     import h5py
 
     with h5py.File(path, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
+        if record is not None:
+            f.attrs[RECORD_KEY] = record
         root = f.create_group("tasks")
         for task in tasks:
             _write_task(root.create_group(task.spec.name), task)
@@ -142,10 +147,23 @@ def read_task_buffer(f: Any, name: str, variant: str, entry: dict[str, Any], con
     ``entry`` is the task's manifest entry (its ``n_buffer``, when present, is N). BundleError when
     the datasets' shapes disagree with each other, with the manifest or with the configuration."""
     g = f["tasks"][name]
+    n = int(entry["n_buffer"])
+    # Shapes first, from the file's metadata: a dataset is read only at the size the manifest and the
+    # config declare (a compressed dataset could otherwise expand far beyond the file's size).
+    want = {"nodes": (n, node_dim(config, variant)), "pathways": (n, config.n_groups)}
+    if "thumbnails" in g:
+        want["thumbnails"] = (n,)
+    got = {key: tuple(g[key].shape) for key in want}
+    columns = g["cases"]
+    n_rows = int(columns.attrs["n_rows"])
+    wrong_column = next((k for k in columns if tuple(columns[k].shape) != (n_rows,)), None)
+    if got != want or n_rows != n or wrong_column is not None:
+        raise bundle_error(path, f"{BUFFER} task {name!r} has inconsistent shapes (nodes {got['nodes']}, pathways "
+                                 f"{got['pathways']}, {n_rows} cases, manifest {n}); the bundle is truncated "
+                                 "or corrupt")
     nodes = np.asarray(g["nodes"][()], dtype=np.float32)
     pathways = np.asarray(g["pathways"][()], dtype=np.float32)
-    cases = _read_cases(g["cases"])
-    n = int(entry.get("n_buffer", len(cases)))
+    cases = _read_cases(columns)
     thumbs = [bytes(np.asarray(t, dtype=np.uint8).tobytes()) for t in g["thumbnails"][()]] \
         if "thumbnails" in g else None
     if (len(cases) != n or nodes.shape != (n, node_dim(config, variant))
@@ -156,9 +174,19 @@ def read_task_buffer(f: Any, name: str, variant: str, entry: dict[str, Any], con
     return nodes, pathways, cases, thumbs
 
 
-def read_genomics(f: Any, expression_scale: str) -> GenomicsBlock:
-    """The genomics block of an open ``buffer.h5``; ValueError when its gene groups index out of range."""
+def read_genomics(f: Any, expression_scale: str, n_genes: int | None = None,
+                  group_sizes: tuple[int, ...] | None = None) -> GenomicsBlock:
+    """The genomics block of an open ``buffer.h5``; ValueError when its gene groups index out of range
+    or, checked before anything is read, its datasets' shapes differ from ``n_genes`` genes (the
+    manifest) and ``group_sizes`` (the config)."""
     g = f["genomics"]
+    if n_genes is not None and group_sizes is not None:
+        want = {"genes": (n_genes,), "scaler_mean": (n_genes,), "scaler_std": (n_genes,),
+                "group_names": (len(group_sizes),), "group_offsets": (len(group_sizes) + 1,),
+                "group_index": (int(sum(group_sizes)),)}
+        got = {key: tuple(g[key].shape) for key in want}
+        if got != want:
+            raise ValueError(f"genomics datasets have shapes {got}, expected {want}")
     index = np.asarray(g["group_index"][()], dtype=np.int64)
     offsets = np.asarray(g["group_offsets"][()], dtype=np.int64)
     genes = list(g["genes"].asstr()[()].tolist())

@@ -22,6 +22,10 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 BUFFER = "buffer.h5"
 MODEL_CARD = "model_card.md"
+# Key of the integrity record written inside the hashed files (safetensors __metadata__, buffer.h5 root attrs):
+# JSON {"synthetic": bool, "cohort": <the manifest's cohort summary>, "metrics": {task: <its metrics>}}. The
+# reader refuses a manifest that disagrees with it; bundles written before it have none and still load.
+RECORD_KEY = "msrl_record"
 # Case-table columns every task needs; survival tasks also need survival_months and censorship.
 REQUIRED_COLUMNS = ("case_id",)
 SURVIVAL_COLUMNS = ("survival_months", "censorship")
@@ -64,6 +68,13 @@ class GenomicsBlock:
                    str(d["expression_scale"]))
 
 
+class LoadedManifest(dict):
+    """A parsed, validated ``manifest.json`` (a plain dict) that also carries the bundle's ``provenance``
+    text, so that code given only the manifest (the app's model card) can show it."""
+
+    provenance: str = "unsigned — provenance unknown"
+
+
 @dataclass
 class Bundle:
     """A loaded, validated bundle."""
@@ -79,6 +90,13 @@ class Bundle:
     genomics: GenomicsBlock | None  # None for bundles without genomics (MSRL_H only)
     cohort_summary: dict[str, Any]  # n_cases, projects, synthetic, source, ...
     model_card: str  # Markdown
+    # Provenance (infer/bundle/signing.py, shipped.py): "signed by <name> (key <fingerprint>)", "signed by an
+    # unknown key (...)", "shipped with MSRL Studio (pinned fingerprint verified)" or "unsigned — provenance unknown"
+    provenance: str = "unsigned — provenance unknown"
+    signer: str | None = None  # the name a verified signature carries
+    key_fingerprint: str | None = None  # the signing key's fingerprint
+    signature_trusted: bool = False  # signed by a key of the trusted-keys folder
+    shipped: bool = False  # loaded as the bundle shipped with MSRL Studio (its pinned fingerprint matched)
 
     @property
     def format_version(self) -> int:

@@ -114,12 +114,17 @@ def manifest_text(manifest: dict[str, Any]) -> str:
 # ---- reading ------------------------------------------------------------------------------------
 
 
+def _no_constant(name: str) -> Any:
+    """Strict JSON: the manifest never holds NaN or Infinity (json_safe writes null)."""
+    raise ValueError(f"non-JSON constant {name}")
+
+
 def parse_manifest(raw: bytes, path: Path) -> dict[str, Any]:
     """The manifest dict from ``manifest.json``'s bytes; BundleError unless it is a bundle manifest
     of a format version this software reads."""
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
         raise bundle_error(path, f"{MANIFEST} is damaged ({err}); copy or download the bundle again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise bundle_error(path, f"{MANIFEST} is not an MSRL Studio bundle manifest")

@@ -8,6 +8,7 @@ seen. Its files get the mode policy of :func:`msrl_model.files.output_mode`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -19,10 +20,12 @@ import numpy as np
 from msrl_model.errors import BundleError
 from msrl_model.files import atomic_path, output_mode
 from msrl_model.infer.bundle.buffer import write_buffer
-from msrl_model.infer.bundle.contents import (BUFFER, FORMAT_NAME, MANIFEST, MODEL_CARD, REQUIRED_COLUMNS,
-                                              SURVIVAL_COLUMNS, WEIGHTS, GenomicsBlock, TaskBundle, expected_shapes,
-                                              node_dim)
-from msrl_model.infer.bundle.manifest import build_manifest, manifest_text, sha256_file
+from msrl_model.infer.bundle.contents import (BUFFER, FORMAT_NAME, MANIFEST, MODEL_CARD, RECORD_KEY,
+                                              REQUIRED_COLUMNS, SURVIVAL_COLUMNS, WEIGHTS, GenomicsBlock, TaskBundle,
+                                              expected_shapes, node_dim)
+from msrl_model.infer.bundle.manifest import build_manifest, json_safe, manifest_text, sha256_file
+from msrl_model.infer.bundle.schema import manifest_problem
+from msrl_model.infer.bundle.signing import SIGNATURE, SigningKey, signature_text
 from msrl_model.nn.config import MSRLConfig
 
 # ---- checks -------------------------------------------------------------------------------------
@@ -95,18 +98,28 @@ def _checked_parts(config: MSRLConfig, tasks: list[TaskBundle], encoder: dict,
 # ---- files --------------------------------------------------------------------------------------
 
 
-def _write_weights(path: Path, tasks: list[TaskBundle]) -> None:
+def _record(tasks: list[TaskBundle], cohort_summary: dict) -> str:
+    """The integrity record stored inside the hashed weights and buffer files (contents.RECORD_KEY):
+    the synthetic flag, the cohort summary and the metrics exactly as the manifest holds them."""
+    cohort = json_safe(cohort_summary)
+    return json.dumps({"synthetic": bool(cohort.get("synthetic", False)), "cohort": cohort,
+                       "metrics": {t.spec.name: json_safe(t.metrics) for t in tasks}},
+                      sort_keys=True, allow_nan=False)
+
+
+def _write_weights(path: Path, tasks: list[TaskBundle], record: str) -> None:
     """Every task's state dict in one safetensors file, keys ``<task>/<parameter>``."""
     from safetensors.torch import save_file
 
     tensors = {f"{t.spec.name}/{k}": v.detach().cpu().contiguous() for t in tasks for k, v in t.state_dict.items()}
-    save_file(tensors, str(path), metadata={"format": FORMAT_NAME})
+    save_file(tensors, str(path), metadata={"format": FORMAT_NAME, RECORD_KEY: record})
 
 
 def _publish_zip(stage: Path, out: Path) -> None:
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for name in (MANIFEST, WEIGHTS, BUFFER, MODEL_CARD):
-            zf.write(stage / name, name)
+        for name in (MANIFEST, WEIGHTS, BUFFER, MODEL_CARD, SIGNATURE):
+            if (stage / name).exists():
+                zf.write(stage / name, name)
 
 
 def _apply_output_modes(stage: Path) -> None:
@@ -127,7 +140,8 @@ def _publish_directory(stage: Path, out: Path) -> None:
 
 def write_bundle(out: str | Path, *, config: MSRLConfig, tasks: list[TaskBundle], encoder: dict,
                  tiling: dict, tissue: dict, genomics: dict | GenomicsBlock | None,
-                 cohort_summary: dict, model_card: str, slide_encoder: dict | None = None) -> Path:
+                 cohort_summary: dict, model_card: str, slide_encoder: dict | None = None,
+                 sign_key: SigningKey | None = None) -> Path:
     """Write a bundle to ``out``: a directory, or a single zip file when ``out`` ends in ``.msrl``.
 
     Args:
@@ -142,6 +156,7 @@ def write_bundle(out: str | Path, *, config: MSRLConfig, tasks: list[TaskBundle]
         cohort_summary: {n_cases, projects, synthetic: bool, source, ...} (JSON values).
         model_card: Markdown text.
         slide_encoder: description of φ_H (default: the built-in transformer with its config).
+        sign_key: sign the manifest (``signature.json``, :mod:`~msrl_model.infer.bundle.signing`).
 
     Returns the path written.
     """
@@ -153,15 +168,22 @@ def write_bundle(out: str | Path, *, config: MSRLConfig, tasks: list[TaskBundle]
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_weights(stage / WEIGHTS, tasks)
-        write_buffer(stage / BUFFER, tasks, block)
+        record = _record(tasks, cohort_summary)
+        _write_weights(stage / WEIGHTS, tasks, record)
+        write_buffer(stage / BUFFER, tasks, block, record)
         (stage / MODEL_CARD).write_text(model_card, encoding="utf-8")
         files = {name: {"sha256": sha256_file(stage / name), "bytes": (stage / name).stat().st_size}
                  for name in (WEIGHTS, BUFFER, MODEL_CARD)}
         manifest = build_manifest(config=config, tasks=tasks, encoder=encoder, tiling=tiling, tissue=tissue,
                                   genomics=block, cohort_summary=cohort_summary, slide_encoder=slide_encoder,
                                   files=files)
-        (stage / MANIFEST).write_text(manifest_text(manifest), encoding="utf-8")
+        problem = manifest_problem(manifest)
+        if problem is not None:  # what the reader would refuse is never written
+            raise BundleError(f"cannot write the bundle {out}: its manifest {problem}")
+        text = manifest_text(manifest).encode("utf-8")
+        (stage / MANIFEST).write_bytes(text)
+        if sign_key is not None:
+            (stage / SIGNATURE).write_text(signature_text(sign_key, text), encoding="utf-8")
         _apply_output_modes(stage)
         if zipped:
             _publish_zip(stage, out)
