@@ -83,10 +83,17 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".msrl-write-probe.", suffix=TMP_SUFFIX, dir=folder)
         try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # another run's cleanup leaves a locked file alone
             os.write(fd, b"0")
         finally:
-            os.close(fd)
-            os.unlink(name)
+            if fcntl is None:  # pragma: no cover - Windows cannot delete an open file
+                os.close(fd)
+                fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+            if fd >= 0:
+                os.close(fd)
         free = shutil.disk_usage(folder).free
     except OSError as err:
         raise output_error(err, folder) from None

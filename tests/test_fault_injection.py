@@ -321,6 +321,29 @@ def test_cached_file_with_the_key_but_bad_content_is_recomputed(slides, tmp_path
     np.testing.assert_array_equal(fixed.features, good.features)
 
 
+def test_cached_file_over_the_patch_cap_is_recomputed(slides, tmp_path, capsys, fast_encoder):
+    out = tmp_path / "f"
+    args = ["extract", str(slides / "a.svs"), "--out", str(out), "--device", "cpu", "--quiet", "--max-patches", "100"]
+    assert main(args) == 0
+    good = read_features(out / "a.h5")
+    write_features(out / "a.h5", np.zeros((300, 3), np.float32), np.zeros((300, 2), np.int64), good.attrs)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "300 patches, more than 100" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_features(out / "a.h5").features, good.features)
+
+
+def test_an_unexpected_os_error_is_still_one_line(tmp_path, capsys, monkeypatch):
+    import msrl_model.features.cli
+
+    def broken(args):
+        raise OSError(errno.EIO, "Input/output error", str(tmp_path / "x"))
+
+    monkeypatch.setattr(msrl_model.features.cli, "run_extract", broken)
+    assert main(["extract", str(tmp_path), "--out", str(tmp_path)]) == 4
+    _one_error_line(capsys.readouterr().err, "Input/output error", str(tmp_path / "x"))
+
+
 def test_orphaned_temporaries_are_removed_but_a_live_writers_is_kept(slides, tmp_path, fast_encoder):
     import fcntl
 

@@ -85,13 +85,13 @@ def cache_key(sha256_head: str, encoder_name: str, encoder_version: str, tissue:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _cache_hit(path: Path, key: str, encoder: Any, stats: ExtractStats) -> bool:
+def _cache_hit(path: Path, key: str, encoder: Any, stats: ExtractStats, max_patches: int | None = None) -> bool:
     """True when ``path`` is a valid feature file for ``key`` from ``encoder`` (checked on its content).
 
     A file with this key whose content is wrong (missing encoder attributes, wrong shapes) is
     recomputed and replaced, with a warning in ``stats``.
     """
-    problem = cache_problem(path, key, encoder.name, encoder.version, int(encoder.dim))
+    problem = cache_problem(path, key, encoder.name, encoder.version, int(encoder.dim), max_rows=max_patches)
     if problem is None:
         return True
     if problem not in ("missing", "another cache key"):
@@ -253,7 +253,7 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         key = cache_key(sha, encoder.name, encoder.version, tissue, tiling)
         out = Path(out_dir) / f"{slide.slide_id}.h5"
         remove_orphaned_temporaries(out_dir)
-        if _cache_hit(out, key, encoder, stats):
+        if _cache_hit(out, key, encoder, stats, max_patches):
             stats.cached = True
             stats.warnings = [*stats.warnings, *_stored_warnings(out, getattr(slide, "warnings", []))]
             stats.total_s = time.perf_counter() - t_start
