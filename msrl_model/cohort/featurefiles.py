@@ -8,7 +8,9 @@ Per file: an HDF5 file (this tool's, TRIDENT's or CLAM's layout, as
 finite values only (NaN / ±inf rows counted) — scanned in row chunks, so memory stays bounded by a
 chunk whatever the cohort's size — and attributes the reader accepts. Across files: one feature
 dimension; the expected one is the most common, so the odd files are named, never the first one
-just because it came first.
+just because it came first. Files are the ones :mod:`msrl_model.cohort.featuresource` resolves (the
+same training reads); a CLAM ``.pt`` (a bare N×D tensor, ``weights_only=True``) is read whole and
+checked for rows, dimension and finite values — it has no coords, so no tiling check applies to it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from msrl_model.cohort.format import Problems
 from msrl_model.errors import MSRLError
+from msrl_model.features.provenance import FeatureProvenance, disagreements, read_provenance
 
 # Rows per chunk when scanning features; also bounded in bytes (a hostile D must not blow memory).
 CHUNK_ROWS = 8192
@@ -36,6 +39,7 @@ class FeatureCheck:
     n_rows: int | None = None  # patches (rows of features) when the shape is readable
     dim: int | None = None  # feature dimension D when the shape is readable
     problems: list[tuple[str, str]] = field(default_factory=list)  # (kind, sentence)
+    made: FeatureProvenance | None = None  # tiling, tissue parameters and encoder, when the reader accepts it
 
 
 def _squeezed_shape(shape: tuple[int, ...], name: str) -> tuple[int, ...]:
@@ -96,6 +100,8 @@ def check_feature_file(path: Path, name: str) -> FeatureCheck:
     import h5py
 
     check = FeatureCheck(name)
+    if path.suffix.lower() == ".pt":
+        return _check_pt(path, check)
     size = path.stat().st_size if path.is_file() else -1
     try:
         f = h5py.File(path, "r")
@@ -153,12 +159,35 @@ def check_feature_file(path: Path, name: str) -> FeatureCheck:
     return check
 
 
-def _check_reader(path: Path, check: FeatureCheck) -> None:
-    """The reader training uses must accept the file (attributes, coords) as it is."""
+def _check_pt(path: Path, check: FeatureCheck) -> FeatureCheck:
+    """A ``.pt`` feature file (CLAM ``pt_files/``), read as training reads it (``weights_only=True``):
+    a float N×D tensor, at least one row, finite values. It has no coords (training only)."""
     from msrl_model.features.h5io import read_features
 
     try:
-        read_features(path, load_features=False)
+        ff = read_features(path)
+    except MSRLError as err:
+        check.problems.append(("unreadable", "is refused by the feature reader: "
+                               + _first_line(err).removeprefix(f"{path}: ")))
+        return check
+    check.n_rows, check.dim = int(ff.features.shape[0]), int(ff.features.shape[1])
+    if check.n_rows == 0:
+        check.problems.append(("empty", "has no patches (0 rows); extract the slide again or "
+                               "leave the slide out of clinical.csv"))
+    elif check.dim == 0:
+        check.problems.append(("shape", f"has 0-d features ({check.n_rows} rows); extract the slide again"))
+    else:
+        bad = np.flatnonzero(~np.isfinite(ff.features).all(axis=1))
+        if len(bad):
+            check.problems.append(("nonfinite", f"has non-finite features (NaN or ±inf) in {len(bad)} of its "
+                                   f"{check.n_rows} rows, the first at row {int(bad[0])}; extract the slide again"))
+    return check
+
+
+def _check_reader(path: Path, check: FeatureCheck) -> None:
+    """The reader training uses must accept the file (attributes, coords) as it is."""
+    try:
+        check.made = read_provenance(path)  # read_features, and the tiling/encoder it records
     except MSRLError as err:
         check.problems.append(("unreadable", "is refused by the feature reader: "
                                + _first_line(err).removeprefix(f"{path}: ")))
@@ -178,6 +207,7 @@ _SUMMARIES = {
     "nonfinite": "non-finite features (NaN or ±inf); extract these slides again",
     "unreadable": "files that cannot be read; extract these slides again",
     "dimension": "a feature dimension other than the majority's; extract every slide with the same encoder",
+    "tiling": "feature files made at different tilings or with different encoders; extract every slide alike",
 }
 
 
@@ -213,8 +243,15 @@ def check_feature_files(paths: Iterable[tuple[str, Path]], problems: Problems) -
     for c in checks:
         for kind, text in c.problems:
             entries.setdefault(kind, []).append((c.name, text))
-    for name, kind, text in _dimension_problems(checks):
+    odd = _dimension_problems(checks)
+    for name, kind, text in odd:
         entries.setdefault(kind, []).append((name, text))
+    # one tiling, tissue parameters and encoder for every other file (a bundle records them; architecture §3)
+    named = {name for name, _, _ in odd}  # "": no majority dimension, nothing to compare the rest with
+    comparable = [] if "" in named else [(c.name, c.made) for c in checks
+                                         if c.made is not None and not c.problems and c.name not in named]
+    for text in disagreements(comparable):
+        entries.setdefault("tiling", []).append(("", text))
     for kind, items in entries.items():
         problems.per_file(items, _SUMMARIES.get(kind, "problems"))
     bad = {name for items in entries.values() for name, _ in items}

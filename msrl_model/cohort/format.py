@@ -11,6 +11,16 @@ A cohort directory holds::
     features/<slide_id>.h5 and/or slides/<slide_id>.<svs|tif|ndpi|...>
     cohort.json | cohort.toml   optional: expression_scale, labels and their classes, file names
 
+Feature files may also stay where TRIDENT or CLAM wrote them (read in place, never copied): the
+config's ``features`` entry (relative to the cohort directory or absolute) names this tool's
+``features/``, a TRIDENT ``features_<encoder>/`` folder, a TRIDENT job directory (its single
+``<mag>x_<ps>px_<ov>px_overlap/features_<encoder>/`` folder; several must be chosen between by naming
+one) or a CLAM directory (``h5_files/<slide_id>.h5``, else ``pt_files/<slide_id>.pt``). Without
+``features`` and without ``features/``, a TRIDENT or CLAM tree in the cohort directory itself is
+used. fp16 features are read as float32. A ``.pt`` (a bare N×D tensor) has no coordinates: it trains,
+but the heat-map and the tiling check need the coords of ``h5_files/``. Resolution:
+:mod:`msrl_model.cohort.featuresource`.
+
 :func:`~msrl_model.cohort.load.load_cohort` checks everything at once and raises a single
 :class:`CohortValidationError` listing every problem (with spreadsheet row numbers: the header is
 row 1). Things that can be repaired automatically (gene-set genes missing from the expression
@@ -70,6 +80,7 @@ class CohortConfig:
     expression_scale: str | None = None  # "raw" (log1p applied here) | "log"; None = infer
     gene_sets: str | None = None  # .gmt file; None = the only *.gmt in the directory
     features_dir: str = "features"  # where <slide_id>.h5 feature files are
+    features: str | None = None  # features source: features/, TRIDENT job or features_<enc>/, CLAM dir
     slides_dir: str = "slides"  # where slide files are (matched by file stem = slide_id)
     labels: dict[str, list[str] | None] | None = None  # column -> class order (None: sorted); None = infer
     generator: dict[str, Any] = field(default_factory=dict)  # provenance of synthetic cohorts
@@ -83,7 +94,7 @@ class Cohort:
     config: CohortConfig  # the (possibly defaulted) configuration
     cases: pd.DataFrame  # one row per case: case_id, project, survival_months, censorship, event, n_slides, labels
     slides: dict[str, list[str]]  # case_id -> slide ids in clinical.csv order
-    feature_paths: dict[str, Path | None]  # slide_id -> features/<slide_id>.h5 if present
+    feature_paths: dict[str, Path | None]  # slide_id -> its feature file (.h5 or .pt) if present
     slide_paths: dict[str, Path | None]  # slide_id -> slide file if present
     genes: list[str]  # expression columns used by at least one gene group
     expression: np.ndarray  # (n_cases, n_genes) float32, log scale (log1p of raw values)

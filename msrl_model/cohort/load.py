@@ -13,6 +13,7 @@ import numpy as np
 
 from msrl_model.cohort.clinical import Clinical, check_clinical
 from msrl_model.cohort.featurefiles import check_feature_files
+from msrl_model.cohort.featuresource import resolve_feature_source
 from msrl_model.cohort.format import (SLIDE_SUFFIXES, Cohort, CohortConfig, CohortValidationError, Problems,
                                       read_csv)
 from msrl_model.cohort.genomics import check_expression, read_gene_sets, resolve_gmt, restrict_gene_groups
@@ -59,6 +60,9 @@ def read_config(root: Path, problems: Problems) -> CohortConfig:
         problems.add(f"cohort config: expression_scale must be \"raw\" or \"log\", "
                      f"not {config.expression_scale!r}")
         config.expression_scale = None
+    if config.features is not None and not isinstance(config.features, str):
+        problems.add("cohort config: features must be a path (text) to a features/, TRIDENT or CLAM folder")
+        config.features = None
     if isinstance(config.labels, list):  # a plain list of label columns: classes inferred
         config.labels = {str(name): None for name in config.labels}
     if config.labels is not None and not isinstance(config.labels, dict):
@@ -78,41 +82,49 @@ def _find_slide_files(slides_dir: Path) -> dict[str, Path]:
 
 
 def _check_files(root: Path, clinical: Clinical, config: CohortConfig, problems: Problems,
-                 require_features: bool = False) -> tuple[dict[str, Path | None], dict[str, Path | None]]:
+                 require_features: bool = False, notes: list[str] | None = None
+                 ) -> tuple[dict[str, Path | None], dict[str, Path | None]]:
     """``(slide_id -> feature file, slide_id -> slide file)``; a slide with neither is a problem, and
-    so is (``require_features``) a case without any feature file. Every feature file is opened and
-    checked (``cohort/featurefiles.py``)."""
-    features_dir, slides_dir = root / config.features_dir, root / config.slides_dir
+    so is (``require_features``) a case without any feature file. Feature files are found by the one
+    resolver (``cohort/featuresource.py``: features/, TRIDENT or CLAM trees, read in place) and every
+    one is opened and checked (``cohort/featurefiles.py``)."""
+    slides_dir = root / config.slides_dir
+    n_before = len(problems.items)
+    source = resolve_feature_source(root, config, problems)
     slide_files = _find_slide_files(slides_dir)
     feature_paths: dict[str, Path | None] = {}
     slide_paths: dict[str, Path | None] = {}
     entries = []
-    if not features_dir.is_dir() and not slides_dir.is_dir():
-        problems.add(f"neither {config.features_dir}/ nor {config.slides_dir}/ exists in {root}: put "
-                     f"feature files ({config.features_dir}/<slide_id>.h5) or slides there")
+    if source is None and not slides_dir.is_dir():
+        if len(problems.items) == n_before:  # a configured source that failed is reported already
+            problems.add(f"neither {config.features_dir}/ nor {config.slides_dir}/ exists in {root}: put "
+                         f"feature files ({config.features_dir}/<slide_id>.h5) or slides there, or name "
+                         "a TRIDENT/CLAM folder with \"features\" in cohort.json")
         return feature_paths, slide_paths
+    if source is not None and source.kind != "msrl" and notes is not None:
+        notes.append(f"features read in place from {source.describe()}")
+    expected = source.expected if source is not None else (lambda s: f"{config.features_dir}/{s}.h5")
     for case, slide_ids in clinical.slides.items():
         for s in slide_ids:
-            h5 = features_dir / f"{s}.h5"
-            feature_paths[s] = h5 if h5.is_file() else None
+            feature_paths[s] = source.path_for(s) if source is not None else None
             slide_paths[s] = slide_files.get(s)
             if feature_paths[s] is None and slide_paths[s] is None:
                 entries.append((clinical.slide_rows[s],
-                                f"case {case}: slide {s} has neither {config.features_dir}/{s}.h5 "
+                                f"case {case}: slide {s} has neither {expected(s)} "
                                 f"nor a slide file {config.slides_dir}/{s}.<svs|tif|ndpi|...>"))
     problems.per_row(config.clinical, entries,
                      "slides without a feature file or a slide file (cases without features or slides)")
     if require_features:
         no_features = [(clinical.first_row[case], f"case {case} has no feature file "
-                        f"({config.features_dir}/<slide_id>.h5 for {', '.join(slide_ids)}); run "
+                        f"({expected('<slide_id>')} for {', '.join(slide_ids)}); run "
                         "`msrl extract` on its slides first")
                        for case, slide_ids in clinical.slides.items()
                        if slide_ids and all(feature_paths[s] is None for s in slide_ids)
                        and any(slide_paths[s] is not None for s in slide_ids)]  # neither: listed above
         problems.per_row(config.clinical, no_features,
                          "cases without a feature file; run `msrl extract` on their slides first")
-    check_feature_files([(f"{config.features_dir}/{p.name}", p) for p in feature_paths.values()
-                         if p is not None], problems)
+    check_feature_files([(source.name(p) if source is not None else p.name, p)
+                         for p in feature_paths.values() if p is not None], problems)
     return feature_paths, slide_paths
 
 
@@ -155,7 +167,7 @@ def load_cohort(root: str | Path, *, tasks: Tasks | None = None, require_feature
 
     df = read_csv(root / config.clinical, problems, dtype=str, keep_default_na=False)
     clinical = check_clinical(df, config, problems, notes) if df is not None else None
-    feature_paths, slide_paths = _check_files(root, clinical, config, problems, require_features) \
+    feature_paths, slide_paths = _check_files(root, clinical, config, problems, require_features, notes) \
         if clinical is not None else ({}, {})
     if clinical is not None and tasks is not None:
         check_tasks(resolve_tasks(tasks, clinical.label_columns), clinical, config, problems)

@@ -41,7 +41,7 @@ def run_extract(args: argparse.Namespace) -> int:
     max_patches = DEFAULT_MAX_PATCHES if args.max_patches is None else args.max_patches
     if max_patches < 1:
         raise MSRLError("--max-patches must be at least 1")
-    show = not args.quiet and sys.stderr.isatty()
+    show = not args.quiet  # tqdm bars on a terminal, plain lines otherwise (progress.drive)
     inputs = [Path(p) for p in args.inputs]
     shard = parse_shard(args.shard) if args.shard else None
     if len(inputs) == 1 and not inputs[0].is_dir() and shard is None:

@@ -11,7 +11,21 @@ Reading can be bounded (``max_rows``): the declared shapes are checked before an
 
 Reads this tool's files and the CLAM/TRIDENT style: attributes may sit on the root, on ``coords`` or
 on ``features``; datasets may carry a leading batch dimension of 1 (``1×N×D``, ``1×N×2``); missing
-attributes get defaults (and ``TRIDENT``'s magnifications are turned into µm/px).
+attributes get defaults (and ``TRIDENT``'s magnifications are turned into µm/px). fp16 features (as
+TRIDENT writes them under fp16 autocast) are read as float32. TRIDENT's h5 path cannot hold bf16 (it
+converts features with ``.numpy()``, which refuses bf16); an h5 with bf16 stored as raw uint16/void is
+not a documented layout and is not decoded (an opaque dtype is refused by cohort validation).
+
+``<slide_id>.pt`` (CLAM ``pt_files/``, TRIDENT ``saveas='pt'``): a torch tensor N×D (or 1×N×D; any
+float dtype incl. bf16/fp16), or a dict with ``features`` (and optionally ``coords``), read only with
+``torch.load(path, weights_only=True, map_location="cpu")`` - never an unrestricted pickle. A bare
+tensor has no coordinates: patches are laid out on a stand-in square grid (attr ``coords_synthetic``),
+which is enough to train, but the heat-map and tiling checks need real coords (CLAM ``h5_files/``).
+
+Written files also carry TRIDENT's attributes on ``coords`` (``patch_size``, ``patch_size_level0``,
+``level0_magnification``, ``target_magnification``, ``overlap``) so TRIDENT-based tools read them;
+magnification = 10 / mpp (the usual convention: 0.25 µm/px ≈ 40×, 0.5 µm/px ≈ 20×), an int when
+within 0.05 of one. The root attributes stay the source of truth for this tool's reader.
 """
 
 from __future__ import annotations
@@ -99,13 +113,40 @@ def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray,
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:  # in memory: HDF5 never writes to the file system itself
         f.create_dataset("features", data=features)
-        f.create_dataset("coords", data=coords)
+        cset = f.create_dataset("coords", data=coords)
+        for key, value in trident_coords_attrs(attrs or {}).items():
+            cset.attrs[key] = value
         f.attrs["format_version"] = FORMAT_VERSION
         for key, value in (attrs or {}).items():
             f.attrs[key] = _encode_attr(value)
     with buffer.getbuffer() as data:
         atomic_write(path, data)
     return path
+
+
+def _magnification(mpp: float) -> int | float:
+    """10 / mpp (0.25 µm/px ≈ 40×, 0.5 ≈ 20×), an int when within 0.05 of one."""
+    mag = 10.0 / float(mpp)
+    return int(round(mag)) if abs(mag - round(mag)) < 0.05 else round(mag, 2)
+
+
+def trident_coords_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """TRIDENT's ``coords`` attributes computed from this tool's root attributes (those it can)."""
+    out: dict[str, Any] = {}
+    try:
+        if attrs.get("patch_size") is not None:
+            out["patch_size"] = int(attrs["patch_size"])
+        if attrs.get("patch_size_level0") is not None:
+            out["patch_size_level0"] = int(attrs["patch_size_level0"])
+        if attrs.get("level0_mpp"):
+            out["level0_magnification"] = _magnification(attrs["level0_mpp"])
+        if attrs.get("target_mpp"):
+            out["target_magnification"] = _magnification(attrs["target_mpp"])
+    except (TypeError, ValueError):
+        return {}
+    if out:
+        out["overlap"] = 0  # this tool's grid never overlaps (slide/tiling.py)
+    return out
 
 
 def expected_size(n: int, dim: int) -> int:
@@ -184,6 +225,8 @@ def read_features(path: str | Path, *, load_features: bool = True, max_rows: int
     path = Path(path)
     if not path.is_file():
         raise FeatureFileError(f"{path}: feature file not found; run `msrl extract` on the slide first")
+    if path.suffix.lower() == ".pt":
+        return _read_pt(path, load_features=load_features, max_rows=max_rows)
     try:
         with h5py.File(path, "r") as f:
             if "features" not in f or "coords" not in f:
@@ -215,6 +258,47 @@ def read_features(path: str | Path, *, load_features: bool = True, max_rows: int
                                "delete the file and extract again")
     _fill_defaults(attrs)
     return FeatureFile(features=features, coords=coords, attrs=attrs)
+
+
+def _read_pt(path: Path, *, load_features: bool, max_rows: int | None) -> FeatureFile:
+    """A ``.pt`` feature file (CLAM ``pt_files/``): a tensor N×D, or a dict with ``features`` [and
+    ``coords``], loaded with ``weights_only=True`` only. Without coords, a stand-in square grid."""
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FeatureFileError(f"{path}: cannot read the .pt feature file with weights_only=True ({first}); "
+                               "save the features as a plain torch tensor (N×D) or use the .h5 files") from err
+    coords = None
+    attrs: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        coords, obj = obj.get("coords"), obj.get("features")
+    if not isinstance(obj, torch.Tensor) or not obj.is_floating_point():
+        raise FeatureFileError(f"{path}: a .pt feature file must hold a float tensor N×D (or a dict with "
+                               f"'features'); found {type(obj).__name__}")
+    features = _squeeze_batch(obj.detach().float().numpy(), "features", path)
+    n = len(features)
+    if max_rows is not None and n > max_rows:
+        raise FeatureFileError(f"{path}: {n} patches, more than the limit of {max_rows} per slide; check the "
+                               "file or raise the limit with --max-patches")
+    if isinstance(coords, torch.Tensor):
+        coords = _squeeze_batch(coords.detach().cpu().numpy(), "coords", path).astype(np.int64)
+    else:  # no coordinates: a square stand-in grid (training only; no heat-map, no tiling check)
+        side = max(1, int(np.ceil(np.sqrt(n))))
+        index = np.arange(n)
+        size = int(DEFAULT_ATTRS["patch_size"])
+        coords = np.stack([(index % side) * size, (index // side) * size], axis=1).astype(np.int64)
+        attrs["coords_synthetic"] = True
+    if coords.shape != (n, 2):
+        raise FeatureFileError(f"{path}: features {features.shape} and coords {coords.shape} disagree")
+    if not load_features:
+        features = np.zeros((0, features.shape[1]), dtype=np.float32)
+    _fill_defaults(attrs)
+    return FeatureFile(features=np.ascontiguousarray(features, dtype=np.float32), coords=coords, attrs=attrs)
 
 
 def _fill_defaults(attrs: dict[str, Any]) -> None:

@@ -232,7 +232,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         else:
             print(f"{o.status}: {o.slide} -> {o.output}", flush=True)
 
-    show = not args.quiet and sys.stderr.isatty()
+    show = not args.quiet  # tqdm bars on a terminal, plain lines otherwise (progress.drive)
     try:
         report = drive(analyze_many(predictor, slides, out_dir, cache_dir, args.project, expression,
                                     workers=args.workers, batch_size=args.batch_size, on_slide=on_slide,

@@ -334,24 +334,45 @@ class Predictor:
 
     # ---- files and slides ---------------------------------------------------------------------
 
-    def _check_feature_attrs(self, attrs: dict[str, Any], dim: int) -> None:
-        """BundleError when a feature file's encoder (name, version, dim) is not the bundle's."""
+    def _check_feature_attrs(self, attrs: dict[str, Any], dim: int, path: str | Path) -> list[str]:
+        """BundleError when the feature file ``path``'s encoder (name, version, dim) or tiling (patch
+        size at the target level, target µm/px) is not the bundle's; returns warnings for tissue
+        parameters it records that differ from the bundle's, or for a tiling it does not record (CLAM)."""
+        from msrl_model.features.provenance import (RESOLUTION_ATTRS, detection_differences, provenance_of,
+                                                    recorded_attr_names, tiling_mismatch, tiling_text)
+        from msrl_model.slide import TilingParams, TissueParams
+
         check_encoder(self.bundle.encoder, {"name": attrs.get("encoder"), "version": attrs.get("encoder_version"),
                                             "dim": dim}, self.bundle.path)
+        made = provenance_of(attrs, tiling_recorded=bool(recorded_attr_names(path) & set(RESOLUTION_ATTRS)))
+        tiling = {**TilingParams().to_dict(), **self.bundle.tiling}  # a field the manifest omits: its default
+        need = tiling_text(tiling["patch_size"], tiling["target_mpp"])
+        if not made.tiling_recorded:
+            return [f"{Path(path).name} does not record the resolution it was made at; this model needs "
+                    f"{need} — check that it was made so"]
+        if tiling_mismatch(tiling, made):
+            raise BundleError(
+                f"{path} was made at {made.tiling_text}; this model needs {need} — extract again with this "
+                f"model (`msrl analyze SLIDE --bundle {self.bundle.path}` tiles the slide at {need}) or with "
+                f"your extractor at {int(tiling['patch_size'])} px and {10.0 / float(tiling['target_mpp']):g}x")
+        diffs = detection_differences(tiling, {**TissueParams().to_dict(), **self.bundle.tissue}, made)
+        return [f"{Path(path).name} was made with other tissue parameters than this model's training "
+                f"features ({', '.join(diffs)}); its patches may differ from training"] if diffs else []
 
     def predict_features_file(self, path: str | Path, project: str | None = None,
                               expression: Mapping[str, float] | Any = None, *,
                               max_patches: int | None = None) -> PredictionResult:
-        """Predict from a feature file; BundleError when it comes from another encoder or version.
+        """Predict from a feature file; BundleError when it comes from another encoder or version, or
+        was made at another patch size or µm/px than the bundle's tiling (the message says what differs).
 
         A file of more than ``max_patches`` rows (None: the default cap) is refused before it is read."""
         from msrl_model.features.h5io import read_features
 
         ff = read_features(path, max_rows=_max_rows(max_patches))
-        self._check_feature_attrs(ff.attrs, ff.features.shape[1])
+        made = self._check_feature_attrs(ff.attrs, ff.features.shape[1], path)
         job = self.predict_job(ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
                                slide_id=str(ff.attrs.get("slide_id") or Path(path).stem),
-                               warnings=_file_warnings(ff.attrs))
+                               warnings=[*_file_warnings(ff.attrs), *made])
         while True:
             try:
                 next(job)
@@ -397,12 +418,12 @@ class Predictor:
         h5 = yield from extract_slide(slide_path, cache_dir, encoder, self.device_name, workers, batch_size,
                                       tissue, tiling, stats=stats, max_patches=cap)
         ff = read_features(h5, max_rows=cap)
-        self._check_feature_attrs(ff.attrs, ff.features.shape[1])
+        made = self._check_feature_attrs(ff.attrs, ff.features.shape[1], h5)  # a cache file made otherwise: refused
         return (yield from self.predict_job(
             ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
             slide_id=str(ff.attrs.get("slide_id") or Path(slide_path).stem), slide_path=str(slide_path),
             slide_sha256_head=str(ff.attrs.get("slide_sha256_head") or "") or None,
-            warnings=[*stats.warnings, *_file_warnings(ff.attrs)]))
+            warnings=[*stats.warnings, *_file_warnings(ff.attrs), *made]))
 
 
 def _max_rows(max_patches: int | None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,13 @@ def _thumbnail(rng: np.random.Generator) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=70)
     return buf.getvalue()
+
+
+def _params(cls: type, value: Any) -> dict:
+    """``cls`` (TilingParams / TissueParams) fields from None (defaults), an instance or a dict."""
+    if value is None:
+        return cls().to_dict()
+    return (value if isinstance(value, cls) else cls(**dict(value))).to_dict()
 
 
 def random_cases(n: int, seed: int = 0) -> pd.DataFrame:
@@ -46,7 +54,8 @@ def random_cases(n: int, seed: int = 0) -> pd.DataFrame:
 
 def make_random_bundle(out: str | Path, *, patch_dim: int = 32, n_cases: int = 40, seed: int = 0,
                        n_groups: int = 4, genes_per_group: int = 3, thumbnails: bool = True,
-                       encoder: dict | None = None, expression_scale: str = "log") -> Path:
+                       encoder: dict | None = None, expression_scale: str = "log",
+                       tiling: Any = None, tissue: Any = None) -> Path:
     """Write a random-init bundle with a survival task ("survival", msrl) and a classification task
     ("EGFR_mut", msrl) at ``MSRLConfig.tiny`` scale.
 
@@ -59,6 +68,9 @@ def make_random_bundle(out: str | Path, *, patch_dim: int = 32, n_cases: int = 4
         thumbnails: store a 16 × 16 JPEG per case.
         encoder: encoder description (default builtin-he 1.0 with ``patch_dim``).
         expression_scale: the genomics block's scale ("log" or "raw").
+        tiling: the tiling the bundle records (a :class:`~msrl_model.slide.TilingParams` or a dict of
+            its fields; default ``TilingParams()``): the Predictor extracts new slides with it.
+        tissue: the tissue parameters (``TissueParams`` or a dict of its fields; default ``TissueParams()``).
     """
     from msrl_model.slide.tiling import TilingParams
     from msrl_model.slide.tissue import TissueParams
@@ -92,7 +104,7 @@ def make_random_bundle(out: str | Path, *, patch_dim: int = 32, n_cases: int = 4
     return write_bundle(
         out, config=cfg, tasks=tasks,
         encoder=encoder or {"name": "builtin-he", "version": "1.0", "dim": patch_dim},
-        tiling=TilingParams().to_dict(), tissue=TissueParams().to_dict(), genomics=genomics,
+        tiling=_params(TilingParams, tiling), tissue=_params(TissueParams, tissue), genomics=genomics,
         cohort_summary={"n_cases": n_cases, "projects": sorted(set(cases.project)), "synthetic": True,
                         "source": "random test bundle (untrained)"},
         model_card="# Random test bundle\n\nUntrained, random weights and a fake synthetic cohort. "

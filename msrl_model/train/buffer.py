@@ -13,9 +13,10 @@ from torch import Tensor, nn
 
 from msrl_model.nn.msrl import MSRLNet, SlideBatch
 from msrl_model.nn.slide_encoder import pad_bags
+from msrl_model.progress import Job, exhaust
 from msrl_model.train import distributed
 from msrl_model.train.data import Bags
-from msrl_model.train.pretrain import embed_shared
+from msrl_model.train.pretrain import embed_shared_job
 
 
 class FifoBuffer:
@@ -92,27 +93,45 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         bt.copy_(bo)
 
 
-def case_node_features(net: MSRLNet, bags: Bags, cases: Sequence[int], genomics: Tensor | None, *,
-                       max_patches: int, chunk: int, device: torch.device) -> Tensor:
+def case_node_features_job(net: MSRLNet, bags: Bags, cases: Sequence[int], genomics: Tensor | None, *,
+                           max_patches: int, chunk: int, device: torch.device, message: str = "") -> Job[Tensor]:
     """Node features (len(cases), node_dim); real genomics when ``genomics`` is given (rows = cases).
-    Every process encodes its share of the cases (:func:`embed_shared`); patch subsets (``max_patches``)
-    from the global RNG."""
-    h = embed_shared(net.slide_encoder, bags, cases, max_patches=max_patches, chunk=chunk, device=device)
+    Every process encodes its share of the cases (:func:`embed_shared_job`: ``Stage.EMBED`` ticks per
+    chunk); patch subsets (``max_patches``) from the global RNG."""
+    h = yield from embed_shared_job(net.slide_encoder, bags, cases, max_patches=max_patches, chunk=chunk,
+                                    device=device, message=message)
     return net.node_features(h, None if genomics is None else genomics.to(device))
 
 
+def case_node_features(net: MSRLNet, bags: Bags, cases: Sequence[int], genomics: Tensor | None, *,
+                       max_patches: int, chunk: int, device: torch.device) -> Tensor:
+    """:func:`case_node_features_job` without its ticks."""
+    return exhaust(case_node_features_job(net, bags, cases, genomics, max_patches=max_patches, chunk=chunk,
+                                          device=device))
+
+
 @torch.no_grad()
-def compute_buffer(net: MSRLNet, bags: Bags, genomics: Tensor, cases: Sequence[int], *, branch: str,
-                   chunk: int, device: torch.device) -> Tensor:
+def compute_buffer_job(net: MSRLNet, bags: Bags, genomics: Tensor, cases: Sequence[int], *, branch: str,
+                       chunk: int, device: torch.device, message: str = "buffer") -> Job[Tensor]:
     """Buffer rows of ``cases`` (full bags, eval mode): target features [φ_G(X_G); h] (or [Inductor(h); h]
-    for ``branch="online"``; h for MSRL_H)."""
+    for ``branch="online"``; h for MSRL_H). A job: ``Stage.EMBED`` ticks per chunk of cases."""
     was = net.training
     net.eval()
-    cases = np.asarray(cases, dtype=np.int64)
-    real_genomics = None if branch == "online" or not net.uses_genomics else genomics[cases]
-    out = case_node_features(net, bags, cases, real_genomics, max_patches=0, chunk=chunk, device=device)
-    net.train(was)
+    try:
+        cases = np.asarray(cases, dtype=np.int64)
+        real_genomics = None if branch == "online" or not net.uses_genomics else genomics[cases]
+        out = yield from case_node_features_job(net, bags, cases, real_genomics, max_patches=0, chunk=chunk,
+                                                device=device, message=message)
+    finally:
+        net.train(was)
     return out
 
 
-__all__ = ["FifoBuffer", "case_node_features", "compute_buffer", "ema_update", "mixup_view"]
+def compute_buffer(net: MSRLNet, bags: Bags, genomics: Tensor, cases: Sequence[int], *, branch: str,
+                   chunk: int, device: torch.device) -> Tensor:
+    """:func:`compute_buffer_job` without its ticks."""
+    return exhaust(compute_buffer_job(net, bags, genomics, cases, branch=branch, chunk=chunk, device=device))
+
+
+__all__ = ["FifoBuffer", "case_node_features", "case_node_features_job", "compute_buffer", "compute_buffer_job",
+           "ema_update", "mixup_view"]

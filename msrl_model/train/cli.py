@@ -180,7 +180,7 @@ def _tasks_variants(args: argparse.Namespace, cohort, run_preset) -> tuple[list[
 def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, start: float) -> int:
     import torch
 
-    from msrl_model.progress import drive
+    from msrl_model.progress import Stage, drive
     from msrl_model.train import distributed
     from msrl_model.train.cv import cv_job
     from msrl_model.train.data import load_bags
@@ -214,7 +214,7 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
                  torch.get_num_threads(), distributed.world_size(), tasks, variants, args.folds, args.seed)
 
         def on_event(event) -> None:
-            if event.stage == "cross-validation" or event.done == event.total:
+            if event.stage == Stage.CROSS_VALIDATION or (event.done == event.total and event.stage != Stage.EMBED):
                 log.info("%s %s/%s %s", event.stage, event.done, event.total, event.message)
 
         result = drive(cv_job(cohort, bags, cfg, tasks=tasks, variants=variants, n_folds=args.folds,

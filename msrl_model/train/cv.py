@@ -15,7 +15,7 @@ Then, when asked, the final models: the same pipeline on *all* cases (MSRL per t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,11 +101,17 @@ def _train_variants(inputs: FoldInputs, variants: Sequence[str]) -> Job[dict[str
 
 def _record_fold_task(result: CVResult, cohort: Cohort, task: str, fold: int, tt: TaskTargets,
                       inputs: FoldInputs, models: dict[str, object], variants: Sequence[str],
-                      test: np.ndarray) -> None:
-    """Predict the fold's (labelled) test cases with every variant; metric rows and out-of-fold entries."""
+                      test: np.ndarray, done: int, units: int, label: str) -> Job[None]:
+    """Predict the fold's (labelled) test cases with every variant; metric rows and out-of-fold entries.
+
+    A job: a "cross-validation" tick before each variant predicts; a variant whose predictor returns
+    a job (ticks per chunk of cases) is driven through it."""
     for name in variants:
+        yield Progress(Stage.CROSS_VALIDATION, done, units, f"{label}: predicting {name}")
         variant = get_variant(name)
         pred = variant.predict(variant, models[variant.trained_as], inputs, test)
+        if isinstance(pred, Generator):
+            pred = yield from pred
         metrics = evaluate(tt.spec.kind, pred, tt.y, cohort.times, cohort.censorship, tt.spec.n_outputs)
         for metric, value in metrics.items():
             result.rows.append({"method": name, "task": task, "fold": fold, "metric": metric,
@@ -167,7 +173,8 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
             done += 1
             if len(test) == 0:
                 continue
-            _record_fold_task(result, cohort, task, fold.index, tt, inputs, models, variants, test)
+            yield from _record_fold_task(result, cohort, task, fold.index, tt, inputs, models, variants, test,
+                                         done, units, f"fold {fold.index + 1}/{n_folds} {task}")
             yield Progress(Stage.CROSS_VALIDATION, done, units, f"fold {fold.index + 1}/{n_folds} {task} done")
     if final:
         yield from _final_models(result, cohort, bags, cfg, tasks, settings, seed, device, done, units)

@@ -62,7 +62,12 @@ class Bags:
 
 
 def load_bags(cohort: Cohort) -> Job[Bags]:
-    """Read every case's feature files (a generator of Progress; returns :class:`Bags`)."""
+    """Read every case's feature files (a generator of Progress; returns :class:`Bags`).
+
+    The files are ``Cohort.feature_paths``, found by the cohort's one resolver
+    (``cohort/featuresource.py``: features/, TRIDENT or CLAM trees read in place), so training reads
+    exactly the files validation checked; ``read_features`` reads .h5 (fp16 → float32) and CLAM .pt.
+    """
     from msrl_model.features.h5io import read_features
 
     missing = [c for c in cohort.case_ids if not cohort.case_feature_paths(c)]
@@ -74,6 +79,7 @@ def load_bags(cohort: Cohort) -> Job[Bags]:
     positions: list[Tensor] = []
     dim = None
     n = cohort.n_cases
+    yield Progress(Stage.READ_FEATURES, 0, n, "")
     for i, case in enumerate(cohort.case_ids):
         feats, pos = [], []
         col0 = 0

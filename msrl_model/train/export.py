@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from msrl_model.cohort import Cohort
+from msrl_model.features.provenance import FeatureProvenance
 from msrl_model.nn.config import MSRLConfig
 from msrl_model.train.cv import CVResult
 
@@ -73,26 +74,62 @@ def expression_scale(cohort: Cohort) -> str:
     return "raw" if any("inferred as 'raw'" in n for n in cohort.notes) else "log"
 
 
-def feature_encoder(cohort: Cohort, dim: int) -> dict:
-    """Encoder description {name, version, dim} from the first feature file's attributes."""
-    from msrl_model.features.h5io import read_features
+def feature_provenance(cohort: Cohort) -> FeatureProvenance | None:
+    """How the cohort's feature files were made: their common tiling, tissue parameters (where the
+    files record them) and encoder, read from every ``.h5`` file (a CLAM ``.pt`` records nothing).
+    None without such files. CohortError listing the files per tiling when they disagree (the
+    cohort check refuses that at load already; this catches files changed since)."""
+    from msrl_model.errors import CohortError
+    from msrl_model.features.provenance import common_provenance, read_provenance
 
-    for case in cohort.case_ids:
-        paths = cohort.case_feature_paths(case)
-        if paths:
-            attrs = read_features(paths[0], load_features=False).attrs
-            return {"name": str(attrs.get("encoder", "unknown")), "version": str(attrs.get("encoder_version", "")),
-                    "dim": int(dim)}
-    return {"name": "unknown", "version": "", "dim": int(dim)}
+    files = [(str(path), read_provenance(path)) for case in cohort.case_ids
+             for path in cohort.case_feature_paths(case) if Path(path).suffix.lower() != ".pt"]
+    try:
+        return common_provenance(files)
+    except ValueError as err:
+        raise CohortError(f"cohort {cohort.root}: {err}") from None
+
+
+def feature_encoder(cohort: Cohort, dim: int) -> dict:
+    """Encoder description {name, version, dim[, spec]} from the feature files' attributes (all agree)."""
+    made = feature_provenance(cohort)
+    if made is None:
+        return {"name": "unknown", "version": "", "dim": int(dim)}
+    encoder = {"name": made.encoder, "version": made.encoder_version, "dim": int(dim)}
+    if made.encoder_spec:
+        encoder["spec"] = made.encoder_spec
+    return encoder
+
+
+def feature_tiling(cohort: Cohort) -> tuple[dict, dict]:
+    """``(tiling, tissue)`` parameter dicts the bundle records: the feature files' tiling (patch size
+    at the target level, target µm/px, min tissue fraction where recorded) and tissue parameters where
+    recorded; ``TilingParams()`` / ``TissueParams()`` defaults for what the files do not say."""
+    tiling, tissue, _ = _made(feature_provenance(cohort), 0)
+    return tiling, tissue
+
+
+def _made(made: FeatureProvenance | None, n_files: int) -> tuple[dict, dict, dict]:
+    """(tiling, tissue, the manifest's features_made) from the common provenance."""
+    from msrl_model.slide.tiling import TilingParams
+    from msrl_model.slide.tissue import TissueParams
+
+    tissue = made.tissue_params() if made is not None else None
+    source = {"tiling_from": "feature files" if made is not None and made.tiling_recorded else "defaults",
+              "tissue_from": "feature files" if tissue is not None else "defaults",
+              "encoder_from": "feature files" if made is not None and made.encoder_recorded else "defaults",
+              "files": int(n_files)}
+    return (made.tiling() if source["tiling_from"] == "feature files" else TilingParams().to_dict(),
+            tissue if tissue is not None else TissueParams().to_dict(), source)
 
 
 def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: MSRLConfig, encoder: dict,
                   model_card: str, sign_key: Any = None) -> Path:
     """Write the bundle of ``result.final`` to ``out`` (directory or ``.msrl``) with ``write_bundle``;
-    ``sign_key`` (a :class:`msrl_model.infer.bundle.SigningKey`) signs its manifest."""
+    ``sign_key`` (a :class:`msrl_model.infer.bundle.SigningKey`) signs its manifest. The manifest's
+    tiling and tissue parameters are those the cohort's feature files were made with
+    (:func:`feature_tiling`), so the app and ``msrl analyze`` tile a new slide the same way."""
     from msrl_model.infer.bundle import TaskBundle, write_bundle
-    from msrl_model.slide.tiling import TilingParams
-    from msrl_model.slide.tissue import TissueParams
 
     fg = result.final_genomics
     if fg is None or not result.final:
@@ -120,9 +157,12 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
     cohort_summary = {"n_cases": summary["cases"], "projects": summary["projects"],
                       "synthetic": summary["synthetic"], "source": str(cohort.root.name),
                       "name": summary["name"], "censored_fraction": summary["censored_fraction"]}
-    return write_bundle(out, config=config, tasks=tasks, encoder=encoder, tiling=TilingParams().to_dict(),
-                        tissue=TissueParams().to_dict(), genomics=genomics, cohort_summary=cohort_summary,
-                        model_card=model_card, sign_key=sign_key)
+    n_files = sum(len(cohort.case_feature_paths(c)) for c in cohort.case_ids)
+    tiling, tissue, made = _made(feature_provenance(cohort), n_files)  # how the training features were made
+    return write_bundle(out, config=config, tasks=tasks, encoder=encoder, tiling=tiling,
+                        tissue=tissue, genomics=genomics, cohort_summary=cohort_summary,
+                        model_card=model_card, sign_key=sign_key, features_made=made)
 
 
-__all__ = ["case_table", "case_thumbnails", "export_bundle", "expression_scale", "feature_encoder"]
+__all__ = ["case_table", "case_thumbnails", "export_bundle", "expression_scale", "feature_encoder",
+           "feature_provenance", "feature_tiling"]

@@ -109,7 +109,7 @@ from msrl_model.nn.losses import f_align, g_align, sparsity_balanced_bce_sparse
 from msrl_model.nn.msrl import MSRLNet, PretrainNet, SlideBatch, TaskSpec, Variant
 from msrl_model.progress import Job, Progress, Stage
 from msrl_model.train import distributed
-from msrl_model.train.buffer import FifoBuffer, compute_buffer, ema_update, mixup_view
+from msrl_model.train.buffer import FifoBuffer, compute_buffer_job, ema_update, mixup_view
 from msrl_model.train.checkpoint import ResumePoint, fresh_start, load_checkpoint, run_id, save_checkpoint
 from msrl_model.train.data import Bags
 from msrl_model.train.optim import lr_at, optimizer_step, set_lr, task_loss
@@ -227,16 +227,17 @@ def _online_and_target(online: MSRLNet, bags: Bags, train_cases: np.ndarray, fre
 
 
 def _initial_buffer(run: _FinetuneRun, resume: ResumePoint, train_cases: np.ndarray, gen: torch.Generator
-                    ) -> FifoBuffer:
+                    ) -> Job[FifoBuffer]:
     """The checkpointed buffer, or every training case's features (in a random order) from the
-    branch that fills the buffer."""
+    branch that fills the buffer (a job: ``Stage.EMBED`` ticks while it embeds the cases)."""
     capacity = run.cfg.buffer_size or len(train_cases)
     if resume.buffer is not None:
         return FifoBuffer(resume.buffer[0], resume.buffer[1], capacity)
     order = train_cases[torch.randperm(len(train_cases), generator=gen).numpy()]
     init_net = run.online if run.buffer_branch == "online" else run.target
-    feats = compute_buffer(init_net, run.bags, run.genomics, order, branch=run.buffer_branch,
-                           chunk=run.settings.encode_chunk, device=run.device)
+    feats = yield from compute_buffer_job(init_net, run.bags, run.genomics, order, branch=run.buffer_branch,
+                                          chunk=run.settings.encode_chunk, device=run.device,
+                                          message=f"{run.task.name}: initial buffer")
     return FifoBuffer(feats, torch.as_tensor(order), capacity)
 
 
@@ -367,7 +368,7 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
                       train_cases.tolist(), settings.to_dict())
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     resume = fresh_start() if ckpt is None else load_checkpoint(ckpt, identity, online, target, run.opt, gen, device)
-    run.buffer = _initial_buffer(run, resume, train_cases, gen)
+    run.buffer = yield from _initial_buffer(run, resume, train_cases, gen)
     step, history = resume.step, resume.history
     yield Progress(Stage.FINETUNE, resume.epoch, cfg.finetune_epochs, f"{task.name} {variant}")
     for epoch in range(resume.epoch, cfg.finetune_epochs):
@@ -379,8 +380,9 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
                        f"{task.name} {variant} loss={sum(means.values()):.4f}")
     online.eval()
     final_net = online if buffer_branch == "online" else target
-    ship = compute_buffer(final_net, bags, genomics, train_cases, branch=buffer_branch,
-                          chunk=settings.encode_chunk, device=device)
+    ship = yield from compute_buffer_job(final_net, bags, genomics, train_cases, branch=buffer_branch,
+                                         chunk=settings.encode_chunk, device=device,
+                                         message=f"{task.name}: final buffer")
     return FinetuneResult(online, target, ship, train_cases, graph_mode, buffer_branch, history)
 
 

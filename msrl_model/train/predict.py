@@ -13,7 +13,8 @@ from torch import Tensor
 
 from msrl_model.nn.heads import survival_from_logits
 from msrl_model.nn.msrl import TaskSpec
-from msrl_model.train.buffer import case_node_features
+from msrl_model.progress import Job, Progress, Stage, exhaust
+from msrl_model.train.buffer import case_node_features_job
 from msrl_model.train.data import Bags
 from msrl_model.train.finetune import FinetuneResult
 
@@ -39,9 +40,13 @@ def outputs_from_logits(spec: TaskSpec, cases: np.ndarray, logits: Tensor, z: Te
 
 
 @torch.no_grad()
-def predict(result: FinetuneResult, bags: Bags, cases: Sequence[int], genomics: Tensor | None = None, *,
-            chunk: int = 32, device: torch.device | str = "cpu", engine: str = "exact") -> Predictions:
+def predict_job(result: FinetuneResult, bags: Bags, cases: Sequence[int], genomics: Tensor | None = None, *,
+                chunk: int = 32, device: torch.device | str = "cpu", engine: str = "exact",
+                message: str = "predict") -> Job[Predictions]:
     """Predict held-out ``cases`` one at a time on the graph [buffer; case] (paper Algorithm 2.III).
+
+    A job: ``Stage.EMBED`` ticks per chunk of cases while their bags are encoded, one
+    ``Stage.PREDICT`` tick before and after the graph passes; returns :class:`Predictions`.
 
     Args:
         result: the fine-tuned network and its buffer.
@@ -50,11 +55,14 @@ def predict(result: FinetuneResult, bags: Bags, cases: Sequence[int], genomics: 
         genomics: packed genomics of *these* cases (rows = cases) for MSRL_multi; None = WSI only.
         engine: "exact" (:class:`~msrl_model.infer.engine.ExactEngine`, GSL graphs only) or "dense"
             (:meth:`~msrl_model.nn.msrl.MSRLNet.graph_forward` per case); both give the same numbers.
+        message: names the pass in the ticks.
     """
     device = torch.device(device)
     net = result.online.eval()
     cases = np.asarray(cases, dtype=np.int64)
-    nodes = case_node_features(net, bags, cases, genomics, max_patches=0, chunk=chunk, device=device)  # (Q, node_dim)
+    nodes = yield from case_node_features_job(net, bags, cases, genomics, max_patches=0, chunk=chunk,
+                                              device=device, message=message)  # (Q, node_dim)
+    yield Progress(Stage.PREDICT, 0, 1, message)
     buffer = result.buffer.to(device)
     if engine == "exact" and result.graph_mode == "gsl":
         from msrl_model.infer.engine import ExactEngine
@@ -64,7 +72,15 @@ def predict(result: FinetuneResult, bags: Bags, cases: Sequence[int], genomics: 
     else:
         z = torch.cat([net.graph_forward(nodes[i:i + 1], buffer, result.graph_mode)[0]
                        for i in range(len(cases))])  # (Q, gcn_out)
-    return outputs_from_logits(net.task, cases, net.readout(z, nodes), z)
+    out = outputs_from_logits(net.task, cases, net.readout(z, nodes), z)
+    yield Progress(Stage.PREDICT, 1, 1, message)
+    return out
 
 
-__all__ = ["Predictions", "outputs_from_logits", "predict"]
+def predict(result: FinetuneResult, bags: Bags, cases: Sequence[int], genomics: Tensor | None = None, *,
+            chunk: int = 32, device: torch.device | str = "cpu", engine: str = "exact") -> Predictions:
+    """:func:`predict_job` without its ticks."""
+    return exhaust(predict_job(result, bags, cases, genomics, chunk=chunk, device=device, engine=engine))
+
+
+__all__ = ["Predictions", "outputs_from_logits", "predict", "predict_job"]

@@ -49,30 +49,41 @@ from msrl_model.nn.graph import cosine_knn_adjacency
 from msrl_model.nn.losses import fused_loss, inter_loss, intra_loss
 from msrl_model.nn.msrl import PretrainNet
 from msrl_model.nn.slide_encoder import SlideEncoder
-from msrl_model.progress import Job, Progress, Stage
+from msrl_model.progress import Job, Progress, Stage, exhaust
 from msrl_model.train import distributed
 from msrl_model.train.data import Bags
 from msrl_model.train.optim import optimizer_step
 from msrl_model.train.settings import TrainSettings
 
 
-def embed_slides(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
-                 chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None) -> Tensor:
+def embed_slides_job(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
+                     chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
+                     message: str = "") -> Job[Tensor]:
     """h (len(cases), d) of ``cases`` in chunks of bags; grads flow when enabled by the caller.
 
-    Patch subsets (``max_patches``) per case from ``(*key, case)`` (:meth:`Bags.batch`).
+    A job: one ``Stage.EMBED`` tick before the first chunk and one after every chunk (``message``
+    names the pass). Patch subsets (``max_patches``) per case from ``(*key, case)`` (:meth:`Bags.batch`).
     """
     out = []
     cases = list(cases)
+    yield Progress(Stage.EMBED, 0, len(cases), message)
     for start in range(0, len(cases), chunk):
         batch = bags.batch(cases[start:start + chunk], max_patches, key=key).to(device)
         out.append(encoder(batch.x, batch.pos, batch.mask)[0])  # (b, d)
+        yield Progress(Stage.EMBED, min(start + chunk, len(cases)), len(cases), message)
     return torch.cat(out)
 
 
-def embed_shared(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
-                 chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
-                 dropout_key: tuple[int, ...] | None = None) -> Tensor:
+def embed_slides(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
+                 chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None) -> Tensor:
+    """:func:`embed_slides_job` without its ticks."""
+    return exhaust(embed_slides_job(encoder, bags, cases, max_patches=max_patches, chunk=chunk, device=device,
+                                    key=key))
+
+
+def embed_shared_job(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
+                     chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
+                     dropout_key: tuple[int, ...] | None = None, message: str = "") -> Job[Tensor]:
     """h (len(cases), d) of ``cases``, every process encoding its share (rank order = case order).
 
     Args:
@@ -80,9 +91,10 @@ def embed_shared(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max
         dropout_key: run the encoder on a global RNG forked and seeded by ``(*dropout_key, rank)``
             (training mode: dropout must not advance the stream that the replicated rest of the step
             draws from); None = the current RNG (eval mode).
+        message: names the pass in the ``Stage.EMBED`` ticks (per chunk of this process's share).
 
     Differentiable (the gather sums the ranks' gradients, see :mod:`msrl_model.train.distributed`);
-    one process: :func:`embed_slides` of all ``cases``.
+    one process: :func:`embed_slides_job` of all ``cases``.
     """
     mine = distributed.local_part(np.asarray(cases, dtype=np.int64))
     device = torch.device(device)
@@ -92,8 +104,17 @@ def embed_shared(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max
     fork = nullcontext() if dropout_key is None else distributed.forked_rng(*dropout_key, distributed.rank(),
                                                                            device=device)
     with fork:
-        h = embed_slides(encoder, bags, mine, max_patches=max_patches, chunk=chunk, device=device, key=key)
+        h = yield from embed_slides_job(encoder, bags, mine, max_patches=max_patches, chunk=chunk, device=device,
+                                        key=key, message=message)
     return distributed.all_gather_rows(h)  # (len(cases), d)
+
+
+def embed_shared(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
+                 chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
+                 dropout_key: tuple[int, ...] | None = None) -> Tensor:
+    """:func:`embed_shared_job` without its ticks."""
+    return exhaust(embed_shared_job(encoder, bags, cases, max_patches=max_patches, chunk=chunk, device=device,
+                                    key=key, dropout_key=dropout_key))
 
 
 class AnchorGraph:
@@ -187,14 +208,14 @@ def pretrain_losses(net: PretrainNet, h: Tensor, g: Tensor, aug_h: tuple[Tensor,
 
 def _learned_graphs(net: PretrainNet, bags: Bags, genomics: Tensor, cases: np.ndarray,
                     settings: TrainSettings, device: torch.device, dense: bool,
-                    key: tuple[int, ...]) -> tuple[Tensor, Tensor, AnchorGraph, AnchorGraph]:
+                    key: tuple[int, ...], message: str = "") -> Job[tuple[Tensor, Tensor, AnchorGraph, AnchorGraph]]:
     """h, g of all training cases (no grad, eval mode; patch subsets from ``(*key, case)``) and the
-    learned graphs over them."""
+    learned graphs over them (a job: ``Stage.EMBED`` ticks per chunk of cases)."""
     was = net.training
     net.eval()
     with torch.no_grad():
-        h = embed_shared(net.slide_encoder, bags, cases, max_patches=net.cfg.max_patches_train,
-                         chunk=settings.encode_chunk, device=device, key=key)
+        h = yield from embed_shared_job(net.slide_encoder, bags, cases, max_patches=net.cfg.max_patches_train,
+                                        chunk=settings.encode_chunk, device=device, key=key, message=message)
         g = net.genomics_encoder(genomics[cases].to(device))[0]
         graphs = [AnchorGraph.from_edges(*gsl.adjacency(x), len(cases), dense)
                   for gsl, x in ((net.gsl_h, h), (net.gsl_g, g))]
@@ -232,7 +253,8 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
     distributed.broadcast_module(net)  # same seed, same weights already; this only guards against drift
     opt = torch.optim.Adam(net.parameters(), lr=cfg.pretrain_lr)
     dense = n <= settings.dense_anchor_max
-    h0, g0, _, _ = _learned_graphs(net, bags, genomics, cases, settings, device, dense, (seed, 1, 0))
+    h0, g0, _, _ = yield from _learned_graphs(net, bags, genomics, cases, settings, device, dense, (seed, 1, 0),
+                                              "pre-train: anchor graphs")
     anchor_h = AnchorGraph.knn(h0, cfg.k, dense)
     anchor_g = AnchorGraph.knn(g0, cfg.k, dense)
     steps = math.ceil(n / min(n, settings.pretrain_graph_cases))
@@ -245,9 +267,10 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
         for step, part in enumerate(torch.tensor_split(perm, steps)):
             part = part.sort().values  # local indices into ``cases``
             idx = cases[part.numpy()]
-            h = embed_shared(net.slide_encoder, bags, idx, max_patches=cfg.max_patches_train,
-                             chunk=settings.encode_chunk, device=device, key=(seed, 0, epoch),
-                             dropout_key=(seed, epoch, step))  # (b, d)
+            h = yield from embed_shared_job(net.slide_encoder, bags, idx, max_patches=cfg.max_patches_train,
+                                            chunk=settings.encode_chunk, device=device, key=(seed, 0, epoch),
+                                            dropout_key=(seed, epoch, step),
+                                            message=f"pre-train epoch {epoch + 1} step {step + 1}/{steps}")  # (b, d)
             g = net.genomics_encoder(genomics[idx].to(device))[0]  # (b, d)
             sub = part.to(anchor_h.adj.device)
             aug_h = augment_edges(*anchor_h.edges(sub), len(idx), cfg.edge_drop, cfg.edge_add, gen)
@@ -258,8 +281,9 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
             total += float(loss.detach())
         history.append(total / steps)
         if (epoch + 1) % settings.anchor_every == 0 and epoch + 1 < cfg.pretrain_epochs:
-            _, _, learned_h, learned_g = _learned_graphs(net, bags, genomics, cases, settings, device,
-                                                         dense, (seed, 1, epoch + 1))
+            _, _, learned_h, learned_g = yield from _learned_graphs(
+                net, bags, genomics, cases, settings, device, dense, (seed, 1, epoch + 1),
+                f"pre-train epoch {epoch + 1}: learned graphs")
             anchor_h.bootstrap(learned_h, cfg.anchor_momentum)
             anchor_g.bootstrap(learned_g, cfg.anchor_momentum)
         yield Progress(Stage.PRETRAIN, epoch + 1, cfg.pretrain_epochs, f"loss={history[-1]:.4f}")
@@ -268,4 +292,5 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
     return net
 
 
-__all__ = ["AnchorGraph", "augment_edges", "embed_shared", "embed_slides", "pretrain_job", "pretrain_losses"]
+__all__ = ["AnchorGraph", "augment_edges", "embed_shared", "embed_shared_job", "embed_slides", "embed_slides_job",
+           "pretrain_job", "pretrain_losses"]

@@ -83,11 +83,12 @@ def _task_entry(task: TaskBundle) -> dict[str, Any]:
 
 def build_manifest(*, config: MSRLConfig, tasks: list[TaskBundle], encoder: dict, tiling: dict, tissue: dict,
                    genomics: GenomicsBlock | None, cohort_summary: dict, slide_encoder: dict | None,
-                   files: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The manifest of a bundle whose other files are described by ``files`` ({name: {sha256, bytes}})."""
+                   files: dict[str, dict[str, Any]], features_made: dict | None = None) -> dict[str, Any]:
+    """The manifest of a bundle whose other files are described by ``files`` ({name: {sha256, bytes}});
+    ``features_made`` (optional) says where the tiling, tissue and encoder entries come from."""
     default_slide_encoder = {"name": "builtin-transformer", "layers": config.slide_layers,
                              "heads": config.slide_heads, "d": config.d}
-    return {
+    manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "software": {"name": "MSRL Studio", "version": __version__},
@@ -104,6 +105,9 @@ def build_manifest(*, config: MSRLConfig, tasks: list[TaskBundle], encoder: dict
             "group_names": list(genomics.group_names)},
         "files": files,
     }
+    if features_made is not None:  # optional: readers that do not know it ignore it
+        manifest["features_made"] = json_safe(features_made)
+    return manifest
 
 
 def manifest_text(manifest: dict[str, Any]) -> str:

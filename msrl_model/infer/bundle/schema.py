@@ -27,6 +27,7 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 TASK_KINDS = ("survival", "classification")
 VARIANTS = ("msrl", "msrl_h")
 EXPRESSION_SCALES = ("raw", "log")
+FEATURES_MADE_FROM = ("feature files", "defaults")  # where a bundle's tiling/tissue/encoder entries come from
 MAX_FILES = 32  # a bundle lists 2-4 files; far more is not a bundle
 BUNDLE_FILES = (WEIGHTS, BUFFER, MODEL_CARD)  # what format 1 lists (architecture §3); anything else is refused
 MAX_MODEL_CARD_BYTES = 8 << 20  # the model card is kept in memory and shown; other files are hashed in blocks
@@ -130,6 +131,16 @@ def _check_params(v: Any, field: str, cls: type) -> None:
             raise _Invalid(f"{field}.{name}", "a finite number")
         if not isinstance(value, bool) and isinstance(value, (int, float)) and value < 0:
             raise _Invalid(f"{field}.{name}", "a number ≥ 0")
+
+
+def _check_features_made(v: Any) -> None:
+    """Optional ``features_made``: where tiling, tissue and encoder were read from, and from how many files."""
+    made = _obj(v, "features_made")
+    for key in ("tiling_from", "tissue_from", "encoder_from"):
+        if key in made:
+            _str(made[key], f"features_made.{key}", choices=FEATURES_MADE_FROM)
+    if "files" in made:
+        _int(made["files"], "features_made.files", 0)
 
 
 def _check_metrics(v: Any, field: str) -> None:
@@ -242,6 +253,8 @@ def _check_manifest(m: dict[str, Any]) -> None:
     _check_params(_get(m, "tissue", ""), "tissue", TissueParams)
     if m["tiling"].get("patch_size", 1) < 1 or m["tiling"].get("target_mpp", 1) <= 0:
         raise _Invalid("tiling", "valid (patch_size ≥ 1 and target_mpp > 0)")
+    if "features_made" in m:  # optional (bundles before it lack it)
+        _check_features_made(m["features_made"])
     config = _obj(_get(m, "config", ""), "config")
     try:
         n_groups: int | None = len(MSRLConfig.from_dict(config).group_sizes)
