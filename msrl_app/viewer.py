@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import (QColor, QFont, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QResizeEvent,
-                           QTransform, QWheelEvent)
+from PySide6.QtGui import (QColor, QFont, QImage, QPainter, QPaintEvent, QResizeEvent,
+                           QTransform)
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from msrl_app.navigation import NavigationMixin
 from msrl_app.overlays import OverlayLayers
 from msrl_app.overview import BACKGROUND, ColorLegend, OverviewWidget  # noqa: F401 - re-exported
 from msrl_app.scalebar import (NICE_LENGTHS_UM, format_length, format_magnification,  # noqa: F401 - re-exported
@@ -44,7 +45,7 @@ OVERLAYS = OverlayLayers.NAMES
 THUMBNAIL_SIZE = 1024
 
 
-class SlideViewer(QWidget):
+class SlideViewer(NavigationMixin, QWidget):
     """Tiled viewer of one slide. Owns the slide given to :meth:`set_slide` (closes it later)."""
 
     viewChanged = Signal()  # scale or center changed
@@ -457,58 +458,6 @@ class SlideViewer(QWidget):
             self.fit()
         else:
             self._view_changed()
-
-    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
-        steps = event.angleDelta().y() / 120.0  # one notch = 1
-        if steps:
-            self.zoom_by(1.25 ** steps, event.position(), animate=True)
-        event.accept()
-
-    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
-        if event.button() == Qt.MouseButton.LeftButton and self.slide is not None:
-            self._anim.stop()
-            self._drag_origin = event.position()
-            self._drag_center = QPointF(self._center)
-            self.setCursor(Qt.CursorShape.ClosedHandCursor)
-        super().mousePressEvent(event)
-
-    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
-        if self.slide is None:
-            return
-        if self._drag_origin is not None:
-            self._set_center(self._drag_center - (event.position() - self._drag_origin) / self._scale)
-        p = self.map_to_level0(event.position())
-        self.cursorMoved.emit(p.x(), p.y())
-
-    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
-        if event.button() == Qt.MouseButton.LeftButton:
-            self._drag_origin = None
-            self.unsetCursor()
-        super().mouseReleaseEvent(event)
-
-    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
-        if event.button() == Qt.MouseButton.LeftButton:
-            self.zoom_by(2.0, event.position(), animate=True)
-
-    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
-        key = event.key()
-        step = 0.15 * min(self.width(), self.height())
-        actions = {
-            Qt.Key.Key_Plus: lambda: self.zoom_by(1.5, animate=True),
-            Qt.Key.Key_Equal: lambda: self.zoom_by(1.5, animate=True),
-            Qt.Key.Key_Minus: lambda: self.zoom_by(1 / 1.5, animate=True),
-            Qt.Key.Key_Left: lambda: self.pan_by(step, 0),
-            Qt.Key.Key_Right: lambda: self.pan_by(-step, 0),
-            Qt.Key.Key_Up: lambda: self.pan_by(0, step),
-            Qt.Key.Key_Down: lambda: self.pan_by(0, -step),
-            Qt.Key.Key_F: self.fit,
-            Qt.Key.Key_1: self.one_to_one,
-        }
-        if key in actions and self.slide is not None:
-            actions[key]()
-            event.accept()
-        else:
-            super().keyPressEvent(event)
 
     def sizeHint(self) -> QSize:  # noqa: N802
         return QSize(1000, 750)
