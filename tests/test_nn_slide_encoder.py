@@ -131,3 +131,96 @@ def test_subsample_patches():
     assert idx.shape == (10,) and idx.unique().numel() == 10 and (idx.diff() > 0).all() and idx.max() < 100
     assert torch.equal(subsample_patches(5, 10), torch.arange(5))
     assert torch.equal(subsample_patches(50, 0), torch.arange(50))
+
+
+def _dense_reference(enc: SlideEncoder, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense [CLS] transformer (every token attends to every token) with ``enc``'s weights; one bag."""
+    import torch.nn.functional as F
+
+    tokens = enc.patch_embed((x - enc.patch_mean) / enc.patch_std) + sincos_2d(pos, enc.d)  # (N, d)
+    t = torch.cat([enc.cls_token.reshape(1, -1), tokens])[None]  # (1, N + 1, d)
+    weights = None
+    for block in enc.blocks:
+        a = block.attn
+        q, k, v = a.qkv(block.norm1(t)).view(1, t.shape[1], 3, a.heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # (1, H, N + 1, dh)
+        weights = (q[:, :, :1] @ k[:, :, 1:].transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)[:, :, 0]
+        t = t + a.proj(out.transpose(1, 2).reshape(t.shape))
+        t = t + block.fc2(torch.nn.functional.gelu(block.fc1(block.norm2(t))))
+    return enc.norm(t[:, 0]), weights.mean(1)
+
+
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_bags_within_one_segment_get_exactly_dense_attention(n):
+    torch.manual_seed(0)
+    enc = SlideEncoder(PATCH_DIM, D, layers=2, heads=4, dropout=0.0, segment=64).eval()
+    x, pos = make_bag(n, 7)
+    with torch.no_grad():
+        h, attn = enc(x[None], pos[None])
+        order = torch.argsort(pos[:, 0] * 1000 + pos[:, 1], stable=True)
+        h_ref, attn_ref = _dense_reference(enc, x[order], pos[order])
+    assert torch.allclose(h, h_ref, atol=1e-5)
+    assert torch.allclose(attn[0, order], attn_ref[0], atol=1e-6)
+
+
+def _union_reference(enc: SlideEncoder, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Brute-force LongNet attention of one bag: per head an explicit count matrix of which keys
+    (with multiplicity over branches) each query sees, then weighted dense softmax. Returns h (1, d)."""
+    n = x.shape[0]
+    order = torch.argsort(pos[:, 0] * 1000 + pos[:, 1], stable=True)
+    x, pos = x[order], pos[order]
+    heads, w0, rho = enc.heads, enc.segment, enc.dilation_ratio
+    counts = torch.zeros(heads, n + 1, n + 1)  # token 0 = CLS
+    counts[:, 0, :] = 1  # CLS attends densely
+    counts[:, 1:, 0] = 1  # every patch sees its CLS
+    i = torch.arange(n)
+    j = 0
+    while j == 0 or n > w0 * rho ** (j - 1):
+        w, r = w0 * rho**j, rho**j
+        for hd in range(heads):
+            sel = (i % w) % r == hd % r  # the tokens this head keeps in this branch
+            same = (i[:, None] // w == i[None, :] // w) & sel[:, None] & sel[None, :]
+            counts[hd, 1:, 1:] += same.float()
+        j += 1
+    t = torch.cat([enc.cls_token.reshape(1, -1),
+                   enc.patch_embed((x - enc.patch_mean) / enc.patch_std) + sincos_2d(pos, enc.d)])  # (N + 1, d)
+    for block in enc.blocks:
+        a = block.attn
+        q, k, v = a.qkv(block.norm1(t)).view(n + 1, 3, heads, -1).permute(1, 2, 0, 3)  # 3 x (H, N + 1, dh)
+        s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        wts = counts * torch.exp(s - s.max(-1, keepdim=True).values)
+        out = (wts / wts.sum(-1, keepdim=True)) @ v  # (H, N + 1, dh)
+        t = t + a.proj(out.transpose(0, 1).reshape(n + 1, -1))
+        t = t + block.fc2(torch.nn.functional.gelu(block.fc1(block.norm2(t))))
+    return enc.norm(t[:1])
+
+
+@pytest.mark.parametrize("n, segment, ratio", [(9, 4, 2), (37, 4, 2), (70, 8, 3), (130, 4, 4)])
+def test_dilated_attention_equals_brute_force_union_of_keys(n, segment, ratio):
+    torch.manual_seed(1)
+    enc = SlideEncoder(PATCH_DIM, D, layers=2, heads=4, dropout=0.0, segment=segment,
+                       dilation_ratio=ratio).eval()
+    x, pos = make_bag(n, 8)
+    pos = torch.stack([torch.arange(n) // 13, torch.arange(n) % 13], dim=1)[torch.randperm(n)]  # distinct cells
+    with torch.no_grad():
+        h, attn = enc(x[None], pos[None])
+        assert torch.allclose(h, _union_reference(enc, x, pos), atol=1e-5)
+    assert torch.allclose(attn.sum(-1), torch.ones(1), atol=1e-6)
+
+
+def test_long_bags_batched_equal_one_at_a_time_and_order_free():
+    torch.manual_seed(2)
+    enc = SlideEncoder(PATCH_DIM, D, layers=1, heads=2, dropout=0.0, segment=4, dilation_ratio=2).eval()
+    bags = []
+    for n, seed in [(50, 1), (9, 2), (23, 3)]:
+        x, _ = make_bag(n, seed)
+        cells = torch.randperm(400, generator=torch.Generator().manual_seed(seed))[:n]
+        bags.append((x, torch.stack([cells // 20, cells % 20], dim=1)))
+    x, pos, mask = pad_bags([b[0] for b in bags], [b[1] for b in bags])
+    with torch.no_grad():
+        h, attn = enc(x, pos, mask)
+        for i, (xi, pi) in enumerate(bags):
+            perm = torch.randperm(xi.shape[0])
+            hi, ai = enc(xi[perm][None], pi[perm][None])
+            assert torch.allclose(h[i], hi[0], atol=1e-5)
+            assert torch.allclose(attn[i, : xi.shape[0]][perm], ai[0], atol=1e-6)

@@ -1,16 +1,15 @@
 r"""Slide encoder φ_H: a transformer over a bag of patch features with a learned [CLS] token.
 
 Patch features (B, N, patch_dim) are projected to d, a fixed 2-D sinusoidal encoding of each patch's
-tiling-grid position is added, a learned [CLS] token is prepended and ``layers`` pre-norm blocks using
-:func:`torch.nn.functional.scaled_dot_product_attention` are applied. The slide representation h is
-the final (layer-normed) CLS token; the last block's CLS→patch attention, averaged over heads, is the
-heat-map. Positions are grid cells (row, col) = level-0 coordinates // patch size at level 0, so the
+tiling-grid position is added, a learned [CLS] token is prepended and ``layers`` pre-norm blocks of
+dilated attention (:mod:`msrl_model.nn.dilated_attention`, linear in N) are applied. The slide
+representation h is the final (layer-normed) CLS token; the last block's CLS→patch attention,
+averaged over heads, is the heat-map. Positions are grid cells (row, col) = level-0 coordinates // patch size at level 0, so the
 encoding has no size limit and does not depend on patch order.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msrl_model.nn.config import MSRLConfig
+from msrl_model.nn.dilated_attention import PackedLayout, dilated_attention
+
+# Dilated attention: keys per query per branch (w_0) and growth of segment and dilation per branch (ρ).
+# w_0 = 512: every bag of the demo cohort (64-400 patches; 64 per training step) gets exactly dense
+# attention, so the shipped model is the dense transformer it was. ρ = 16 (LongNet uses 2; GigaPath's
+# slide encoder segments grow by ~5.7): three branches reach 131,072-patch segments, so a 10k- and a
+# 60k-patch slide use the same three branches and time grows as N (measured: bench encoder).
+SEGMENT = 512
+DILATION_RATIO = 16
 
 
 def grid_positions(coords_level0: Tensor | np.ndarray, patch_size_level0: int) -> Tensor:
@@ -59,21 +67,20 @@ def sincos_2d(pos: Tensor, dim: int, base: float = 10000.0) -> Tensor:
 
 
 class Attention(nn.Module):
-    r"""Multi-head self-attention with a key-padding mask (SDPA), optionally returning the CLS row.
+    r"""Multi-head dilated self-attention over packed bags with a [CLS] token per bag.
 
     .. math::
-        \mathrm{Attn}(X) = \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{d_h}} + M\Big) V, \quad
-        Q, K, V = X W_{qkv}
+        Q, K, V = X W_{qkv}, \qquad \mathrm{out} = \mathrm{DilatedAttn}(Q, K, V)\, W_o
 
-    The CLS row of the attention over *patch* keys, :math:`\mathrm{softmax}(q_0 K_{1:}^\top/\sqrt{d_h})`
-    per head, is computed explicitly (SDPA returns no weights); it is one row, O(N·d). There is no
-    attention-weight dropout: on CPU it forces SDPA's materialising path (~6x slower at N = 1024).
+    (:func:`~msrl_model.nn.dilated_attention.dilated_attention`: each patch attends to its bag's CLS
+    and to its segment in every dilated branch; CLS attends densely to its bag). There is no
+    attention-weight dropout.
 
     Args:
         dim: d. heads: number of heads (divides d).
 
-    Shapes: x (B, T, d), key_mask (B, T) bool True = valid or None ->
-        (out (B, T, d), cls_attn (B, heads, T - 1) or None).
+    Shapes: tokens (T, d) packed patches, cls (B, d), layout -> (tokens (T, d), cls (B, d),
+        cls_attn (B, heads, N_max): the CLS row over the bag's patches).
     """
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -90,31 +97,25 @@ class Attention(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None,
-                cls_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, dh)
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T) True = attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, dh)
-        out = self.proj(out.transpose(1, 2).reshape(b, t, d))  # (B, T, d)
-        weights = None
-        if cls_attn:
-            scores = (q[:, :, :1] @ k[:, :, 1:].transpose(-1, -2)).squeeze(2)  # (B, H, T - 1)
-            scores = scores / math.sqrt(d // self.heads)
-            if key_mask is not None:
-                scores = scores.masked_fill(~key_mask[:, None, 1:], float("-inf"))
-            weights = scores.softmax(dim=-1)
-        return out, weights
+    def forward(self, tokens: Tensor, cls: Tensor, layout: PackedLayout) -> tuple[Tensor, Tensor, Tensor]:
+        t, d = tokens.shape
+        b = cls.shape[0]
+        dh = d // self.heads
+        q, k, v = self.qkv(tokens).view(t, 3, self.heads, dh).permute(1, 2, 0, 3)  # 3 x (H, T, dh)
+        q_c, k_c, v_c = self.qkv(cls).view(b, 3, self.heads, dh).unbind(1)  # 3 x (B, H, dh)
+        out, out_cls, weights = dilated_attention(q, k, v, q_c, k_c, v_c, layout)
+        out = self.proj(out.transpose(0, 1).reshape(t, d))  # (T, d)
+        return out, self.proj(out_cls.reshape(b, d)), weights
 
 
 class Block(nn.Module):
-    r"""Pre-norm transformer block.
+    r"""Pre-norm transformer block over packed patch tokens and the bags' CLS tokens.
 
     .. math:: x \leftarrow x + \mathrm{Drop}(\mathrm{Attn}(\mathrm{LN}(x))), \quad
               x \leftarrow x + \mathrm{Drop}(\mathrm{MLP}(\mathrm{LN}(x))), \quad
               \mathrm{MLP} = W_2\,\mathrm{GELU}(W_1 \cdot)
 
-    Shapes: x (B, T, d) -> (B, T, d), cls_attn (B, H, T-1) or None.
+    Shapes: tokens (T, d), cls (B, d) -> tokens (T, d), cls (B, d), cls_attn (B, H, N_max).
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
@@ -135,16 +136,17 @@ class Block(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None,
-                cls_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        a, weights = self.attn(self.norm1(x), key_mask, cls_attn)
-        x = x + self.drop(a)
-        x = x + self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x))))))
-        return x, weights
+    def _mlp(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x))))))
+
+    def forward(self, tokens: Tensor, cls: Tensor, layout: PackedLayout) -> tuple[Tensor, Tensor, Tensor]:
+        a, a_cls, weights = self.attn(self.norm1(tokens), self.norm1(cls), layout)
+        tokens, cls = tokens + self.drop(a), cls + self.drop(a_cls)
+        return tokens + self._mlp(tokens), cls + self._mlp(cls), weights
 
 
 class SlideEncoder(nn.Module):
-    r"""WSI encoder φ_H (paper §3.1): [CLS] transformer over patch features with 2-D positions.
+    r"""WSI encoder φ_H (paper §3.1): [CLS] transformer with dilated attention over patch features.
 
     .. math::
         \tilde X_I = (X_I - \mu) \oslash \sigma, \qquad
@@ -152,11 +154,20 @@ class SlideEncoder(nn.Module):
         X^{(l)} = \mathrm{Block}_l(X^{(l-1)}), \qquad
         h = \mathrm{LN}(X^{(L)}_0)
 
+    The paper's φ_H is GigaPath's LongNet; the blocks here use LongNet-style dilated attention
+    (:mod:`msrl_model.nn.dilated_attention`: segments of ``segment`` · ratio^j patches keeping every
+    ratio^j-th, plus a dense [CLS] row), so the cost is linear in the number of patches, and a bag of at
+    most ``segment`` patches gets exactly dense attention (the transformer this encoder replaced,
+    same weights). Patches are put in raster order of their grid positions (row, then column) inside
+    the encoder, so the result does not depend on the order they come in. Bags of a batch are packed
+    (no padding to the largest bag): padding in the input tensor is dropped before any computation.
+
     :math:`\mu, \sigma` (buffers ``patch_mean``, ``patch_std``, (patch_dim,)) standardise every
     feature dimension with statistics of the training patches (:meth:`set_patch_stats`; identity
     until set). Encoders such as builtin-he mix dimensions whose scales differ by 1000x; without this
     the few large dimensions dominate the projection. They are buffers, so they travel in the state
     dict (and the bundle's weights) with the network; a state dict without them loads as identity.
+    Features may come in any float precision (fp16 from TRIDENT files); they are standardised in float32.
 
     Heat-map: :math:`a = \frac1H \sum_{heads} \mathrm{softmax}_{valid\ patches}(q_0 K_{1:}^\top / \sqrt{d_h})`
     of the last block, so each row sums to 1 over the valid patches and is 0 on padding.
@@ -168,6 +179,8 @@ class SlideEncoder(nn.Module):
         heads: attention heads.
         mlp_ratio: MLP hidden size / d.
         dropout: dropout on patch embeddings, residual branches and the MLP hidden layer.
+        segment: w_0, the first branch's segment length (keys per query per branch).
+        dilation_ratio: ρ, the growth of segment length and dilation from one branch to the next.
 
     Shapes:
         forward(x (B, N, patch_dim), pos (B, N, 2) grid (row, col), mask (B, N) bool True = valid or None)
@@ -175,11 +188,15 @@ class SlideEncoder(nn.Module):
     """
 
     def __init__(self, patch_dim: int, d: int, layers: int = 2, heads: int = 8, mlp_ratio: float = 4.0,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, segment: int = SEGMENT, dilation_ratio: int = DILATION_RATIO) -> None:
         super().__init__()
         if d % 4 or layers < 1:
             raise ValueError(f"SlideEncoder needs d divisible by 4 and layers >= 1, got d={d}, layers={layers}")
+        if segment < 1 or dilation_ratio < 2:
+            raise ValueError(f"SlideEncoder needs segment >= 1 and dilation_ratio >= 2, got {segment}, "
+                             f"{dilation_ratio}")
         self.patch_dim, self.d = patch_dim, d
+        self.heads, self.segment, self.dilation_ratio = heads, segment, dilation_ratio
         self.patch_embed = nn.Linear(patch_dim, d)
         self.cls_token = nn.Parameter(torch.empty(1, 1, d))
         self.embed_drop = nn.Dropout(dropout)
@@ -212,20 +229,46 @@ class SlideEncoder(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, n, _ = x.shape
-        x = (x - self.patch_mean) / self.patch_std  # (B, N, patch_dim) standardised (padding stays masked)
-        tokens = self.patch_embed(x) + sincos_2d(pos, self.d).to(x.dtype)  # (B, N, d)
-        tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)  # (B, N + 1, d)
-        tokens = self.embed_drop(tokens)
-        key_mask = None
-        if mask is not None and not bool(mask.any(dim=1).all()):
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
+        lengths = mask.sum(dim=1)  # (B,)
+        if not bool((lengths > 0).all()):
             raise ValueError("every bag needs at least one valid patch (mask row all False)")
-        if mask is not None and not bool(mask.all()):
-            key_mask = torch.cat([mask.new_ones(b, 1), mask.bool()], dim=1)  # (B, N + 1), CLS always valid
+        order = raster_order(pos, mask)  # (T,) flat index into (B·N) of the valid patches, bag by bag
+        feats = x.reshape(b * n, -1)[order].to(self.patch_mean.dtype)  # (T, patch_dim)
+        feats = (feats - self.patch_mean) / self.patch_std  # standardised
+        tokens = self.patch_embed(feats) + sincos_2d(pos.reshape(b * n, 2)[order], self.d)  # (T, d)
+        tokens = self.embed_drop(tokens)
+        cls = self.embed_drop(self.cls_token.reshape(1, self.d).expand(b, -1))  # (B, d)
+        layout = PackedLayout.build(lengths.tolist(), self.heads, self.segment, self.dilation_ratio, x.device)
         weights = None
-        for i, block in enumerate(self.blocks):
-            tokens, weights = block(tokens, key_mask, cls_attn=i == len(self.blocks) - 1)
-        h = self.norm(tokens[:, 0])  # (B, d)
-        return h, weights.mean(dim=1)  # attn (B, N), mean over heads
+        for block in self.blocks:
+            tokens, cls, weights = block(tokens, cls, layout)
+        h = self.norm(cls)  # (B, d)
+        heat = weights.mean(dim=1)  # (B, N_max) in packed (raster) order per bag
+        attn = heat.new_zeros(b * n).index_put((order,), heat[layout.bag_valid])  # back to input slots
+        return h, attn.view(b, n)
+
+
+def raster_order(pos: Tensor, mask: Tensor) -> Tensor:
+    """Flat indices into (B·N) of the valid patches, bag by bag, each bag in raster order (row, column).
+
+    Args:
+        pos: (B, N, 2) grid (row, col). mask: (B, N) bool True = valid.
+
+    Returns:
+        (T,) long, T = mask.sum(); ties (equal positions) keep the input order.
+    """
+    b, n = mask.shape
+    p = pos.long()
+    p = torch.where(mask[..., None], p, p.new_tensor(0))  # padding may hold anything
+    p = p - p.amin(dim=(0, 1))  # (B, N, 2) non-negative
+    width = int(p[..., 1].max()) + 1
+    key = p[..., 0] * width + p[..., 1]  # (B, N) raster key within a bag
+    big = int(key.max()) + 1
+    key = key + torch.arange(b, device=pos.device)[:, None] * big  # (B, N) bags apart, in bag order
+    order = torch.sort(key.reshape(-1), stable=True).indices  # (B·N,)
+    return order[mask.reshape(-1)[order]]  # padding dropped
 
 
 def set_patch_stats(module: nn.Module, mean: Tensor, std: Tensor) -> None:
