@@ -1,6 +1,13 @@
 """The Linked cases tab: the graph neighbours of the slide in the training cohort as a sortable,
-filterable table, and the selected case's detail (fields, thumbnail, authentic vs reconstructed
-pathway activity). The case-formatting helpers here also serve the PDF report."""
+filterable table (with each case's exact influence on the prediction), and the selected case's detail
+(fields, thumbnail, the prediction with and without it, authentic vs reconstructed pathway activity).
+The case-formatting helpers and the wording of influence, graph contribution and "what the
+neighbours say" here also serve the results tabs and the PDF report.
+
+Influence (:mod:`msrl_model.infer.results`): the prediction with the whole buffer minus the prediction
+with that one case removed from the buffer, the graph rebuilt exactly without it; shown on the risk
+for a survival task and on the probability of the predicted class for a classification task (every
+class in the detail pane)."""
 
 from __future__ import annotations
 
@@ -21,10 +28,12 @@ from msrl_app.plots import BarsPlot
 from msrl_model.infer.results import LinkedCase, PredictionResult, TaskResult
 
 PATHWAY_TOP_N = 12  # pathways shown in the paired bar chart
-FIXED_COLUMNS = [  # (key, header) of the linked-cases table; label columns follow
-    ("case_id", "Case"), ("weight", "Edge weight"), ("project", "Project"),
+FIXED_COLUMNS = [  # (key, header) of the linked-cases table; label columns follow ("influence": per task)
+    ("case_id", "Case"), ("weight", "Edge weight"), ("influence", "Influence"), ("project", "Project"),
     ("survival_months", "Survival (mo)"), ("status", "Status"), ("stage", "Stage"),
 ]
+TOP_INFLUENCES = 3  # the largest influences (by size) whose sum is shown next to the graph contribution
+RISK_UP, RISK_DOWN = "#ff8787", "#69db7c"  # an influence that raises / lowers the risk
 HIDDEN_CASE_KEYS = {"case_id", "project", "survival_months", "censorship", "stage", "slide_id"}
 
 
@@ -58,6 +67,127 @@ def label_columns(cases: list[LinkedCase]) -> list[str]:
     return keys
 
 
+def influence_value(task: TaskResult, case: LinkedCase) -> float | None:
+    """The influence shown for ``case``: on the risk (survival task) or on the probability of the task's
+    predicted class (classification task)."""
+    c = task.classification
+    if c is None:
+        return case.influence_risk
+    return None if case.influence_probabilities is None else case.influence_probabilities[c.classes.index(c.predicted)]
+
+
+def influence_title(task: TaskResult) -> str:
+    """The influence column's header."""
+    return f"Influence on P({task.classification.predicted})" if task.classification is not None else \
+        "Influence on risk"
+
+
+def influence_tip(task: TaskResult) -> str:
+    """What the influence column means, exactly (its tooltip)."""
+    exact = ("The graph is rebuilt exactly without the case (the cases that listed it take their next nearest "
+             "case instead), not approximated. Influences of several cases do not add up.")
+    if task.classification is not None:
+        p = task.classification.predicted
+        return (f"How much this training case moves this slide's probability of {p}: P({p}) with the whole "
+                f"training buffer minus P({p}) with this case removed from it, in percentage points (pp). "
+                f"Positive: the case pulls the slide towards {p}; negative: away from it. {exact}")
+    return ("How much this training case moves this slide's risk score: the risk with the whole training "
+            "buffer minus the risk with this case removed from it. Positive: the case raises the risk "
+            f"(worse prognosis); negative: it lowers it. {exact}")
+
+
+def format_influence(task: TaskResult, value: float | None) -> str:
+    """A risk influence as ±0.000, a probability influence in percentage points (±0.0 pp)."""
+    if value is None:
+        return "—"
+    return f"{100 * value:+.1f} pp" if task.classification is not None else f"{value:+.3f}"
+
+
+def influence_sums(task: TaskResult) -> tuple[float, int, float, int]:
+    """(sum of the ``TOP_INFLUENCES`` largest influences by size, how many, sum of all, how many)."""
+    values = [v for v in (influence_value(task, c) for c in task.linked_cases) if v is not None]
+    largest = sorted(values, key=abs, reverse=True)[:TOP_INFLUENCES]
+    return sum(largest), len(largest), sum(values), len(values)
+
+
+def graph_contribution(task: TaskResult) -> float:
+    """The graph contribution to the shown quantity: the risk, or the predicted class's probability."""
+    c = task.classification
+    return task.survival.graph_contribution if c is None else c.graph_contribution[c.classes.index(c.predicted)]
+
+
+def graph_line(task: TaskResult) -> str:
+    """One short line: the graph contribution next to the sums of the largest and of all influences."""
+    target = "the risk" if task.classification is None else f"P({task.classification.predicted})"
+    top, n_top, total, n = influence_sums(task)
+    return (f"Graph contribution to {target} {format_influence(task, graph_contribution(task))} · "
+            f"{n_top} largest influences {format_influence(task, top)} · all {n} {format_influence(task, total)}")
+
+
+def graph_summary(task: TaskResult) -> str:
+    """The graph contribution (prediction with the buffer minus with the slide alone) with both values,
+    next to the sum of the largest influences and of all of them, in the influence column's units."""
+    c = task.classification
+    if c is not None:
+        i = c.classes.index(c.predicted)
+        head = (f"Graph contribution to P({c.predicted}): {format_influence(task, c.graph_contribution[i])} "
+                f"({c.probabilities[i]:.1%} with the training buffer, {c.probabilities_query_alone[i]:.1%} with "
+                f"this slide alone)")
+    else:
+        s = task.survival
+        head = (f"Graph contribution to the risk: {format_influence(task, s.graph_contribution)} (risk "
+                f"{s.risk:.3f} with the training buffer, {s.risk_query_alone:.3f} with this slide alone)")
+    top, n_top, total, n = influence_sums(task)
+    if not n:
+        return head + "."
+    return (f"{head}. Influences: the {n_top} largest sum to {format_influence(task, top)}, "
+            f"all {n} to {format_influence(task, total)}.")
+
+
+def neighbours_summary(task: TaskResult) -> str:
+    """What the linked cases' authentic records say, worded to compare with the model's prediction."""
+    n = len(task.linked_cases)
+    if task.survival is not None:
+        s = task.survival
+        if s.neighbours_event_rate is None:
+            said = f"none of the {n} linked cases has a known survival status"
+        else:
+            km = (f"{s.neighbours_median_survival_months:.0f} months" if s.neighbours_median_survival_months
+                  is not None else "not reached")
+            said = (f"edge-weighted event rate {s.neighbours_event_rate:.0%} ({s.neighbours_with_status} of {n} "
+                    f"cases with a known status; not adjusted for follow-up), Kaplan–Meier median {km}")
+        model = (f"{s.median_survival_months:.0f} months" if s.median_survival_months is not None else "not reached")
+        return f"Linked cases: {said}. Model: {s.risk_group} risk, predicted median survival {model}."
+    c = task.classification
+    if c.neighbours_distribution is None:
+        said = f"none of the {n} linked cases has a {task_title(task.name)} label among its classes"
+    else:
+        said = ", ".join(f"{cls} {p:.0%}" for cls, p in zip(c.classes, c.neighbours_distribution)) + \
+            f" (edge-weighted, {c.neighbours_labelled} of {n} cases labelled)"
+    model = ", ".join(f"{cls} {p:.0%}" for cls, p in zip(c.classes, c.probabilities))
+    return f"Linked cases: {said}. Model: {model}."
+
+
+def without_case_html(task: TaskResult, case: LinkedCase) -> str:
+    """The prediction with and without ``case`` in the training buffer (the detail pane's rich text)."""
+    name = case.case.get("case_id", "this case")
+    if task.classification is not None and case.influence_probabilities is not None:
+        c = task.classification
+        rows = "".join(
+            f"<tr><td style='padding-right:10px'>P({cls})</td><td align='right'>{p:.1%}</td>"
+            f"<td align='right' style='padding:0 10px'>{p - d:.1%}</td><td align='right'>{100 * d:+.1f} pp</td></tr>"
+            for cls, p, d in zip(c.classes, c.probabilities, case.influence_probabilities))
+        return (f"<b>Without {name}</b> in the training buffer (graph rebuilt exactly):<table cellspacing='0' "
+                "cellpadding='1'><tr style='color:#9aa0a8'><td></td><td align='right'>with</td><td align='right' "
+                f"style='padding:0 10px'>without</td><td align='right'>influence</td></tr>{rows}</table>")
+    if task.survival is not None and case.influence_risk is not None:
+        s = task.survival
+        return (f"<b>Without {name}</b> in the training buffer (graph rebuilt exactly) this slide's risk score "
+                f"would be {s.risk - case.influence_risk:.3f} instead of {s.risk:.3f}: influence "
+                f"<b>{case.influence_risk:+.3f}</b> ({'raises' if case.influence_risk > 0 else 'lowers'} the risk).")
+    return ""
+
+
 def paired_pathways(names: list[str], this_slide: list[float], case: list[float],
                     top_n: int = PATHWAY_TOP_N) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The ``top_n`` pathways with the largest activity in either series, strongest first."""
@@ -69,19 +199,23 @@ def paired_pathways(names: list[str], this_slide: list[float], case: list[float]
 
 class LinkedCasesModel(QAbstractTableModel):
     """The linked training cases of one task. ``Qt.UserRole`` holds the sort key (numbers as
-    numbers, missing values last), so the proxy sorts 9 < 10 and weights numerically."""
+    numbers, missing values last), so the proxy sorts 9 < 10 and weights and influences numerically."""
 
     SORT_ROLE = Qt.ItemDataRole.UserRole
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
+        self.task: TaskResult | None = None
         self.cases: list[LinkedCase] = []
         self.columns: list[tuple[str, str]] = list(FIXED_COLUMNS)
 
-    def set_cases(self, cases: list[LinkedCase]) -> None:
+    def set_task(self, task: TaskResult | None) -> None:
+        """Show ``task``'s linked cases (None: none); the influence column is named after the task."""
         self.beginResetModel()
-        self.cases = list(cases)
-        self.columns = list(FIXED_COLUMNS) + [(k, k) for k in label_columns(self.cases)]
+        self.task = task
+        self.cases = list(task.linked_cases) if task is not None else []
+        fixed = [(k, influence_title(task) if k == "influence" and task is not None else h) for k, h in FIXED_COLUMNS]
+        self.columns = fixed + [(k, k) for k in label_columns(self.cases)]
         self.endResetModel()
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
@@ -96,6 +230,8 @@ class LinkedCasesModel(QAbstractTableModel):
             return self.columns[section][1]
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
             key = self.columns[section][0]
+            if key == "influence" and self.task is not None:
+                return influence_tip(self.task)
             return {"weight": "Normalised graph edge weight between this slide and the training case",
                     "status": "event = death observed; censored = alive at last follow-up"}.get(key)
         return None
@@ -104,6 +240,8 @@ class LinkedCasesModel(QAbstractTableModel):
         case = self.cases[row]
         if key == "weight":
             return case.weight
+        if key == "influence":
+            return influence_value(self.task, case) if self.task is not None else None
         if key == "status":
             return event_status(case.case)
         return case.case.get(key)
@@ -116,6 +254,8 @@ class LinkedCasesModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             if key == "weight":
                 return f"{value:.3f}"
+            if key == "influence":
+                return format_influence(self.task, value)
             if key == "survival_months" and not is_missing(value):
                 return f"{float(value):.1f}"
             return format_value(value)
@@ -125,12 +265,17 @@ class LinkedCasesModel(QAbstractTableModel):
             if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
                 return (0, float(value), "")
             return (0, 0.0, str(value).lower())
+        if role == Qt.ItemDataRole.ToolTipRole and key == "influence" and self.task is not None:
+            return influence_tip(self.task)
         if role == Qt.ItemDataRole.TextAlignmentRole:
-            numeric = key in ("weight", "survival_months") or isinstance(value, (int, float))
+            numeric = key in ("weight", "influence", "survival_months") or isinstance(value, (int, float))
             return int((Qt.AlignmentFlag.AlignRight if numeric else Qt.AlignmentFlag.AlignLeft)
                        | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ForegroundRole and key == "status":
             return QColor("#ff8787") if value == "event" else QColor("#9aa0a8")
+        if role == Qt.ItemDataRole.ForegroundRole and key == "influence" and self.task is not None \
+                and self.task.kind == "survival" and value:
+            return QColor(RISK_UP if value > 0 else RISK_DOWN)
         return None
 
 
@@ -176,12 +321,16 @@ class LinkedCasesSection(QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.selectionModel().currentRowChanged.connect(self._on_row)
         self.summary_label = _muted()
+        self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         self.detail_title = _heading("")
         self.detail_fields = QLabel()
         self.detail_fields.setTextFormat(Qt.TextFormat.RichText)
         self.detail_fields.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.detail_fields.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.influence_label = QLabel()
+        self.influence_label.setWordWrap(True)
+        self.influence_label.setTextFormat(Qt.TextFormat.RichText)
         self.thumbnail = QLabel()
         self.thumbnail.setFixedSize(128, 128)
         self.thumbnail.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -198,6 +347,7 @@ class LinkedCasesSection(QWidget):
         dl.setContentsMargins(0, 0, 0, 0)
         dl.addWidget(self.detail_title)
         dl.addLayout(fields_row)
+        dl.addWidget(self.influence_label)
         dl.addWidget(self.pathway_title)
         dl.addWidget(self.pathway_note)
         dl.addWidget(self.pathway_plot)
@@ -221,8 +371,8 @@ class LinkedCasesSection(QWidget):
         detail_scroll.setWidget(detail)
         self.splitter.addWidget(detail_scroll)
         self.splitter.setChildrenCollapsible(False)
-        self.table.setMinimumHeight(150)
-        self.splitter.setSizes([260, 420])
+        self.table.setMinimumHeight(96)  # a header and three rows: the tab still fits a 768-pixel screen
+        self.splitter.setSizes([340, 340])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.splitter)
@@ -244,16 +394,19 @@ class LinkedCasesSection(QWidget):
 
     def _on_task(self) -> None:
         task = self.current_task()
-        self.model.set_cases(task.linked_cases if task is not None else [])
+        self.model.set_task(task)
         self.proxy.sort(1, Qt.SortOrder.DescendingOrder)
         self.table.horizontalHeader().setSortIndicator(1, Qt.SortOrder.DescendingOrder)
         if task is not None:
             events = sum(event_status(c.case) == "event" for c in task.linked_cases)
             self.summary_label.setText(
-                f"{len(task.linked_cases)} training cases linked to this slide in the {task_title(task.name)} "
-                f"graph ({events} with an observed event) · self-loop weight {task.self_weight:.3f}")
+                f"{len(task.linked_cases)} linked training cases ({events} with an observed event) · self-loop "
+                f"weight {task.self_weight:.3f}\n{graph_line(task)}")
+            self.summary_label.setToolTip(f"{neighbours_summary(task)}\n\n{graph_summary(task)}\n\n"
+                                          f"{influence_tip(task)}")
         else:
             self.summary_label.setText("")
+            self.summary_label.setToolTip("")
         if self.proxy.rowCount():
             self.table.selectRow(0)
         else:
@@ -268,10 +421,14 @@ class LinkedCasesSection(QWidget):
         if case is None or task is None:
             self.detail_title.setText("Select a linked case")
             self.detail_fields.setText("")
+            self.influence_label.setText("")
             self.thumbnail.clear()
             self.pathway_plot.setVisible(False)
             return
-        self.detail_title.setText(f"{case.case.get('case_id', '?')}  ·  edge weight {case.weight:.3f}")
+        title = influence_title(task)
+        self.detail_title.setText(f"{case.case.get('case_id', '?')}  ·  edge weight {case.weight:.3f}  ·  "
+                                  f"{title[0].lower()}{title[1:]} {format_influence(task, influence_value(task, case))}")
+        self.influence_label.setText(without_case_html(task, case))
         rows = [("Slide", case.case.get("slide_id")), ("Project", case.case.get("project")),
                 ("Survival", None if is_missing(case.case.get("survival_months"))
                  else f"{float(case.case['survival_months']):.1f} months"),

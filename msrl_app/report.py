@@ -5,8 +5,9 @@ Report (A4 portrait, sections flow over pages):
     header (slide id, date, software version, bundle and its fingerprint, mode), the research-use
     disclaimer, the synthetic-cohort warning when so, the slide thumbnail with the attention
     heat-map, the key results and the slide's facts; risk in the training cohort and survival
-    curves; class probabilities; the top linked training cases; pathway activity; the model card
-    summary. Every page's footer repeats the disclaimer. The slide id is also the PDF's title (metadata).
+    curves, what the linked cases say and the graph contribution; class probabilities beside the linked
+    cases' labels; the top linked training cases with their exact influence; pathway activity; the model
+    card summary. Every page's footer repeats the disclaimer. The slide id is also the PDF's title (metadata).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from msrl_app.controls import format_metric
 from msrl_app.overlays import colormap_lut, heatmap_raster
 from msrl_app.plots import RISK_GROUP_COLORS, BarsPlot, RiskHistogram, SurvivalPlot, render_plot
 from msrl_app.labels import metrics_line, mode_title, survival_curves, task_title
-from msrl_app.linked_cases import event_status, format_value, label_columns, paired_pathways
+from msrl_app.linked_cases import (event_status, format_influence, format_value, graph_summary, influence_tip,
+                                   influence_title, influence_value, label_columns, neighbours_summary,
+                                   paired_pathways)
 from msrl_app.state import primary_task
 from msrl_model import RESEARCH_USE_ONLY as DISCLAIMER
 from msrl_model import __version__
@@ -112,7 +115,9 @@ class _Layout:
         self.font(size, bold, color)
         width = width if width is not None else self.width - x
         rect = self.p.boundingRect(QRectF(x, 0, width, 10_000), int(Qt.TextFlag.TextWordWrap), text)
-        self.room(rect.height())
+        if self.y + rect.height() > self.height - self.footer_h:
+            self.new_page()
+            self.font(size, bold, color)  # the footer of the page left set its own
         self.p.drawText(QRectF(x, self.y, width, rect.height()), int(Qt.TextFlag.TextWordWrap), text)
         self.y += rect.height() + self.mm(gap)
         return rect.height()
@@ -291,10 +296,11 @@ def _draw_survival(lay: _Layout, inputs: ReportInputs) -> None:
         hist = RiskHistogram("light")
         hist.set_data(inputs.cohort_risks.get(name, np.asarray([])), s.risk, s.risk_thresholds)
         lay.image(_plot_image(hist, lay.width, mm(42)), lay.width, mm(42))
-        lay.heading(f"{task_title(name)}: predicted survival", keep=mm(72))
+        lay.heading(f"{task_title(name)}: predicted survival", keep=mm(96))  # the curves and what the cases say
         plot = SurvivalPlot("light")
         plot.set_curves(survival_curves(task), s.median_survival_months)
         lay.image(_plot_image(plot, lay.width, mm(72)), lay.width, mm(72))
+        _draw_neighbours_say(lay, task)
         lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
 
 
@@ -305,13 +311,16 @@ def _draw_classes(lay: _Layout, result: PredictionResult) -> None:
         lay.heading("Class probabilities", keep=mm(30))
         for name, task in classes:
             c = task.classification
-            h = mm(12 + 7 * len(c.classes))
-            lay.room(h + mm(8))  # title and chart on one page
+            series = [("this slide (model)", np.asarray(c.probabilities))]
+            if c.neighbours_distribution is not None:
+                series.append(("linked cases (edge-weighted labels)", np.asarray(c.neighbours_distribution)))
+            h = mm(12 + 7 * len(c.classes)) if len(series) == 1 else mm(18 + 11 * len(c.classes))
+            lay.room(h + mm(32))  # title, chart and what the linked cases say on one page
             lay.text(f"{task_title(name)} — most likely {c.predicted}", 9.5, True)
             bars = BarsPlot("light")
-            bars.set_bars(list(c.classes), [("probability", np.asarray(c.probabilities))],
-                          highlight=int(np.argmax(c.probabilities)))
+            bars.set_bars(list(c.classes), series, highlight=int(np.argmax(c.probabilities)))
             lay.image(_plot_image(bars, int(lay.width * 0.8), h), lay.width * 0.8, h)
+            _draw_neighbours_say(lay, task)
             lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
 
 
@@ -323,13 +332,15 @@ def _draw_linked_cases(lay: _Layout, result: PredictionResult) -> None:
                 f"of {len(task.linked_cases)})", keep=mm(22))
     cases = task.linked_cases[:TOP_CASES]
     extra = label_columns(cases)[:3]
-    headers = ["Case", "Weight", "Project", "Survival, mo", "Status", "Stage"] + extra
-    rows = [[str(c.case.get("case_id", "")), f"{c.weight:.3f}", format_value(c.case.get("project")),
-             format_value(c.case.get("survival_months")), event_status(c.case) or "—",
-             format_value(c.case.get("stage"))] + [format_value(c.case.get(k)) for k in extra] for c in cases]
-    base = [0.21, 0.09, 0.15, 0.14, 0.11, 0.08]
+    lay.text(f"Influence column — {influence_title(task)}: {influence_tip(task)}", 8, color="#4b5563")
+    headers = ["Case", "Weight", "Influence", "Project", "Survival, mo", "Status", "Stage"] + extra
+    rows = [[str(c.case.get("case_id", "")), f"{c.weight:.3f}", format_influence(task, influence_value(task, c)),
+             format_value(c.case.get("project")), format_value(c.case.get("survival_months")),
+             event_status(c.case) or "—", format_value(c.case.get("stage"))]
+            + [format_value(c.case.get(k)) for k in extra] for c in cases]
+    base = [0.14, 0.08, 0.10, 0.12, 0.13, 0.10, 0.07]
     rest = (1 - sum(base)) / max(1, len(extra))
-    lay.table(headers, rows, base + [rest] * len(extra), right={1, 3})
+    lay.table(headers, rows, base + [rest] * len(extra), right={1, 2, 4})
     if task.pathways is not None:
         names, recon, mean = paired_pathways(task.pathways.names, task.pathways.reconstructed,
                                              task.pathways.neighbours_mean)
@@ -340,6 +351,13 @@ def _draw_linked_cases(lay: _Layout, result: PredictionResult) -> None:
         bars.set_bars(names, [("this slide (reconstructed)", recon), ("linked cases (authentic, mean)", mean)])
         h = mm(16 + 7.5 * len(names))
         lay.image(_plot_image(bars, int(lay.width), h), lay.width, h)
+
+
+def _draw_neighbours_say(lay: _Layout, task: Any) -> None:
+    """What the linked cases' records say next to the model, and the graph contribution (two short lines)."""
+    lay.text("What the linked cases say", 9.5, True, gap=0.4)
+    lay.text(neighbours_summary(task), 8.5, color="#1f2933", gap=0.6)
+    lay.text(graph_summary(task), 8.5, color="#4b5563")
 
 
 def _legend(lay: _Layout, width: float) -> None:

@@ -1,7 +1,9 @@
 """The results dock: a header (mode, research use only, synthetic cohort), the suggested project,
-and three tabs — Survival (risk in the cohort, survival curves), Probabilities (one bar chart per
-classification task), Linked cases (sortable table of the graph neighbours and a detail pane with
-the case's fields, thumbnail and authentic vs reconstructed pathway activity).
+and three tabs — Survival (risk in the cohort, survival curves, what the linked cases say and the
+graph contribution), Probabilities (one bar chart per classification task, beside the linked cases'
+edge-weighted labels), Linked cases (sortable table of the graph neighbours with their exact
+influence, and a detail pane with the case's fields, thumbnail, the prediction without it and
+authentic vs reconstructed pathway activity).
 
 Views only: every number comes from :class:`msrl_model.infer.results.PredictionResult`.
 """
@@ -19,7 +21,8 @@ from msrl_app.labels import MODE_TITLES, big_label, metrics_line, mode_title, su
 from msrl_app.labels import heading as _heading
 from msrl_app.labels import muted as _muted
 from msrl_app.linked_cases import (CaseSortProxy, LinkedCasesModel, LinkedCasesSection, event_status,  # noqa: F401
-                                   format_value, is_missing, label_columns, paired_pathways)
+                                   format_value, graph_summary, is_missing, label_columns, neighbours_summary,
+                                   paired_pathways)
 from msrl_app.plots import RISK_GROUP_COLORS, BarsPlot, RiskHistogram, SurvivalPlot
 from msrl_model import RESEARCH_USE_ONLY
 from msrl_model.infer.results import PredictionResult, TaskResult
@@ -35,11 +38,15 @@ class SurvivalSection(QWidget):
         self.risk_label.setObjectName("risk_score")
         self.risk_label.setWordWrap(True)
         self.median_label = QLabel()
+        self.median_label.setWordWrap(True)
         self.histogram = RiskHistogram()
         self.histogram.setFixedHeight(140)
         self.cohort_note = _muted()
         self.plot = SurvivalPlot()
         self.plot.setMinimumHeight(240)
+        self.neighbours_label = QLabel()
+        self.neighbours_label.setWordWrap(True)
+        self.graph_label = _muted()
         self.metrics_label = _muted()
         top = QGridLayout()
         top.addWidget(self.group_label, 0, 0, 2, 1)
@@ -54,6 +61,9 @@ class SurvivalSection(QWidget):
         layout.addWidget(self.cohort_note)
         layout.addWidget(_heading("Predicted survival"))
         layout.addWidget(self.plot)
+        layout.addWidget(_heading("What the linked cases say"))
+        layout.addWidget(self.neighbours_label)
+        layout.addWidget(self.graph_label)
         layout.addWidget(self.metrics_label)
 
     def set_task(self, task: TaskResult, cohort_risks: np.ndarray | None) -> None:
@@ -74,6 +84,8 @@ class SurvivalSection(QWidget):
             f"Groups are tertiles of the training cohort's risks (low < {s.risk_thresholds[0]:.3f} ≤ "
             f"intermediate ≤ {s.risk_thresholds[1]:.3f} < high).")
         self.plot.set_curves(survival_curves(task), median)
+        self.neighbours_label.setText(neighbours_summary(task))
+        self.graph_label.setText(graph_summary(task))
         self.metrics_label.setText(format_metrics(task.metrics))
 
 
@@ -82,7 +94,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 class ClassificationSection(QWidget):
-    """One classification task: probabilities as horizontal bars, the predicted class highlighted."""
+    """One classification task: probabilities as horizontal bars (the predicted class highlighted, or beside
+    the linked cases' edge-weighted label shares when they have labels), what the linked cases say, the
+    graph contribution."""
 
     def __init__(self, task: TaskResult, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -91,11 +105,17 @@ class ClassificationSection(QWidget):
         best = int(np.argmax(c.probabilities))
         self.summary = QLabel(f"Most likely: <b>{c.predicted}</b> ({c.probabilities[best]:.0%})")
         self.plot = BarsPlot()
-        self.plot.set_bars(list(c.classes), [("probability", np.asarray(c.probabilities))], highlight=best)
+        series = [("this slide (model)", np.asarray(c.probabilities))]
+        if c.neighbours_distribution is not None:
+            series.append(("linked cases (edge-weighted labels)", np.asarray(c.neighbours_distribution)))
+        self.plot.set_bars(list(c.classes), series, highlight=best)
+        self.neighbours_label = QLabel(neighbours_summary(task))
+        self.neighbours_label.setWordWrap(True)
+        self.graph_label = _muted(graph_summary(task))
         self.metrics_label = _muted(format_metrics(task.metrics))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 8)
-        for w in (self.title, self.summary, self.plot, self.metrics_label):
+        for w in (self.title, self.summary, self.plot, self.neighbours_label, self.graph_label, self.metrics_label):
             layout.addWidget(w)
 
 

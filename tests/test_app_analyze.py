@@ -21,7 +21,7 @@ from msrl_app.applog import setup_logging
 from msrl_app.results_view import CaseSortProxy, LinkedCasesModel
 from msrl_app.window import MainWindow
 from msrl_model.errors import MSRLError
-from msrl_model.infer.results import LinkedCase, PredictionResult
+from msrl_model.infer.results import LinkedCase, PredictionResult, TaskResult
 from msrl_model.progress import Progress
 
 ANALYSIS_TIMEOUT_MS = 120_000
@@ -111,6 +111,25 @@ def test_analyze_fills_every_panel(qtbot, window, tiny_bundle, slide):
     task = linked.current_task()
     assert linked.proxy.rowCount() == len(task.linked_cases) > 0
     assert task.linked_cases[0].case["case_id"] in linked.detail_title.text()
+    # the influence column (sortable, named after the task) and the case's prediction without it
+    headers = [linked.model.headerData(c, Qt.Orientation.Horizontal) for c in range(linked.model.columnCount())]
+    col = headers.index("Influence on risk")
+    shown = [linked.proxy.index(r, col).data() for r in range(linked.proxy.rowCount())]
+    assert shown == [f"{c.influence_risk:+.3f}" for c in task.linked_cases]  # by weight, as linked
+    first = task.linked_cases[0]
+    assert f"{task.survival.risk - first.influence_risk:.3f} instead of" in linked.influence_label.text()
+    assert "Graph contribution to the risk" in linked.summary_label.text()
+    assert "edge-weighted event rate" in survival.neighbours_label.text()
+    assert "the 3 largest sum to" in survival.graph_label.text()
+    assert "Graph contribution to P(" in panel.class_sections["EGFR_mut"].graph_label.text()
+    linked.task_combo.setCurrentIndex(1)  # the classification task: influence on P(predicted)
+    egfr = result.tasks["EGFR_mut"]
+    c = egfr.classification
+    assert linked.model.headerData(2, Qt.Orientation.Horizontal) == f"Influence on P({c.predicted})"
+    i = c.classes.index(c.predicted)
+    assert linked.proxy.index(0, 2).data() == f"{100 * egfr.linked_cases[0].influence_probabilities[i]:+.1f} pp"
+    assert "without" in linked.influence_label.text() and "pp" in linked.influence_label.text()
+    linked.task_combo.setCurrentIndex(0)
     assert linked.pathway_plot.isVisibleTo(linked) and len(linked.pathway_plot.values) == 2
     assert linked.thumbnail.pixmap() is not None and not linked.thumbnail.pixmap().isNull()
     # heat-map and patches on the slide
@@ -183,18 +202,21 @@ def test_cancel_on_first_event_leaves_the_app_usable(qtbot, window, tiny_bundle,
 
 
 def test_linked_cases_sort_numerically(qtbot):
-    def case(i, weight, months, stage):
+    def case(i, weight, months, stage, influence):
         return LinkedCase(i, weight, {"case_id": f"C{i}", "project": "P", "survival_months": months,
-                                      "censorship": i % 2, "stage": stage, "TP53_mut": i % 2}, [0.0])
+                                      "censorship": i % 2, "stage": stage, "TP53_mut": i % 2}, [0.0], influence, None)
 
     model = LinkedCasesModel()
-    model.set_cases([case(0, 0.25, 9.0, "II"), case(1, 0.05, 100.0, None), case(2, 0.125, 10.0, "I"),
-                     case(3, 0.5, None, "IV")])
+    cases = [case(0, 0.25, 9.0, "II", 0.02), case(1, 0.05, 100.0, None, -0.1), case(2, 0.125, 10.0, "I", 0.003),
+             case(3, 0.5, None, "IV", -0.0004)]
+    model.set_task(TaskResult("survival", "survival", "msrl", "msrl", None, None, cases, 0.3, [], None, None))
     proxy = CaseSortProxy()
     proxy.setSourceModel(model)
     headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
-    assert headers[:6] == ["Case", "Edge weight", "Project", "Survival (mo)", "Status", "Stage"]
+    assert headers[:7] == ["Case", "Edge weight", "Influence on risk", "Project", "Survival (mo)", "Status", "Stage"]
     assert "TP53_mut" in headers
+    tip = model.headerData(2, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+    assert "minus the risk with this case removed" in tip and "exactly" in tip
 
     def column(name):
         c = headers.index(name)
@@ -202,6 +224,8 @@ def test_linked_cases_sort_numerically(qtbot):
 
     proxy.sort(headers.index("Edge weight"), Qt.SortOrder.DescendingOrder)
     assert column("Case") == ["C3", "C0", "C2", "C1"]
+    proxy.sort(headers.index("Influence on risk"), Qt.SortOrder.DescendingOrder)  # signed, numeric
+    assert column("Influence on risk") == ["+0.020", "+0.003", "-0.000", "-0.100"]
     proxy.sort(headers.index("Survival (mo)"), Qt.SortOrder.AscendingOrder)
     assert column("Survival (mo)") == ["9.0", "10.0", "100.0", "—"]  # numeric, not text; missing last
     assert column("Case") == ["C0", "C2", "C1", "C3"]

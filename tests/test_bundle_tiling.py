@@ -231,3 +231,79 @@ def test_disagreements_compare_what_the_files_record():
     enc = FeatureProvenance(256, 0.5, "uni", "2")
     (line,) = disagreements([("a", ours), ("e", enc)])
     assert "encoder builtin-he 1.0: 1 file(s) (a)" in line and "encoder uni 2: 1 file(s) (e)" in line
+
+
+# ---- end to end: `msrl extract --patch-size --mpp` → training → `msrl analyze` and the app ------------
+
+PROVENANCE_ATTRS = ("patch_size", "target_mpp", "tiling_params", "tissue_params", "encoder", "encoder_version",
+                    "encoder_spec")
+
+
+def _extract(slide: Path, out: Path, tiling: TilingParams, capsys) -> Path:
+    from msrl_model.cli import main
+
+    code = main(["extract", str(slide), "--out", str(out), "--patch-size", str(tiling.patch_size),
+                 "--mpp", str(tiling.target_mpp), "--device", "cpu", "--workers", "2", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    return out / f"{slide.stem}.h5"
+
+
+def _cohort_made_like(made: Path, root: Path) -> Path:
+    """A small cohort whose feature files carry ``made``'s provenance (tiling, tissue, encoder): bags
+    sampled at the builtin-he dimension, labelled as `msrl extract` labelled ``made``."""
+    from msrl_model.synth.cohort import make_synth_cohort
+
+    make_synth_cohort(root, n_cases=16, n_projects=2, patches=(6, 10), feature_dim=build_encoder("builtin-he").dim,
+                      seed=4)
+    with h5py.File(made, "r") as f:
+        attrs = {k: f.attrs[k] for k in PROVENANCE_ATTRS}
+    for path in (root / "features").glob("*.h5"):
+        with h5py.File(path, "r+") as f:
+            f.attrs.update(attrs)
+    return root
+
+
+@pytest.mark.parametrize("tiling", [COARSE, FINE], ids=["256px-0.5mpp", "224px-0.25mpp"])
+def test_model_trained_on_features_of_a_tiling_reextracts_new_slides_with_it(tiling, slide, tmp_path, capsys):
+    """Issue 9's done-when: a model trained on features made at 256 px / 0.5 µm/px and one trained at
+    224 px / 0.25 µm/px each tile a new slide their own way in `msrl analyze` and in the app."""
+    from msrl_app.analysis import AnalysisRequest, PredictorCache, analysis_job
+    from msrl_model.nn.config import MSRLConfig
+    from msrl_model.synth.slides import make_slide
+    from msrl_model.train import cli
+
+    train_slide = make_slide(tmp_path / "train_slide.svs", 1024, 768, seed=2)
+    made = _extract(train_slide, tmp_path / "extracted", tiling, capsys)
+    assert read_features(made, load_features=False).attrs["tiling_params"] == tiling.to_dict()
+    cohort = _cohort_made_like(made, tmp_path / "cohort")
+    config = tmp_path / "small.toml"
+    MSRLConfig.tiny(max_patches_train=8, pretrain_epochs=1, finetune_epochs=1, batch_size=8).to_toml(config)
+    run = tmp_path / "run"
+    assert cli.main(["--cohort", str(cohort), "--out", str(run), "--folds", "2", "--tasks", "survival",
+                     "--variants", "msrl", "--config", str(config), "--device", "cpu", "--quiet"]) == 0, \
+        capsys.readouterr().err
+    bundle = run / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["tiling"] == tiling.to_dict() and manifest["encoder"]["name"] == "builtin-he"
+
+    out = tmp_path / "analyze"
+    assert _run_analyze([str(slide), "--bundle", str(bundle), "--out", str(out), "--cache", str(out / "features"),
+                         "--device", "cpu", "--workers", "2", "--quiet"]) == 0, capsys.readouterr().err
+    _assert_tiling(PredictionResult.from_json((out / "new_slide.json").read_text()), out / "features" / "new_slide.h5",
+                   tiling)
+
+    app_cache = tmp_path / "app"
+    outcome = _finish(analysis_job(AnalysisRequest(slide=slide, bundle=bundle, device="cpu", cache=app_cache),
+                                   PredictorCache()))
+    _assert_tiling(outcome.result, app_cache / "new_slide.h5", tiling)
+
+
+@pytest.mark.parametrize("flags, says", [(["--mpp", "0"], "--mpp 0: give the target resolution in µm per pixel"),
+                                         (["--patch-size", "2"], "--patch-size 2: give the patch side in pixels")])
+def test_extract_refuses_a_bad_tiling_in_one_line(flags, says, slide, tmp_path, capsys):
+    from msrl_model.cli import main
+
+    assert main(["extract", str(slide), "--out", str(tmp_path / "f"), *flags, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and says in err
+    assert not (tmp_path / "f").exists()

@@ -81,12 +81,12 @@ def _write_clam(synth: Path, folder: Path, h5: bool, pt: bool) -> None:
 def _assert_same_bags(cohort, synth: Path, coords: bool = True) -> None:
     bags = drive(load_bags(cohort), show=False)
     ref = drive(load_bags(load_cohort(synth, require_features=True)), show=False)
-    assert len(bags.features) == len(ref.features) == 24
-    for got, want in zip(bags.features, ref.features):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-3, atol=2e-3)  # fp16 rounding
-    if coords:
-        for got, want in zip(bags.positions, ref.positions):
-            assert torch.equal(got, want)
+    assert len(bags) == len(ref) == 24
+    for i in range(24):
+        (got, got_pos), (want, want_pos) = bags.read(i), ref.read(i)
+        np.testing.assert_allclose(got.float().numpy(), want.numpy(), rtol=2e-3, atol=2e-3)  # fp16 rounding
+        if coords:
+            assert torch.equal(got_pos, want_pos)
 
 
 def _train(cohort_dir: Path, out: Path, tmp_path: Path, capsys) -> None:

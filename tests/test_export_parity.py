@@ -8,6 +8,8 @@ and bundle and compares the JSON and both CSVs.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import subprocess
@@ -61,3 +63,24 @@ def test_cli_and_app_write_identical_results(tmp_path, bundle, slide):
     result = json.loads(cli_files[0].read_text(encoding="utf-8"))
     assert result["project"] == "TCGA-LUAD" and result["tasks"]  # a real result, not two empty files
     assert cli_files[1].read_text(encoding="utf-8").count("\n") > len(result["tasks"])
+
+    # the influences and graph contributions of the JSON are the CSVs' (one writer, no rounding)
+    keys = {(r["task"], r["key"]): r["value"] for r in csv.DictReader(io.StringIO(cli_files[1].read_text("utf-8")))}
+    linked = list(csv.DictReader(io.StringIO(cli_files[2].read_text(encoding="utf-8"))))
+    assert len(linked) == sum(len(t["linked_cases"]) for t in result["tasks"].values())
+    for name, task in result["tasks"].items():
+        rows = [r for r in linked if r["task"] == name]
+        assert [int(r["buffer_row"]) for r in rows] == [c["row"] for c in task["linked_cases"]]
+        if task["kind"] == "survival":
+            s = task["survival"]
+            assert float(keys[(name, "graph_contribution")]) == s["graph_contribution"]
+            assert float(keys[(name, "graph_contribution")]) == pytest.approx(s["risk"] - s["risk_query_alone"])
+            assert [float(r["influence_risk"]) for r in rows] == [c["influence_risk"] for c in task["linked_cases"]]
+            assert all(v == "" for r in rows for k, v in r.items() if k.startswith("influence_p("))
+        else:
+            c = task["classification"]
+            for i, cls in enumerate(c["classes"]):
+                assert float(keys[(name, f"graph_contribution({cls})")]) == c["graph_contribution"][i]
+                assert [float(r[f"influence_p({cls})"]) for r in rows] == [
+                    case["influence_probabilities"][i] for case in task["linked_cases"]]
+            assert all(r["influence_risk"] == "" for r in rows)

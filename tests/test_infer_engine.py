@@ -140,3 +140,95 @@ def test_float32_within_1e4() -> None:
     dense = DenseReference(gsl, gcn, buffer, 12).predict(queries)
     for a, b in zip(exact, dense):
         assert_same(a, b, atol=1e-4)
+
+
+# ---- influence: the query with one buffer row removed, and the query alone -------------------------
+
+
+def without_row(buffer: torch.Tensor, r: int) -> torch.Tensor:
+    return torch.cat([buffer[:r], buffer[r + 1:]])
+
+
+def renumbered(res: QueryResult, r: int) -> QueryResult:
+    """A dense result on the buffer without row r, its rows numbered as in the whole buffer."""
+    def up(rows: torch.Tensor) -> torch.Tensor:
+        return rows + (rows >= r).long()
+
+    return QueryResult(res.z, res.output, up(res.linked), res.linked_weights, res.self_weight, up(res.top_indices),
+                       res.top_similarities)
+
+
+def assert_exact(a: QueryResult, b: QueryResult, atol: float = 1e-6) -> None:
+    """Same graph and max |Δ| <= atol on z, the head output and every edge weight."""
+    assert_same(a, b, atol=atol)
+    assert (a.z - b.z).abs().max() <= atol
+    assert (a.output - b.output).abs().max() <= atol
+    diff = a.linked_weights[torch.argsort(a.linked)] - b.linked_weights[torch.argsort(b.linked)]
+    assert diff.numel() == 0 or diff.abs().max() <= atol
+
+
+@pytest.mark.parametrize("k", [1, 3, 12, 60])
+@pytest.mark.parametrize("n", [4, 50])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_removing_each_row_equals_dense_without_it(seed: int, n: int, k: int) -> None:
+    g = torch.Generator().manual_seed(seed * 100 + n + k)
+    buffer = torch.randn(n, DIM, generator=g, dtype=torch.float64)
+    queries = torch.randn(2, DIM, generator=g, dtype=torch.float64)
+    gsl, gcn = models(seed, k)
+    head = nn.Linear(4, 3).double()
+    engine = ExactEngine(gsl, gcn, buffer, k, head=head, block_size=7)
+    alone_ref = DenseReference(gsl, gcn, buffer[:0], k, head=head)
+    for q in queries:
+        default = engine.explain(q)
+        assert default.removed.tolist() == default.full.linked.tolist() == engine.predict(q[None])[0].linked.tolist()
+        ex = engine.explain(q, torch.arange(n))  # every row, linked or not
+        assert_exact(ex.full, DenseReference(gsl, gcn, buffer, k, head=head).predict(q[None])[0])
+        assert_exact(ex.alone, alone_ref.predict(q[None])[0])
+        assert ex.alone.linked.numel() == 0 and float(ex.alone.self_weight) == 1.0
+        for r, res in zip(ex.removed.tolist(), ex.without):
+            ref = renumbered(DenseReference(gsl, gcn, without_row(buffer, r), k, head=head).predict(q[None])[0], r)
+            assert_exact(res, ref)
+            assert r not in res.linked.tolist() and r not in res.top_indices.tolist()
+        for i, res in enumerate(default.without):  # the default rows give the same numbers
+            assert torch.equal(res.z, ex.without[int(default.removed[i])].z)
+
+
+@pytest.mark.parametrize("k", [1, 3, 12])
+def test_removal_with_duplicate_rows(k: int) -> None:
+    g = torch.Generator().manual_seed(17)
+    buffer = torch.randn(30, DIM, generator=g, dtype=torch.float64)
+    buffer[10:14] = buffer[3]  # a row and four copies: removing one copy shifts ties in many lists
+    query = buffer[3] + 1e-3 * torch.randn(DIM, generator=g, dtype=torch.float64)
+    gsl, gcn = models(5, k)
+    head = nn.Linear(4, 2).double()
+    ex = ExactEngine(gsl, gcn, buffer, k, head=head).explain(query, torch.tensor([3, 10, 13, 0, 29]))
+    for r, res in zip(ex.removed.tolist(), ex.without):
+        assert_exact(res, renumbered(DenseReference(gsl, gcn, without_row(buffer, r), k, head=head).predict(
+            query[None])[0], r))
+
+
+def test_removing_the_only_row_leaves_the_query_alone() -> None:
+    g = torch.Generator().manual_seed(3)
+    buffer = torch.randn(1, DIM, generator=g, dtype=torch.float64)
+    gsl, gcn = models(1, 3)
+    ex = ExactEngine(gsl, gcn, buffer, 3).explain(torch.randn(DIM, generator=g, dtype=torch.float64),
+                                                  torch.tensor([0]))
+    assert torch.allclose(ex.without[0].z, ex.alone.z, atol=1e-12)
+    assert ex.without[0].linked.numel() == 0
+
+
+def test_supplied_lists_without_next_neighbours_refuse_removals() -> None:
+    g = torch.Generator().manual_seed(4)
+    buffer = torch.randn(20, DIM, generator=g, dtype=torch.float64)
+    query = torch.randn(DIM, generator=g, dtype=torch.float64)
+    gsl, gcn = models(2, 3)
+    own = ExactEngine(gsl, gcn, buffer, 3)
+    assert own.knn_idx.shape == (20, 4) and own.next_idx.shape == (20,)
+    plain = ExactEngine(gsl, gcn, buffer, 3, buffer_knn=(own.knn_idx, own.knn_sim))
+    assert plain.explain(query, torch.zeros(0, dtype=torch.long)).without == []
+    with pytest.raises(ValueError, match="next neighbour"):
+        plain.explain(query)
+    wide = ExactEngine(gsl, gcn, buffer, 3, buffer_knn=(torch.cat([own.knn_idx, own.next_idx[:, None]], 1),
+                                                       torch.cat([own.knn_sim, own.next_sim[:, None]], 1)))
+    a, b = wide.explain(query), own.explain(query)
+    assert all(torch.equal(x.z, y.z) for x, y in zip(a.without, b.without))

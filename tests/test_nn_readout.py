@@ -35,7 +35,7 @@ def test_state_dict_without_standardiser_loads_as_identity():
 
 
 def test_bag_patch_stats_cover_only_the_given_cases():
-    bags = Bags([torch.zeros(3, 2), torch.ones(2, 2) * 4], [torch.zeros(3, 2).long(), torch.zeros(2, 2).long()])
+    bags = Bags.from_tensors([torch.zeros(3, 2), torch.ones(2, 2) * 4], [torch.zeros(3, 2).long(), torch.zeros(2, 2).long()])
     mean, std = bags.patch_stats([1])
     assert torch.equal(mean, torch.full((2,), 4.0)) and torch.equal(std, torch.zeros(2))
     mean, _ = bags.patch_stats([0, 1])

@@ -17,6 +17,7 @@ from msrl_model.infer.random_bundle import make_random_bundle
 from msrl_model.infer.engine import DenseReference
 from msrl_model.infer.predictor import Predictor, percentile_of, survival_curve
 from msrl_model.infer.results import PredictionResult
+from msrl_model.nn.heads import survival_from_logits
 from msrl_model.nn.msrl import MSRLNet, SlideBatch
 
 N_PATCHES = 30
@@ -181,3 +182,74 @@ def test_helpers():
     curve, median = survival_curve((0.0, 5.0, 10.0, float("inf")), np.array([0.9, 0.4, 0.1]))
     assert curve.times == [0.0, 5.0, 10.0] and curve.survival == [1.0, 0.9, 0.4] and median == 10.0
     assert survival_curve((0.0, 5.0, float("inf")), np.array([0.9, 0.1]))[1] is None  # not reached
+
+
+@pytest.mark.parametrize("task", ["survival", "EGFR_mut"])
+def test_influence_equals_dense_reference_without_the_case(bundle_path, slide, result, task):
+    """influence_r = f([buffer; q]) - f([buffer without r; q]) and the graph contribution f([buffer; q]) -
+    f([q]), f the risk or the class probabilities, against the dense reference within 1e-6."""
+    b = load_bundle(bundle_path)
+    tb = b.tasks[task]
+    net = MSRLNet(b.config, tb.spec, tb.variant)
+    net.load_state_dict(tb.state_dict)
+    net.eval()
+    features, coords, size = slide
+    buffer = torch.from_numpy(tb.buffer_nodes)
+
+    def f(rows: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            h, _ = net.encode_slides(SlideBatch.from_bags([torch.from_numpy(features)], [torch.from_numpy(coords)],
+                                                          [size]))
+            node = net.node_features(h)
+            z = DenseReference(net.gsl, net.gcn, buffer[rows], b.config.k).predict(node)[0].z
+            logits = net.readout(z[None], node).double()
+        return (survival_from_logits(logits).risk if task == "survival" else torch.softmax(logits, -1)[0]).numpy()
+
+    everyone = torch.arange(len(buffer))
+    full = f(everyone)
+    t = result.tasks[task]
+    assert t.linked_cases
+    for c in t.linked_cases:
+        want = full - f(everyone[everyone != c.row])
+        if task == "survival":
+            assert c.influence_probabilities is None
+            assert abs(c.influence_risk - float(want[0])) <= 1e-6
+        else:
+            assert c.influence_risk is None and len(c.influence_probabilities) == 2
+            np.testing.assert_allclose(c.influence_probabilities, want, atol=1e-6, rtol=0)
+            assert sum(c.influence_probabilities) == pytest.approx(0.0, abs=1e-12)
+    alone = f(everyone[:0])
+    if task == "survival":
+        s = t.survival
+        assert abs(s.graph_contribution - float(full[0] - alone[0])) <= 1e-6
+        assert s.graph_contribution == pytest.approx(s.risk - s.risk_query_alone, abs=1e-12)
+    else:
+        c = t.classification
+        np.testing.assert_allclose(c.graph_contribution, full - alone, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(np.array(c.probabilities) - c.probabilities_query_alone, c.graph_contribution,
+                                   atol=1e-12)
+
+
+def test_what_the_neighbours_say(bundle_path, slide, result):
+    s, linked = result.tasks["survival"].survival, result.tasks["survival"].linked_cases
+    w = np.array([c.weight for c in linked])
+    event = np.array([c.case["censorship"] == 0 for c in linked])
+    assert s.neighbours_with_status == len(linked)
+    assert s.neighbours_event_rate == pytest.approx(float(w @ event / w.sum()), abs=1e-12)
+    below = [t for t, v in zip(s.neighbours_km.times, s.neighbours_km.survival) if v <= 0.5]
+    assert s.neighbours_median_survival_months == (below[0] if below else None)
+    # the random bundle codes EGFR_mut 0/1 while its classes are wt/mut: no linked case carries a class
+    c = result.tasks["EGFR_mut"].classification
+    assert c.neighbours_distribution is None and c.neighbours_labelled == 0
+    # with the labels spelled as the classes (and a missing one), the edge-weighted shares of the labelled cases
+    predictor = Predictor.from_bundle(bundle_path, device="cpu")
+    cases = predictor.bundle.tasks["EGFR_mut"].cases
+    cases["EGFR_mut"] = pd.Series(np.where(cases["EGFR_mut"].to_numpy() == 1, "mut", "wt"), dtype=object)
+    cases.loc[result.tasks["EGFR_mut"].linked_cases[0].row, "EGFR_mut"] = None  # a linked case without a label
+    t = predictor.predict(*slide, slide_id="s1").tasks["EGFR_mut"]
+    known = [(c.weight, c.case["EGFR_mut"]) for c in t.linked_cases if c.case["EGFR_mut"] is not None]
+    assert 0 < len(known) < len(t.linked_cases)
+    total = sum(wt for wt, _ in known)
+    want = [sum(wt for wt, v in known if v == cls) / total for cls in ("wt", "mut")]
+    assert t.classification.neighbours_labelled == len(known)
+    np.testing.assert_allclose(t.classification.neighbours_distribution, want, atol=1e-12)

@@ -65,13 +65,61 @@ def test_small_run_writes_every_output(cohort_dir, tmp_path, capsys):
         ("msrl", "survival", "c_index"), ("abmil", "survival", "c_index"),
         ("msrl", "stage", "auc"), ("msrl", "stage", "f1"), ("abmil", "stage", "auc"), ("abmil", "stage", "f1")}
     assert "| MSRL |" in (out / "cv_table.md").read_text()
-    assert "encode_chunk = 24" in (out / "config.toml").read_text()
+    for name in ("cv_significance.csv", "cv_summary.json", "oof_predictions.csv", "folds/fold_0.json",
+                 "folds/fold_1.json", "folds/run.json"):
+        assert (out / name).is_file(), name
+    config_text = (out / "config.toml").read_text()
+    assert config_text.startswith("# scale: demo (auto: 24 cases on cpu") and f"--config {config}" in config_text
+    assert "encode_chunk = 24" in config_text and "\nd = 16\n" in config_text  # --config over the scale
+    assert "scale: demo (auto: 24 cases on cpu" in (out / "train.log").read_text()
     bundle = load_bundle(out / "bundle")
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert [t["name"] for t in manifest["tasks"]] == ["survival", "stage"]
     assert manifest["cohort"]["synthetic"] is True and bundle.synthetic
     assert manifest["tasks"][0]["n_buffer"] == 24
     assert "c_index" in manifest["tasks"][0]["metrics"]
+
+
+def test_rerun_resumes_and_a_changed_run_is_refused(cohort_dir, tmp_path, capsys):
+    config = tmp_path / "small.toml"
+    MSRLConfig.tiny(max_patches_train=12, pretrain_epochs=1, finetune_epochs=1, batch_size=8).to_toml(config)
+    out = tmp_path / "run"
+    argv = ["--cohort", str(cohort_dir), "--out", str(out), "--folds", "2", "--tasks", "survival",
+            "--variants", "msrl,no_graph,shuffled_buffer", "--config", str(config), "--device", "cpu", "--quiet",
+            "--no-bundle"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    table = (out / "cv_table.md").read_text()
+    assert "| No graph |" in table and "| Shuffled buffer |" in table and "† p < 0.05, ‡ p < 0.01" in table
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert (out / "cv_table.md").read_text() == table  # every fold read back: the same table
+    assert "fold 2/2 read from an earlier run" in (out / "train.log").read_text()
+    config_before = (out / "config.toml").read_text()
+    code = cli.main(argv + ["--seed", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed" in err and "new --out" in err and err.count("error:") == 1
+    assert (out / "config.toml").read_text() == config_before  # refused before anything was rewritten
+
+
+def test_cohort_scale_rule():
+    from msrl_model.train.presets import cohort_scale
+
+    assert cohort_scale("auto", 2000, "cpu").name == "demo"
+    assert cohort_scale("auto", 100, "cuda").name == "demo"
+    large = cohort_scale("auto", 600, "cuda")
+    assert large.name == "large" and large.config.d == 256 and "600 cases on cuda" in large.reason
+    demo = cohort_scale("auto", 300, "cpu")
+    assert (demo.config.d, demo.config.finetune_lr, demo.config.readout_skip) == (128, 1e-3, True)
+    assert demo.settings.pretrained_slide_encoder is False and demo.config.finetune_epochs == 10
+    small = cohort_scale("demo", 40, "cpu").config  # 32 training cases: 2 steps an epoch
+    assert small.finetune_epochs == 75 and small.finetune_epochs * 2 >= 150
+    paper = cohort_scale("paper", 40, "cuda")
+    assert paper.config == MSRLConfig.paper() and paper.settings.pretrained_slide_encoder is True
+
+
+def test_scale_is_for_cohort_runs(tmp_path, capsys):
+    code = cli.main(["--preset", "tiny", "--scale", "demo", "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 2 and "--scale applies to --cohort runs" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_unknown_variant_and_task_are_user_errors(cohort_dir, tmp_path, capsys):

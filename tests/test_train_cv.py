@@ -4,6 +4,7 @@ reports (CSV, Markdown table, Kaplan-Meier PNG, model card)."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -107,13 +108,13 @@ def test_reports(spied_run, tmp_path):
     cohort, result, _ = spied_run
     path = report.write_cv_csv(result, tmp_path / "cv_results.csv")
     rows = list(csv.DictReader(path.open()))
-    assert rows and set(rows[0]) == {"method", "task", "fold", "metric", "value"}
-    assert len(rows) == len(result.rows)
+    assert rows and set(rows[0]) == {"method", "task", "repeat", "fold", "metric", "value"}
+    assert len(rows) == len(result.rows) and {r["repeat"] for r in rows} == {"0"}
     table = report.cv_table_markdown(result, ["survival", "stage"], ["msrl", "msrl_multi", "snn"])
     lines = table.splitlines()
     assert lines[0] == "| Method | survival (C-index) | stage (AUC) | stage (F1) |"
     assert [ln.split("|")[1].strip() for ln in lines[2:5]] == ["MSRL", "MSRL_multi", "SNN (genomics)"]
-    assert "±" in lines[2] and "**" in table
+    assert "±" in lines[2] and "**" in table and "†" not in table  # no significance given: no marks, no legend
     p = report.plot_km(result, cohort, "survival", "msrl", tmp_path / "km.png")
     assert 0.0 <= p <= 1.0
     assert (tmp_path / "km.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -127,3 +128,36 @@ def test_risk_groups_split_per_fold():
     risk = np.array([1.0, 2.0, 3.0, 4.0, 100.0, 200.0, 300.0, 400.0])
     fold = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     assert report.risk_groups(risk, fold).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+
+
+def test_significance_against_msrl_marks_and_files(spied_run, tmp_path):
+    cohort, result, _ = spied_run
+    tasks, methods = ["survival", "stage"], ["msrl", "msrl_multi", "snn"]
+    sig = report.significance(result, cohort, tasks, methods, n_resamples=200, seed=0)
+    assert [(r["method"], r["task"], r["metric"]) for r in sig] == [
+        (m, t, metric) for t, metric in (("survival", "c_index"), ("stage", "auc"), ("stage", "f1"))
+        for m in ("msrl_multi", "snn")]
+    for r in sig:
+        assert r["reference"] == "msrl" and r["n_pairs"] == 3
+        folds = result.fold_values(r["task"], r["method"], r["metric"])
+        ref = result.fold_values(r["task"], "msrl", r["metric"])
+        assert r["mean_difference"] == pytest.approx(np.mean([folds[k] - ref[k] for k in folds]))
+        if r["metric"] == "f1":
+            assert r["p"] == r["fold_p"] and r["n_resamples"] == 0
+        else:  # the bootstrap's observed difference is the CV table's: the same per-fold metrics
+            assert r["boot_difference"] == pytest.approx(r["mean_difference"], abs=1e-9)
+            assert r["boot_ci_low"] <= r["boot_ci_high"] and r["n_resamples"] == 200
+            assert r["p"] == pytest.approx(np.max([r["fold_p"], r["boot_p"]]), nan_ok=True)
+    forced = [dict(r, p=0.004 if r["method"] == "snn" and r["metric"] == "c_index" else 0.03 if r["method"] == "snn"
+                   else 0.5) for r in sig]
+    table = report.cv_table_markdown(result, tasks, methods, forced).splitlines()
+    snn = next(ln for ln in table if ln.startswith("| SNN"))
+    multi = next(ln for ln in table if ln.startswith("| MSRL_multi"))
+    assert snn.split("|")[2].strip().endswith("‡") and snn.split("|")[3].strip().endswith("†")
+    assert "†" not in multi and "‡" not in multi
+    assert any(ln.startswith("† p < 0.05, ‡ p < 0.01") and "3 folds" in ln for ln in table)
+    rows = list(csv.DictReader(report.write_significance_csv(sig, tmp_path / "sig.csv").open()))
+    assert len(rows) == len(sig) and {"fold_p", "boot_p", "boot_ci_low", "boot_ci_high", "p"} <= set(rows[0])
+    summary = json.loads(report.write_cv_summary_json(result, tasks, methods, sig, tmp_path / "s.json").read_text())
+    assert len(summary["significance"]) == len(sig) and summary["n_folds"] == 3 and summary["repeats"] == 1
+    assert all(s["boot_p"] is None for s in summary["significance"] if s["metric"] == "f1")  # strict JSON

@@ -1,20 +1,39 @@
-"""``msrl extract SLIDE_OR_DIR… --out DIR``: patch features for one slide, many slides or directories."""
+"""``msrl extract SLIDE_OR_DIR… --out DIR``: patch features for one slide, many slides or directories.
+
+``--patch-size`` and ``--mpp`` choose the tiling (:class:`~msrl_model.slide.tiling.TilingParams`): the
+patch side the encoder sees and the µm per pixel of the patches (0.5 ≈ 20×, 0.25 ≈ 40×). The feature
+files record it, a model trained on them records it in its bundle, and ``msrl analyze`` / the app tile
+new slides the same way (architecture §3).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from typing import TYPE_CHECKING
+
+from msrl_model.errors import MSRLError
+
+if TYPE_CHECKING:
+    from msrl_model.slide.tiling import TilingParams
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "extract", help="extract patch features into DIR/<slide_id>.h5 (cached, resumable)",
-        description="Tissue detection, tiling at the target mpp and patch encoding. Re-running skips "
-                    "slides whose features are up to date; bad slides are reported and skipped.")
+        description="Tissue detection, tiling at the target mpp and patch encoding. The feature files record "
+                    "the tiling (--patch-size, --mpp); a model trained on them tiles new slides the same way. "
+                    "Re-running skips slides whose features are up to date; bad slides are reported and skipped.")
     p.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files and/or directories of slides")
     p.add_argument("--out", required=True, metavar="DIR", help="feature directory")
     p.add_argument("--encoder", default="builtin-he",
                    help="patch encoder spec: builtin-he (default), timm:<arch>@/path, gigapath@/path")
+    # defaults: TilingParams' (not imported here: the slide stack is slow to import for --help)
+    p.add_argument("--patch-size", type=int, default=None, metavar="PX",
+                   help="patch side in pixels at the target resolution, what the encoder sees (default 256)")
+    p.add_argument("--mpp", type=float, default=None, metavar="UM_PER_PX",
+                   help="target resolution of the patches in µm per pixel (default 0.5 ≈ 20x; 0.25 ≈ 40x)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: CPU count)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
@@ -27,15 +46,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_extract)
 
 
+def tiling_of(args: argparse.Namespace) -> TilingParams:
+    """The tiling of ``--patch-size`` / ``--mpp`` (``TilingParams`` defaults for those not given);
+    MSRLError saying what to give when they are invalid."""
+    from msrl_model.slide.tiling import TilingParams
+
+    size = TilingParams.patch_size if args.patch_size is None else args.patch_size
+    mpp = TilingParams.target_mpp if args.mpp is None else args.mpp
+    if size < 8:
+        raise MSRLError(f"--patch-size {size}: give the patch side in pixels, at least 8 (usually 256 or 224)")
+    if not (math.isfinite(mpp) and 0.05 <= mpp <= 100.0):
+        raise MSRLError(f"--mpp {mpp:g}: give the target resolution in µm per pixel, between 0.05 and 100 "
+                        "(0.5 ≈ 20x, 0.25 ≈ 40x)")
+    return TilingParams(patch_size=size, target_mpp=mpp)
+
+
 def run_extract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from msrl_model.errors import MSRLError
     from msrl_model.features.pipeline import ExtractStats, extract_many, extract_slide, parse_shard
     from msrl_model.progress import drive
-
     from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
 
+    tiling = tiling_of(args)
     if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
         raise MSRLError("--batch-size and --workers must be at least 1")
     max_patches = DEFAULT_MAX_PATCHES if args.max_patches is None else args.max_patches
@@ -48,13 +81,15 @@ def run_extract(args: argparse.Namespace) -> int:
         # One slide: its error is the command's error (one line, non-zero exit, via the dispatcher).
         stats = ExtractStats()
         out = drive(extract_slide(inputs[0], args.out, args.encoder, args.device, args.workers,
-                                  args.batch_size, stats=stats, max_patches=max_patches), show=show)
+                                  args.batch_size, tiling=tiling, stats=stats, max_patches=max_patches),
+                    show=show)
         for warning in stats.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(out)
         return 0
     report = drive(extract_many(inputs, args.out, args.encoder, args.device, args.workers,
-                                args.batch_size, shard=shard, max_patches=max_patches), show=show)
+                                args.batch_size, tiling=tiling, shard=shard, max_patches=max_patches),
+                   show=show)
     for result in report.slides:
         for warning in result.warnings:
             print(f"warning: {result.slide}: {warning}", file=sys.stderr)

@@ -18,7 +18,7 @@ _EXPORTS = {
     "PredictionResult": "results", "TaskResult": "results", "SurvivalPrediction": "results",
     "ClassificationPrediction": "results", "LinkedCase": "results", "PathwayActivity": "results",
     "Curve": "results",
-    "ExactEngine": "engine", "DenseReference": "engine", "QueryResult": "engine",
+    "ExactEngine": "engine", "DenseReference": "engine", "QueryResult": "engine", "Explanation": "engine",
     "make_random_bundle": "random_bundle",
 }
 

@@ -33,14 +33,53 @@ three times; the local GCN touches |B_2| ≲ (2K+2)^2 rows of ≲ 2K+2 edges, i.
 ≈ 2·10^7 flops at K = 12, h = 256: negligible. The dense reference costs 2·N²·D for S plus
 2·L·N²·h for the GCN (1.5·10^12 + 0.7·10^12 at N = 21,700) and N² memory.
 
+**Influence: the query with one buffer row removed** (:meth:`ExactEngine.explain`). "Case r absent
+from the buffer" means the graph over [buffer \ {r}; query] built from scratch by the same rule (the
+buffer has N - 1 rows; relative order, hence every tie-break, is unchanged, so rows keep their
+numbering and r is simply absent). Relative to the stored buffer graph:
+
+* r's own list goes: the entries R[r, c] for c in r's list (its self loop included) are dropped;
+* a row j that kept r (r in its list; found among r's CSR neighbours) loses R[j, r]; when its list was
+  full (K < N - 1) it takes in its next neighbour n_j, the first row after its K-th in the selection
+  order (stored at precompute: one more column of the same top-K pass), so R[j, n_j] = s(j, n_j) is
+  added and its new K-th neighbour and threshold are (n_j, s(j, n_j)); otherwise (K >= N - 1) it keeps
+  everyone left and nothing is added;
+* the query then joins that graph by the rules above with N - 1 rows and r excluded (s_r = -inf): its
+  top-K' among the rows left (K' = min(K, N - 1)); a full row j (K < N - 1) takes it iff s_j > t'_j
+  and drops its new K-th m'_j — for a row that kept r that is n_j, i.e. the added entry is not added;
+  when K >= N - 1 every row left takes the query in without dropping anything;
+* changed degrees: Δ plus r's list and the rows that kept r and their n_j.
+
+The local GCN is the same computation over the patched rows (added entries are extra CSR entries;
+r has no edge left, so no ball reaches it). Rows not linked to the query can move it too (through 2-
+and 3-hop paths, or by shifting the query's top-K when it kept them at weight 0); :meth:`explain`
+removes the rows asked for, by default the linked ones.
+
+**The query alone** ("linked only to itself"): the graph of the single node q, S = ReLU(e_q·e_q),
+A = 1 (0 for a zero embedding), so z = GCN on one node: H_l = ReLU(A H_{l-1} W_l + b_l).
+
+**Cost of** :meth:`explain` (R rows removed, by default the M linked ones, M ≲ 2K + 1): the E_b e_q
+pass is shared with the prediction (once, 4·N·D bytes); each removed row is one more local query —
+its own local GCN over its 3-hop ball (≈ |B_2|·h² + |edges of B_2|·h multiply-adds, ~10^8 flops at
+K = 12, h = 256) and O(N) vector work (the similarity copy with s_r = -inf, the threshold test, the
+query's top-K: ≈ 16·N bytes, no N·D pass) — plus O(K·(rows that kept r)) for the list repairs; the
+query alone is L matrix-vector products. Measured on one CPU thread (N = 20,000, D = 256, K = 12,
+h = 256): predict 18 ms, explain 256 ms for 12–19 linked rows, i.e. ≈ 14 ms per removed row, nearly
+all of it the local GCN. At N = 10^6, D = 1536 the O(N) part of R = 24 removals reads ≈ 0.4 GB next
+to the 6.1 GB of the shared E_b e_q pass.
+
 **Precompute** is one blockwise all-pairs top-K (2·N²·D flops) unless the caller supplies the
-buffer's neighbour lists (``buffer_knn``, e.g. stored at training time), plus 2·N·D·h for P_1.
+buffer's neighbour lists (``buffer_knn``, e.g. stored at training time), plus 2·N·D·h for P_1; the same
+pass also keeps each row's next neighbour (the (K+1)-th other, for removals) by a second selection over
+each similarity block (measured +75 % over the lists alone at N = 10,000, D = 256 on one thread, where
+the selection dominates; less at larger D, where the block product does).
 Memory: E_b (4·N·D bytes) + P_1 (4·N·h) + CSR (≤ 2·N·(K+1) edges × 16 bytes); the buffer features
 themselves are read in row chunks (pass a :class:`RowSource` to avoid holding them at all).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -48,8 +87,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msrl_model.nn.graph import (GCN, GSL, canonical_dots, gsl_adjacency_dense, knn_lists, select_neighbours,
-                                 tie_tolerance)
+from msrl_model.nn.graph import GCN, GSL, canonical_dots, gsl_adjacency_dense, select_neighbours, tie_tolerance
 
 
 @runtime_checkable
@@ -77,6 +115,16 @@ class QueryResult:
     top_similarities: Tensor  # (K',) their GSL similarities e_q · e_j
 
 
+@dataclass
+class Explanation:
+    """One query on the buffer, on nothing, and with each of some buffer rows removed in turn."""
+
+    full: QueryResult  # on [buffer; query]
+    alone: QueryResult  # on [query]: the query linked only to itself
+    removed: Tensor  # (R,) int64 buffer rows removed one at a time (by default full.linked, in its order)
+    without: list[QueryResult]  # without[i]: on [buffer \ {removed[i]}; query]; rows keep their buffer numbers
+
+
 def _sorted_links(rows: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     """Nonzero links sorted by weight descending, ties by lower row index."""
     keep = weights != 0
@@ -97,7 +145,7 @@ class DenseReference:
     Args:
         gsl: trained graph structure learner.
         gcn: trained GCN (used in eval mode).
-        buffer: (N, D) buffer features.
+        buffer: (N, D) buffer features (N = 0: the query alone).
         k: neighbours per node besides self.
         head: optional module applied to the query's z.
     """
@@ -128,18 +176,37 @@ class DenseReference:
 
 
 class _Patch:
-    """The per-query changes of the buffer graph, and the degrees they change."""
+    """The per-query changes of the buffer graph, and the degrees they change.
 
-    def __init__(self, n: int, hop1: Tensor, w_q: Tensor, drop_rows: Tensor, drop_cols: Tensor,
-                 self_w: Tensor) -> None:
+    Directed entries R[j, c] are dropped (``drop_rows`` j, ``drop_cols`` c) or added (``add_rows``,
+    ``add_cols``, halves ``add_half`` = ReLU(R[j, c]) / 2); the symmetrised S' gets the half of each on
+    (j, c) and on (c, j)."""
+
+    def __init__(self, n: int, hop1: Tensor, w_q: Tensor, drop_rows: Tensor, drop_cols: Tensor, add_rows: Tensor,
+                 add_cols: Tensor, add_half: Tensor, self_w: Tensor) -> None:
         self.hop1 = hop1  # (M,) sorted buffer rows with a nonzero edge to the query
         self.w_q = w_q  # (M,) unnormalised S'[q, hop1]
-        self.drop_fwd = drop_rows * n + drop_cols  # keys (j, m_j): j no longer keeps m_j
-        self.drop_bwd = drop_cols * n + drop_rows  # keys (m_j, j): the mirrored half
+        self.drop_fwd = drop_rows * n + drop_cols  # keys (j, c): j no longer keeps c
+        self.drop_bwd = drop_cols * n + drop_rows  # keys (c, j): the mirrored half
+        self.add_src = torch.cat([add_rows, add_cols])  # added halves as (owner, neighbour, weight)
+        self.add_nbr = torch.cat([add_cols, add_rows])
+        self.add_w = torch.cat([add_half, add_half])
         self.self_w = self_w  # () unnormalised self loop S'[q, q]
         self.d_q = self_w + w_q.sum()  # () degree of the query
-        self.delta = torch.unique(torch.cat([hop1, drop_rows, drop_cols]))  # buffer rows whose row changed
+        self.delta = torch.unique(torch.cat([hop1, drop_rows, drop_cols, add_rows, add_cols]))  # rows whose row changed
         self.d_delta = torch.zeros(0)  # their new degrees, filled in by ExactEngine._patch
+
+
+class _Removal:
+    """The buffer graph without row ``r`` (module docstring): its dropped entries, the rows that kept r
+    with their next neighbours, and the thresholds and K-th neighbours the query is tested against."""
+
+    def __init__(self, r: int, holders: Tensor, drop_rows: Tensor, drop_cols: Tensor, thr: Tensor,
+                 last: Tensor) -> None:
+        self.r = r
+        self.holders = holders  # (H,) sorted rows j != r whose list holds r
+        self.drop_rows, self.drop_cols = drop_rows, drop_cols  # R[j, r] for the holders, R[r, c] for r's list
+        self.thr, self.last = thr, last  # (N,) t'_j and m'_j of the graph without r (used when K < N - 1)
 
 
 class ExactEngine:
@@ -151,8 +218,10 @@ class ExactEngine:
         buffer: (N, D) buffer features, or a :class:`RowSource` read once in chunks.
         k: neighbours per node besides self.
         head: optional module applied to each query's z.
-        buffer_knn: optional precomputed (idx, sim), each (N, min(k, N-1)+1), as returned by
-            :func:`msrl_model.nn.graph.knn_lists` on the buffer embeddings (skips the all-pairs pass).
+        buffer_knn: optional precomputed (idx, sim), each (N, K'+1) with K' = min(k, N-1), as returned
+            by :func:`msrl_model.nn.graph.knn_lists` on the buffer embeddings (skips the all-pairs
+            pass); or (N, K'+2) with each row's next neighbour as the last column (what
+            :meth:`explain` needs when K < N - 1).
         block_size: rows per block of the all-pairs top-K.
         chunk_rows: buffer rows embedded per chunk.
     """
@@ -182,15 +251,46 @@ class ExactEngine:
                 self.p1[start:stop] = x @ w1
             k1 = min(k, n - 1) + 1
             if buffer_knn is None:
-                idx, sim = knn_lists(self.emb, k, block_size)
+                idx, sim = self._lists(k1 + 1 if k1 < n else k1, block_size)
             else:
                 idx, sim = (t.to(self.device) for t in buffer_knn)
                 sim = sim.to(self.dtype)
-                if idx.shape != (n, k1) or sim.shape != (n, k1) or not torch.equal(
-                        idx[:, 0], torch.arange(n, device=self.device)):
-                    raise ValueError(f"buffer_knn must be (idx, sim) of shape ({n}, {k1}) with self first")
-            self.knn_idx, self.knn_sim = idx, sim
-            self._build_csr(idx, sim)
+                if idx.shape != sim.shape or idx.shape[0] != n or idx.shape[1] not in (k1, k1 + 1 if k1 < n else k1) \
+                        or not torch.equal(idx[:, 0], torch.arange(n, device=self.device)):
+                    raise ValueError(f"buffer_knn must be (idx, sim) of shape ({n}, {k1}) with self first"
+                                     + (f", or ({n}, {k1 + 1}) with the next neighbour last" if k1 < n else ""))
+            self.knn_idx, self.knn_sim = idx[:, :k1].contiguous(), sim[:, :k1].contiguous()
+            # each row's next neighbour n_j and s(j, n_j): None when the lists hold every row (K >= N - 1)
+            # or the caller's lists do not carry it
+            self.next_idx, self.next_sim = (idx[:, k1], sim[:, k1]) if idx.shape[1] > k1 else (None, None)
+            self._build_csr(self.knn_idx, self.knn_sim)
+
+    def _lists(self, width: int, block_size: int) -> tuple[Tensor, Tensor]:
+        """(idx, sim), each (N, width): the first K'+1 columns are every row's list under the selection
+        rule (:func:`~msrl_model.nn.graph.knn_lists`), a (K'+2)-th column its next neighbour.
+
+        One blockwise pass: the K'+1 list is selected with its own tie band, exactly as ``knn_lists``
+        does, and the next neighbour is the first entry of the K'+2 selection of the same block that
+        the K'+1 list does not hold."""
+        n, k1 = self.n, min(self.k, self.n - 1) + 1
+        idx = torch.empty(n, width, dtype=torch.long, device=self.device)
+        sim = torch.empty(n, width, dtype=self.dtype, device=self.device)
+        for start in range(0, n, block_size):
+            stop = min(start + block_size, n)
+            s = self.emb[start:stop] @ self.emb.T  # (B, N)
+            rows = torch.arange(start, stop, device=self.device)
+
+            def dots(b: int, cols: Tensor) -> Tensor:
+                return canonical_dots(self.emb[start + b], self.emb[cols])
+
+            sel = select_neighbours(s, rows, k1, dots, self.tol)
+            if width > k1:
+                wider = select_neighbours(s, rows, width, dots, self.tol)
+                new = ~(wider[:, :, None] == sel[:, None, :]).any(-1)  # (B, k1+1): not in the list
+                sel = torch.cat([sel, torch.gather(wider, 1, new.to(torch.int8).argmax(1, keepdim=True))], 1)
+            idx[start:stop] = sel
+            sim[start:stop] = torch.gather(s, 1, sel)
+        return idx, sim
 
     def _build_csr(self, idx: Tensor, sim: Tensor) -> None:
         """CSR of S_b = (R + Rᵀ)/2 stored as its two directed halves, and the degrees."""
@@ -219,27 +319,80 @@ class ExactEngine:
         p1_q = x @ self.params[0][0]  # (Q, hidden)
         return [self._one(sims[:, i].contiguous(), e_q[i], p1_q[i]) for i in range(x.shape[0])]
 
-    def _enters(self, s: Tensor, e_q: Tensor) -> Tensor:
-        """Buffer rows with a full list (K < N) that take the query in: ``s_j > t_j`` strictly.
+    @torch.no_grad()
+    def explain(self, query: Tensor, rows: Tensor | None = None) -> Explanation:
+        r"""The query (D,) on [buffer; query], alone, and on [buffer \ {r}; query] for each r in ``rows``
+        (default: its linked rows, by weight) — exact, by the local recomputation of the module
+        docstring; cost there (one E_b e_q pass in all, then one local query per removed row).
+
+        ValueError when the buffer lists lack the next neighbours a removal needs (``buffer_knn``
+        given with K'+1 columns and K < N - 1)."""
+        x = query.reshape(1, -1).to(self.device, self.dtype)
+        e_q = self.gsl(x)[0]  # (D,)
+        s = self.emb @ e_q  # (N,)
+        p1_q = x[0] @ self.params[0][0]  # (hidden,)
+        full = self._one(s, e_q, p1_q)
+        rows = full.linked if rows is None else rows.to(self.device, torch.long).reshape(-1)
+        if rows.numel() and 0 < self.k < self.n - 1 and self.next_idx is None:
+            raise ValueError("removing a buffer row needs each row's next neighbour: pass buffer_knn with "
+                             f"{min(self.k, self.n - 1) + 2} columns (or let the engine compute the lists)")
+        without = []
+        for r in rows.tolist():
+            masked = s.clone()
+            masked[r] = -math.inf  # r is no candidate of the query's list and takes nobody in
+            without.append(self._one(masked, e_q, p1_q, self._removal(r)))
+        return Explanation(full, self._alone(e_q, p1_q), rows, without)
+
+    def _removal(self, r: int) -> _Removal:
+        """The buffer graph without row ``r`` (module docstring), relative to the stored one."""
+        near = self.col[self.rowptr[r]:self.rowptr[r + 1]]  # every row sharing an entry with r
+        near = near[near != r]
+        holders = near[(self.knn_idx[near, 1:] == r).any(1)]  # the rows whose list holds r, ascending
+        own = self.knn_idx[r]  # r's list, itself first
+        drop_rows = torch.cat([holders, torch.full_like(own, r)])
+        drop_cols = torch.cat([torch.full_like(holders, r), own])
+        thr, last = self.knn_sim[:, -1], self.knn_idx[:, -1]
+        if 0 < self.k < self.n - 1:  # full lists: the holders' new K-th neighbours are their next ones
+            thr, last = thr.clone(), last.clone()
+            thr[holders], last[holders] = self.next_sim[holders], self.next_idx[holders]
+        return _Removal(r, holders, drop_rows, drop_cols, thr, last)
+
+    def _alone(self, e_q: Tensor, p1_q: Tensor) -> QueryResult:
+        """The query on the one-node graph [query]: A = 1 when e_q·e_q > 0 (else 0), z = the GCN on it."""
+        a = (e_q @ e_q > 0).to(self.dtype)  # () S/S on one node; D^-1/2 = 0 for a zero embedding
+        h = p1_q
+        for layer, (weight, bias) in enumerate(self.params):
+            if layer > 0:
+                h = h @ weight
+            h = a * h + bias
+            if layer < len(self.params) - 1:
+                h = F.relu(h)
+        none = torch.zeros(0, dtype=torch.long, device=self.device)
+        return QueryResult(h, _apply_head(self.head, h), none, torch.zeros(0, dtype=self.dtype, device=self.device),
+                           a, none, torch.zeros(0, dtype=self.dtype, device=self.device))
+
+    def _enters(self, s: Tensor, e_q: Tensor, thr: Tensor, last: Tensor) -> Tensor:
+        """Buffer rows with a full list (K < N) that take the query in: ``s_j > t_j`` strictly, t_j = ``thr``
+        the similarity of their K-th other neighbour m_j = ``last``.
 
         The products behind s (E_b e_q) and behind t (block matmul) are different kernels, which
         can differ by an ulp on an exact tie (a query equal to a buffer row). Rows within the tie
         band of their threshold compare :func:`canonical_dots` e_j·e_q and e_j·e_{m_j} instead, as the
         selection rule does, so an exact tie stays a tie and the query (higher index) loses.
         """
-        thr = self.knn_sim[:, -1]
         enter = s > thr
         band = torch.nonzero((s - thr).abs() <= self.tol).flatten()
         for j in band.tolist():
-            v = canonical_dots(self.emb[j], torch.stack([e_q, self.emb[self.knn_idx[j, -1]]]))
+            v = canonical_dots(self.emb[j], torch.stack([e_q, self.emb[last[j]]]))
             enter[j] = bool(v[0] > v[1])
         return torch.nonzero(enter).flatten()
 
-    def _one(self, s: Tensor, e_q: Tensor, p1_q: Tensor) -> QueryResult:
-        """The query with similarities ``s`` (N,) to the buffer, embedding ``e_q`` and ``p1_q`` = x_q W_1."""
+    def _one(self, s: Tensor, e_q: Tensor, p1_q: Tensor, removal: _Removal | None = None) -> QueryResult:
+        """The query with similarities ``s`` (N,) to the buffer (-inf at a removed row), embedding ``e_q``
+        and ``p1_q`` = x_q W_1, on the buffer graph without ``removal``'s row when given."""
         s_qq = e_q @ e_q
-        top = self._query_top(s, s_qq, e_q)
-        patch = self._patch(s, e_q, top, F.relu(s_qq))
+        top = self._query_top(s, s_qq, e_q, self.n - (removal is not None))
+        patch = self._patch(s, e_q, top, F.relu(s_qq), removal)
         z = self._local_gcn(patch, p1_q)
         d_hop1 = self._degrees(patch.hop1, patch)
         links, weights = _sorted_links(patch.hop1, patch.w_q * patch.d_q.rsqrt() * d_hop1.rsqrt())
@@ -247,8 +400,8 @@ class ExactEngine:
                        else torch.zeros((), dtype=self.dtype, device=self.device))
         return QueryResult(z, _apply_head(self.head, z), links, weights, self_weight, top, s[top])
 
-    def _query_top(self, s: Tensor, s_qq: Tensor, e_q: Tensor) -> Tensor:
-        """The query's own list without itself: its top-min(K, N) buffer rows, in selection order."""
+    def _query_top(self, s: Tensor, s_qq: Tensor, e_q: Tensor, rows_left: int) -> Tensor:
+        """The query's own list without itself: its top-min(K, ``rows_left``) buffer rows, in selection order."""
         n = self.n
         row = torch.cat([s, s_qq[None]])  # the query is node n
 
@@ -257,28 +410,41 @@ class ExactEngine:
             e_cols[cols == n] = e_q
             return canonical_dots(e_q, e_cols)
 
-        return select_neighbours(row[None], torch.tensor([n], device=self.device), min(self.k, n) + 1, dots,
+        return select_neighbours(row[None], torch.tensor([n], device=self.device), min(self.k, rows_left) + 1, dots,
                                  self.tol)[0, 1:]
 
-    def _patch(self, s: Tensor, e_q: Tensor, top: Tensor, self_w: Tensor) -> _Patch:
-        """The query's edges S'[q, ·], the rows that take it in (dropping their last entry when full),
-        and the new degrees of every buffer row whose row changed."""
+    def _patch(self, s: Tensor, e_q: Tensor, top: Tensor, self_w: Tensor, removal: _Removal | None) -> _Patch:
+        """The query's edges S'[q, ·], the rows that take it in (dropping their K-th entry when full), the
+        removal's dropped and added entries, and the new degrees of every buffer row whose row changed."""
         n, k, dev = self.n, self.k, self.device
-        if k == 0:
-            enter = torch.zeros(0, dtype=torch.long, device=dev)
-        elif k >= n:
-            enter = torch.arange(n, device=dev)
+        rows_left = n - (removal is not None)
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        if k == 0 or rows_left == 0:
+            enter = empty
+        elif k >= rows_left:  # every list holds every row: each row left takes the query without dropping
+            enter = torch.nonzero(torch.isfinite(s)).flatten()
+        elif removal is None:
+            enter = self._enters(s, e_q, self.knn_sim[:, -1], self.knn_idx[:, -1])
         else:
-            enter = self._enters(s, e_q)
-        if 0 < k < n:
+            enter = self._enters(s, e_q, removal.thr, removal.last)
+        drop_rows = drop_cols = add_rows = add_cols = empty
+        add_half = torch.zeros(0, dtype=self.dtype, device=dev)
+        if 0 < k < rows_left and removal is None:
             drop_rows, drop_cols = enter, self.knn_idx[enter, -1]
-        else:
-            drop_rows = drop_cols = torch.zeros(0, dtype=torch.long, device=dev)
+        elif 0 < k < rows_left:
+            # a holder of r that takes the query in drops its next neighbour n_j: it is never added
+            drop_rows = enter[~torch.isin(enter, removal.holders)]
+            drop_cols = self.knn_idx[drop_rows, -1]
+            add_rows = removal.holders[~torch.isin(removal.holders, enter)]
+            add_cols, add_half = self.next_idx[add_rows], F.relu(self.next_sim[add_rows]) / 2
+        if removal is not None:
+            drop_rows = torch.cat([drop_rows, removal.drop_rows])
+            drop_cols = torch.cat([drop_cols, removal.drop_cols])
         cand = torch.unique(torch.cat([top, enter]))
         half = F.relu(s[cand]) / 2
         w = half * torch.isin(cand, top) + half * torch.isin(cand, enter)  # S'[q, cand]
         nz = w != 0
-        patch = _Patch(n, cand[nz], w[nz], drop_rows, drop_cols, self_w)
+        patch = _Patch(n, cand[nz], w[nz], drop_rows, drop_cols, add_rows, add_cols, add_half, self_w)
         owner, _, w_delta = self._rows(patch.delta, patch)
         patch.d_delta = torch.zeros(patch.delta.shape[0], dtype=self.dtype, device=dev).index_add_(0, owner, w_delta)
         return patch
@@ -331,9 +497,10 @@ class ExactEngine:
             at = torch.zeros_like(nodes)
             linked = torch.zeros_like(nodes, dtype=torch.bool)
         q_owner = torch.nonzero(linked).flatten()
-        owner = torch.cat([owner, q_owner])
-        nbr = torch.cat([nbr, torch.full_like(q_owner, self.n)])
-        w = torch.cat([fwd + bwd, patch.w_q[at[q_owner]]])
+        added = torch.isin(patch.add_src, nodes)  # added entries: extra (owner, neighbour) pairs, summed downstream
+        owner = torch.cat([owner, q_owner, torch.searchsorted(nodes, patch.add_src[added])])
+        nbr = torch.cat([nbr, torch.full_like(q_owner, self.n), patch.add_nbr[added]])
+        w = torch.cat([fwd + bwd, patch.w_q[at[q_owner]], patch.add_w[added]])
         keep = w != 0
         return owner[keep], nbr[keep], w[keep]
 

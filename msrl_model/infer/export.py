@@ -4,9 +4,14 @@
 Files written by :func:`write_results` for ``OUT/<name>.json``:
 
 * ``<name>.json`` — the full result (:meth:`PredictionResult.to_json`, strict JSON, indent 2);
-* ``<name>.csv`` — one row per (task, quantity): ``slide_id, mode, task, key, value``;
-* ``<name>-linked-cases.csv`` — every task's linked training cases by rank, with their case-table
-  columns.
+* ``<name>.csv`` — one row per (task, quantity): ``slide_id, mode, task, key, value``; besides the
+  prediction, its graph contribution (prediction with the buffer minus with the slide alone) and what
+  the linked cases say (survival: ``neighbours_event_rate``, ``neighbours_median_survival_months``;
+  classification: ``neighbours_share(<class>)``);
+* ``<name>-linked-cases.csv`` — every task's linked training cases by rank: buffer row, edge weight,
+  influence (``influence_risk`` for a survival task, ``influence_p(<class>)`` per class for a
+  classification task: the prediction minus the prediction without that case in the buffer; empty
+  for the other kind) and their case-table columns.
 
 :func:`write_geojson` writes the analysed patches as QuPath ``tile`` objects (a GeoJSON
 ``FeatureCollection``, coordinates in level-0 pixels) whose ``measurements`` hold each task's
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from msrl_model.files import atomic_write
-from msrl_model.infer.results import PredictionResult
+from msrl_model.infer.results import LinkedCase, PredictionResult
 
 KEY_VALUE_COLUMNS = ["slide_id", "mode", "task", "key", "value"]
 
@@ -44,10 +49,21 @@ def key_values(result: PredictionResult) -> list[dict[str, Any]]:
                 add(name, key, getattr(s, key))
             for j, value in enumerate(s.bin_survival):
                 add(name, f"S_bin{j}", value)
+            for key in ("risk_query_alone", "graph_contribution", "neighbours_event_rate", "neighbours_with_status",
+                        "neighbours_median_survival_months"):
+                add(name, key, getattr(s, key))
         if task.classification is not None:
-            add(name, "predicted", task.classification.predicted)
-            for cls, prob in zip(task.classification.classes, task.classification.probabilities):
-                add(name, f"p({cls})", prob)
+            c = task.classification
+            add(name, "predicted", c.predicted)
+            for i, cls in enumerate(c.classes):
+                add(name, f"p({cls})", c.probabilities[i])
+            for i, cls in enumerate(c.classes):
+                add(name, f"p_query_alone({cls})", c.probabilities_query_alone[i])
+                add(name, f"graph_contribution({cls})", c.graph_contribution[i])
+            for i, cls in enumerate(c.classes):
+                add(name, f"neighbours_share({cls})", None if c.neighbours_distribution is None
+                    else c.neighbours_distribution[i])
+            add(name, "neighbours_labelled", c.neighbours_labelled)
         add(name, "linked_cases", len(task.linked_cases))
         add(name, "suggested_project", task.suggested_project)
     return rows
@@ -67,14 +83,26 @@ def key_values_csv(result: PredictionResult) -> str:
 
 
 def linked_cases_csv(result: PredictionResult) -> str:
-    """The text of ``<name>-linked-cases.csv``: the union of the case-table columns, in first-seen order."""
+    """The text of ``<name>-linked-cases.csv``: ``influence_risk``, then ``influence_p(<class>)`` for the union
+    of the classification tasks' classes and the union of the case-table columns, in first-seen order."""
+    classes: list[str] = []
     columns: list[str] = []
     for task in result.tasks.values():
+        if task.classification is not None:
+            classes += [c for c in task.classification.classes if c not in classes]
         for c in task.linked_cases:
             columns += [k for k in c.case if k not in columns]
-    rows = [[result.slide_id, name, rank, c.row, c.weight, *[c.case.get(k) for k in columns]]
+
+    def influence(task_classes: list[str], c: LinkedCase) -> list[Any]:
+        by_class = dict(zip(task_classes, c.influence_probabilities or []))
+        return [c.influence_risk, *[by_class.get(cls) for cls in classes]]
+
+    rows = [[result.slide_id, name, rank, c.row, c.weight,
+             *influence(task.classification.classes if task.classification else [], c),
+             *[c.case.get(k) for k in columns]]
             for name, task in result.tasks.items() for rank, c in enumerate(task.linked_cases, 1)]
-    return _csv_text(["slide_id", "task", "rank", "buffer_row", "weight", *columns], rows)
+    return _csv_text(["slide_id", "task", "rank", "buffer_row", "weight", "influence_risk",
+                      *[f"influence_p({cls})" for cls in classes], *columns], rows)
 
 
 def result_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:

@@ -24,6 +24,15 @@ Decisions (documented here and in the result JSON's docstring, :mod:`msrl_model.
   ``bin_survival``. Median survival = the first edge e_j with S_j ≤ 0.5, else None (not reached).
 * **Neighbours' KM**: unweighted Kaplan–Meier of the linked cases (each neighbour counts once); the
   edge weights are listed next to each case. Pathway ``neighbours_mean`` is edge-weighted.
+* **Influence and graph contribution**: :meth:`~msrl_model.infer.engine.ExactEngine.explain` gives z
+  on [buffer; q], on [q] alone and on [buffer without r; q] for each linked row r, exactly; the 2 + M
+  outputs go through the readout as one batch (the node features of the slide are the same in all),
+  so influence_r = f(with) - f(without r) and the graph contribution f(with) - f(alone) are differences
+  of identically computed numbers (f: the risk, or the class probabilities; float64 after the head).
+  Cost: M ≲ 2K more local GCNs and O(N) reads each (engine docstring), no second pass over E_b.
+* **What the neighbours say**: the edge-weighted event rate (status known) and the KM median of the
+  linked cases; for a classification task the edge-weighted class shares of the linked cases whose
+  label (the case-table column named as the task, integer codes read as '1') is one of its classes.
 * **Suggested project**: the edge-weighted majority project among the linked cases. The graph always
   uses the whole buffer, as trained; ``project`` only selects the within-project percentile.
 * **MSRL_multi**: with ``expression`` the genomics node half comes from φ_G on the real expression
@@ -123,28 +132,95 @@ class _TaskRuntime:
         return self._engine
 
 
-def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | None,
-                         rows: np.ndarray) -> SurvivalPrediction:
-    """The slide's survival from its head ``logits`` (1, J), placed among the cohort risks.
+def _km_median(curve: Curve) -> float | None:
+    """The first time a right-continuous step curve reaches S <= 0.5; None when it never does."""
+    return next((t for t, v in zip(curve.times, curve.survival) if v <= 0.5), None)
+
+
+def _weighted_event_rate(cases: Any, rows: np.ndarray, weights: np.ndarray) -> tuple[float | None, int]:
+    """Σ_j w_j [event_j] / Σ_j w_j over the linked rows with a known status (censorship 0 = event), and
+    how many those are; (None, 0) when none is known."""
+    if "censorship" not in cases.columns or not len(rows):
+        return None, 0
+    c = cases["censorship"].iloc[rows].to_numpy(dtype=np.float64, na_value=np.nan)
+    known = np.isin(c, (0.0, 1.0))
+    if not known.any():
+        return None, 0
+    return float(weights[known] @ (c[known] == 0.0) / weights[known].sum()), int(known.sum())
+
+
+def _label_text(value: Any) -> str | None:
+    """A case-table label as its class text: integer codes (1, 1.0) as '1', text stripped; None when missing."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _class_shares(cases: Any, label: str, classes: list[str], rows: np.ndarray,
+                  weights: np.ndarray) -> tuple[list[float] | None, int]:
+    """Edge-weighted share of each class among the linked rows whose ``label`` is one of ``classes``, and
+    how many those are; (None, 0) when none is (or the case table has no such column)."""
+    if label not in cases.columns:
+        return None, 0
+    texts = [_label_text(v) for v in cases[label].iloc[rows].tolist()]
+    share = np.zeros(len(classes))
+    hits = 0
+    for text, w in zip(texts, weights):
+        if text in classes:
+            share[classes.index(text)] += w
+            hits += 1
+    return ([float(v) for v in share / share.sum()], hits) if hits else (None, 0)
+
+
+def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | None, rows: np.ndarray,
+                         weights: np.ndarray) -> tuple[SurvivalPrediction, list[float]]:
+    """The slide's survival from its head ``logits`` (2 + M, J) — rows: [buffer; q], [q] alone, then
+    [buffer without linked row i; q] — placed among the cohort risks; and the influence on the risk of
+    each linked row, risk - risk without it.
 
     risk = -Σ_j S_j in float64; risk groups are the tertiles t1, t2 of the cohort risks."""
     task, cases = rt.task, rt.task.cases
     out = survival_from_logits(logits.double())  # float64: risk = -Σ S exactly
-    risk = float(out.risk[0])
+    risks = out.risk.cpu().numpy()  # (2 + M,)
+    risk = float(risks[0])
     s = out.survival[0].double().cpu().numpy()
     assert rt.cohort_risk is not None and rt.cohort_km is not None
     t1, t2 = (float(v) for v in np.quantile(rt.cohort_risk, [1 / 3, 2 / 3]))
     in_project = (cases["project"] == project).to_numpy(dtype=bool, na_value=False) \
         if project is not None and "project" in cases.columns else np.zeros(len(cases), dtype=bool)
     curve, median = survival_curve(task.spec.bin_edges, s)
-    return SurvivalPrediction(
+    neighbours_km = _km(cases, rows)
+    event_rate, with_status = _weighted_event_rate(cases, rows, weights)
+    prediction = SurvivalPrediction(
         risk=risk, percentile=percentile_of(risk, rt.cohort_risk),
         percentile_in_project=percentile_of(risk, rt.cohort_risk[in_project]) if in_project.any() else None,
         project_cases=int(in_project.sum()),
         risk_group="low" if risk < t1 else ("high" if risk > t2 else "intermediate"),
         risk_thresholds=[t1, t2], bin_edges_months=json_safe(list(task.spec.bin_edges)),
         hazards=[float(v) for v in out.hazards[0]], bin_survival=[float(v) for v in s],
-        curve=curve, median_survival_months=median, cohort_km=rt.cohort_km, neighbours_km=_km(cases, rows))
+        curve=curve, median_survival_months=median, cohort_km=rt.cohort_km, neighbours_km=neighbours_km,
+        risk_query_alone=float(risks[1]), graph_contribution=float(risks[0] - risks[1]),
+        neighbours_event_rate=event_rate, neighbours_with_status=with_status,
+        neighbours_median_survival_months=_km_median(neighbours_km))
+    return prediction, [float(risks[0] - v) for v in risks[2:]]
+
+
+def _classification_prediction(rt: _TaskRuntime, logits: torch.Tensor, rows: np.ndarray,
+                               weights: np.ndarray) -> tuple[ClassificationPrediction, list[list[float]]]:
+    """The class probabilities from the head ``logits`` (2 + M, C) (rows as in :func:`_survival_prediction`),
+    and each linked row's influence p - p without it (per class)."""
+    spec = rt.task.spec
+    p = torch.softmax(logits.double(), dim=-1).cpu().numpy()  # (2 + M, C) float64: each row sums to 1
+    classes = list(spec.classes)
+    shares, labelled = _class_shares(rt.task.cases, spec.name, classes, rows, weights)
+    prediction = ClassificationPrediction(
+        classes, [float(v) for v in p[0]], classes[int(np.argmax(p[0]))],
+        probabilities_query_alone=[float(v) for v in p[1]], graph_contribution=[float(v) for v in p[0] - p[1]],
+        neighbours_distribution=shares, neighbours_labelled=labelled)
+    return prediction, [[float(v) for v in p[0] - row] for row in p[2:]]
 
 
 class Predictor:
@@ -296,26 +372,29 @@ class Predictor:
             warnings.append(f"task {task.spec.name!r} is MSRL_H (no genomics); its expression input was ignored")
         mode = "msrl_h" if not net.uses_genomics else ("msrl_multi" if use_expr else "msrl")
         nodes = net.node_features(h, packed if use_expr else None)  # (1, node_dim)
-        q = rt.engine.predict(nodes)[0]
-        z = q.z[None]  # (1, gcn_out)
+        ex = rt.engine.explain(nodes[0])
+        q = ex.full
+        z = torch.stack([q.z, ex.alone.z, *[w.z for w in ex.without]])  # (2 + M, gcn_out)
+        logits = net.readout(z, nodes.expand(z.shape[0], -1))  # one batch: the rows differ only in z
         rows = q.linked.cpu().numpy()
         weights = q.linked_weights.double().cpu().numpy()
         cases = task.cases
-        linked = [LinkedCase(int(r), float(w), json_safe(cases.iloc[int(r)].to_dict()),
-                             [float(v) for v in task.pathways[int(r)]]) for r, w in zip(rows, weights)]
         projects = cases["project"].tolist() if "project" in cases.columns else []
         suggested = _weighted_majority([projects[r] for r in rows], weights) if projects else None
 
         survival = classification = None
         if task.spec.kind == "survival":
-            survival = _survival_prediction(rt, net.readout(z, nodes), project, rows)
+            survival, risk_influence = _survival_prediction(rt, logits, project, rows, weights)
+            influences: list[tuple[float | None, list[float] | None]] = [(v, None) for v in risk_influence]
         else:
-            p = torch.softmax(net.readout(z, nodes).double(), dim=-1)[0].cpu().numpy()  # float64: sums to 1
-            classification = ClassificationPrediction(list(task.spec.classes), [float(v) for v in p],
-                                                      task.spec.classes[int(np.argmax(p))])
+            classification, prob_influence = _classification_prediction(rt, logits, rows, weights)
+            influences = [(None, v) for v in prob_influence]
+        linked = [LinkedCase(int(r), float(w), json_safe(cases.iloc[int(r)].to_dict()),
+                             [float(v) for v in task.pathways[int(r)]], ir, ip)
+                  for r, w, (ir, ip) in zip(rows, weights, influences)]
         pathways = None
         if net.pathway_decoder is not None:
-            pathways = self._pathway_activity(task, net.pathways(z, nodes)[0], rows, weights)
+            pathways = self._pathway_activity(task, net.pathways(z[:1], nodes)[0], rows, weights)
         return TaskResult(
             name=task.spec.name, kind=task.spec.kind, variant=task.variant, mode=mode, survival=survival,
             classification=classification, linked_cases=linked, self_weight=float(q.self_weight),

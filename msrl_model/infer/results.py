@@ -1,8 +1,26 @@
-"""What a prediction returns: plain dataclasses of Python numbers, lists and strings, JSON both ways.
+r"""What a prediction returns: plain dataclasses of Python numbers, lists and strings, JSON both ways.
 
 Every float is a Python float (JSON number); a missing value is None (JSON ``null``): NaN and
 infinities never appear (an infinite survival bin edge, the open last bin, is None).
 ``PredictionResult.from_json(r.to_json()) == r`` holds exactly.
+
+**Influence and graph contribution** (exact, :meth:`msrl_model.infer.engine.ExactEngine.explain`).
+With f(G) the task's prediction of this slide (survival: the risk; classification: the class
+probabilities) on the graph G, B the buffer and r a linked case:
+
+.. math::
+    \mathrm{influence}_r = f([B; q]) - f([B \setminus \{r\}; q]), \qquad
+    \mathrm{graph\ contribution} = f([B; q]) - f([q])
+
+i.e. how much the case's presence in the buffer moves the prediction (positive: it raises the risk
+or that class's probability), and how much the whole buffer does against the query linked only to
+itself. Influences are not additive (removing two cases is not the sum of removing each), so their
+sum need not equal the graph contribution.
+
+**What the neighbours say** (their authentic records, next to the model's numbers): survival — the
+edge-weighted event rate Σ w_j [event_j] / Σ w_j over the linked cases with a known status, and the
+median of their (unweighted) Kaplan–Meier curve; classification — the edge-weighted share of each
+class among the linked cases whose label is one of the task's classes.
 
 JSON layout (``PredictionResult.to_dict``)::
 
@@ -19,9 +37,15 @@ JSON layout (``PredictionResult.to_dict``)::
         survival (survival tasks) {risk, percentile, percentile_in_project, project_cases, risk_group,
                   risk_thresholds [t1, t2], bin_edges_months, hazards, bin_survival,
                   curve {times, survival}, median_survival_months (None = not reached),
-                  cohort_km {times, survival}, neighbours_km {times, survival}}
-        classification (classification tasks) {classes, probabilities, predicted}
-        linked_cases [{row, weight, case {column: value}, pathways [n_groups]}]   by weight, descending
+                  cohort_km {times, survival}, neighbours_km {times, survival},
+                  risk_query_alone, graph_contribution,
+                  neighbours_event_rate, neighbours_with_status, neighbours_median_survival_months}
+        classification (classification tasks) {classes, probabilities, predicted,
+                  probabilities_query_alone, graph_contribution [per class],
+                  neighbours_distribution [per class] (None = no linked case has a class label), neighbours_labelled}
+        linked_cases [{row, weight, case {column: value}, pathways [n_groups],
+                       influence_risk (survival), influence_probabilities [per class] (classification)}]
+                                                by weight, descending
         self_weight                             normalised self-loop of the query node
         attention [N]                           CLS→patch attention of φ_H (sums to 1), aligned with coords
         pathways {names, reconstructed, neighbours_mean} or None
@@ -36,7 +60,7 @@ from typing import Any
 
 from msrl_model import RESEARCH_USE_ONLY
 
-RESULT_FORMAT_VERSION = 1
+RESULT_FORMAT_VERSION = 2  # 2: influences, graph contribution, what the neighbours say
 
 
 @dataclass
@@ -68,6 +92,11 @@ class SurvivalPrediction:
     median_survival_months: float | None  # first edge where S <= 0.5; None = not reached
     cohort_km: Curve  # Kaplan–Meier of the buffer cohort
     neighbours_km: Curve  # unweighted Kaplan–Meier of the linked cases
+    risk_query_alone: float  # the risk with the slide linked only to itself (no buffer)
+    graph_contribution: float  # risk - risk_query_alone
+    neighbours_event_rate: float | None  # Σ w [event] / Σ w over linked cases with a known status; None: none
+    neighbours_with_status: int  # linked cases with a known status behind neighbours_event_rate
+    neighbours_median_survival_months: float | None  # first time neighbours_km <= 0.5; None = not reached
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SurvivalPrediction:
@@ -82,6 +111,10 @@ class ClassificationPrediction:
     classes: list[str]  # class labels, head order
     probabilities: list[float]  # softmax, sums to 1
     predicted: str  # argmax class
+    probabilities_query_alone: list[float]  # the probabilities with the slide linked only to itself
+    graph_contribution: list[float]  # probabilities - probabilities_query_alone, per class
+    neighbours_distribution: list[float] | None  # edge-weighted share of each class among labelled linked cases
+    neighbours_labelled: int  # linked cases whose label is one of the classes
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassificationPrediction:
@@ -96,6 +129,8 @@ class LinkedCase:
     weight: float  # normalised edge weight A'[query, row] > 0
     case: dict[str, Any]  # the case-table row (case_id, slide_id, project, survival, stage, labels)
     pathways: list[float]  # its authentic pathway scores (n_groups)
+    influence_risk: float | None  # survival: risk - risk without this case in the buffer; else None
+    influence_probabilities: list[float] | None  # classification: per class p - p without this case; else None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LinkedCase:

@@ -80,9 +80,15 @@ class TaskSpec:
 
 @dataclass
 class SlideBatch:
-    """A batch of patch bags ready for φ_H (padded)."""
+    """A batch of patch bags ready for φ_H (padded).
 
-    x: Tensor  # (B, N, patch_dim) patch features, zero-padded
+    The features may be held in the precision they were stored in (fp16 / bf16 / float32, as read
+    from feature files) so that a batch costs no more host memory than its files; :meth:`to` moves
+    the batch to its device in that precision and makes the features float32 there, which is what
+    φ_H reads.
+    """
+
+    x: Tensor  # (B, N, patch_dim) patch features, zero-padded; any float dtype until .to(), then float32
     pos: Tensor  # (B, N, 2) grid (row, col) of each patch in tiling-level units
     mask: Tensor  # (B, N) bool, True = a real patch
     lengths: list[int] = field(default_factory=list)  # real patches per bag
@@ -90,13 +96,14 @@ class SlideBatch:
     @classmethod
     def from_bags(cls, features: Sequence[Tensor], coords: Sequence[Tensor],
                   patch_size_level0: Sequence[int]) -> SlideBatch:
-        """Collate bags: features[i] (N_i, P) float, coords[i] (N_i, 2) level-0 pixels."""
+        """Collate bags: features[i] (N_i, P) float (one precision), coords[i] (N_i, 2) level-0 pixels."""
         positions = [grid_positions(c, int(s)) for c, s in zip(coords, patch_size_level0)]
         x, pos, mask = pad_bags(list(features), positions)
         return cls(x, pos, mask, [int(f.shape[0]) for f in features])
 
     def to(self, device: torch.device | str) -> SlideBatch:
-        return SlideBatch(self.x.to(device), self.pos.to(device), self.mask.to(device), self.lengths)
+        """The batch on ``device`` with float32 features (moved as stored, converted on the device)."""
+        return SlideBatch(self.x.to(device).float(), self.pos.to(device), self.mask.to(device), self.lengths)
 
 
 def _graph_modules(cfg: MSRLConfig, node_dim: int) -> tuple[GSL, GCN]:

@@ -112,12 +112,16 @@ def baseline_job(spec: BaselineSpec, cfg: MSRLConfig, task: TaskSpec, bags: Bags
 
 @torch.no_grad()
 def predict_baseline(result: BaselineResult, bags: Bags, genomics: Tensor, cases: Sequence[int], *,
-                     chunk: int = 32, device: torch.device | str = "cpu") -> Predictions:
-    """Predictions of ``cases`` (full bags for ABMIL; rows of ``genomics`` indexed by case for SNN)."""
+                     chunk: int = 32, chunk_patches: int = TrainSettings().chunk_patches,
+                     device: torch.device | str = "cpu") -> Predictions:
+    """Predictions of ``cases`` (full bags for ABMIL, in chunks of at most ``chunk`` bags and
+    ``chunk_patches`` padded patches; rows of ``genomics`` indexed by case for SNN, ``chunk`` at a time)."""
     device = torch.device(device)
     cases = np.asarray(cases, dtype=np.int64)
-    logits = torch.cat([_forward(result.spec, result.model, bags, genomics, cases[i:i + chunk], 0, None, device)
-                        for i in range(0, len(cases), chunk)])  # (Q, n_outputs)
+    parts = (bags.chunks(cases, max_patches=0, max_cases=chunk, budget=chunk_patches) if result.spec.reads_slides
+             else [cases[i:i + chunk] for i in range(0, len(cases), chunk)])
+    logits = torch.cat([_forward(result.spec, result.model, bags, genomics, part, 0, None, device)
+                        for part in parts])  # (Q, n_outputs)
     return outputs_from_logits(result.model.task, cases, logits, torch.zeros(len(cases), 0))
 
 

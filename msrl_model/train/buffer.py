@@ -17,6 +17,7 @@ from msrl_model.progress import Job, exhaust
 from msrl_model.train import distributed
 from msrl_model.train.data import Bags
 from msrl_model.train.pretrain import embed_shared_job
+from msrl_model.train.settings import TrainSettings
 
 
 class FifoBuffer:
@@ -51,7 +52,7 @@ class FifoBuffer:
 def mixup_view(bags: Bags, idx: Sequence[int], max_patches: int, alpha: float, key: tuple[int, ...],
                rows: Sequence[int] | None = None) -> SlideBatch:
     """One RankMix-style view of the bags of ``idx`` (the share and label choice:
-    :mod:`msrl_model.train.finetune`).
+    :mod:`msrl_model.train.finetune`); features in the bags' stored dtype (:meth:`Bags.read`).
 
     Args:
         idx: the cases of the (global) batch; partners are drawn among all of them.
@@ -67,19 +68,17 @@ def mixup_view(bags: Bags, idx: Sequence[int], max_patches: int, alpha: float, k
         case, other = idx[i], idx[partner[i]]
         rng = np.random.default_rng(distributed.key_seed(*key, 1, case))
         lam = rng.beta(alpha, alpha) if alpha > 0 else 1.0
-        n_own = bags.features[case].shape[0]
+        n_own = int(bags.lengths[case])
         m = min(n_own, max_patches) if max_patches > 0 else n_own
         share = max(lam, 1.0 - lam) if other != case else 1.0
         k_own = max(1, int(round(share * m)))
-        k_other = min(m - k_own, bags.features[other].shape[0])
-        sel = torch.from_numpy(rng.permutation(n_own)[:k_own])
-        f, p = [bags.features[case][sel]], [bags.positions[case][sel]]
+        k_other = min(m - k_own, int(bags.lengths[other]))
+        f, p = bags.read(case, torch.from_numpy(rng.permutation(n_own)[:k_own]))  # only these rows are read
         if k_other > 0:
-            sel_o = torch.from_numpy(rng.permutation(bags.features[other].shape[0])[:k_other])
-            f.append(bags.features[other][sel_o])
-            p.append(bags.positions[other][sel_o])
-        feats.append(torch.cat(f))
-        pos.append(torch.cat(p))
+            f_o, p_o = bags.read(other, torch.from_numpy(rng.permutation(int(bags.lengths[other]))[:k_other]))
+            f, p = torch.cat([f, f_o]), torch.cat([p, p_o])
+        feats.append(f)
+        pos.append(p)
     x, p, mask = pad_bags(feats, pos)
     return SlideBatch(x, p, mask, [int(t.shape[0]) for t in feats])
 
@@ -94,43 +93,49 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 
 def case_node_features_job(net: MSRLNet, bags: Bags, cases: Sequence[int], genomics: Tensor | None, *,
-                           max_patches: int, chunk: int, device: torch.device, message: str = "") -> Job[Tensor]:
+                           max_patches: int, chunk: int, chunk_patches: int = TrainSettings().chunk_patches,
+                           device: torch.device, message: str = "") -> Job[Tensor]:
     """Node features (len(cases), node_dim); real genomics when ``genomics`` is given (rows = cases).
     Every process encodes its share of the cases (:func:`embed_shared_job`: ``Stage.EMBED`` ticks per
-    chunk); patch subsets (``max_patches``) from the global RNG."""
+    chunk of at most ``chunk`` bags and ``chunk_patches`` padded patches); patch subsets
+    (``max_patches``) from the global RNG."""
     h = yield from embed_shared_job(net.slide_encoder, bags, cases, max_patches=max_patches, chunk=chunk,
-                                    device=device, message=message)
+                                    chunk_patches=chunk_patches, device=device, message=message)
     return net.node_features(h, None if genomics is None else genomics.to(device))
 
 
 def case_node_features(net: MSRLNet, bags: Bags, cases: Sequence[int], genomics: Tensor | None, *,
-                       max_patches: int, chunk: int, device: torch.device) -> Tensor:
+                       max_patches: int, chunk: int, chunk_patches: int = TrainSettings().chunk_patches,
+                       device: torch.device) -> Tensor:
     """:func:`case_node_features_job` without its ticks."""
     return exhaust(case_node_features_job(net, bags, cases, genomics, max_patches=max_patches, chunk=chunk,
-                                          device=device))
+                                          chunk_patches=chunk_patches, device=device))
 
 
 @torch.no_grad()
 def compute_buffer_job(net: MSRLNet, bags: Bags, genomics: Tensor, cases: Sequence[int], *, branch: str,
-                       chunk: int, device: torch.device, message: str = "buffer") -> Job[Tensor]:
+                       chunk: int, chunk_patches: int = TrainSettings().chunk_patches, device: torch.device,
+                       message: str = "buffer") -> Job[Tensor]:
     """Buffer rows of ``cases`` (full bags, eval mode): target features [φ_G(X_G); h] (or [Inductor(h); h]
-    for ``branch="online"``; h for MSRL_H). A job: ``Stage.EMBED`` ticks per chunk of cases."""
+    for ``branch="online"``; h for MSRL_H). A job: ``Stage.EMBED`` ticks per chunk of cases (at most
+    ``chunk`` bags and ``chunk_patches`` padded patches)."""
     was = net.training
     net.eval()
     try:
         cases = np.asarray(cases, dtype=np.int64)
         real_genomics = None if branch == "online" or not net.uses_genomics else genomics[cases]
         out = yield from case_node_features_job(net, bags, cases, real_genomics, max_patches=0, chunk=chunk,
-                                                device=device, message=message)
+                                                chunk_patches=chunk_patches, device=device, message=message)
     finally:
         net.train(was)
     return out
 
 
 def compute_buffer(net: MSRLNet, bags: Bags, genomics: Tensor, cases: Sequence[int], *, branch: str,
-                   chunk: int, device: torch.device) -> Tensor:
+                   chunk: int, chunk_patches: int = TrainSettings().chunk_patches, device: torch.device) -> Tensor:
     """:func:`compute_buffer_job` without its ticks."""
-    return exhaust(compute_buffer_job(net, bags, genomics, cases, branch=branch, chunk=chunk, device=device))
+    return exhaust(compute_buffer_job(net, bags, genomics, cases, branch=branch, chunk=chunk,
+                                      chunk_patches=chunk_patches, device=device))
 
 
 __all__ = ["FifoBuffer", "case_node_features", "case_node_features_job", "compute_buffer", "compute_buffer_job",

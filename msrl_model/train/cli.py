@@ -4,12 +4,19 @@
     python -m msrl_model.train --cohort /data/tcga-brca --tasks survival,stage,HER2_status \\
         --variants msrl,msrl_multi,abmil --folds 5 --device auto --out runs/brca
 
-Writes to ``--out``: ``bundle/`` (or ``model.msrl`` with ``--zip``), ``cv_results.csv``, ``cv_table.md``,
+Writes to ``--out``: ``bundle/`` (or ``model.msrl`` with ``--zip``), ``cv_results.csv``, ``cv_table.md``
+(with † / ‡ where a method differs from MSRL), ``cv_significance.csv``, ``cv_summary.json``,
 ``km_<task>_<method>.png``, ``model_card.md``, ``config.toml``, ``train.log`` (and ``cohort/`` for a
-preset: the SYNTHETIC cohort it generated). A cohort that fails validation is reported in full
-(every problem: the tables, every feature file opened and scanned, the requested tasks) within
-seconds, before any feature bag is read; nothing is trained and nothing is written to ``--out``
-(exit code 2).
+preset: the SYNTHETIC cohort it generated) — and, as each fold ends, ``folds/fold_<k>.json`` and
+``oof_predictions.csv`` (:mod:`msrl_model.train.foldstore`). The same command run again with the same
+``--out`` resumes after the last finished fold; other settings in an ``--out`` holding folds are
+refused. A cohort that fails validation is reported in full (every problem: the tables, every
+feature file opened and scanned, the requested tasks) within seconds, before any feature bag is
+read; nothing is trained and nothing is written to ``--out`` (exit code 2).
+
+``--cohort`` runs pick their model scale and schedule from the cohort size and the device
+(``--scale auto``, :func:`~msrl_model.train.presets.cohort_scale`; ``--scale paper`` for the paper's);
+``--config`` overrides any of it; the choice is logged and written at the top of ``config.toml``.
 
 Several processes (one machine or many) with ``torchrun``: :data:`EPILOG`.
 """
@@ -46,8 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", help="comma-separated: survival and/or label columns "
                                         "(default: the preset's, or survival + stage when the cohort has stage)")
     parser.add_argument("--variants", help="comma-separated methods: msrl, msrl_h, msrl_multi, abmil, snn, "
-                                           "knn_cos, knn_euc, random_gsl, online_buffer (default: the preset's / all)")
+                                           "knn_cos, knn_euc, random_gsl, online_buffer, no_graph, shuffled_buffer "
+                                           "(default: the preset's / all)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="repeat the cross-validation with other fold seeds (default 1)")
+    parser.add_argument("--scale", choices=("auto", "demo", "large", "paper"),
+                        help="model scale of a --cohort run: auto (default: from the cohort size and the "
+                             "device), demo, large or paper; --config overrides it")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (default: 1 for the presets, whose small models gain "
@@ -104,15 +117,23 @@ def run_train(args: argparse.Namespace) -> int:
     from msrl_model.device import resolve_device
     from msrl_model.nn.config import MSRLConfig
     from msrl_model.train import distributed
-    from msrl_model.train.presets import preset
+    from msrl_model.train.presets import cohort_scale, preset
     from msrl_model.train.settings import TrainSettings
 
     run_preset = preset(args.preset) if args.preset else None
     out: Path = args.out
     if args.folds < 2:
         raise MSRLError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
-    base = (run_preset.config, run_preset.settings) if run_preset else (MSRLConfig.paper(), TrainSettings())
-    cfg, settings = _read_config(args.config, base)
+    if args.repeats < 1:
+        raise MSRLError(f"--repeats {args.repeats}: use 1 or more")
+    if run_preset is not None and args.scale is not None:
+        raise MSRLError(f"--scale applies to --cohort runs; the {args.preset} preset has its own scale "
+                        "(change it with --config)")
+    if run_preset is not None:
+        cfg, settings = _read_config(args.config, (run_preset.config, run_preset.settings))
+        scale_note = f"preset {run_preset.name}"
+    else:
+        _read_config(args.config, (MSRLConfig.paper(), TrainSettings()))  # a bad --config: refused before any work
     _variants(args, run_preset)  # unknown variants: refused before any work
     device = distributed.setup(resolve_device(args.device))
     main_rank = distributed.is_main()
@@ -123,6 +144,9 @@ def run_train(args: argparse.Namespace) -> int:
             # before any feature bag is loaded for training
             cohort = load_cohort(args.cohort, tasks=_requested_tasks(args, None), require_features=True)
             _tasks_variants(args, cohort, None)  # unknown tasks / variants: nothing written either
+            scale = cohort_scale(args.scale or "auto", cohort.n_cases, device, args.folds)
+            cfg, settings = _read_config(args.config, (scale.config, scale.settings))
+            scale_note = f"{scale.name} ({scale.reason})" + (f"; then --config {args.config}, whose values win" if args.config else "")
             if main_rank:
                 out.mkdir(parents=True, exist_ok=True)
         else:
@@ -138,7 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
                 drive(synth_cohort_job(out / "cohort", synth), show=not args.quiet)
             distributed.barrier()  # the cohort is written
             cohort = load_cohort(out / "cohort", tasks=_requested_tasks(args, run_preset), require_features=True)
-        return _train(args, cohort, cfg, settings, run_preset, device, start)
+        return _train(args, cohort, cfg, settings, run_preset, device, start, scale_note)
     finally:
         distributed.cleanup()
 
@@ -177,20 +201,22 @@ def _tasks_variants(args: argparse.Namespace, cohort, run_preset) -> tuple[list[
     return tasks, variants
 
 
-def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, start: float) -> int:
+def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, start: float,
+           scale_note: str) -> int:
     import torch
 
     from msrl_model.progress import Stage, drive
     from msrl_model.train import distributed
     from msrl_model.train.cv import cv_job
     from msrl_model.train.data import load_bags
+    from msrl_model.train.foldstore import FoldStore, run_identity
 
     out: Path = args.out
     main_rank = distributed.is_main()  # the other ranks train the same models and write nothing
     show = not args.quiet and main_rank
     handler = None
     if main_rank:
-        handler = logging.FileHandler(out / "train.log", mode="w", encoding="utf-8")
+        handler = logging.FileHandler(out / "train.log", mode="a", encoding="utf-8")  # a resumed run appends
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
@@ -203,22 +229,26 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
                  "SYNTHETIC" if cohort.config.synthetic else "real")
         for note in cohort.notes + cohort.warnings:
             log.info("cohort: %s", note)
-        bags = drive(load_bags(cohort), show=show)
+        log.info("scale: %s", scale_note)
+        bags = drive(load_bags(cohort, cache_mb=settings.bag_cache_mb), show=show)
         cfg = dataclasses.replace(cfg, patch_dim=bags.patch_dim,
                                   group_sizes=tuple(len(g) for g in cohort.gene_groups))
+        # another run's folds in --out: refused before config.toml is overwritten
+        FoldStore(out, run_identity(cohort, cfg, settings, seed=args.seed, tasks=tasks, variants=variants,
+                                    n_folds=args.folds), write=False).check()
         if main_rank:
-            cfg.to_toml(out / "config.toml")
-            with (out / "config.toml").open("a", encoding="utf-8") as fh:
-                fh.write("\n[train]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.to_dict().items()))
-        log.info("device %s, torch threads %d, processes %d, tasks %s, variants %s, %d folds, seed %d", device,
-                 torch.get_num_threads(), distributed.world_size(), tasks, variants, args.folds, args.seed)
+            _write_config(out / "config.toml", cfg, settings, scale_note)
+        log.info("device %s, torch threads %d, processes %d, tasks %s, variants %s, %d folds x %d repeats, seed %d",
+                 device, torch.get_num_threads(), distributed.world_size(), tasks, variants, args.folds,
+                 args.repeats, args.seed)
 
         def on_event(event) -> None:
             if event.stage == Stage.CROSS_VALIDATION or (event.done == event.total and event.stage != Stage.EMBED):
                 log.info("%s %s/%s %s", event.stage, event.done, event.total, event.message)
 
         result = drive(cv_job(cohort, bags, cfg, tasks=tasks, variants=variants, n_folds=args.folds,
-                              settings=settings, seed=args.seed, device=device, final=not args.no_bundle),
+                              repeats=args.repeats, settings=settings, seed=args.seed, device=device,
+                              final=not args.no_bundle, out_dir=out),
                        show=show, on_event=on_event)
         if not main_rank:
             return 0
@@ -237,17 +267,34 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
         distributed.barrier()  # the other ranks wait until rank 0 has written every output
 
 
+def _write_config(path: Path, cfg, settings, scale_note: str) -> None:
+    """``config.toml``: the model configuration, the ``[train]`` settings and, as a comment on top, the
+    scale and why it was chosen (the file reads back with ``--config``)."""
+    from msrl_model.files import atomic_write
+
+    cfg.to_toml(path)
+    text = path.read_text(encoding="utf-8")
+    atomic_write(path, f"# scale: {scale_note}\n" + text + "\n[train]\n"
+                 + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.to_dict().items()))
+
+
 def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result, tasks: list[str],
                    variants: list[str], start: float) -> str:
     """Rank 0's outputs of a finished run in ``args.out`` (CSV, table, Kaplan-Meier plots, model card,
     bundle); returns the CV table."""
+    from msrl_model.files import atomic_write
     from msrl_model.train.export import export_bundle, feature_encoder
-    from msrl_model.train.report import cv_table_markdown, model_card, plot_km, write_cv_csv
+    from msrl_model.train.report import (
+        cv_table_markdown, model_card, plot_km, significance, write_cv_csv, write_cv_summary_json,
+        write_significance_csv)
 
     out: Path = args.out
     write_cv_csv(result, out / "cv_results.csv")
-    table = cv_table_markdown(result, tasks, variants)
-    (out / "cv_table.md").write_text(table, encoding="utf-8")
+    sig = significance(result, cohort, tasks, variants, seed=args.seed)
+    write_significance_csv(sig, out / "cv_significance.csv")
+    write_cv_summary_json(result, tasks, variants, sig, out / "cv_summary.json")
+    table = cv_table_markdown(result, tasks, variants, sig)
+    atomic_write(out / "cv_table.md", table)
     km = {}
     for task in tasks:
         for v in variants:
@@ -258,8 +305,8 @@ def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result
     wall = time.perf_counter() - start
     card = model_card(cohort=cohort, result=result, tasks=tasks, methods=variants, encoder=encoder,
                       config_text=(out / "config.toml").read_text(encoding="utf-8"), km_pvalues=km,
-                      wall_seconds=wall)
-    (out / "model_card.md").write_text(card, encoding="utf-8")
+                      wall_seconds=wall, sig=sig)
+    atomic_write(out / "model_card.md", card)
     if not args.no_bundle:
         bundle = export_bundle(out / ("model.msrl" if args.zip else "bundle"), cohort=cohort, result=result,
                                config=cfg, encoder=encoder, model_card=card, sign_key=_signing_key(args))
@@ -304,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to start over", file=sys.stderr)
+        print("error: interrupted; run the same command again to resume after the last finished fold",
+              file=sys.stderr)
         return 130
 
 

@@ -6,8 +6,18 @@ Per fold (``stratified_folds`` over project × event, cases never split across f
 2. stage-1 pre-training runs on the training cases only (no test genomics, no test slides);
 3. per task, survival bins come from the training cases only; every variant is trained on the
    training cases and predicts the test cases one at a time against its buffer of training cases;
-   MSRL_multi is the trained MSRL network given the test case's real genomics;
+   MSRL_multi is the trained MSRL network given the test case's real genomics, no_graph and
+   shuffled_buffer the same network linked to nothing / to a buffer with permuted genomics;
 4. metrics: C-index (survival), macro AUC and macro F1 (classification).
+
+**Repeated CV** (``repeats``): repeat r splits the cohort again with its own fold seed; repeat 0
+uses the seeds of a single CV (:func:`repeat_seeds`), so a one-repeat run is unchanged.
+
+**Per-fold results on disk and resume** (``out_dir``, :mod:`msrl_model.train.foldstore`): as each
+fold ends its metric rows, out-of-fold predictions and timings go to ``folds/…json`` and
+``oof_predictions.csv`` is rewritten; a run started again with the same settings reads the finished
+folds back and trains only the others, with the same final table as an uninterrupted run (every
+training job seeds itself from its fold's seed, so a fold does not depend on the folds before it).
 
 Then, when asked, the final models: the same pipeline on *all* cases (MSRL per task) — the bundle.
 """
@@ -15,8 +25,10 @@ Then, when asked, the final models: the same pipeline on *all* cases (MSRL per t
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,8 +37,10 @@ from msrl_model.cohort import Cohort, stratified_folds
 from msrl_model.nn.config import MSRLConfig
 from msrl_model.progress import Job, Progress, Stage
 from msrl_model.stats import auc_macro_ovr, c_index, f1_macro
+from msrl_model.train import distributed
 from msrl_model.train.data import Bags, FoldGenomics, TaskTargets, fold_genomics, task_targets
 from msrl_model.train.finetune import FinetuneResult, finetune_job
+from msrl_model.train.foldstore import FoldRecord, FoldStore, run_identity
 from msrl_model.train.predict import Predictions
 from msrl_model.train.pretrain import pretrain_job
 from msrl_model.train.settings import TrainSettings
@@ -45,14 +59,18 @@ class FinalTask:
 class CVResult:
     """Everything the report and the bundle need."""
 
-    rows: list[dict] = field(default_factory=list)  # {method, task, fold, metric, value}
-    oof: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)  # (task, method) -> case, fold, risk/probs
-    folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (train, test) case indices
+    rows: list[dict] = field(default_factory=list)  # {method, task, repeat, fold, metric, value}
+    # (task, method) -> {"case", "fold", "repeat", "risk" | "probs"}: the out-of-fold predictions
+    oof: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+    folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (train, test) case indices, repeat-major
     final: dict[str, FinalTask] = field(default_factory=dict)  # task -> final network
     final_genomics: FoldGenomics | None = None  # scaler / pathways fitted on all cases
+    n_folds: int = 0  # folds per repeat
+    repeats: int = 1  # repetitions of the CV with other fold seeds
+    resumed: int = 0  # folds read back from an earlier run's files
 
     def metric_summary(self, task: str, method: str) -> dict[str, dict[str, float]]:
-        """{metric: {"mean", "std", "n_folds"}} over folds (NaN folds left out)."""
+        """{metric: {"mean", "std", "n_folds"}} over folds and repeats (NaN folds left out)."""
         out: dict[str, dict[str, float]] = {}
         for metric in sorted({r["metric"] for r in self.rows if r["task"] == task and r["method"] == method}):
             vals = np.array([r["value"] for r in self.rows if r["task"] == task and r["method"] == method
@@ -61,6 +79,16 @@ class CVResult:
             out[metric] = {"mean": float(vals.mean()) if vals.size else math.nan,
                            "std": float(vals.std()) if vals.size else math.nan, "n_folds": int(vals.size)}
         return out
+
+    def fold_values(self, task: str, method: str, metric: str) -> dict[tuple[int, int], float]:
+        """{(repeat, fold): value} of one method's metric (the pairs of a paired test)."""
+        return {(r["repeat"], r["fold"]): r["value"] for r in self.rows
+                if r["task"] == task and r["method"] == method and r["metric"] == metric}
+
+    @property
+    def test_train_ratio(self) -> float:
+        """Mean n_test / n_train over the folds (the overlap correction of the fold test)."""
+        return float(np.mean([len(te) / len(tr) for tr, te in self.folds])) if self.folds else math.nan
 
 
 def evaluate(kind: str, pred: Predictions, y: np.ndarray, times: np.ndarray, censorship: np.ndarray,
@@ -77,20 +105,36 @@ def evaluate(kind: str, pred: Predictions, y: np.ndarray, times: np.ndarray, cen
     return out
 
 
-def _record_oof(result: CVResult, task: str, method: str, fold: int, pred: Predictions) -> None:
-    entry = result.oof.setdefault((task, method), {"case": np.zeros(0, np.int64), "fold": np.zeros(0, np.int64)})
-    entry["case"] = np.concatenate([entry["case"], pred.cases])
-    entry["fold"] = np.concatenate([entry["fold"], np.full(len(pred.cases), fold)])
-    if pred.risk is not None:
-        entry["risk"] = np.concatenate([entry.get("risk", np.zeros(0)), pred.risk])
-    if pred.probs is not None:
-        prev = entry.get("probs", np.zeros((0, pred.probs.shape[1])))
-        entry["probs"] = np.concatenate([prev, pred.probs])
+def repeat_seeds(seed: int, repeat: int, fold: int) -> tuple[int, int]:
+    """(fold-split seed, training seed) of fold ``fold`` of repeat ``repeat``.
+
+    Repeat 0 keeps the seeds of a single cross-validation (split ``seed``, training
+    ``seed * 1000 + fold``); repeat r ≥ 1 draws both from ``SeedSequence((seed, r))`` and
+    ``SeedSequence((seed, r, fold))`` (31-bit: valid for scikit-learn and torch alike)."""
+    if repeat == 0:
+        return seed, seed * 1000 + fold
+    return distributed.key_seed(seed, repeat) % 2**31, distributed.key_seed(seed, repeat, fold) % 2**31
+
+
+def _add_record(result: CVResult, record: FoldRecord) -> None:
+    """A finished fold's rows and out-of-fold predictions into ``result`` (computed or read back alike)."""
+    result.rows += record.rows
+    for key, pred in record.predictions.items():
+        n = len(pred["case"])
+        entry = result.oof.setdefault(key, {"case": np.zeros(0, np.int64), "fold": np.zeros(0, np.int64),
+                                            "repeat": np.zeros(0, np.int64)})
+        entry["case"] = np.concatenate([entry["case"], pred["case"]])
+        entry["fold"] = np.concatenate([entry["fold"], np.full(n, record.fold)])
+        entry["repeat"] = np.concatenate([entry["repeat"], np.full(n, record.repeat)])
+        for name in ("risk", "probs"):
+            if name in pred:
+                values = pred[name]
+                entry[name] = values if name not in entry else np.concatenate([entry[name], values])
 
 
 def _train_variants(inputs: FoldInputs, variants: Sequence[str]) -> Job[dict[str, object]]:
     """Train every variant of one task on ``inputs.train_cases``; returns {trained-as name: model}
-    (MSRL_multi predicts with MSRL's network, so it trains nothing of its own)."""
+    (MSRL_multi, no_graph and shuffled_buffer predict with MSRL's network: they train nothing)."""
     models: dict[str, object] = {}
     for name in variants:
         variant = get_variant(get_variant(name).trained_as)
@@ -99,10 +143,11 @@ def _train_variants(inputs: FoldInputs, variants: Sequence[str]) -> Job[dict[str
     return models
 
 
-def _record_fold_task(result: CVResult, cohort: Cohort, task: str, fold: int, tt: TaskTargets,
-                      inputs: FoldInputs, models: dict[str, object], variants: Sequence[str],
-                      test: np.ndarray, done: int, units: int, label: str) -> Job[None]:
-    """Predict the fold's (labelled) test cases with every variant; metric rows and out-of-fold entries.
+def _predict_fold_task(record: FoldRecord, cohort: Cohort, task: str, tt: TaskTargets, inputs: FoldInputs,
+                       models: dict[str, object], variants: Sequence[str], test: np.ndarray, done: int,
+                       units: int, label: str) -> Job[None]:
+    """Predict the fold's (labelled) test cases with every variant; metric rows and predictions
+    into ``record``.
 
     A job: a "cross-validation" tick before each variant predicts; a variant whose predictor returns
     a job (ticks per chunk of cases) is driven through it."""
@@ -114,71 +159,143 @@ def _record_fold_task(result: CVResult, cohort: Cohort, task: str, fold: int, tt
             pred = yield from pred
         metrics = evaluate(tt.spec.kind, pred, tt.y, cohort.times, cohort.censorship, tt.spec.n_outputs)
         for metric, value in metrics.items():
-            result.rows.append({"method": name, "task": task, "fold": fold, "metric": metric,
-                                "value": float(value)})
-        _record_oof(result, task, name, fold, pred)
+            record.rows.append({"method": name, "task": task, "repeat": record.repeat, "fold": record.fold,
+                                "metric": metric, "value": float(value)})
+        entry = {"case": np.asarray(pred.cases, np.int64)}
+        if pred.risk is not None:
+            entry["risk"] = np.asarray(pred.risk, np.float64)
+        if pred.probs is not None:
+            entry["probs"] = np.asarray(pred.probs, np.float64)
+        record.predictions[(task, name)] = entry
 
 
-def _final_models(result: CVResult, cohort: Cohort, bags: Bags, cfg: MSRLConfig, tasks: Sequence[str],
-                  settings: TrainSettings, seed: int, device: torch.device, done: int, units: int) -> Job[None]:
+@dataclass(frozen=True)
+class _Plan:
+    """What every fold of one run shares."""
+
+    cohort: Cohort
+    bags: Bags
+    cfg: MSRLConfig
+    tasks: Sequence[str]
+    variants: Sequence[str]
+    settings: TrainSettings
+    device: torch.device
+    units: int  # cross-validation progress units: one per fold and task (+ one per final task)
+
+
+def _run_fold(plan: _Plan, repeat: int, fold: int, train: np.ndarray, test_cases: np.ndarray, train_seed: int,
+              done: int, label: str) -> Job[FoldRecord]:
+    """Pre-train, train every variant of every task and predict one fold's test cases; returns its
+    :class:`~msrl_model.train.foldstore.FoldRecord` with the timings of the three phases."""
+    start = time.perf_counter()
+    seconds = {"pretrain": 0.0, "finetune": 0.0, "predict": 0.0}
+    need_pre = any(get_variant(v).needs_pretraining for v in plan.variants)
+    record = FoldRecord(repeat, fold, len(train), len(test_cases),
+                        epochs={"pretrain": plan.cfg.pretrain_epochs if need_pre else 0,
+                                "finetune": plan.cfg.finetune_epochs})
+    fg = fold_genomics(plan.cohort, train)
+    pre = None
+    if need_pre:
+        t0 = time.perf_counter()
+        pre = yield from pretrain_job(plan.cfg, plan.bags, fg.packed, train, settings=plan.settings,
+                                      seed=train_seed, device=plan.device)
+        seconds["pretrain"] += time.perf_counter() - t0
+    for task in plan.tasks:
+        yield Progress(Stage.CROSS_VALIDATION, done, plan.units, f"{label} {task}")
+        tt = task_targets(plan.cohort, task, train, plan.cfg.n_bins)
+        inputs = FoldInputs(plan.cfg, tt.spec, plan.bags, fg.packed, fg.pathways, tt.y, tt.censorship, train,
+                            pre, plan.settings, train_seed, plan.device)
+        t0 = time.perf_counter()
+        models = yield from _train_variants(inputs, plan.variants)
+        seconds["finetune"] += time.perf_counter() - t0
+        test = tt.valid(test_cases)
+        done += 1
+        if len(test) == 0:
+            continue
+        t0 = time.perf_counter()
+        yield from _predict_fold_task(record, plan.cohort, task, tt, inputs, models, plan.variants, test, done,
+                                      plan.units, f"{label} {task}")
+        seconds["predict"] += time.perf_counter() - t0
+        yield Progress(Stage.CROSS_VALIDATION, done, plan.units, f"{label} {task} done")
+    record.seconds = {**seconds, "total": time.perf_counter() - start}
+    return record
+
+
+def _final_models(result: CVResult, plan: _Plan, seed: int, done: int) -> Job[None]:
     """The final MSRL network of every task, on all cases, into ``result.final``."""
+    cohort, bags, cfg, settings, device = plan.cohort, plan.bags, plan.cfg, plan.settings, plan.device
     every = np.arange(cohort.n_cases)
     fg = fold_genomics(cohort, every)
     result.final_genomics = fg
     final_seed = seed * 1000 + 999
     pre = yield from pretrain_job(cfg, bags, fg.packed, every, settings=settings, seed=final_seed,
                                   device=device)
-    for task in tasks:
-        yield Progress(Stage.CROSS_VALIDATION, done, units, f"final model {task}")
+    for task in plan.tasks:
+        yield Progress(Stage.CROSS_VALIDATION, done, plan.units, f"final model {task}")
         tt = task_targets(cohort, task, every, cfg.n_bins)
         res = yield from finetune_job(cfg, tt.spec, bags, fg.packed, fg.pathways, tt.y, tt.censorship, every,
                                       pretrained=pre, settings=settings, seed=final_seed, device=device)
         result.final[task] = FinalTask(res, tt.y)
         done += 1
-        yield Progress(Stage.CROSS_VALIDATION, done, units, f"final model {task} done")
+        yield Progress(Stage.CROSS_VALIDATION, done, plan.units, f"final model {task} done")
 
 
 def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str], variants: Sequence[str],
-           n_folds: int = 5, settings: TrainSettings = TrainSettings(), seed: int = 0,
-           device: torch.device | str = "cpu", final: bool = True) -> Job[CVResult]:
-    """K-fold cross-validation of ``variants`` on ``tasks`` (+ the final models when ``final``).
+           n_folds: int = 5, repeats: int = 1, settings: TrainSettings = TrainSettings(), seed: int = 0,
+           device: torch.device | str = "cpu", final: bool = True, out_dir: str | Path | None = None
+           ) -> Job[CVResult]:
+    """K-fold cross-validation of ``variants`` on ``tasks``, ``repeats`` times (+ the final models
+    when ``final``).
 
     A generator of Progress (its own "cross-validation" stage plus the stages of the training jobs);
     returns :class:`CVResult`.
+
+    Args:
+        out_dir: where each finished fold is written and read back from on a restart (module
+            docstring); None = nothing is written. A folder holding another run's folds is refused
+            (:class:`~msrl_model.train.foldstore.ResumeMismatchError`) before any training. Under
+            torchrun every process reads it and rank 0 writes.
     """
     device = torch.device(device)
     unknown = unknown_variants(variants)
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(available_variants())}")
-    result = CVResult()
-    folds = stratified_folds(cohort, n_folds, seed=seed, stratify_by=("project", "event"))
-    need_pre = any(get_variant(v).needs_pretraining for v in variants)
-    units = n_folds * len(tasks) + (len(tasks) if final else 0)
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1; got {repeats}")
+    store = None
+    if out_dir is not None:
+        identity = run_identity(cohort, cfg, settings, seed=seed, tasks=list(tasks), variants=list(variants),
+                                n_folds=n_folds)
+        store = FoldStore(out_dir, identity, write=distributed.is_main())
+        store.begin()
+    # the finished folds, read once before any training: every process skips the same ones
+    finished = {(r, k): store.load(r, k) for r in range(repeats) for k in range(n_folds)} if store else {}
+    result = CVResult(n_folds=n_folds, repeats=repeats)
+    plan = _Plan(cohort, bags, cfg, tasks, variants, settings, device,
+                 units=repeats * n_folds * len(tasks) + (len(tasks) if final else 0))
     done = 0
-    for fold in folds:
-        result.folds.append((fold.train, fold.test))
-        fold_seed = seed * 1000 + fold.index
-        fg = fold_genomics(cohort, fold.train)
-        pre = None
-        if need_pre:
-            pre = yield from pretrain_job(cfg, bags, fg.packed, fold.train, settings=settings, seed=fold_seed,
-                                          device=device)
-        for task in tasks:
-            yield Progress(Stage.CROSS_VALIDATION, done, units, f"fold {fold.index + 1}/{n_folds} {task}")
-            tt = task_targets(cohort, task, fold.train, cfg.n_bins)
-            inputs = FoldInputs(cfg, tt.spec, bags, fg.packed, fg.pathways, tt.y, tt.censorship, fold.train,
-                                pre, settings, fold_seed, device)
-            models = yield from _train_variants(inputs, variants)
-            test = tt.valid(fold.test)
-            done += 1
-            if len(test) == 0:
-                continue
-            yield from _record_fold_task(result, cohort, task, fold.index, tt, inputs, models, variants, test,
-                                         done, units, f"fold {fold.index + 1}/{n_folds} {task}")
-            yield Progress(Stage.CROSS_VALIDATION, done, units, f"fold {fold.index + 1}/{n_folds} {task} done")
+    for repeat in range(repeats):
+        split_seed, _ = repeat_seeds(seed, repeat, 0)
+        for fold in stratified_folds(cohort, n_folds, seed=split_seed, stratify_by=("project", "event")):
+            result.folds.append((fold.train, fold.test))
+            label = (f"repeat {repeat + 1}/{repeats} " if repeats > 1 else "") + f"fold {fold.index + 1}/{n_folds}"
+            record = finished.get((repeat, fold.index))
+            resumed = record is not None
+            if record is None:
+                record = yield from _run_fold(plan, repeat, fold.index, fold.train, fold.test,
+                                              repeat_seeds(seed, repeat, fold.index)[1], done, label)
+                if store is not None:
+                    store.save(record)
+            result.resumed += resumed
+            done += len(tasks)
+            _add_record(result, record)
+            if store is not None:
+                store.write_oof(result.oof, cohort)
+            yield Progress(Stage.CROSS_VALIDATION, done, plan.units,
+                           f"{label} read from an earlier run" if resumed else f"{label} finished")
     if final:
-        yield from _final_models(result, cohort, bags, cfg, tasks, settings, seed, device, done, units)
+        yield from _final_models(result, plan, seed, done)
     return result
 
 
-__all__ = ["CVResult", "FinalTask", "cv_job", "evaluate"]
+__all__ = ["CVResult", "FinalTask", "cv_job", "evaluate", "repeat_seeds"]

@@ -236,7 +236,8 @@ def _initial_buffer(run: _FinetuneRun, resume: ResumePoint, train_cases: np.ndar
     order = train_cases[torch.randperm(len(train_cases), generator=gen).numpy()]
     init_net = run.online if run.buffer_branch == "online" else run.target
     feats = yield from compute_buffer_job(init_net, run.bags, run.genomics, order, branch=run.buffer_branch,
-                                          chunk=run.settings.encode_chunk, device=run.device,
+                                          chunk=run.settings.encode_chunk, chunk_patches=run.settings.chunk_patches,
+                                          device=run.device,
                                           message=f"{run.task.name}: initial buffer")
     return FifoBuffer(feats, torch.as_tensor(order), capacity)
 
@@ -365,7 +366,7 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
         settings=settings, seed=seed, device=device, online=online, target=target,
         opt=torch.optim.AdamW(params, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay), params=params)
     identity = run_id(cfg.to_dict(), task.to_dict(), variant, graph_mode, random_gsl, buffer_branch, seed,
-                      train_cases.tolist(), settings.to_dict())
+                      train_cases.tolist(), settings.identity())
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     resume = fresh_start() if ckpt is None else load_checkpoint(ckpt, identity, online, target, run.opt, gen, device)
     run.buffer = yield from _initial_buffer(run, resume, train_cases, gen)
@@ -381,7 +382,8 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
     online.eval()
     final_net = online if buffer_branch == "online" else target
     ship = yield from compute_buffer_job(final_net, bags, genomics, train_cases, branch=buffer_branch,
-                                         chunk=settings.encode_chunk, device=device,
+                                         chunk=settings.encode_chunk, chunk_patches=settings.chunk_patches,
+                                         device=device,
                                          message=f"{task.name}: final buffer")
     return FinetuneResult(online, target, ship, train_cases, graph_mode, buffer_branch, history)
 

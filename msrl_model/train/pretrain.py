@@ -57,36 +57,44 @@ from msrl_model.train.settings import TrainSettings
 
 
 def embed_slides_job(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
-                     chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
+                     chunk: int = 32, chunk_patches: int = TrainSettings().chunk_patches,
+                     device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
                      message: str = "") -> Job[Tensor]:
     """h (len(cases), d) of ``cases`` in chunks of bags; grads flow when enabled by the caller.
 
-    A job: one ``Stage.EMBED`` tick before the first chunk and one after every chunk (``message``
-    names the pass). Patch subsets (``max_patches``) per case from ``(*key, case)`` (:meth:`Bags.batch`).
+    A chunk is at most ``chunk`` bags and ``chunk_patches`` padded patches (:meth:`Bags.chunks`), so
+    its memory is bounded however large the bags. A job: one ``Stage.EMBED`` tick before the first
+    chunk and one after every chunk (``message`` names the pass). Patch subsets (``max_patches``) per
+    case from ``(*key, case)`` (:meth:`Bags.batch`).
     """
     out = []
-    cases = list(cases)
+    cases = np.asarray(cases, dtype=np.int64)
+    done = 0
     yield Progress(Stage.EMBED, 0, len(cases), message)
-    for start in range(0, len(cases), chunk):
-        batch = bags.batch(cases[start:start + chunk], max_patches, key=key).to(device)
+    for part in bags.chunks(cases, max_patches=max_patches, max_cases=chunk, budget=chunk_patches):
+        batch = bags.batch(part, max_patches, key=key).to(device)
         out.append(encoder(batch.x, batch.pos, batch.mask)[0])  # (b, d)
-        yield Progress(Stage.EMBED, min(start + chunk, len(cases)), len(cases), message)
+        done += len(part)
+        yield Progress(Stage.EMBED, done, len(cases), message)
     return torch.cat(out)
 
 
 def embed_slides(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
-                 chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None) -> Tensor:
+                 chunk: int = 32, chunk_patches: int = TrainSettings().chunk_patches,
+                 device: torch.device | str = "cpu", key: tuple[int, ...] | None = None) -> Tensor:
     """:func:`embed_slides_job` without its ticks."""
-    return exhaust(embed_slides_job(encoder, bags, cases, max_patches=max_patches, chunk=chunk, device=device,
-                                    key=key))
+    return exhaust(embed_slides_job(encoder, bags, cases, max_patches=max_patches, chunk=chunk,
+                                    chunk_patches=chunk_patches, device=device, key=key))
 
 
 def embed_shared_job(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
-                     chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
+                     chunk: int = 32, chunk_patches: int = TrainSettings().chunk_patches,
+                     device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
                      dropout_key: tuple[int, ...] | None = None, message: str = "") -> Job[Tensor]:
     """h (len(cases), d) of ``cases``, every process encoding its share (rank order = case order).
 
     Args:
+        chunk, chunk_patches: bags and padded patches per encoder forward (:func:`embed_slides_job`).
         key: per-case patch subsets from ``(*key, case)`` (needed with ``max_patches``; None = all patches).
         dropout_key: run the encoder on a global RNG forked and seeded by ``(*dropout_key, rank)``
             (training mode: dropout must not advance the stream that the replicated rest of the step
@@ -104,17 +112,18 @@ def embed_shared_job(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *,
     fork = nullcontext() if dropout_key is None else distributed.forked_rng(*dropout_key, distributed.rank(),
                                                                            device=device)
     with fork:
-        h = yield from embed_slides_job(encoder, bags, mine, max_patches=max_patches, chunk=chunk, device=device,
-                                        key=key, message=message)
+        h = yield from embed_slides_job(encoder, bags, mine, max_patches=max_patches, chunk=chunk,
+                                        chunk_patches=chunk_patches, device=device, key=key, message=message)
     return distributed.all_gather_rows(h)  # (len(cases), d)
 
 
 def embed_shared(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max_patches: int = 0,
-                 chunk: int = 32, device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
+                 chunk: int = 32, chunk_patches: int = TrainSettings().chunk_patches,
+                 device: torch.device | str = "cpu", key: tuple[int, ...] | None = None,
                  dropout_key: tuple[int, ...] | None = None) -> Tensor:
     """:func:`embed_shared_job` without its ticks."""
-    return exhaust(embed_shared_job(encoder, bags, cases, max_patches=max_patches, chunk=chunk, device=device,
-                                    key=key, dropout_key=dropout_key))
+    return exhaust(embed_shared_job(encoder, bags, cases, max_patches=max_patches, chunk=chunk,
+                                    chunk_patches=chunk_patches, device=device, key=key, dropout_key=dropout_key))
 
 
 class AnchorGraph:
@@ -215,7 +224,8 @@ def _learned_graphs(net: PretrainNet, bags: Bags, genomics: Tensor, cases: np.nd
     net.eval()
     with torch.no_grad():
         h = yield from embed_shared_job(net.slide_encoder, bags, cases, max_patches=net.cfg.max_patches_train,
-                                        chunk=settings.encode_chunk, device=device, key=key, message=message)
+                                        chunk=settings.encode_chunk, chunk_patches=settings.chunk_patches,
+                                        device=device, key=key, message=message)
         g = net.genomics_encoder(genomics[cases].to(device))[0]
         graphs = [AnchorGraph.from_edges(*gsl.adjacency(x), len(cases), dense)
                   for gsl, x in ((net.gsl_h, h), (net.gsl_g, g))]
@@ -268,7 +278,8 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
             part = part.sort().values  # local indices into ``cases``
             idx = cases[part.numpy()]
             h = yield from embed_shared_job(net.slide_encoder, bags, idx, max_patches=cfg.max_patches_train,
-                                            chunk=settings.encode_chunk, device=device, key=(seed, 0, epoch),
+                                            chunk=settings.encode_chunk, chunk_patches=settings.chunk_patches,
+                                            device=device, key=(seed, 0, epoch),
                                             dropout_key=(seed, epoch, step),
                                             message=f"pre-train epoch {epoch + 1} step {step + 1}/{steps}")  # (b, d)
             g = net.genomics_encoder(genomics[idx].to(device))[0]  # (b, d)

@@ -1,10 +1,13 @@
-"""Reports of a training run: ``cv_results.csv``, the CV table (Markdown, the paper's layout),
+"""Reports of a training run: ``cv_results.csv``, the CV table (Markdown, the paper's layout) with
+the paired significance of every method against MSRL (``cv_significance.csv``, ``cv_summary.json``),
 Kaplan–Meier curves of predicted risk groups (PNG) and the model card.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,23 +15,123 @@ from pathlib import Path
 import numpy as np
 
 from msrl_model.cohort import Cohort
+from msrl_model.files import atomic_write
 from msrl_model.stats import kaplan_meier, logrank_test
+from msrl_model.stats.paired import (
+    BootstrapResult, PairedFold, PairTerms, auc_terms, c_index_terms, corrected_resampled_ttest, paired_bootstrap)
 from msrl_model.train.cv import CVResult
 from msrl_model.train.variants import display_name
 
 # Metric shown per task kind in the main table, in column order.
 _METRIC_LABEL = {"c_index": "C-index", "auc": "AUC", "f1": "F1"}
+# Metrics that are sums over pairs of cases, tested by the paired bootstrap too.
+_BOOTSTRAPPED = ("c_index", "auc")
 
 
 def write_cv_csv(result: CVResult, path: str | Path) -> Path:
-    """One row per (method, task, fold, metric): columns method, task, fold, metric, value."""
-    path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["method", "task", "fold", "metric", "value"])
-        writer.writeheader()
-        for row in result.rows:
-            writer.writerow({**row, "value": f"{row['value']:.6f}"})
-    return path
+    """One row per (method, task, repeat, fold, metric): columns method, task, repeat, fold, metric, value."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["method", "task", "repeat", "fold", "metric", "value"],
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in result.rows:
+        writer.writerow({**row, "value": f"{row['value']:.6f}"})
+    return atomic_write(path, text.getvalue())
+
+
+def _metric_terms(cohort: Cohort, task: str, metric: str, cases: np.ndarray, entry: dict[str, np.ndarray],
+                  sel: np.ndarray) -> PairTerms:
+    """The pair terms of one method's C-index / AUC on the out-of-fold rows ``sel`` of ``entry``."""
+    if metric == "c_index":
+        return c_index_terms(entry["risk"][sel], cohort.times[cases], cohort.censorship[cases])
+    return auc_terms(cohort.label_codes(task)[cases], entry["probs"][sel], len(cohort.labels[task]))
+
+
+def _bootstrap(result: CVResult, cohort: Cohort, task: str, metric: str, method: str, reference: str,
+               n_resamples: int, seed: int) -> BootstrapResult | None:
+    """The paired bootstrap of ``method`` − ``reference`` over the out-of-fold cases, per (repeat, fold)."""
+    a, b = result.oof.get((task, method)), result.oof.get((task, reference))
+    if a is None or b is None:
+        return None
+    folds = []
+    for rep, fold in sorted(set(zip(a["repeat"].tolist(), a["fold"].tolist()))):
+        sel_a = np.flatnonzero((a["repeat"] == rep) & (a["fold"] == fold))
+        sel_b = np.flatnonzero((b["repeat"] == rep) & (b["fold"] == fold))
+        cases = a["case"][sel_a]
+        if not np.array_equal(cases, b["case"][sel_b]):
+            return None  # not predicted on the same cases: no pairing
+        folds.append(PairedFold(cases, _metric_terms(cohort, task, metric, cases, a, sel_a),
+                                _metric_terms(cohort, task, metric, cases, b, sel_b)))
+    return paired_bootstrap(folds, n_resamples=n_resamples, seed=seed) if folds else None
+
+
+def significance(result: CVResult, cohort: Cohort, tasks: Sequence[str], methods: Sequence[str], *,
+                 reference: str = "msrl", n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Paired significance of every method against ``reference`` (MSRL), per task and metric.
+
+    Per (task, metric, method): the corrected resampled t-test across the (repeat, fold) pairs
+    (:func:`~msrl_model.stats.paired.corrected_resampled_ttest`, overlap correction n_test/n_train
+    of the folds) and, for the C-index and the AUC, the paired bootstrap over out-of-fold cases
+    (:func:`~msrl_model.stats.paired.paired_bootstrap`, ``n_resamples`` resamples from ``seed``).
+    ``p`` is the p-value that marks the CV table: the larger of the two (a mark means both tests
+    agree; undefined when either is), the fold test's alone for F1. Differences are method − reference. Empty when
+    ``reference`` is not among ``methods``.
+    """
+    if reference not in methods:
+        return []
+    out = []
+    for task, metric in _columns(result, tasks):
+        ref_values = result.fold_values(task, reference, metric)
+        for method in methods:
+            if method == reference:
+                continue
+            values = result.fold_values(task, method, metric)
+            pairs = sorted(set(values) & set(ref_values))
+            test = corrected_resampled_ttest([values[k] for k in pairs], [ref_values[k] for k in pairs],
+                                             result.test_train_ratio)
+            boot = (_bootstrap(result, cohort, task, metric, method, reference, n_resamples, seed)
+                    if metric in _BOOTSTRAPPED else None)
+            p = test.p_value if boot is None else float(np.max([test.p_value, boot.p_value]))  # NaN if either is
+            out.append({
+                "task": task, "metric": metric, "method": method, "reference": reference,
+                "n_pairs": test.n_pairs, "mean_difference": test.mean_difference, "fold_t": test.statistic,
+                "fold_p": test.p_value,
+                "boot_difference": boot.difference if boot else math.nan,
+                "boot_ci_low": boot.ci_low if boot else math.nan, "boot_ci_high": boot.ci_high if boot else math.nan,
+                "boot_p": boot.p_value if boot else math.nan, "n_resamples": boot.n_resamples if boot else 0,
+                "p": p})
+    return out
+
+
+_SIGNIFICANCE_FIELDS = ["task", "metric", "method", "reference", "n_pairs", "mean_difference", "fold_t", "fold_p",
+                        "boot_difference", "boot_ci_low", "boot_ci_high", "boot_p", "n_resamples", "p"]
+
+
+def write_significance_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """:func:`significance` as CSV (columns of ``_SIGNIFICANCE_FIELDS``; empty where undefined)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=_SIGNIFICANCE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
+                             f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return atomic_write(path, text.getvalue())
+
+
+def _finite(value: object) -> object:
+    """NaN / inf as None (strict JSON)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_cv_summary_json(result: CVResult, tasks: Sequence[str], methods: Sequence[str],
+                          sig: Sequence[dict], path: str | Path) -> Path:
+    """``cv_summary.json``: the folds and repeats, per task/method/metric mean ± std over folds,
+    and :func:`significance` (p-values and bootstrap CIs); strict JSON (``null`` where undefined)."""
+    summary = [{"task": t, "method": m, "metric": metric, **{k: _finite(v) for k, v in s.items()}}
+               for t in tasks for m in methods for metric, s in result.metric_summary(t, m).items()]
+    data = {"n_folds": result.n_folds, "repeats": result.repeats, "tasks": list(tasks), "methods": list(methods),
+            "summary": summary, "significance": [{k: _finite(v) for k, v in row.items()} for row in sig]}
+    return atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
 def _columns(result: CVResult, tasks: Sequence[str]) -> list[tuple[str, str]]:
@@ -39,9 +142,19 @@ def _columns(result: CVResult, tasks: Sequence[str]) -> list[tuple[str, str]]:
     return cols
 
 
-def cv_table_markdown(result: CVResult, tasks: Sequence[str], methods: Sequence[str]) -> str:
-    """Rows = methods, columns = task × metric, cells = mean ± std over folds; best mean in bold."""
+def significance_mark(p: float) -> str:
+    """‡ for p < 0.01, † for p < 0.05, nothing otherwise (or when p is undefined)."""
+    if not math.isfinite(p):
+        return ""
+    return "‡" if p < 0.01 else "†" if p < 0.05 else ""
+
+
+def cv_table_markdown(result: CVResult, tasks: Sequence[str], methods: Sequence[str],
+                      sig: Sequence[dict] = ()) -> str:
+    """Rows = methods, columns = task × metric, cells = mean ± std over folds (and repeats); best mean
+    in bold; † / ‡ where :func:`significance` rows ``sig`` find a method different from MSRL."""
     cols = _columns(result, tasks)
+    marks = {(r["method"], r["task"], r["metric"]): significance_mark(r["p"]) for r in sig}
     cells: dict[tuple[str, str, str], tuple[float, float]] = {}
     for m in methods:
         for task, metric in cols:
@@ -63,12 +176,19 @@ def cv_table_markdown(result: CVResult, tasks: Sequence[str], methods: Sequence[
                 continue
             mean, std = cells[(m, task, metric)]
             text = f"{mean:.4f} ± {std:.4f}" if math.isfinite(mean) else "n/a"
-            row.append(f"**{text}**" if math.isfinite(mean) and mean == best[(task, metric)] else text)
+            text = f"**{text}**" if math.isfinite(mean) and mean == best[(task, metric)] else text
+            row.append(text + marks.get((m, task, metric), ""))
         lines.append("| " + " | ".join(row) + " |")
-    n_folds = len(result.folds)
+    runs = f"{result.n_folds} cross-validation folds" + (f" × {result.repeats} repeats" if result.repeats > 1 else "")
     lines.append("")
-    lines.append(f"Mean ± standard deviation over {n_folds} cross-validation folds (test folds never seen "
-                 "in training or pre-training); best mean per column in bold.")
+    lines.append(f"Mean ± standard deviation over {runs} (test folds never seen in training or pre-training); "
+                 "best mean per column in bold.")
+    if sig:
+        n_boot = max((r["n_resamples"] for r in sig), default=0)
+        lines.append(f"† p < 0.05, ‡ p < 0.01: differs from {display_name(sig[0]['reference'])} in both a paired "
+                     f"t-test across the {len(result.folds)} folds (corrected for their overlapping training sets) "
+                     f"and a paired bootstrap over out-of-fold cases ({n_boot} resamples); F1 by the fold test "
+                     "alone. p-values and 95 % intervals: cv_significance.csv of the training run.")
     return "\n".join(lines) + "\n"
 
 
@@ -85,7 +205,8 @@ def risk_groups(risk: np.ndarray, fold: np.ndarray) -> np.ndarray:
 
 
 def plot_km(result: CVResult, cohort: Cohort, task: str, method: str, path: str | Path) -> float | None:
-    """Kaplan–Meier curves of the high/low predicted-risk groups (out-of-fold); returns the log-rank p."""
+    """Kaplan–Meier curves of the high/low predicted-risk groups (out-of-fold, the first repeat: each
+    case once); returns the log-rank p."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,9 +215,10 @@ def plot_km(result: CVResult, cohort: Cohort, task: str, method: str, path: str 
     entry = result.oof.get((task, method))
     if entry is None or "risk" not in entry:
         return None
-    cases = entry["case"]
+    first = entry["repeat"] == 0
+    cases = entry["case"][first]
     times, censorship = cohort.times[cases], cohort.censorship[cases]
-    groups = risk_groups(entry["risk"], entry["fold"])
+    groups = risk_groups(entry["risk"][first], entry["fold"][first])
     if len(np.unique(groups)) < 2:
         return None
     _, p = logrank_test(times, censorship, groups)
@@ -117,8 +239,9 @@ def plot_km(result: CVResult, cohort: Cohort, task: str, method: str, path: str 
 
 
 def model_card(*, cohort: Cohort, result: CVResult, tasks: Sequence[str], methods: Sequence[str], encoder: dict,
-               config_text: str, km_pvalues: dict[str, float], wall_seconds: float | None = None) -> str:
-    """The model card (Markdown) of the bundle."""
+               config_text: str, km_pvalues: dict[str, float], wall_seconds: float | None = None,
+               sig: Sequence[dict] = ()) -> str:
+    """The model card (Markdown) of the bundle; ``sig``: :func:`significance` rows for the table's marks."""
     s = cohort.summary()
     synthetic = bool(s["synthetic"])
     tag = "SYNTHETIC " if synthetic else ""
@@ -162,7 +285,7 @@ def model_card(*, cohort: Cohort, result: CVResult, tasks: Sequence[str], method
         "",
         "## Cross-validated performance",
         "",
-        cv_table_markdown(result, tasks, methods),
+        cv_table_markdown(result, tasks, methods, sig),
     ]
     if km_pvalues:
         lines += ["Kaplan–Meier log-rank p-values of out-of-fold high/low risk groups (per-fold median split): "
@@ -184,4 +307,5 @@ def model_card(*, cohort: Cohort, result: CVResult, tasks: Sequence[str], method
     return "\n".join(lines)
 
 
-__all__ = ["cv_table_markdown", "model_card", "plot_km", "risk_groups", "write_cv_csv"]
+__all__ = ["cv_table_markdown", "model_card", "plot_km", "risk_groups", "significance", "significance_mark",
+           "write_cv_csv", "write_cv_summary_json", "write_significance_csv"]

@@ -22,7 +22,9 @@ class TrainSettings:
     pretrain_graph_cases: int = 1024  # cases per pre-training step (one random subset forms the graph)
     anchor_every: int = 5  # SUBLIME bootstrapping of the anchor graphs every this many epochs
     dense_anchor_max: int = 5000  # anchor graphs are dense K x K up to this many cases, sparse above
-    encode_chunk: int = 32  # bags per slide-encoder forward when embedding many cases
+    encode_chunk: int = 32  # at most this many bags per slide-encoder forward when embedding many cases
+    chunk_patches: int = 65536  # and at most this many padded patches (bags x largest) per forward; a bigger bag alone
+    bag_cache_mb: int = 1024  # bags held in memory (as stored) up to this many MB, else streamed from disk; 0 = stream
     pathway_weight: float = 1.0  # weight of the pathway-reconstruction MSE added to the fine-tuning loss
     baseline_lr: float = 0.0  # AdamW peak lr of the ABMIL / SNN baselines; 0 = cfg.finetune_lr
     baseline_epochs: int = 0  # epochs of the ABMIL / SNN baselines; 0 = cfg.finetune_epochs
@@ -34,10 +36,11 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("pretrain_graph_cases", "anchor_every", "dense_anchor_max", "encode_chunk"):
+        for name in ("pretrain_graph_cases", "anchor_every", "dense_anchor_max", "encode_chunk", "chunk_patches"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive")
-        for name in ("pathway_weight", "multimodal_weight", "distill_weight", "baseline_lr", "baseline_epochs", "abmil_hidden", "grad_clip"):
+        for name in ("pathway_weight", "multimodal_weight", "distill_weight", "baseline_lr", "baseline_epochs",
+                     "abmil_hidden", "grad_clip", "bag_cache_mb"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
         if problems:
@@ -45,6 +48,11 @@ class TrainSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine a run's weights (checkpoint identities): all but
+        ``bag_cache_mb``, which only decides whether bags are held or streamed (same batches)."""
+        return {k: v for k, v in self.to_dict().items() if k != "bag_cache_mb"}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainSettings:

@@ -2,15 +2,21 @@
 
 Each entry declares what the variant needs and how it is trained and predicted::
 
-    msrl           MSRL: learned GSL, target-branch buffer, WSI only at inference
-    msrl_h         MSRL_H: nodes h only (no genomics anywhere)
-    msrl_multi     MSRL_multi: the trained MSRL network given the test case's real genomics
-    abmil          ABMIL (WSI): gated attention-MIL baseline, no graph, no pre-training
-    snn            SNN (genomics): genomics-only baseline, no graph, no pre-training
-    knn_cos        KNN-cosine: MSRL on a fixed cosine kNN graph
-    knn_euc        KNN-euclidean: MSRL on a fixed euclidean kNN graph
-    random_gsl     Random GSL: MSRL with random frozen GSL weights
-    online_buffer  Online buffer: MSRL with the buffer filled from the online branch
+    msrl             MSRL: learned GSL, target-branch buffer, WSI only at inference
+    msrl_h           MSRL_H: nodes h only (no genomics anywhere)
+    msrl_multi       MSRL_multi: the trained MSRL network given the test case's real genomics
+    abmil            ABMIL (WSI): gated attention-MIL baseline, no graph, no pre-training
+    snn              SNN (genomics): genomics-only baseline, no graph, no pre-training
+    knn_cos          KNN-cosine: MSRL on a fixed cosine kNN graph
+    knn_euc          KNN-euclidean: MSRL on a fixed euclidean kNN graph
+    random_gsl       Random GSL: MSRL with random frozen GSL weights
+    online_buffer    Online buffer: MSRL with the buffer filled from the online branch
+    no_graph         No graph: MSRL's trained network, each test case linked only to itself
+    shuffled_buffer  Shuffled buffer: MSRL's trained network, the buffer's genomics permuted across cases
+
+The last two are inference-time ablations (:func:`~msrl_model.train.predict.inference_buffer`):
+they train nothing and ask whether the neighbours, and their authentic genomics, change the
+prediction at all.
 
 The order of registration is the order of :func:`available_variants` (the CLI's default list).
 """
@@ -32,7 +38,7 @@ from msrl_model.progress import Job
 from msrl_model.train.baselines import ABMIL, SNN, BaselineSpec, baseline_job, predict_baseline
 from msrl_model.train.data import Bags
 from msrl_model.train.finetune import finetune_job
-from msrl_model.train.predict import Predictions, predict
+from msrl_model.train.predict import BufferMode, Predictions, predict
 from msrl_model.train.settings import TrainSettings
 
 
@@ -76,6 +82,7 @@ class TrainingVariant:
     gsl: Literal["learned", "random"] | None = "learned"  # the graph learner's weights; None without a GSL
     buffer_branch: Literal["target", "online"] | None = "target"  # branch filling the buffer; None without one
     baseline: BaselineSpec | None = None  # the baseline network, for the single-modality baselines
+    buffer_mode: BufferMode = "full"  # what a test case is linked against at inference (MSRL family)
 
     @property
     def trained_as(self) -> str:
@@ -130,7 +137,9 @@ def _train_msrl(variant: TrainingVariant, inputs: FoldInputs) -> Job[object]:
 
 def _predict_msrl(variant: TrainingVariant, model: object, inputs: FoldInputs, cases: np.ndarray) -> Predictions:
     genomics = inputs.genomics[cases] if variant.genomics_at_inference else None
-    return predict(model, inputs.bags, cases, genomics, chunk=inputs.settings.encode_chunk, device=inputs.device)
+    return predict(model, inputs.bags, cases, genomics, chunk=inputs.settings.encode_chunk,
+                   chunk_patches=inputs.settings.chunk_patches, device=inputs.device,
+                   buffer_mode=variant.buffer_mode, shuffle_seed=inputs.seed)
 
 
 def _train_baseline(variant: TrainingVariant, inputs: FoldInputs) -> Job[object]:
@@ -142,7 +151,7 @@ def _train_baseline(variant: TrainingVariant, inputs: FoldInputs) -> Job[object]
 def _predict_baseline(variant: TrainingVariant, model: object, inputs: FoldInputs, cases: np.ndarray
                       ) -> Predictions:
     return predict_baseline(model, inputs.bags, inputs.genomics, cases, chunk=inputs.settings.encode_chunk,
-                            device=inputs.device)
+                            chunk_patches=inputs.settings.chunk_patches, device=inputs.device)
 
 
 def _msrl_family(name: str, display: str, **declared: object) -> TrainingVariant:
@@ -164,6 +173,8 @@ _msrl_family("knn_cos", "KNN-cosine", graph_mode="knn_cos", gsl=None)
 _msrl_family("knn_euc", "KNN-euclidean", graph_mode="knn_euc", gsl=None)
 _msrl_family("random_gsl", "Random GSL", gsl="random")
 _msrl_family("online_buffer", "Online buffer", buffer_branch="online")
+_msrl_family("no_graph", "No graph", model_of="msrl", buffer_mode="none")
+_msrl_family("shuffled_buffer", "Shuffled buffer", model_of="msrl", buffer_mode="shuffled")
 
 
 __all__ = [
