@@ -302,6 +302,11 @@ class Bags:
         x, p, mask = pad_bags(feats, pos)
         return SlideBatch(x, p, mask, [int(f.shape[0]) for f in feats])
 
+    def patch_count(self, cases: Sequence[int], max_patches: int = 0) -> int:
+        """Patches a batch of ``cases`` holds, each bag subsampled to ``max_patches`` (0 = all)."""
+        sizes = self.lengths[np.asarray(cases, dtype=np.int64)]
+        return int((np.minimum(sizes, max_patches) if max_patches > 0 else sizes).sum())
+
     def chunks(self, cases: Sequence[int], *, max_patches: int, max_cases: int, budget: int) -> list[np.ndarray]:
         """``cases`` in order, split into consecutive chunks of one encoder forward each.
 
@@ -330,12 +335,12 @@ class Bags:
                 f"{str(self.dtype).removeprefix('torch.')}, {self.stored_mb:,.1f} MB as stored: {how}")
 
 
-def _scan_file(path: Path, keep: bool) -> tuple[np.ndarray, int, np.dtype, np.ndarray | None, dict]:
-    """(coords (N, 2) int64, feature dim, stored dtype, features (N, D) as stored if ``keep`` else
-    None, attrs) of one feature file."""
-    if path.suffix.lower() == ".pt":  # read whole either way (weights_only); read_features gives float32
+def _scan_file(path: Path) -> tuple[np.ndarray, int, np.dtype, dict]:
+    """(coords (N, 2) int64, feature dim, stored dtype, attrs) of one feature file; an h5's features
+    are not read (a CLAM .pt is, whole: it has no other way in)."""
+    if path.suffix.lower() == ".pt":
         ff = read_features(path)
-        return ff.coords, ff.features.shape[1], ff.features.dtype, ff.features if keep else None, ff.attrs
+        return ff.coords, ff.features.shape[1], ff.features.dtype, ff.attrs
     meta = read_features(path, load_features=False)  # coords and attrs (defaults filled in)
     with h5py.File(path, "r") as f:
         ds = f["features"]
@@ -343,8 +348,7 @@ def _scan_file(path: Path, keep: bool) -> tuple[np.ndarray, int, np.dtype, np.nd
         if ds.dtype.kind != "f" or n != len(meta.coords):
             raise CohortError(f"{path}: features {ds.shape} {ds.dtype} do not match coords {meta.coords.shape}; "
                               "delete the file and extract it again")
-        feats = _read_h5_rows(ds, None) if keep else None
-        return meta.coords, int(ds.shape[-1]), ds.dtype, feats, meta.attrs
+        return meta.coords, int(ds.shape[-1]), ds.dtype, meta.attrs
 
 
 def load_bags(cohort: Cohort, cache_mb: int = TrainSettings().bag_cache_mb) -> Job[Bags]:
@@ -352,10 +356,11 @@ def load_bags(cohort: Cohort, cache_mb: int = TrainSettings().bag_cache_mb) -> J
 
     The files are ``Cohort.feature_paths``, found by the cohort's one resolver
     (``cohort/featuresource.py``: features/, TRIDENT or CLAM trees read in place), so training reads
-    exactly the files validation checked. The bags are held in memory, in their stored precision,
-    while they total at most ``cache_mb`` MB (``TrainSettings.bag_cache_mb``; 0 = always stream);
-    once they exceed it, what was read is dropped and every bag is streamed (module docstring). The
-    choice is logged.
+    exactly the files validation checked. A first pass reads only each file's coords and the shape
+    and precision of its features; the bags are then read into memory, in their stored precision,
+    when they total at most ``cache_mb`` MB (``TrainSettings.bag_cache_mb``; 0 = always stream), and
+    streamed otherwise (module docstring), so a large cohort never has more than one file's features
+    in memory while it is opened. The choice is logged.
     """
     missing = [c for c in cohort.case_ids if not cohort.case_feature_paths(c)]
     if missing:
@@ -363,17 +368,15 @@ def load_bags(cohort: Cohort, cache_mb: int = TrainSettings().bag_cache_mb) -> J
         raise CohortError(f"{len(missing)} case(s) have no feature file ({shown}); run "
                           "`msrl extract` on their slides first")
     files: list[list[BagFile]] = []
-    held: list[tuple[list[np.ndarray], list[Tensor]]] | None = []  # per case (features, grids) while in memory
-    held_bytes, budget = 0, cache_mb * 2**20
-    lengths: list[int] = []
+    stored_bytes = 0  # features as stored + grid positions (int64), what holding the bags would cost
     dim, dtype = None, None
     n = cohort.n_cases
-    yield Progress(Stage.READ_FEATURES, 0, n, "")
+    yield Progress(Stage.READ_FEATURES, 0, n, "opening")
     for i, case in enumerate(cohort.case_ids):
-        case_files, feats, grids = [], [], []
+        case_files = []
         col0 = 0
         for path in cohort.case_feature_paths(case):
-            coords, file_dim, file_dtype, x, attrs = _scan_file(path, keep=held is not None)
+            coords, file_dim, file_dtype, attrs = _scan_file(path)
             dim = file_dim if dim is None else dim
             if file_dim != dim:
                 raise CohortError(f"{path.name} has {file_dim}-d features, other slides have "
@@ -381,30 +384,27 @@ def load_bags(cohort: Cohort, cache_mb: int = TrainSettings().bag_cache_mb) -> J
             if len(coords) == 0:
                 continue
             size = int(attrs.get("patch_size_level0") or attrs.get("patch_size") or 256)
-            grid = grid_positions(coords, size)  # (N, 2) (row, col)
             case_files.append(BagFile(path, len(coords), size, col0))
-            grid[:, 1] += col0
-            col0 = int(grid[:, 1].max()) + 1 + SLIDE_GAP
+            col0 = int(grid_positions(coords, size)[:, 1].max()) + 1 + col0 + SLIDE_GAP
             dtype = file_dtype if dtype is None else np.promote_types(dtype, file_dtype)
-            if held is not None:
-                feats.append(x)
-                grids.append(grid)
-                held_bytes += x.nbytes + grid.numel() * grid.element_size()
+            stored_bytes += len(coords) * (file_dim * np.dtype(file_dtype).itemsize + 16)
         if not case_files:
             raise CohortError(f"case {case} has only empty feature files; re-extract its slides")
         files.append(case_files)
-        lengths.append(sum(f.rows for f in case_files))
-        if held is not None:
-            held.append((feats, grids))
-            if held_bytes > budget:
-                held = None  # over the budget: drop what was read, stream every bag
         yield Progress(Stage.READ_FEATURES, i + 1, n, case)
     torch_dtype = _torch_dtype(dtype)
-    if held is None:
-        bags = Bags([_FileBag(f) for f in files], lengths, dim, torch_dtype)
+    lengths = [sum(f.rows for f in case_files) for case_files in files]
+    streamed = [_FileBag(f) for f in files]
+    if stored_bytes > cache_mb * 2**20:
+        bags = Bags(streamed, lengths, dim, torch_dtype)
     else:
-        bags = Bags([_MemoryBag(torch.from_numpy(np.concatenate(f) if len(f) > 1 else f[0]).to(torch_dtype),
-                                torch.cat(g)) for f, g in held], lengths, dim, torch_dtype)
+        held = []
+        yield Progress(Stage.READ_FEATURES, 0, n, "reading into memory")
+        for i, bag in enumerate(streamed):
+            x, grid = bag.read(None)
+            held.append(_MemoryBag(x.to(torch_dtype), grid))
+            yield Progress(Stage.READ_FEATURES, i + 1, n, cohort.case_ids[i])
+        bags = Bags(held, lengths, dim, torch_dtype)
     log.info("feature bags: %s (bag_cache_mb = %d)", bags.describe(), cache_mb)
     return bags
 

@@ -45,11 +45,18 @@ def task_loss(spec: TaskSpec, logits: Tensor, y: Tensor, censorship: Tensor, nll
 
 def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params: Iterable[nn.Parameter], grad_clip: float,
                    *, average_over_ranks: bool = True) -> None:
-    """Backward pass of ``loss``, gradients averaged over the processes (when ``average_over_ranks``;
-    a no-op in one process), clipped to norm ``grad_clip`` (0 = no clipping), then ``opt.step()``."""
+    """Backward pass of ``loss``, then :func:`apply_gradients`."""
     params = list(params)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    apply_gradients(opt, params, grad_clip, average_over_ranks=average_over_ranks)
+
+
+def apply_gradients(opt: torch.optim.Optimizer, params: Iterable[nn.Parameter], grad_clip: float,
+                    *, average_over_ranks: bool = True) -> None:
+    """Gradients averaged over the processes (when ``average_over_ranks``; a no-op in one process),
+    clipped to norm ``grad_clip`` (0 = no clipping), then ``opt.step()``."""
+    params = list(params)
     if average_over_ranks:
         distributed.average_gradients(params)
     if grad_clip:
@@ -57,4 +64,4 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params: Iterable[nn
     opt.step()
 
 
-__all__ = ["lr_at", "optimizer_step", "set_lr", "task_loss"]
+__all__ = ["apply_gradients", "lr_at", "optimizer_step", "set_lr", "task_loss"]

@@ -52,7 +52,7 @@ from msrl_model.nn.slide_encoder import SlideEncoder
 from msrl_model.progress import Job, Progress, Stage, exhaust
 from msrl_model.train import distributed
 from msrl_model.train.data import Bags
-from msrl_model.train.optim import optimizer_step
+from msrl_model.train.optim import apply_gradients, optimizer_step
 from msrl_model.train.settings import TrainSettings
 
 
@@ -124,6 +124,74 @@ def embed_shared(encoder: SlideEncoder, bags: Bags, cases: Sequence[int], *, max
     """:func:`embed_shared_job` without its ticks."""
     return exhaust(embed_shared_job(encoder, bags, cases, max_patches=max_patches, chunk=chunk,
                                     chunk_patches=chunk_patches, device=device, key=key, dropout_key=dropout_key))
+
+
+class CachedSlideEmbedding:
+    r"""h of one step's cases without φ_H's activations, and the backward pass that restores them.
+
+    Gradient caching (Gao et al. 2021, "Scaling deep contrastive learning batch size under memory
+    limited setup"): a pre-training step's graph holds up to ``pretrain_graph_cases`` cases, and
+    keeping φ_H's activations for all of them grows with the cohort (~20 MB a case at 512 patches,
+    d = 128). So h is computed with no graph and handed to the losses as a leaf; after
+    ``loss.backward()`` has filled ``h.grad``, :meth:`backward_job` recomputes φ_H chunk by chunk on
+    the same patch subsets with the same dropout masks (the RNG state before each chunk is replayed)
+    and backpropagates the matching rows of ``h.grad``. The gradient is the one of the direct pass
+    (tested); memory is one chunk's activations; the cost is one extra no-grad forward.
+
+    With several processes each rank recomputes its own share; its rows' gradient is scaled by the
+    world size, as the differentiable gather sums the ranks' (identical) losses' gradients, so that
+    :func:`~msrl_model.train.distributed.average_gradients` gives the single-process gradient.
+    """
+
+    def __init__(self, encoder: SlideEncoder, bags: Bags, parts: list[np.ndarray], rows: list[np.ndarray],
+                 states: list[list[Tensor]], h: Tensor, max_patches: int, key: tuple[int, ...],
+                 device: torch.device, message: str) -> None:
+        self.encoder, self.bags, self.parts, self.rows, self.states = encoder, bags, parts, rows, states
+        self.h, self.max_patches, self.key, self.device, self.message = h, max_patches, key, device, message
+
+    @classmethod
+    def job(cls, encoder: SlideEncoder, bags: Bags, cases: np.ndarray, *, max_patches: int, chunk: int,
+            chunk_patches: int, device: torch.device, key: tuple[int, ...], dropout_key: tuple[int, ...],
+            message: str) -> Job[CachedSlideEmbedding]:
+        """The no-grad pass over ``cases`` (ticks per chunk); ``.h`` is (len(cases), d), a leaf."""
+        share = distributed.local_part(np.arange(len(cases)))  # this rank's rows of ``cases``
+        parts = bags.chunks(cases[share], max_patches=max_patches, max_cases=chunk, budget=chunk_patches)
+        bounds = np.cumsum([0] + [len(p) for p in parts])
+        rows = [share[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        states, out = [], [torch.zeros(0, encoder.d, device=device)]
+        yield Progress(Stage.EMBED, 0, len(share), message)
+        with distributed.forked_rng(*dropout_key, distributed.rank(), device=device), torch.no_grad():
+            for part, done in zip(parts, bounds[1:]):
+                states.append(_rng_state(device))
+                batch = bags.batch(part, max_patches, key=key).to(device)
+                out.append(encoder(batch.x, batch.pos, batch.mask)[0])  # (b, d)
+                yield Progress(Stage.EMBED, int(done), len(share), message)
+        h = distributed.all_gather_rows(torch.cat(out)).requires_grad_(True)  # (len(cases), d) leaf
+        return cls(encoder, bags, parts, rows, states, h, max_patches, key, device, message)
+
+    def backward_job(self) -> Job[None]:
+        """Backpropagate ``self.h.grad`` through φ_H, chunk by chunk (ticks per chunk)."""
+        grad = self.h.grad * distributed.world_size()  # (len(cases), d)
+        total = sum(len(r) for r in self.rows)
+        done = 0
+        for part, rows, state in zip(self.parts, self.rows, self.states):
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                _set_rng_state(state, self.device)
+                batch = self.bags.batch(part, self.max_patches, key=self.key).to(self.device)
+                h = self.encoder(batch.x, batch.pos, batch.mask)[0]  # (b, d) with its graph
+            h.backward(grad[torch.as_tensor(rows, device=grad.device)])
+            done += len(rows)
+            yield Progress(Stage.EMBED, done, total, f"{self.message} (backward)")
+
+
+def _rng_state(device: torch.device) -> list[Tensor]:
+    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
+
+
+def _set_rng_state(state: list[Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
 
 
 class AnchorGraph:
@@ -277,18 +345,29 @@ def pretrain_job(cfg: MSRLConfig, bags: Bags, genomics: Tensor, cases: Sequence[
         for step, part in enumerate(torch.tensor_split(perm, steps)):
             part = part.sort().values  # local indices into ``cases``
             idx = cases[part.numpy()]
-            h = yield from embed_shared_job(net.slide_encoder, bags, idx, max_patches=cfg.max_patches_train,
-                                            chunk=settings.encode_chunk, chunk_patches=settings.chunk_patches,
-                                            device=device, key=(seed, 0, epoch),
-                                            dropout_key=(seed, epoch, step),
-                                            message=f"pre-train epoch {epoch + 1} step {step + 1}/{steps}")  # (b, d)
+            embed = dict(max_patches=cfg.max_patches_train, chunk=settings.encode_chunk,
+                         chunk_patches=settings.chunk_patches, device=device, key=(seed, 0, epoch),
+                         dropout_key=(seed, epoch, step),
+                         message=f"pre-train epoch {epoch + 1} step {step + 1}/{steps}")
+            cached = None
+            if bags.patch_count(idx, cfg.max_patches_train) > settings.chunk_patches:  # activations too many to keep
+                cached = yield from CachedSlideEmbedding.job(net.slide_encoder, bags, idx, **embed)
+                h = cached.h  # (b, d) leaf
+            else:
+                h = yield from embed_shared_job(net.slide_encoder, bags, idx, **embed)  # (b, d)
             g = net.genomics_encoder(genomics[idx].to(device))[0]  # (b, d)
             sub = part.to(anchor_h.adj.device)
             aug_h = augment_edges(*anchor_h.edges(sub), len(idx), cfg.edge_drop, cfg.edge_add, gen)
             aug_g = augment_edges(*anchor_g.edges(sub), len(idx), cfg.edge_drop, cfg.edge_add, gen)
             terms = pretrain_losses(net, h, g, aug_h, aug_g)
             loss = terms["intra"] + terms["inter"] + terms["fused"]
-            optimizer_step(opt, loss, net.parameters(), settings.grad_clip)
+            if cached is None:
+                optimizer_step(opt, loss, net.parameters(), settings.grad_clip)
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                yield from cached.backward_job()
+                apply_gradients(opt, net.parameters(), settings.grad_clip)
             total += float(loss.detach())
         history.append(total / steps)
         if (epoch + 1) % settings.anchor_every == 0 and epoch + 1 < cfg.pretrain_epochs:
