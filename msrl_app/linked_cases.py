@@ -78,7 +78,7 @@ def influence_value(task: TaskResult, case: LinkedCase) -> float | None:
 
 def influence_title(task: TaskResult) -> str:
     """The influence column's header."""
-    return f"Influence on P({task.classification.predicted})" if task.classification is not None else \
+    return f"Influence on P({task.classification.predicted_name})" if task.classification is not None else \
         "Influence on risk"
 
 
@@ -87,7 +87,7 @@ def influence_tip(task: TaskResult) -> str:
     exact = ("The graph is rebuilt exactly without the case (the cases that listed it take their next nearest "
              "case instead), not approximated. Influences of several cases do not add up.")
     if task.classification is not None:
-        p = task.classification.predicted
+        p = task.classification.predicted_name
         return (f"How much this training case moves this slide's probability of {p}: P({p}) with the whole "
                 f"training buffer minus P({p}) with this case removed from it, in percentage points (pp). "
                 f"Positive: the case pulls the slide towards {p}; negative: away from it. {exact}")
@@ -118,7 +118,7 @@ def graph_contribution(task: TaskResult) -> float:
 
 def graph_line(task: TaskResult) -> str:
     """One short line: the graph contribution next to the sums of the largest and of all influences."""
-    target = "the risk" if task.classification is None else f"P({task.classification.predicted})"
+    target = "the risk" if task.classification is None else f"P({task.classification.predicted_name})"
     top, n_top, total, n = influence_sums(task)
     return (f"Graph contribution to {target} {format_influence(task, graph_contribution(task))} · "
             f"{n_top} largest influences {format_influence(task, top)} · all {n} {format_influence(task, total)}")
@@ -130,7 +130,7 @@ def graph_summary(task: TaskResult) -> str:
     c = task.classification
     if c is not None:
         i = c.classes.index(c.predicted)
-        head = (f"Graph contribution to P({c.predicted}): {format_influence(task, c.graph_contribution[i])} "
+        head = (f"Graph contribution to P({c.predicted_name}): {format_influence(task, c.graph_contribution[i])} "
                 f"({c.probabilities[i]:.1%} with the training buffer, {c.probabilities_query_alone[i]:.1%} with "
                 f"this slide alone)")
     else:
@@ -162,9 +162,9 @@ def neighbours_summary(task: TaskResult) -> str:
     if c.neighbours_distribution is None:
         said = f"none of the {n} linked cases has a {task_title(task.name)} label among its classes"
     else:
-        said = ", ".join(f"{cls} {p:.0%}" for cls, p in zip(c.classes, c.neighbours_distribution)) + \
+        said = ", ".join(f"{cls} {p:.0%}" for cls, p in zip(c.names, c.neighbours_distribution)) + \
             f" (edge-weighted, {c.neighbours_labelled} of {n} cases labelled)"
-    model = ", ".join(f"{cls} {p:.0%}" for cls, p in zip(c.classes, c.probabilities))
+    model = ", ".join(f"{cls} {p:.0%}" for cls, p in zip(c.names, c.probabilities))
     return f"Linked cases: {said}. Model: {model}."
 
 
@@ -176,7 +176,7 @@ def without_case_html(task: TaskResult, case: LinkedCase) -> str:
         rows = "".join(
             f"<tr><td style='padding-right:10px'>P({cls})</td><td align='right'>{p:.1%}</td>"
             f"<td align='right' style='padding:0 10px'>{p - d:.1%}</td><td align='right'>{100 * d:+.1f} pp</td></tr>"
-            for cls, p, d in zip(c.classes, c.probabilities, case.influence_probabilities))
+            for cls, p, d in zip(c.names, c.probabilities, case.influence_probabilities))
         return (f"<b>Without {name}</b> in the training buffer (graph rebuilt exactly):<table cellspacing='0' "
                 "cellpadding='1'><tr style='color:#9aa0a8'><td></td><td align='right'>with</td><td align='right' "
                 f"style='padding:0 10px'>without</td><td align='right'>influence</td></tr>{rows}</table>")

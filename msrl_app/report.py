@@ -188,7 +188,8 @@ def _key_results(result: PredictionResult) -> list[tuple[str, str]]:
                          else "not reached"))
         elif task.classification is not None:
             c = task.classification
-            rows.append((task_title(name), f"{c.predicted} ({max(c.probabilities):.0%})"))
+            rows.append((task_title(name), f"{c.predicted_name} ({max(c.probabilities):.0%})"
+                         if task.informative is not False else "not informative in cross-validation"))
     rows.append(("Suggested cancer type", result.suggested_project or "—"))
     return rows
 
@@ -241,6 +242,8 @@ def _draw_header(lay: _Layout, result: PredictionResult) -> None:
     if result.synthetic_training_cohort:
         lay.box("SYNTHETIC TRAINING COHORT — this model was trained on generated data; its predictions "
                 "demonstrate the software only.", "#f59f00", "#1f2933", size=9)
+    if result.applicability is not None and result.applicability.flagged:
+        lay.box(result.applicability.message + ".", "#8a1c1c", size=9.5)
     bundle = Path(result.bundle_path).name
     lay.text(f"Mode: {mode_title(result.mode)}  ·  Model bundle: {bundle} "
              f"(SHA-256 {result.bundle_sha256[:16]}…)  ·  "
@@ -277,9 +280,11 @@ def _draw_slide_and_key_results(lay: _Layout, inputs: ReportInputs) -> None:
         for name, value in inputs.slide_summary:
             lay.text(f"{name}: {value}", 8, color="#374151", x=x, gap=0.5)
     lay.y = max(lay.y, bottom_left)
-    if result.warnings:
+    applicability = result.applicability.message if result.applicability is not None else None
+    others = [w for w in result.warnings if w != applicability]  # the red box on top says that one
+    if others:
         lay.heading("Warnings")
-        for w in result.warnings:
+        for w in others:
             lay.text(f"• {w}", 8.5, color="#9a3412")
 
 
@@ -316,9 +321,16 @@ def _draw_classes(lay: _Layout, result: PredictionResult) -> None:
                 series.append(("linked cases (edge-weighted labels)", np.asarray(c.neighbours_distribution)))
             h = mm(12 + 7 * len(c.classes)) if len(series) == 1 else mm(18 + 11 * len(c.classes))
             lay.room(h + mm(32))  # title, chart and what the linked cases say on one page
-            lay.text(f"{task_title(name)} — most likely {c.predicted}", 9.5, True)
+            if task.informative is False:  # greyed, as text: no chart that reads as a finding
+                lay.text(f"{task_title(name)} — not informative in cross-validation", 9.5, True, color="#6b7280")
+                lay.text(f"{task.informative_note.split(': ', 1)[-1]}. Model output (not a finding): "
+                         + ", ".join(f"{n} {p:.0%}" for n, p in zip(c.names, c.probabilities)) + ".",
+                         8.5, color="#6b7280")
+                _draw_neighbours_say(lay, task)
+                continue
+            lay.text(f"{task_title(name)} — most likely {c.predicted_name}", 9.5, True)
             bars = BarsPlot("light")
-            bars.set_bars(list(c.classes), series, highlight=int(np.argmax(c.probabilities)))
+            bars.set_bars(c.names, series, highlight=int(np.argmax(c.probabilities)))
             lay.image(_plot_image(bars, int(lay.width * 0.8), h), lay.width * 0.8, h)
             _draw_neighbours_say(lay, task)
             lay.text(_metrics_line(task.metrics), 8, color="#4b5563")

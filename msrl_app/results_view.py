@@ -87,6 +87,20 @@ class SurvivalSection(QWidget):
         self.neighbours_label.setText(neighbours_summary(task))
         self.graph_label.setText(graph_summary(task))
         self.metrics_label.setText(format_metrics(task.metrics))
+        if task.informative is False:  # greyed: the risk group is not a finding
+            self.group_label.setStyleSheet(f"color: {GREY}; padding-right: 14px;")
+            self.metrics_label.setText(not_informative_text(task))
+            self.metrics_label.setStyleSheet(f"color: {NOT_INFORMATIVE_COLOR}; font-weight: bold;")
+
+
+GREY = "#6b7078"  # a task not informative in cross-validation
+NOT_INFORMATIVE_COLOR = "#c9a060"
+
+
+def not_informative_text(task: TaskResult) -> str:
+    """'Not informative in cross-validation — …' with the evidence (TaskResult.informative_note)."""
+    note = task.informative_note.split(": ", 1)[-1]
+    return f"Not informative in cross-validation — {note}."
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -101,21 +115,30 @@ class ClassificationSection(QWidget):
     def __init__(self, task: TaskResult, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         c = task.classification
+        names = c.names
         self.title = _heading(task_title(task.name))
         best = int(np.argmax(c.probabilities))
-        self.summary = QLabel(f"Most likely: <b>{c.predicted}</b> ({c.probabilities[best]:.0%})")
+        self.summary = QLabel(f"Most likely: <b>{c.predicted_name}</b> ({c.probabilities[best]:.0%})")
+        self.summary.setWordWrap(True)
         self.plot = BarsPlot()
         series = [("this slide (model)", np.asarray(c.probabilities))]
         if c.neighbours_distribution is not None:
             series.append(("linked cases (edge-weighted labels)", np.asarray(c.neighbours_distribution)))
-        self.plot.set_bars(list(c.classes), series, highlight=best)
+        self.plot.set_bars(names, series, highlight=best)
         self.neighbours_label = QLabel(neighbours_summary(task))
         self.neighbours_label.setWordWrap(True)
         self.graph_label = _muted(graph_summary(task))
         self.metrics_label = _muted(format_metrics(task.metrics))
+        if task.informative is False:  # no confident bar: the output is shown greyed, as text
+            self.title.setStyleSheet(f"color: {GREY}; padding-top: 6px;")
+            shares = ", ".join(f"{n} {p:.0%}" for n, p in zip(names, c.probabilities))
+            self.summary.setText(f"<span style='color:{GREY}'>Model output {shares} — not a finding</span>")
+            self.plot.setVisible(False)
+            self.metrics_label.setText(not_informative_text(task))
+            self.metrics_label.setStyleSheet(f"color: {NOT_INFORMATIVE_COLOR}; font-weight: bold;")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 8)
-        for w in (self.title, self.summary, self.plot, self.neighbours_label, self.graph_label, self.metrics_label):
+        for w in (self.title, self.summary, self.metrics_label, self.plot, self.neighbours_label, self.graph_label):
             layout.addWidget(w)
 
 
@@ -137,6 +160,11 @@ class ResultsPanel(QWidget):
         self.synthetic_label.setStyleSheet("background: #7a1f1f; color: white; font-weight: bold; padding: 3px 6px;")
         self.synthetic_label.setWordWrap(True)
         self.synthetic_label.setVisible(False)
+        self.ood_label = QLabel()  # the slide is unlike the training cohort (result.applicability)
+        self.ood_label.setObjectName("applicability")
+        self.ood_label.setStyleSheet("background: #8a1c1c; color: white; font-weight: bold; padding: 4px 6px;")
+        self.ood_label.setWordWrap(True)
+        self.ood_label.setVisible(False)
         self.meta_label = _muted()
         self.model_label = _muted("No model bundle loaded")
         self.model_label.setObjectName("model")
@@ -175,6 +203,7 @@ class ResultsPanel(QWidget):
         header.addWidget(self.mode_label)
         header.addWidget(self.research_label)
         header.addWidget(self.synthetic_label)
+        header.addWidget(self.ood_label)
         header.addWidget(self.meta_label)
         header.addWidget(self.model_label)
         layout = QVBoxLayout(self)
@@ -233,6 +262,7 @@ class ResultsPanel(QWidget):
             self.mode_label.setText("")
             self.meta_label.setText("")
             self.synthetic_label.setVisible(False)
+            self.ood_label.setVisible(False)
             self.linked.set_result(None)
             return
         self.title.setText(result.slide_id)
@@ -240,6 +270,9 @@ class ResultsPanel(QWidget):
         style = "#4fc3f7" if result.mode == "msrl_multi" else "#c9ccd1"
         self.mode_label.setStyleSheet(f"color: {style}; font-weight: bold;")
         self.synthetic_label.setVisible(result.synthetic_training_cohort)
+        a = result.applicability
+        self.ood_label.setText(f"⚠ {a.message}" if a is not None and a.flagged else "")
+        self.ood_label.setVisible(a is not None and a.flagged)
         n = len(result.coords)
         self.meta_label.setText(f"{result.slide_id} · analysed as {result.project or 'unspecified cancer type'} · "
                                 f"{n:,} patches · encoder {result.encoder.get('name', '?')}")
@@ -249,8 +282,9 @@ class ResultsPanel(QWidget):
                                        f"cases; analysed as {result.project or 'unspecified'}.")
             self.suggest_button.setText(f"Rerun as {result.suggested_project}")
             self.suggest_frame.setVisible(True)
-        if result.warnings:
-            self.warnings_label.setText("⚠ " + "<br>⚠ ".join(result.warnings))
+        others = [w for w in result.warnings if a is None or w != a.message]  # the banner says that one
+        if others:
+            self.warnings_label.setText("⚠ " + "<br>⚠ ".join(others))
             self.warnings_label.setVisible(True)
         for name, task in result.tasks.items():
             if task.survival is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QByteArray, QEventLoop, QSettings, Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from msrl_app import actions, dialogs
 from msrl_app.analysis import DEVICES, NO_BUNDLE
@@ -85,7 +85,19 @@ class MainWindow(QMainWindow):
     # -- construction -------------------------------------------------------------------------------
     def _build_docks(self) -> None:
         self.viewer = SlideViewer()
-        self.setCentralWidget(self.viewer)
+        # Above the slide: shown when the analysed slide is unlike the training cohort (result.applicability)
+        self.ood_banner = QLabel()
+        self.ood_banner.setObjectName("ood_banner")
+        self.ood_banner.setWordWrap(True)
+        self.ood_banner.setStyleSheet("background: #8a1c1c; color: white; font-weight: bold; padding: 6px 10px;")
+        self.ood_banner.setVisible(False)
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.ood_banner)
+        column.addWidget(self.viewer, 1)
+        self.setCentralWidget(central)
         self.overview = OverviewWidget(self.viewer)
         self.properties = SlidePropertiesPanel()
         self.overlays = OverlayPanel(self.viewer)
@@ -199,6 +211,10 @@ class MainWindow(QMainWindow):
         """Fill the results panels and the heat-map overlay (None clears both)."""
         self.results.set_result(result, self.state.cohort_risks if result is not None else None,
                                 self.state.project_choices())
+        applicability = getattr(result, "applicability", None)
+        flagged = applicability is not None and applicability.flagged
+        self.ood_banner.setText(f"⚠ {applicability.message}" if flagged else "")
+        self.ood_banner.setVisible(flagged)
         if result is None:
             self.viewer.set_heatmap(None)
             self.viewer.set_patches(None)

@@ -50,8 +50,9 @@ def tiles() -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def test_registry_lists_the_three_encoders():
-    assert available_encoders() == ["builtin-he", "timm", "gigapath"]
+def test_registry_lists_the_encoders():
+    assert available_encoders() == ["builtin-he", "timm", "uni_v1", "uni_v2", "virchow2", "hoptimus0", "hoptimus1",
+                                    "gigapath"]
 
 
 @pytest.mark.parametrize("spec", ["resnet50", "nope", "timm-resnet", "gigapath2", "builtin", ""])

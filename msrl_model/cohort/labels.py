@@ -1,5 +1,16 @@
 """Label columns of ``clinical.csv`` (architecture §3): which columns are labels, their values normalised
-(missing-value spellings, integer codes, stage I–IV) and their class order."""
+(missing-value spellings, integer codes, stage I–IV), their class order and their readable names.
+
+**Readable class names.** A class is stored as its code (``"0"``, ``"1"``, ``"II"``); what a
+pathologist reads is :func:`class_names`:
+
+* a class declared in ``cohort.json`` as ``"code:name"`` reads ``name``, e.g.
+  ``"labels": {"TP53_mut": ["0:wild-type", "1:mutant"], "MSI_status": ["MSS:stable", "MSI-H:unstable"]}``
+  (the code is what the clinical table holds; everything after the first ``:`` is the name);
+* otherwise a binary 0/1 column gets the usual wording by its name: ``*_mut`` / ``*_mutation``
+  0/1 → wild-type/mutant, ``*_status`` 0/1 → negative/positive (HER2, ER, PR …);
+* any other class reads as its code ("I" … "IV", "negative", "LumA").
+"""
 
 from __future__ import annotations
 
@@ -19,6 +30,36 @@ MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null", "unknown", "
 _LABEL_NAME = re.compile(r"(^stage$|^grade$|_mut$|_mutation$|_status$|_subtype$)", re.IGNORECASE)
 STAGE_CLASSES = ("I", "II", "III", "IV")
 _ROMAN = {"I": "I", "II": "II", "III": "III", "IV": "IV", "1": "I", "2": "II", "3": "III", "4": "IV"}
+
+
+# Wording of the two classes of a binary 0/1 label column, by the column's name (see the module docstring).
+_BINARY_NAMES = ((re.compile(r"(_mut|_mutation)$", re.IGNORECASE), ("wild-type", "mutant")),
+                 (re.compile(r"_status$", re.IGNORECASE), ("negative", "positive")))
+
+
+def split_class(entry: str) -> tuple[str, str | None]:
+    """A declared class ``"code:name"`` as ``(code, name)``; ``(entry, None)`` without a ``:``."""
+    code, sep, name = str(entry).partition(":")
+    return (code.strip(), name.strip() or None) if sep else (str(entry).strip(), None)
+
+
+def class_names(label: str, classes: Iterable[str], declared: Iterable[str] | None = None) -> list[str]:
+    """The readable name of each class code of label column ``label`` (module docstring): the name
+    declared as ``code:name``, else the binary wording for a 0/1 column named ``*_mut``/``*_status``,
+    else the code itself."""
+    codes = [str(c) for c in classes]
+    named = {code: name for code, name in map(split_class, declared or []) if name}
+    if not named and sorted(codes) == ["0", "1"]:
+        for pattern, (zero, one) in _BINARY_NAMES:
+            if pattern.search(label):
+                named = {"0": zero, "1": one}
+                break
+    return [named.get(c, c) for c in codes]
+
+
+def _declared_codes(declared: list[str] | None) -> list[str] | None:
+    """The codes of a declared class list (``code:name`` entries stripped of their names)."""
+    return None if declared is None else [split_class(c)[0] for c in declared]
 
 
 def is_missing(value: str) -> bool:
@@ -81,7 +122,7 @@ def label_columns(df: pd.DataFrame, config: CohortConfig, problems: Problems,
     values: dict[str, list[Any]] = {}
     rows = spreadsheet_rows(len(df))
     for name in names:
-        declared = (config.labels or {}).get(name)
+        declared = _declared_codes((config.labels or {}).get(name))
         out: list[Any] = []
         bad = []
         for r, v in zip(rows, df[name].tolist()):
@@ -97,9 +138,9 @@ def label_columns(df: pd.DataFrame, config: CohortConfig, problems: Problems,
 def classes_for(name: str, values: Iterable[Any], config: CohortConfig) -> list[str]:
     """Class order of a label: as declared in the config, stages I–IV in order, else numbers first
     (numerically), then text (alphabetically)."""
-    declared = (config.labels or {}).get(name)
+    declared = _declared_codes((config.labels or {}).get(name))
     if declared is not None:
-        return [str(c) for c in declared]
+        return declared
     present = {v for v in values if isinstance(v, str)}
     if name.lower() == "stage":
         return [s for s in STAGE_CLASSES if s in present]

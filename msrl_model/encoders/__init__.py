@@ -4,7 +4,9 @@ Specs understood by :func:`build_encoder`::
 
     builtin-he                      weight-free H&E stain/texture encoder (default, see builtin_he.py)
     timm:<arch>[@/path/checkpoint]  any timm architecture with a local checkpoint (see timm_local.py)
-    gigapath[@/path/pytorch_model.bin]  Prov-GigaPath tile encoder from the local HF cache or a file
+    uni_v1, uni_v2, virchow2, hoptimus0, hoptimus1, gigapath [@/path/to/checkpoint]
+                                    the foundation models as TRIDENT names them, one file each (release.py);
+                                    weights from local files only (weights.py says where they are looked for)
 
 A spec is ``<name>[:<arg>][@<path>]``: the registry key is ``<name>``, ``<arg>`` and ``<path>`` go
 to its builder. Nothing here ever downloads: foundation models load from local files only.
@@ -14,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,6 +32,7 @@ __all__ = [
     "available_encoders",
     "build_encoder",
     "hf_offline",
+    "check_checkpoint",
 ]
 
 
@@ -43,6 +47,17 @@ class PatchEncoder:
     transform: Callable[[torch.Tensor], torch.Tensor]  # uint8 (B,H,W,3) on the model's device -> float (B,3,S,S)
     precision: torch.dtype  # autocast dtype used on CUDA; float32 means no autocast (always float32 on CPU)
     input_size: int  # S, the side of the square model input produced by transform
+    checkpoint_sha256: str | None = None  # SHA-256 of the weights file (None: weight-free or not computed)
+    checkpoint_file: str | None = None  # the release's checkpoint file name, e.g. "pytorch_model.bin"
+    preprocessing: dict[str, Any] | None = None  # resize/crop/interpolation/mean/std/output/precision
+
+    def spec(self) -> dict[str, Any]:
+        """The full encoder spec a feature file and a bundle record: name, version, dim, preprocessing and
+        the checkpoint's SHA-256 when known (keys with no value are left out)."""
+        out: dict[str, Any] = {"name": self.name, "version": self.version, "dim": int(self.dim)}
+        extra = {"preprocessing": self.preprocessing, "checkpoint_sha256": self.checkpoint_sha256,
+                 "checkpoint_file": self.checkpoint_file}
+        return {**out, **{k: v for k, v in extra.items() if v is not None}}
 
     def encode(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Encode tiles ``batch_uint8`` (B,H,W,3) uint8 RGB -> (B, dim) float32 on the model's device."""
@@ -96,8 +111,21 @@ def build_encoder(spec: str = "builtin-he", device: str | torch.device = "cpu") 
 
 def _spec_forms() -> list[str]:
     """How each registered name is written in a spec, for error messages."""
-    forms = {"timm": "timm:<arch>[@/path/to/checkpoint]", "gigapath": "gigapath[@/path/to/pytorch_model.bin]"}
-    return [forms.get(n, n) for n in _REGISTRY]
+    forms = {"timm": "timm:<arch>[@/path/to/checkpoint]", "builtin-he": "builtin-he"}
+    return [forms.get(n, f"{n}[@/path/to/checkpoint]") for n in _REGISTRY]
+
+
+def check_checkpoint(expected: Mapping[str, Any], encoder: PatchEncoder, what: str = "the model bundle") -> None:
+    """EncoderError when ``expected`` (a bundle's encoder spec) names a checkpoint SHA-256 and ``encoder``
+    was built from other weights: features from other weights would not mean what the model learnt."""
+    want = expected.get("checkpoint_sha256")
+    if not want or encoder.checkpoint_sha256 is None or want == encoder.checkpoint_sha256:
+        return
+    raise EncoderError(
+        f"{what} was trained on {encoder.name} features from the checkpoint with SHA-256 {want}, but the "
+        f"{encoder.checkpoint_file or 'checkpoint'} found has SHA-256 {encoder.checkpoint_sha256}: point "
+        f"--weights {encoder.name}=PATH (or MSRL_WEIGHTS_<NAME>) at the checkpoint the model was trained "
+        f"with")
 
 
 def _module_device(model: torch.nn.Module) -> torch.device:
@@ -124,4 +152,5 @@ def hf_offline() -> Iterator[None]:
 
 
 # Builders register themselves on import; keep these after the registry definitions above.
-from msrl_model.encoders import builtin_he, timm_local, gigapath  # noqa: E402,F401
+from msrl_model.encoders import builtin_he, timm_local  # noqa: E402,F401
+from msrl_model.encoders import uni_v1, uni_v2, virchow2, hoptimus0, hoptimus1, gigapath  # noqa: E402,F401

@@ -65,12 +65,40 @@ def resolve_checkpoint(arch: str, path: str | None) -> Path:
 
 
 def import_timm(spec: str):
-    """Import timm or raise EncoderError telling the user to install it."""
+    """Import timm or raise EncoderError telling the user to install it.
+
+    timm imports torchvision. The torchvision wheels on PyPI link the CUDA build of torch; beside the CPU
+    build of torch their compiled ops cannot load, and torchvision ≥ 0.18 then fails at import while
+    registering a fake kernel for ``torchvision::nms`` (``RuntimeError: operator torchvision::nms does not
+    exist``). timm uses only torchvision's Python parts, so in that case the two op schemas are declared
+    (no kernels: calling them would raise) and the import is retried.
+    """
     try:
         import timm
     except ImportError as err:
         raise EncoderError(f"encoder {spec} needs the timm package, which is not installed: run `pip install timm`") from err
+    except RuntimeError as err:
+        if "torchvision::" not in str(err):
+            raise
+        _declare_torchvision_ops()
+        import timm
     return timm
+
+
+_TORCHVISION_LIB: list[torch.library.Library] = []  # kept alive: the schemas live as long as the Library
+
+
+def _declare_torchvision_ops() -> None:
+    """Declare ``torchvision::nms``/``qnms`` and forget the half-imported torchvision/timm modules."""
+    import sys
+
+    for mod in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm")]:
+        del sys.modules[mod]
+    if not _TORCHVISION_LIB:
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_LIB.append(lib)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

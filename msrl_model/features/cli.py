@@ -28,13 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files and/or directories of slides")
     p.add_argument("--out", required=True, metavar="DIR", help="feature directory")
     p.add_argument("--encoder", default="builtin-he",
-                   help="patch encoder spec: builtin-he (default), timm:<arch>@/path, gigapath@/path")
+                   help="patch encoder: builtin-he (default), uni_v1, uni_v2, virchow2, hoptimus0, hoptimus1, "
+                        "gigapath (weights: --weights) or timm:<arch>@/path")
     # defaults: TilingParams' (not imported here: the slide stack is slow to import for --help)
     p.add_argument("--patch-size", type=int, default=None, metavar="PX",
                    help="patch side in pixels at the target resolution, what the encoder sees (default 256)")
     p.add_argument("--mpp", type=float, default=None, metavar="UM_PER_PX",
                    help="target resolution of the patches in µm per pixel (default 0.5 ≈ 20x; 0.25 ≈ 40x)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="checkpoint of a foundation-model encoder, e.g. uni_v1=/data/uni/pytorch_model.bin "
+                        "(repeatable; else MSRL_WEIGHTS_<NAME>, a TRIDENT local_ckpts.json named by "
+                        "MSRL_WEIGHTS_JSON, or the Hugging Face cache)")
     p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: CPU count)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     p.add_argument("--shard", default=None, metavar="i/n",
@@ -68,6 +73,9 @@ def run_extract(args: argparse.Namespace) -> int:
     from msrl_model.progress import drive
     from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
 
+    from msrl_model.encoders.weights import parse_weights_args, use_weights
+
+    use_weights(parse_weights_args(args.weights))
     tiling = tiling_of(args)
     if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
         raise MSRLError("--batch-size and --workers must be at least 1")

@@ -34,6 +34,13 @@ class FeatureProvenance:
     min_tissue_fraction: float | None = None  # TilingParams.min_tissue_fraction when recorded (this tool)
     tissue: tuple[tuple[str, Any], ...] | None = None  # TissueParams fields when recorded (this tool)
     tiling_recorded: bool = True  # False: the file names no µm/px or magnification (CLAM); size/mpp are defaults
+    encoder_details: str | None = None  # JSON of the encoder's full spec (PatchEncoder.spec()) when recorded
+
+    def encoder_extra(self) -> dict[str, Any]:
+        """The recorded spec beyond name/version/dim — preprocessing, checkpoint file and SHA-256 — for a
+        bundle's encoder entry (empty when not recorded)."""
+        details = json.loads(self.encoder_details) if self.encoder_details else {}
+        return {k: v for k, v in details.items() if k in ("preprocessing", "checkpoint_file", "checkpoint_sha256")}
 
     @property
     def tiling_text(self) -> str:
@@ -104,13 +111,25 @@ def provenance_of(attrs: Mapping[str, Any], tiling_recorded: bool = True) -> Fea
     tiling = _known_fields(attrs.get("tiling_params"), TilingParams) or {}
     tissue = _known_fields(attrs.get("tissue_params"), TissueParams)
     spec = attrs.get("encoder_spec")
+    details = attrs.get("encoder_details")
     return FeatureProvenance(
         patch_size=int(attrs.get("patch_size", TilingParams.patch_size)),
         target_mpp=float(attrs.get("target_mpp", TilingParams.target_mpp)),
         encoder=str(attrs.get("encoder") or "unknown"), encoder_version=str(attrs.get("encoder_version") or ""),
         encoder_spec=str(spec) if isinstance(spec, str) and spec else None,
         min_tissue_fraction=tiling.get("min_tissue_fraction"),
-        tissue=None if tissue is None else tuple(sorted(tissue.items())), tiling_recorded=tiling_recorded)
+        tissue=None if tissue is None else tuple(sorted(tissue.items())), tiling_recorded=tiling_recorded,
+        encoder_details=_json_object_text(details))
+
+
+def _json_object_text(value: Any) -> str | None:
+    """``value`` when it is the JSON text of an object, else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return value if isinstance(json.loads(value), dict) else None
+    except json.JSONDecodeError:
+        return None
 
 
 RESOLUTION_ATTRS = ("target_mpp", "target_magnification", "tiling_params")  # a file naming one records its tiling
@@ -136,10 +155,28 @@ def recorded_attr_names(path: Any) -> set[str]:
 
 def read_provenance(path: Any) -> FeatureProvenance:
     """The provenance of the feature file at ``path`` (FeatureFileError when it cannot be read)."""
+    from pathlib import Path
+
     from msrl_model.features.h5io import read_features
 
     attrs = read_features(path, load_features=False).attrs
-    return provenance_of(attrs, tiling_recorded=bool(recorded_attr_names(path) & set(RESOLUTION_ATTRS)))
+    made = provenance_of(attrs, tiling_recorded=bool(recorded_attr_names(path) & set(RESOLUTION_ATTRS)))
+    return made if made.encoder_recorded else _encoder_from_folder(made, Path(path).parent.name)
+
+
+def _encoder_from_folder(made: FeatureProvenance, folder: str) -> FeatureProvenance:
+    """TRIDENT names its feature folder ``features_<encoder>/`` and records the encoder nowhere else: a
+    file there that records none is taken as made by that encoder when it is one of ours (version "",
+    not recorded; the adapter's preprocessing, no checkpoint hash)."""
+    from msrl_model.encoders import available_encoders
+    from msrl_model.encoders.release import static_spec
+
+    name = folder.removeprefix("features_")
+    if not folder.startswith("features_") or name not in available_encoders():
+        return made
+    static = static_spec(name) or {}
+    details = json.dumps({"name": name, "version": "", **static}) if static else None
+    return dataclasses.replace(made, encoder=name, encoder_version="", encoder_spec=name, encoder_details=details)
 
 
 def _mpp_key(mpp: float) -> str:
@@ -213,7 +250,9 @@ def common_provenance(files: list[tuple[str, FeatureProvenance]]) -> FeatureProv
     tissue = next((p.tissue for _, p in files if p.tissue is not None), None)
     fraction = next((p.min_tissue_fraction for _, p in files if p.min_tissue_fraction is not None), None)
     spec = next((p.encoder_spec for _, p in files if p.encoder_spec), None)
-    return dataclasses.replace(first, tissue=tissue, min_tissue_fraction=fraction, encoder_spec=spec)
+    details = next((p.encoder_details for _, p in files if p.encoder_details), None)
+    return dataclasses.replace(first, tissue=tissue, min_tissue_fraction=fraction, encoder_spec=spec,
+                               encoder_details=details)
 
 
 def tiling_mismatch(tiling: Mapping[str, Any], made: FeatureProvenance) -> bool:

@@ -46,6 +46,8 @@ outputs:
   OUT/analyze_report.json    one entry per slide: status ok | skipped | error, message, seconds
   --json                     one JSON line per slide on stdout: slide, slide_id, status, output,
                              message and the headline numbers (summary)
+  warnings                   printed on stderr as "warning: SLIDE: …", first of all a slide unlike
+                             the training cohort ("This slide is unlike the training cohort …")
 """
 
 
@@ -103,6 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None, metavar="DIR", help="feature cache (default: OUT/features)")
     p.add_argument("--json", action="store_true", help="print one JSON line per slide on stdout")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="checkpoint of a foundation-model encoder, e.g. uni_v1=/data/uni/pytorch_model.bin "
+                        "(repeatable; else MSRL_WEIGHTS_<NAME>, a TRIDENT local_ckpts.json named by "
+                        "MSRL_WEIGHTS_JSON, or the Hugging Face cache)")
     p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: CPU count)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     p.add_argument("--max-patches", type=int, default=None, metavar="N",
@@ -199,6 +205,7 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
 
 def run_analyze(args: argparse.Namespace) -> int:
     """The ``msrl analyze`` command; returns the exit code documented in :data:`EPILOG`."""
+    from msrl_model.encoders.weights import parse_weights_args, use_weights
     from msrl_model.features.pipeline import collect_slides
     from msrl_model.infer.predictor import Predictor
     from msrl_model.progress import drive
@@ -212,6 +219,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         if not slides:
             raise MSRLError(f"no slide files found in {' '.join(args.inputs)}")
         expression = ExpressionTable(Path(args.expression)) if args.expression else None
+        use_weights(parse_weights_args(args.weights))  # the bundle's foundation-model checkpoint, if any
         predictor = Predictor.from_bundle(args.bundle, device=args.device)
         predictor.encoder()  # refuse a bundle whose encoder this installation cannot reproduce, before any work
         out_dir = Path(args.out)
@@ -231,6 +239,8 @@ def run_analyze(args: argparse.Namespace) -> int:
             print(f"error: {o.slide}: {o.message}", file=sys.stderr)
         else:
             print(f"{o.status}: {o.slide} -> {o.output}", flush=True)
+            if o.status == "ok" and o.message:  # e.g. "This slide is unlike the training cohort …"
+                print(f"warning: {o.slide}: {o.message}", file=sys.stderr, flush=True)
 
     show = not args.quiet  # tqdm bars on a terminal, plain lines otherwise (progress.drive)
     try:

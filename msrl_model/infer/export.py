@@ -4,8 +4,11 @@
 Files written by :func:`write_results` for ``OUT/<name>.json``:
 
 * ``<name>.json`` — the full result (:meth:`PredictionResult.to_json`, strict JSON, indent 2);
-* ``<name>.csv`` — one row per (task, quantity): ``slide_id, mode, task, key, value``; besides the
-  prediction, its graph contribution (prediction with the buffer minus with the slide alone) and what
+* ``<name>.csv`` — one row per (task, quantity): ``slide_id, mode, task, key, value``; first the
+  slide's applicability (task ``slide``: ``applicability_p``, ``applicability_flagged``,
+  ``applicability_message``), then per task whether it is ``informative`` in cross-validation (with
+  ``informative_note``) and, besides the prediction (classes by their readable names: ``p(mutant)``),
+  its graph contribution (prediction with the buffer minus with the slide alone) and what
   the linked cases say (survival: ``neighbours_event_rate``, ``neighbours_median_survival_months``;
   classification: ``neighbours_share(<class>)``);
 * ``<name>-linked-cases.csv`` — every task's linked training cases by rank: buffer row, edge weight,
@@ -42,7 +45,14 @@ def key_values(result: PredictionResult) -> list[dict[str, Any]]:
     def add(task: str, key: str, value: Any) -> None:
         rows.append({"slide_id": result.slide_id, "mode": result.mode, "task": task, "key": key, "value": value})
 
+    a = result.applicability
+    if a is not None:
+        add("slide", "applicability_p", a.p_value)
+        add("slide", "applicability_flagged", a.flagged)
+        add("slide", "applicability_message", a.message)
     for name, task in result.tasks.items():
+        add(name, "informative", task.informative)
+        add(name, "informative_note", task.informative_note)
         if task.survival is not None:
             s = task.survival
             for key in ("risk", "percentile", "percentile_in_project", "risk_group", "median_survival_months"):
@@ -54,13 +64,13 @@ def key_values(result: PredictionResult) -> list[dict[str, Any]]:
                 add(name, key, getattr(s, key))
         if task.classification is not None:
             c = task.classification
-            add(name, "predicted", c.predicted)
-            for i, cls in enumerate(c.classes):
+            add(name, "predicted", c.predicted_name)
+            for i, cls in enumerate(c.names):
                 add(name, f"p({cls})", c.probabilities[i])
-            for i, cls in enumerate(c.classes):
+            for i, cls in enumerate(c.names):
                 add(name, f"p_query_alone({cls})", c.probabilities_query_alone[i])
                 add(name, f"graph_contribution({cls})", c.graph_contribution[i])
-            for i, cls in enumerate(c.classes):
+            for i, cls in enumerate(c.names):
                 add(name, f"neighbours_share({cls})", None if c.neighbours_distribution is None
                     else c.neighbours_distribution[i])
             add(name, "neighbours_labelled", c.neighbours_labelled)
@@ -89,7 +99,7 @@ def linked_cases_csv(result: PredictionResult) -> str:
     columns: list[str] = []
     for task in result.tasks.values():
         if task.classification is not None:
-            classes += [c for c in task.classification.classes if c not in classes]
+            classes += [c for c in task.classification.names if c not in classes]
         for c in task.linked_cases:
             columns += [k for k in c.case if k not in columns]
 
@@ -98,7 +108,7 @@ def linked_cases_csv(result: PredictionResult) -> str:
         return [c.influence_risk, *[by_class.get(cls) for cls in classes]]
 
     rows = [[result.slide_id, name, rank, c.row, c.weight,
-             *influence(task.classification.classes if task.classification else [], c),
+             *influence(task.classification.names if task.classification else [], c),
              *[c.case.get(k) for k in columns]]
             for name, task in result.tasks.items() for rank, c in enumerate(task.linked_cases, 1)]
     return _csv_text(["slide_id", "task", "rank", "buffer_row", "weight", "influence_risk",

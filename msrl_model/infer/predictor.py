@@ -35,6 +35,13 @@ Decisions (documented here and in the result JSON's docstring, :mod:`msrl_model.
   label (the case-table column named as the task, integer codes read as '1') is one of its classes.
 * **Suggested project**: the edge-weighted majority project among the linked cases. The graph always
   uses the whole buffer, as trained; ``project`` only selects the within-project percentile.
+* **Readable classes**: each classification result carries the bundle's class names next to the codes
+  (``class_names``: TP53_mut "0" reads "wild-type"; :mod:`msrl_model.cohort.labels`).
+* **Informative tasks**: ``TaskResult.informative`` is False when the task's cross-validated C-index or
+  AUC does not exceed chance with confidence (:mod:`msrl_model.infer.informative`).
+* **Applicability**: every slide's patch features are checked against the training slides
+  (:mod:`msrl_model.infer.applicability`, a conformal p-value); a flagged slide's result leads its
+  warnings with "This slide is unlike the training cohort …" and carries ``applicability``.
 * **MSRL_multi**: with ``expression`` the genomics node half comes from φ_G on the real expression
   (log1p first when the bundle's scale is "raw", then the bundle's z-scaler; missing genes set to
   the training mean, i.e. z = 0, with a warning). Each task result says its ``mode``.
@@ -52,7 +59,9 @@ import torch
 from msrl_model import __version__
 from msrl_model.errors import BundleError, MSRLError
 from msrl_model.infer.bundle import Bundle, TaskBundle, check_encoder, json_safe, load_bundle
+from msrl_model.infer.applicability import bundle_check
 from msrl_model.infer.engine import ExactEngine
+from msrl_model.infer.informative import informative
 from msrl_model.infer.results import (ClassificationPrediction, Curve, LinkedCase, PathwayActivity,
                                       PredictionResult, SurvivalPrediction, TaskResult)
 from msrl_model.nn.genomics import gather_groups
@@ -219,7 +228,7 @@ def _classification_prediction(rt: _TaskRuntime, logits: torch.Tensor, rows: np.
     prediction = ClassificationPrediction(
         classes, [float(v) for v in p[0]], classes[int(np.argmax(p[0]))],
         probabilities_query_alone=[float(v) for v in p[1]], graph_contribution=[float(v) for v in p[0] - p[1]],
-        neighbours_distribution=shares, neighbours_labelled=labelled)
+        neighbours_distribution=shares, neighbours_labelled=labelled, class_names=list(rt.task.class_names or []))
     return prediction, [[float(v) for v in p[0] - row] for row in p[2:]]
 
 
@@ -243,6 +252,9 @@ class Predictor:
             raise BundleError(f"model bundle {bundle.path}: cannot build its networks ({err}); "
                               "rebuild the bundle") from None
         self._encoder: Any = None
+        phi_h = next(iter(self._tasks.values())).net.slide_encoder  # every task's μ, σ: the training patches'
+        self.applicability = bundle_check(bundle, phi_h.patch_mean.double().cpu().numpy(),
+                                          phi_h.patch_std.double().cpu().numpy())
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "auto", expected_encoder: dict | None = None) -> Predictor:
@@ -334,6 +346,9 @@ class Predictor:
             raise MSRLError(f"{slide_id}: need at least one patch with (N, 2) coords; got features "
                             f"{features.shape} and coords {coords.shape}")
         warnings = [str(w) for w in warnings or []]
+        applicability = self.applicability.check(features)
+        if applicability.flagged:
+            warnings.insert(0, applicability.message)
         packed = None
         if expression is not None:
             packed_np, more = self.expression_input(expression)
@@ -360,7 +375,7 @@ class Predictor:
             project=project, suggested_project=first.suggested_project, patch_size_level0=int(patch_size_level0),
             coords=coords.tolist(), tasks=results, warnings=list(dict.fromkeys(warnings)),
             synthetic_training_cohort=self.bundle.synthetic, software_version=__version__,
-            bundle_provenance=self.bundle.provenance)
+            bundle_provenance=self.bundle.provenance, applicability=applicability)
 
     @torch.no_grad()
     def _predict_task(self, rt: _TaskRuntime, batch: SlideBatch, packed: torch.Tensor | None,
@@ -395,11 +410,13 @@ class Predictor:
         pathways = None
         if net.pathway_decoder is not None:
             pathways = self._pathway_activity(task, net.pathways(z[:1], nodes)[0], rows, weights)
+        known, evidence = informative(task.spec.kind, task.metrics)
         return TaskResult(
             name=task.spec.name, kind=task.spec.kind, variant=task.variant, mode=mode, survival=survival,
             classification=classification, linked_cases=linked, self_weight=float(q.self_weight),
             attention=[float(v) for v in attn[0].double().cpu().numpy()], pathways=pathways,
-            suggested_project=suggested, metrics=json_safe(task.metrics))
+            suggested_project=suggested, metrics=json_safe(task.metrics), informative=known,
+            informative_note=evidence)
 
     def _pathway_activity(self, task: TaskBundle, reconstructed: torch.Tensor, rows: np.ndarray,
                           weights: np.ndarray) -> PathwayActivity:
@@ -461,10 +478,11 @@ class Predictor:
     def encoder(self) -> Any:
         """The bundle's patch encoder, built once on this predictor's device; BundleError on a version mismatch."""
         if self._encoder is None:
-            from msrl_model.encoders import build_encoder
+            from msrl_model.encoders import build_encoder, check_checkpoint
 
             spec = str(self.bundle.encoder.get("spec") or self.bundle.encoder["name"])
             enc = build_encoder(spec, device=self.device_name)
+            check_checkpoint(self.bundle.encoder, enc, f"model bundle {self.bundle.path}")  # other weights: refused
             check_encoder(self.bundle.encoder, {"name": enc.name, "version": enc.version, "dim": enc.dim},
                           self.bundle.path)
             self._encoder = enc

@@ -31,7 +31,9 @@ JSON layout (``PredictionResult.to_dict``)::
     project                                     as given by the user (or None)
     suggested_project                           weighted majority project of the survival (else first) task's neighbours
     patch_size_level0, coords [[x, y], ...]     level-0 top-left of every analysed patch
-    warnings [str]
+    warnings [str]                              a slide unlike the training cohort first ("This slide is unlike …")
+    applicability {p_value, level, flagged, statistic, calibration, n_calibration, message} or None
+                                                the slide against the training slides (infer/applicability.py)
     tasks {name: TaskResult}:
         name, kind, variant, mode
         survival (survival tasks) {risk, percentile, percentile_in_project, project_cases, risk_group,
@@ -40,7 +42,7 @@ JSON layout (``PredictionResult.to_dict``)::
                   cohort_km {times, survival}, neighbours_km {times, survival},
                   risk_query_alone, graph_contribution,
                   neighbours_event_rate, neighbours_with_status, neighbours_median_survival_months}
-        classification (classification tasks) {classes, probabilities, predicted,
+        classification (classification tasks) {classes (codes), class_names (readable), probabilities, predicted,
                   probabilities_query_alone, graph_contribution [per class],
                   neighbours_distribution [per class] (None = no linked case has a class label), neighbours_labelled}
         linked_cases [{row, weight, case {column: value}, pathways [n_groups],
@@ -50,6 +52,7 @@ JSON layout (``PredictionResult.to_dict``)::
         attention [N]                           CLS→patch attention of φ_H (sums to 1), aligned with coords
         pathways {names, reconstructed, neighbours_mean} or None
         suggested_project, metrics (the bundle's cross-validated metrics for this task)
+        informative (False: "not informative in cross-validation"; None: no metric), informative_note
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ from typing import Any
 
 from msrl_model import RESEARCH_USE_ONLY
 
-RESULT_FORMAT_VERSION = 2  # 2: influences, graph contribution, what the neighbours say
+RESULT_FORMAT_VERSION = 3  # 2: influences, graph contribution, what the neighbours say; 3: class names,
+#                             informative tasks, applicability
 
 
 @dataclass
@@ -115,6 +119,17 @@ class ClassificationPrediction:
     graph_contribution: list[float]  # probabilities - probabilities_query_alone, per class
     neighbours_distribution: list[float] | None  # edge-weighted share of each class among labelled linked cases
     neighbours_labelled: int  # linked cases whose label is one of the classes
+    class_names: list[str] = field(default_factory=list)  # readable name per class ("wild-type"); [] = the codes
+
+    @property
+    def names(self) -> list[str]:
+        """What to show for each class: its readable name, else its code."""
+        return list(self.class_names) if len(self.class_names) == len(self.classes) else list(self.classes)
+
+    @property
+    def predicted_name(self) -> str:
+        """The readable name of the predicted class."""
+        return self.names[self.classes.index(self.predicted)] if self.predicted in self.classes else self.predicted
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassificationPrediction:
@@ -151,6 +166,23 @@ class PathwayActivity:
 
 
 @dataclass
+class Applicability:
+    """How far the slide is from the training cohort (:mod:`msrl_model.infer.applicability`)."""
+
+    p_value: float | None  # conformal p-value of the slide's patch-feature shift among the training slides
+    level: float  # the slide is flagged when p_value < level (the bundle's level, default 0.05)
+    flagged: bool  # p_value < level: the slide is unlike the training cohort
+    statistic: float  # the slide's patch-feature shift M (see the module)
+    calibration: str  # where the training slides' statistics come from ("bundle", "shipped calibration", "none")
+    n_calibration: int  # training slides behind p_value
+    message: str  # one sentence for the user
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Applicability:
+        return cls(**d)
+
+
+@dataclass
 class TaskResult:
     """Everything predicted for one task."""
 
@@ -166,6 +198,10 @@ class TaskResult:
     pathways: PathwayActivity | None  # None when the bundle has no pathway decoder
     suggested_project: str | None  # edge-weighted majority project among the linked cases
     metrics: dict[str, Any] = field(default_factory=dict)  # the bundle's cross-validated metrics
+    # Whether the cross-validated metric exceeds chance with confidence (msrl_model.infer.informative):
+    # False = "not informative in cross-validation"; None = the bundle has no metric to tell
+    informative: bool | None = None
+    informative_note: str = ""  # the evidence in words, e.g. "AUC 0.485 ± 0.136 over 5 folds: 95 % CI from 0.30"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskResult:
@@ -201,13 +237,16 @@ class PredictionResult:
     software_version: str = ""  # MSRL Studio version that predicted
     research_use_only: str = RESEARCH_USE_ONLY  # shown with every result
     format_version: int = RESULT_FORMAT_VERSION  # layout of this JSON
+    applicability: Applicability | None = None  # is the slide like the training cohort? None: not checked
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PredictionResult:
-        return cls(**{**d, "tasks": {k: TaskResult.from_dict(v) for k, v in d["tasks"].items()}})
+        applicability = d.get("applicability")
+        return cls(**{**d, "tasks": {k: TaskResult.from_dict(v) for k, v in d["tasks"].items()},
+                      "applicability": None if applicability is None else Applicability.from_dict(applicability)})
 
     def to_json(self, indent: int | None = None) -> str:
         """Strict JSON (no NaN/Infinity tokens); floats round-trip exactly."""

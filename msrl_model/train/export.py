@@ -98,6 +98,7 @@ def feature_encoder(cohort: Cohort, dim: int) -> dict:
     encoder = {"name": made.encoder, "version": made.encoder_version, "dim": int(dim)}
     if made.encoder_spec:
         encoder["spec"] = made.encoder_spec
+    encoder.update(made.encoder_extra())  # preprocessing, checkpoint file and SHA-256 where recorded
     return encoder
 
 
@@ -123,12 +124,31 @@ def _made(made: FeatureProvenance | None, n_files: int) -> tuple[dict, dict, dic
             tissue if tissue is not None else TissueParams().to_dict(), source)
 
 
+def slide_shift_scores(cohort: Cohort, mean: np.ndarray, std: np.ndarray) -> list[float]:
+    """The applicability statistic M of every training slide's feature file (one per slide, as a new
+    slide is analysed: :func:`msrl_model.infer.applicability.patch_shift`) — the calibration set of
+    the out-of-distribution check stored in the bundle."""
+    from msrl_model.features.h5io import read_features
+    from msrl_model.infer.applicability import calibration_scores
+
+    bags = (read_features(path).features for case in cohort.case_ids for path in cohort.case_feature_paths(case))
+    return calibration_scores(bags, mean, std)
+
+
 def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: MSRLConfig, encoder: dict,
                   model_card: str, sign_key: Any = None) -> Path:
     """Write the bundle of ``result.final`` to ``out`` (directory or ``.msrl``) with ``write_bundle``;
     ``sign_key`` (a :class:`msrl_model.infer.bundle.SigningKey`) signs its manifest. The manifest's
     tiling and tissue parameters are those the cohort's feature files were made with
-    (:func:`feature_tiling`), so the app and ``msrl analyze`` tile a new slide the same way."""
+    (:func:`feature_tiling`), so the app and ``msrl analyze`` tile a new slide the same way.
+
+    The manifest also gets each classification task's readable class names
+    (:func:`msrl_model.cohort.labels.class_names`), each metric's number of folds (``n_folds``, for
+    :mod:`msrl_model.infer.informative`) and the calibration of the out-of-distribution check: the
+    statistic of every training slide against the final networks' training-patch μ, σ
+    (:func:`slide_shift_scores`, :mod:`msrl_model.infer.applicability`)."""
+    from msrl_model.cohort.labels import class_names
+    from msrl_model.infer.applicability import manifest_block
     from msrl_model.infer.bundle import TaskBundle, write_bundle
 
     fg = result.final_genomics
@@ -139,15 +159,18 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
         res = final.result
         metrics = {}
         for method in ("msrl",):
-            metrics = {m: {"mean": s["mean"], "std": s["std"]}
+            metrics = {m: {"mean": s["mean"], "std": s["std"], "n_folds": s["n_folds"]}
                        for m, s in result.metric_summary(name, method).items()}
+        spec = res.online.task
         tasks.append(TaskBundle(
-            spec=res.online.task, variant=res.online.variant,
+            spec=spec, variant=res.online.variant,
             state_dict={k: v.detach().cpu() for k, v in res.online.state_dict().items()},
             buffer_nodes=res.buffer.detach().cpu().numpy().astype(np.float32),
             cases=case_table(cohort, res.buffer_cases),
             pathways=fg.pathways[res.buffer_cases].numpy().astype(np.float32),
-            metrics=metrics, thumbnails=case_thumbnails(cohort, res.buffer_cases)))
+            metrics=metrics, thumbnails=case_thumbnails(cohort, res.buffer_cases),
+            class_names=class_names(name, spec.classes, (cohort.config.labels or {}).get(name))
+            if spec.kind == "classification" else None))
     scale = expression_scale(cohort)
     genomics = {"genes": list(cohort.genes), "group_names": list(cohort.group_names),
                 "groups": [g.tolist() for g in cohort.gene_groups],
@@ -159,9 +182,13 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
                       "name": summary["name"], "censored_fraction": summary["censored_fraction"]}
     n_files = sum(len(cohort.case_feature_paths(c)) for c in cohort.case_ids)
     tiling, tissue, made = _made(feature_provenance(cohort), n_files)  # how the training features were made
+    encoder_net = next(iter(result.final.values())).result.online.slide_encoder  # μ, σ: every task's are the same
+    scores = slide_shift_scores(cohort, encoder_net.patch_mean.detach().cpu().numpy(),
+                                encoder_net.patch_std.detach().cpu().numpy())
     return write_bundle(out, config=config, tasks=tasks, encoder=encoder, tiling=tiling,
                         tissue=tissue, genomics=genomics, cohort_summary=cohort_summary,
-                        model_card=model_card, sign_key=sign_key, features_made=made)
+                        model_card=model_card, sign_key=sign_key, features_made=made,
+                        applicability=manifest_block(scores) if scores else None)
 
 
 __all__ = ["case_table", "case_thumbnails", "export_bundle", "expression_scale", "feature_encoder",

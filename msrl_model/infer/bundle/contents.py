@@ -43,6 +43,9 @@ class TaskBundle:
     pathways: np.ndarray  # (N, n_groups) float32 authentic pathway scores (mean z-scored expression per group)
     metrics: dict = field(default_factory=dict)  # cross-validated metrics, e.g. {"c_index": {"mean", "std"}}
     thumbnails: list[bytes] | None = None  # N small JPEGs (b"" where missing), or None
+    # Readable name of each class (manifest "class_names"; cohort.labels.class_names): "wild-type" for
+    # TP53_mut "0". None: the codes (a survival task), or a bundle written before names were kept
+    class_names: list[str] | None = None
 
 
 @dataclass

@@ -75,17 +75,22 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def _task_entry(task: TaskBundle) -> dict[str, Any]:
     spec = task.spec
-    return {"name": spec.name, "kind": spec.kind, "variant": task.variant, "classes": list(spec.classes),
-            "bin_edges_months": _edges_to_json(spec.bin_edges), "n_buffer": len(task.cases),
-            "label_columns": [str(c) for c in task.cases.columns], "thumbnails": task.thumbnails is not None,
-            "metrics": json_safe(task.metrics)}
+    entry = {"name": spec.name, "kind": spec.kind, "variant": task.variant, "classes": list(spec.classes),
+             "bin_edges_months": _edges_to_json(spec.bin_edges), "n_buffer": len(task.cases),
+             "label_columns": [str(c) for c in task.cases.columns], "thumbnails": task.thumbnails is not None,
+             "metrics": json_safe(task.metrics)}
+    if task.class_names is not None:  # optional: readers before it show the class codes
+        entry["class_names"] = [str(n) for n in task.class_names]
+    return entry
 
 
 def build_manifest(*, config: MSRLConfig, tasks: list[TaskBundle], encoder: dict, tiling: dict, tissue: dict,
                    genomics: GenomicsBlock | None, cohort_summary: dict, slide_encoder: dict | None,
-                   files: dict[str, dict[str, Any]], features_made: dict | None = None) -> dict[str, Any]:
+                   files: dict[str, dict[str, Any]], features_made: dict | None = None,
+                   applicability: dict | None = None) -> dict[str, Any]:
     """The manifest of a bundle whose other files are described by ``files`` ({name: {sha256, bytes}});
-    ``features_made`` (optional) says where the tiling, tissue and encoder entries come from."""
+    ``features_made`` (optional) says where the tiling, tissue and encoder entries come from;
+    ``applicability`` (optional) calibrates the out-of-distribution check (infer/applicability.py)."""
     default_slide_encoder = {"name": "builtin-transformer", "layers": config.slide_layers,
                              "heads": config.slide_heads, "d": config.d}
     manifest = {
@@ -107,6 +112,8 @@ def build_manifest(*, config: MSRLConfig, tasks: list[TaskBundle], encoder: dict
     }
     if features_made is not None:  # optional: readers that do not know it ignore it
         manifest["features_made"] = json_safe(features_made)
+    if applicability is not None:  # optional, likewise
+        manifest["applicability"] = json_safe(applicability)
     return manifest
 
 
@@ -166,10 +173,11 @@ def manifest_model(manifest: dict[str, Any], path: Path) -> ManifestModel:
 
 
 def check_encoder(bundle_encoder: dict, features_encoder: dict, path: str | Path = "") -> None:
-    """Raise BundleError when features from ``features_encoder`` cannot be used with the bundle."""
+    """Raise BundleError when features from ``features_encoder`` cannot be used with the bundle (a value
+    one side does not record, None or "" — e.g. TRIDENT's version — is not compared)."""
     for key in ("name", "version", "dim"):
         want, got = bundle_encoder.get(key), features_encoder.get(key)
-        if got is not None and want is not None and str(got) != str(want):
+        if got is not None and want is not None and "" not in (str(got), str(want)) and str(got) != str(want):
             name = bundle_encoder.get("name")
             raise BundleError(
                 f"model bundle {path}: trained on features from encoder {name} {bundle_encoder.get('version')} "

@@ -302,6 +302,17 @@ def _task_state(weights: dict[str, Tensor], model: ManifestModel, spec: TaskSpec
     return state
 
 
+def _class_names(spec: TaskSpec, entry: dict[str, Any]) -> list[str] | None:
+    """The task's readable class names: the manifest's ``class_names``, else (a bundle written before
+    they were kept) the default wording of :func:`msrl_model.cohort.labels.class_names` (TP53_mut 0/1
+    → wild-type/mutant, …), which leaves any other class as its code. None for a survival task."""
+    from msrl_model.cohort.labels import class_names
+
+    if spec.kind != "classification":
+        return None
+    return [str(n) for n in entry["class_names"]] if "class_names" in entry else class_names(spec.name, spec.classes)
+
+
 def _read_buffer(src: _Source, model: ManifestModel, weights: dict[str, Tensor], manifest: dict[str, Any]
                  ) -> tuple[dict[str, TaskBundle], GenomicsBlock | None]:
     """Every task (weights + buffer) and the genomics block; BundleError when ``buffer.h5`` is damaged."""
@@ -317,7 +328,8 @@ def _read_buffer(src: _Source, model: ManifestModel, weights: dict[str, Tensor],
                                                                   src.path)
                 tasks[spec.name] = TaskBundle(spec=spec, variant=variant, state_dict=state, buffer_nodes=nodes,
                                               cases=cases, pathways=pathways,
-                                              metrics=dict(entry.get("metrics") or {}), thumbnails=thumbs)
+                                              metrics=dict(entry.get("metrics") or {}), thumbnails=thumbs,
+                                              class_names=_class_names(spec, entry))
             n_genes = manifest["genomics"]["n_genes"] if manifest["genomics"] is not None else None
             genomics = (read_genomics(f, model.expression_scale or "log", n_genes, model.config.group_sizes)
                         if "genomics" in f else None)

@@ -171,6 +171,8 @@ def _check_task(v: Any, i: int) -> str:
         _number(e, f"{field}.bin_edges_months[{j}]")
     if kind == "classification" and len(classes) < 2:
         raise _Invalid(f"{field}.classes", "a list of at least 2 class names for a classification task")
+    if "class_names" in task and len(_str_list(task["class_names"], f"{field}.class_names")) != len(classes):
+        raise _Invalid(f"{field}.class_names", f"a list of {len(classes)} names, one per class")
     if kind == "survival" and len(edges) < 2:
         raise _Invalid(f"{field}.bin_edges_months", "a list of at least 2 edges for a survival task")
     _int(_get(task, "n_buffer", field), f"{field}.n_buffer", 1)
@@ -178,6 +180,20 @@ def _check_task(v: Any, i: int) -> str:
     _bool(_get(task, "thumbnails", field), f"{field}.thumbnails")
     _check_metrics(_get(task, "metrics", field), f"{field}.metrics")
     return name
+
+
+def _check_applicability(v: Any) -> None:
+    """Optional ``applicability``: the calibration of the out-of-distribution check (infer/applicability.py)."""
+    block = _obj(v, "applicability")
+    _str(_get(block, "statistic", "applicability"), "applicability.statistic", nonempty=True)
+    level = _number(_get(block, "level", "applicability"), "applicability.level", positive=True)
+    if level is not None and level >= 1:
+        raise _Invalid("applicability.level", "a number between 0 and 1")
+    scores = _get(block, "scores", "applicability")
+    if not isinstance(scores, list):
+        raise _Invalid("applicability.scores", "a list of numbers")
+    for j, s in enumerate(scores):
+        _number(s, f"applicability.scores[{j}]")
 
 
 def _check_cohort(v: Any) -> None:
@@ -255,6 +271,8 @@ def _check_manifest(m: dict[str, Any]) -> None:
         raise _Invalid("tiling", "valid (patch_size ≥ 1 and target_mpp > 0)")
     if "features_made" in m:  # optional (bundles before it lack it)
         _check_features_made(m["features_made"])
+    if "applicability" in m:  # optional (bundles before it lack it)
+        _check_applicability(m["applicability"])
     config = _obj(_get(m, "config", ""), "config")
     try:
         n_groups: int | None = len(MSRLConfig.from_dict(config).group_sizes)

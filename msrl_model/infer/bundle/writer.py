@@ -141,7 +141,8 @@ def _publish_directory(stage: Path, out: Path) -> None:
 def write_bundle(out: str | Path, *, config: MSRLConfig, tasks: list[TaskBundle], encoder: dict,
                  tiling: dict, tissue: dict, genomics: dict | GenomicsBlock | None,
                  cohort_summary: dict, model_card: str, slide_encoder: dict | None = None,
-                 sign_key: SigningKey | None = None, features_made: dict | None = None) -> Path:
+                 sign_key: SigningKey | None = None, features_made: dict | None = None,
+                 applicability: dict | None = None) -> Path:
     """Write a bundle to ``out``: a directory, or a single zip file when ``out`` ends in ``.msrl``.
 
     Args:
@@ -160,6 +161,8 @@ def write_bundle(out: str | Path, *, config: MSRLConfig, tasks: list[TaskBundle]
         features_made: where ``tiling``/``tissue``/``encoder`` come from ({tiling_from, tissue_from,
             encoder_from: "feature files" | "defaults", files: n}); recorded as the manifest's
             ``features_made`` (absent when None).
+        applicability: the calibration of the out-of-distribution check ({statistic, level, scores},
+            :func:`msrl_model.infer.applicability.manifest_block`); the manifest's ``applicability``.
 
     Returns the path written.
     """
@@ -179,7 +182,7 @@ def write_bundle(out: str | Path, *, config: MSRLConfig, tasks: list[TaskBundle]
                  for name in (WEIGHTS, BUFFER, MODEL_CARD)}
         manifest = build_manifest(config=config, tasks=tasks, encoder=encoder, tiling=tiling, tissue=tissue,
                                   genomics=block, cohort_summary=cohort_summary, slide_encoder=slide_encoder,
-                                  files=files, features_made=features_made)
+                                  files=files, features_made=features_made, applicability=applicability)
         problem = manifest_problem(manifest)
         if problem is not None:  # what the reader would refuse is never written
             raise BundleError(f"cannot write the bundle {out}: its manifest {problem}")

@@ -1,0 +1,139 @@
+"""What a foundation model's official release is (:class:`Release`) and the one builder for the timm-based ones.
+
+Each adapter file (``uni_v1.py``, ``virchow2.py``, ...) declares its ``RELEASE``: the timm architecture and
+keyword arguments, the preprocessing, how the feature row is read off the network's output, its
+dimension and precision, and the release's checkpoint file, each value cited there. :func:`build_release`
+turns it into a :class:`~msrl_model.encoders.PatchEncoder`: weights only from a local file found by
+:mod:`msrl_model.encoders.weights` (``safetensors`` or ``torch.load(weights_only=True)``, loaded strictly,
+the architecture built with ``pretrained=False`` under ``HF_HUB_OFFLINE=1``), the checkpoint's SHA-256
+recorded so a bundle can refuse other weights. The version is ``<adapter version>.ckpt-<12 hex of the
+SHA-256>``, so cached features never outlive a change of weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msrl_model.encoders import PatchEncoder, hf_offline
+from msrl_model.encoders.timm_local import import_timm, load_state_dict, load_weights, make_transform
+from msrl_model.encoders.weights import resolve_checkpoint
+from msrl_model.errors import EncoderError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm.data.IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = (0.229, 0.224, 0.225)  # timm.data.IMAGENET_DEFAULT_STD
+_LAYERS = {"SwiGLUPacked": ("timm.layers", "SwiGLUPacked"), "SiLU": ("torch.nn", "SiLU")}  # named kwargs values
+
+
+@dataclass(frozen=True)
+class Release:
+    """A foundation model's official release, as its card / TRIDENT builds it."""
+
+    name: str  # registry name, as TRIDENT names it (features_<name>/)
+    hf_repo: str  # Hugging Face repo of the release
+    weights_file: str  # the release's checkpoint file in that repo
+    size_text: str  # the checkpoint's size, for the "missing weights" message
+    arch: str  # timm model name
+    model_kwargs: Mapping[str, Any]  # timm.create_model kwargs; "SwiGLUPacked"/"SiLU" name those layers
+    resize: int  # tiles are resized to resize² first
+    crop: int  # then centre-cropped to crop² (== resize: no crop)
+    interpolation: str  # "bilinear" | "bicubic" (antialiased)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    output: str  # "cls": the pooled class token; "cls+mean": CLS ⊕ mean of the patch tokens
+    dim: int  # feature dimension
+    precision: torch.dtype  # autocast dtype on CUDA
+    version: str = "1"  # bump when this adapter's maths change
+    prefix_tokens: int = 1  # tokens before the patch tokens (CLS + register tokens), for output "cls+mean"
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing and output as recorded in feature files and bundles."""
+        return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std), "output": self.output,
+                "precision": str(self.precision).removeprefix("torch.")}
+
+
+class ClsMeanPatch(torch.nn.Module):
+    """(B, T, D) token output → (B, 2D): the class token ⊕ the mean of the patch tokens (after ``prefix`` tokens)."""
+
+    def __init__(self, model: torch.nn.Module, prefix: int) -> None:
+        super().__init__()
+        self.model = model
+        self.prefix = prefix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.model(x)
+        return torch.cat([tokens[:, 0], tokens[:, self.prefix:].mean(1)], dim=-1)
+
+
+def static_spec(name: str) -> dict[str, Any] | None:
+    """What the release adapter ``name`` records without its weights (dim, preprocessing, checkpoint file);
+    None when ``name`` is no release adapter. For feature files that name their encoder only by folder
+    (TRIDENT's ``features_<name>/``)."""
+    import sys
+
+    release = getattr(sys.modules.get(f"msrl_model.encoders.{name}"), "RELEASE", None)
+    if not isinstance(release, Release):
+        return None
+    return {"dim": release.dim, "preprocessing": release.preprocessing(), "checkpoint_file": release.weights_file}
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of the whole file, read in 8 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def timm_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the layer names of ``mlp_layer``/``act_layer`` replaced by the classes."""
+    import importlib
+
+    out = dict(kwargs)
+    for key in ("mlp_layer", "act_layer"):
+        if isinstance(out.get(key), str):
+            module, attr = _LAYERS[out[key]]
+            out[key] = getattr(importlib.import_module(module), attr)
+    return out
+
+
+def create_network(release: Release) -> torch.nn.Module:
+    """The release's architecture with random weights, in eval mode, output as the release reads it."""
+    timm = import_timm(release.name)
+    with hf_offline():
+        model = timm.create_model(release.arch, pretrained=False, **timm_kwargs(release.model_kwargs))
+    return model
+
+
+def wrap_output(release: Release, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with the release's read-out (CLS ⊕ mean patch tokens where the release does that)."""
+    return ClsMeanPatch(model, release.prefix_tokens) if release.output == "cls+mean" else model
+
+
+def build_release(release: Release, arg: str | None, path: str | None, device: torch.device) -> PatchEncoder:
+    """The PatchEncoder of ``release`` from local weights; EncoderError naming what to put where."""
+    if arg is not None:
+        raise EncoderError(f"encoder {release.name!r} takes no ':' argument (got {arg!r}): write "
+                           f"{release.name}[@/path/to/{release.weights_file}]")
+    ckpt = resolve_checkpoint(release.name, path, release.hf_repo, release.weights_file, release.size_text)
+    model = create_network(release)
+    load_weights(model, load_state_dict(ckpt), ckpt, f"{release.name} ({release.hf_repo} {release.weights_file})")
+    model = wrap_output(release, model).to(device).eval()
+    sha = sha256_file(ckpt)
+    return PatchEncoder(
+        name=release.name, version=f"{release.version}.ckpt-{sha[:12]}", dim=release.dim, model=model,
+        transform=make_transform(release.resize, release.crop, release.mean, release.std, mode=release.interpolation),
+        precision=release.precision if device.type == "cuda" else torch.float32, input_size=release.crop,
+        checkpoint_sha256=sha, checkpoint_file=release.weights_file,
+        preprocessing=release.preprocessing())
+
+
+__all__ = ["ClsMeanPatch", "IMAGENET_MEAN", "IMAGENET_STD", "Release", "build_release", "create_network",
+           "sha256_file", "static_spec", "timm_kwargs", "wrap_output"]

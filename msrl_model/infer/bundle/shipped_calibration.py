@@ -1,0 +1,3 @@
+"""placeholder"""
+def shipped_calibration(fingerprint):
+    return None
