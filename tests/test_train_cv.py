@@ -33,7 +33,7 @@ def spied_run(tmp_path_factory):
                           group_sizes=tuple(len(g) for g in cohort.gene_groups))
     calls = {"fit": [], "bins": [], "pretrain": [], "predict": []}
     mp = pytest.MonkeyPatch()
-    fit, bins, pre, pred = ExpressionScaler.fit, data_mod.survival_bins, cv_mod.pretrain_job, variants_mod.predict
+    fit, bins, pre, pred = ExpressionScaler.fit, data_mod.survival_bins, cv_mod.pretrain_job, variants_mod.predict_job
 
     def spy_fit(self, x):
         calls["fit"].append(np.asarray(x).copy())
@@ -54,7 +54,7 @@ def spied_run(tmp_path_factory):
     mp.setattr(ExpressionScaler, "fit", spy_fit)
     mp.setattr(data_mod, "survival_bins", spy_bins)
     mp.setattr(cv_mod, "pretrain_job", spy_pretrain)
-    mp.setattr(variants_mod, "predict", spy_predict)
+    mp.setattr(variants_mod, "predict_job", spy_predict)
     try:
         result = drive(cv_mod.cv_job(cohort, bags, cfg, tasks=["survival", "stage"],
                                      variants=["msrl", "msrl_multi", "snn"], n_folds=3, seed=0), show=False)

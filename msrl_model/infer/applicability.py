@@ -1,40 +1,51 @@
 r"""Applicability domain: is a slide like the slides the model was trained on?
 
-**Statistic** (patch-feature space). The slide encoder standardises every patch feature with the mean
-μ and standard deviation σ of all training patches (buffers ``patch_mean`` / ``patch_std`` of φ_H, in
-every bundle). For a slide with patch features :math:`x_1 … x_n \in \mathbb R^P`
+**Slide profile** (patch-feature space). The slide encoder standardises every patch feature with the
+mean μ and standard deviation σ of all training patches (buffers ``patch_mean`` / ``patch_std`` of φ_H,
+in every bundle). A slide with patch features :math:`x_1 … x_n \in \mathbb R^P` has the profile
 
 .. math::
-    z_i = (x_i - μ) / σ, \qquad \bar z = \frac1n \sum_i z_i, \qquad M = \frac1P \lVert \bar z \rVert^2
+    \bar z = \frac1n \sum_i (x_i - μ) / σ \quad \in \mathbb R^P
 
-the mean squared shift of the slide's average patch, in training standard deviations. Summed over the
-training slides (weighted by their patches) :math:`\bar z` averages to 0 and M to the share of the
-feature variance that lies between slides (≈ 0.05 in the shipped cohort); a slide of another tissue,
-stain or scanner moves :math:`\bar z` (the CMU skin slide: M ≈ 1.6, the shipped cohort's slides
-0.03–0.08).
+its average patch, in training standard deviations.
 
-**Calibration** (split conformal). With :math:`M_1 … M_m` the statistic of the m training slides,
-computed at training time (:func:`calibration_scores`) and stored in the bundle's manifest
-(``applicability``: ``{"statistic", "level", "scores"}``), the conformal p-value of a new slide is
+**Score**: the mean RMS distance of the profile to the profiles of its k nearest training slides,
 
 .. math::
-    p = \frac{1 + \#\{s : M_s \ge M\}}{m + 1}
+    s(\bar z) = \frac1k \sum_{j=1}^{k} d_{(j)}, \qquad d_t = \lVert \bar z - \bar z_t \rVert / \sqrt P
 
-— under exchangeability of the new slide with the training slides, :math:`P(p \le α) \le α`: a slide
-of the training distribution is flagged (p < level, default 0.05) at most 5 % of the time. The
-training slides helped fit μ, σ, so their M is very slightly smaller than a fresh slide's (m ≈ 350:
-negligible). Slides much larger or smaller than the training slides have a less or more noisy
-:math:`\bar z`; the shipped bundle was trained on 2048 × 1536 px slides (≈ 25–60 patches).
+(:math:`d_{(j)}` the j-th smallest over the training slides t; k = :data:`DEFAULT_K`).
 
-The shipped bundle was written before the scores were kept: its calibration scores are those of its
-training slides regenerated from the cohort's recipe (:mod:`~msrl_model.infer.bundle.shipped_calibration`,
-pinned to its manifest fingerprint). Any other bundle without scores gets no p-value and a note.
+**Calibration** (conformal, leave-one-out). Each training slide t gets the same score against the
+other training slides, :math:`s_t`; a new slide's p-value is
 
-**Not used: the node embedding.** The distance of the slide embedding h to its nearest buffer cases,
-calibrated leave-one-out within the buffer, was measured on the shipped bundle: it flagged 9 of 20 fresh
-synthetic slides at p < 0.05 and not the CMU skin slide (p = 0.16) — the buffer embeddings come from
-slides φ_H was trained on, so they sit closer to each other than any new slide does, and φ_H maps
-foreign tissue into the cohort's region. The patch statistic has neither problem.
+.. math::
+    p = \frac{1 + \#\{t : s_t \ge s(\bar z)\}}{m + 1}
+
+— under exchangeability of the new slide with the m training slides :math:`P(p \le α) \le α` (up to
+the one slide fewer each leave-one-out score sees), so a slide of the training distribution is flagged
+(p < level, default 0.05) at most about 5 % of the time. The training slides helped fit μ and σ; with
+hundreds of slides that is negligible. Slides much smaller than the training slides have a noisier
+profile, so they sit a little farther from everyone.
+
+**Stored**: a bundle written since keeps the training slides' profiles in ``buffer.h5``
+(``/applicability/slide_means`` (m, P) float32, at most :data:`MAX_SLIDES` of them) and, in its manifest,
+``applicability`` ``{statistic, level, k, scores}`` (the leave-one-out :math:`s_t`). The shipped bundle
+was written before: its training slides were regenerated from the cohort's recipe and their profiles
+are shipped beside it (:mod:`~msrl_model.infer.bundle.shipped_calibration`, pinned to its manifest).
+Any other bundle without them gets no p-value and a note saying so.
+
+Measured on the shipped bundle (350 training slides of 2048 × 1536 px): training scores 0.16–0.55
+(95 % below 0.38); the CMU skin slide 0.95 (p = 1/351); 20 fresh synthetic slides (``msrl synth
+slide``, unseen seeds) p ≥ 0.32, none flagged.
+
+**Not used: the node embedding.** The cosine distance of the slide embedding h to its nearest buffer
+cases, calibrated leave-one-out within the buffer, flagged 9 of those 20 synthetic slides at p < 0.05
+and not the CMU slide (p = 0.16): the buffer embeddings come from slides φ_H was trained on, so they sit
+closer to each other than any new slide does, and φ_H maps foreign tissue into the cohort's region.
+Scalar summaries of the profile (its squared norm, the patches' mean squared z) flagged the CMU slide
+only at p ≈ 0.01–0.02: the training slides vary in many directions, and only the distance to the
+nearest ones tells a new direction from a known one.
 """
 
 from __future__ import annotations
@@ -46,82 +57,115 @@ import numpy as np
 
 from msrl_model.infer.results import Applicability
 
-STATISTIC = "patch_mean_shift"  # the M above; the manifest names it so a later statistic is not mixed in
+STATISTIC = "slide_profile_knn"  # the score above; the manifest names it so that no other is mixed in
 DEFAULT_LEVEL = 0.05
-UNLIKE = ("This slide is unlike the training cohort (its tissue, stain or scanning differs from every "
-          "training slide); predictions are unreliable")
+DEFAULT_K = 3
+MAX_SLIDES = 2000  # profiles kept in a bundle (a seeded subset beyond): 2000 × 1536 float32 = 12 MB
+UNLIKE = ("This slide is unlike the training cohort (its tissue, staining or scanning differs from all "
+          "training slides), so its predictions are unreliable")
 
 
-def patch_shift(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
-    """M = ‖mean_i (x_i − μ)/σ‖² / P of patch features ``features`` (n, P) (module docstring)."""
+def slide_profile(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """z̄ = mean_i (x_i − μ)/σ (P,) float64 of patch features ``features`` (n, P)."""
     z = (np.asarray(features, dtype=np.float64) - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
-    zbar = z.mean(axis=0)
-    return float(zbar @ zbar / zbar.size)
+    return z.mean(axis=0)
 
 
-def calibration_scores(bags: Iterable[np.ndarray], mean: np.ndarray, std: np.ndarray) -> list[float]:
-    """M of every training slide's patch features (the calibration set stored in the bundle)."""
-    return [patch_shift(x, mean, std) for x in bags if len(x)]
+def _rms_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) ‖a_i − b_j‖ / √P, in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0.0) / a.shape[1])
+
+
+def knn_score(profile: np.ndarray, profiles: np.ndarray, k: int = DEFAULT_K) -> float:
+    """s(z̄): the mean distance of ``profile`` (P,) to its ``k`` nearest rows of ``profiles`` (m, P)."""
+    d = np.sort(_rms_distances(profile[None], profiles)[0])
+    return float(d[:min(k, len(d))].mean())
+
+
+def loo_scores(profiles: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
+    """s_t of every training slide t against the others (m,); m ≥ 2."""
+    d = _rms_distances(profiles, profiles)
+    np.fill_diagonal(d, np.inf)
+    kk = min(k, len(profiles) - 1)
+    return np.sort(d, axis=1)[:, :kk].mean(axis=1)
 
 
 def conformal_p(score: float, scores: np.ndarray) -> float:
-    """(1 + #{s : M_s ≥ M}) / (m + 1)."""
+    """(1 + #{t : s_t ≥ s}) / (m + 1)."""
     scores = np.asarray(scores, dtype=np.float64)
     return float((1 + np.count_nonzero(scores >= score)) / (len(scores) + 1))
 
 
-def manifest_block(scores: list[float], level: float = DEFAULT_LEVEL) -> dict[str, Any]:
-    """The manifest's ``applicability`` entry."""
-    return {"statistic": STATISTIC, "level": float(level), "scores": [float(s) for s in scores]}
+def calibration(bags: Iterable[np.ndarray], mean: np.ndarray, std: np.ndarray, *, k: int = DEFAULT_K,
+                level: float = DEFAULT_LEVEL, seed: int = 0) -> tuple[dict[str, Any], np.ndarray] | None:
+    """(the manifest's ``applicability`` entry, the profiles (m, P) float32 for ``buffer.h5``) of the
+    training slides' patch features ``bags`` (one array per slide); at most :data:`MAX_SLIDES` profiles
+    (a subset drawn with ``seed``). None with fewer than two slides."""
+    profiles = np.array([slide_profile(x, mean, std) for x in bags if len(x)])
+    if len(profiles) < 2:
+        return None
+    if len(profiles) > MAX_SLIDES:
+        keep = np.sort(np.random.default_rng(seed).choice(len(profiles), MAX_SLIDES, replace=False))
+        profiles = profiles[keep]
+    profiles = profiles.astype(np.float32)
+    block = {"statistic": STATISTIC, "level": float(level), "k": int(k),
+             "scores": [float(s) for s in loo_scores(profiles, k)]}
+    return block, profiles
 
 
 class ApplicabilityCheck:
-    """The check of one bundle: its training-patch μ, σ and its calibration scores (or none).
+    """The check of one bundle: its training-patch μ, σ and the training slides' profiles and
+    leave-one-out scores (or none).
 
     Args:
         mean, std: (P,) the slide encoder's ``patch_mean`` / ``patch_std``.
-        block: the manifest's ``applicability`` entry, or the shipped calibration; None when the bundle has none.
-        source: where ``block`` comes from ("bundle", "shipped calibration").
+        block: the ``applicability`` entry ({statistic, level, k, scores}); None when the bundle has none.
+        profiles: (m, P) the training slides' profiles, row t scored ``block["scores"][t]``.
+        source: where they come from ("bundle", "shipped calibration").
     """
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, block: dict[str, Any] | None, source: str) -> None:
+    def __init__(self, mean: np.ndarray, std: np.ndarray, block: dict[str, Any] | None,
+                 profiles: np.ndarray | None, source: str) -> None:
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
-        usable = block is not None and block.get("statistic") == STATISTIC and len(block.get("scores") or []) > 0
+        usable = (block is not None and profiles is not None and block.get("statistic") == STATISTIC
+                  and len(block.get("scores") or []) == len(profiles) >= 2)
         self.scores = np.asarray(block["scores"], dtype=np.float64) if usable else np.zeros(0)
+        self.profiles = np.asarray(profiles, dtype=np.float64) if usable else np.zeros((0, len(self.mean)))
         self.level = float(block.get("level", DEFAULT_LEVEL)) if usable else DEFAULT_LEVEL
+        self.k = int(block.get("k", DEFAULT_K)) if usable else DEFAULT_K
         self.source = source if usable else "none"
 
     def check(self, features: np.ndarray) -> Applicability:
         """The applicability of a slide with patch features ``features`` (n, P)."""
-        m = patch_shift(features, self.mean, self.std)
         if not len(self.scores):
-            return Applicability(None, self.level, False, m, "none", 0,
-                                 "This model bundle carries no calibration of the training cohort's slides "
-                                 "(written before MSRL Studio kept one), so it cannot tell whether this slide "
-                                 "is like them; rebuild the bundle to get this check")
-        p = conformal_p(m, self.scores)
+            return Applicability(None, self.level, False, None, "none", 0,
+                                 "This model bundle does not describe its training slides (it was written "
+                                 "before MSRL Studio kept them), so it cannot tell whether this slide is like "
+                                 "them; rebuild the bundle to get this check")
+        s = knn_score(slide_profile(features, self.mean, self.std), self.profiles, self.k)
+        p = conformal_p(s, self.scores)
         flagged = p < self.level
-        typical = float(np.quantile(self.scores, 0.95))
         if flagged:
-            message = (f"{UNLIKE}: its patch features are shifted by {m:.2f} (training slides: 95 % below "
-                       f"{typical:.2f}; p = {p:.3f} < {self.level:g})")
+            message = (f"{UNLIKE}: its patches are farther ({s:.2f}) from the {self.k} most similar training "
+                       f"slides than {1 - p:.0%} of the training slides are from theirs (p = {p:.3f})")
         else:
-            message = (f"The slide's patch features are within the range of the training slides "
-                       f"(shift {m:.2f}, p = {p:.2f})")
-        return Applicability(p, self.level, flagged, m, self.source, int(len(self.scores)), message)
+            message = f"The slide's patches resemble those of the training slides (p = {p:.2f})"
+        return Applicability(p, self.level, flagged, s, self.source, int(len(self.scores)), message)
 
 
 def bundle_check(bundle: Any, mean: np.ndarray, std: np.ndarray) -> ApplicabilityCheck:
-    """The check of a loaded bundle: the manifest's ``applicability`` entry, else the shipped bundle's
-    pinned calibration, else none."""
+    """The check of a loaded bundle: its own calibration, else the shipped bundle's pinned one, else none."""
     from msrl_model.infer.bundle.shipped_calibration import shipped_calibration
 
     block = bundle.manifest.get("applicability")
-    if isinstance(block, dict):
-        return ApplicabilityCheck(mean, std, block, "bundle")
-    return ApplicabilityCheck(mean, std, shipped_calibration(bundle.fingerprint), "shipped calibration")
+    if isinstance(block, dict) and bundle.slide_profiles is not None:
+        return ApplicabilityCheck(mean, std, block, bundle.slide_profiles, "bundle")
+    block, profiles = shipped_calibration(bundle.fingerprint)
+    return ApplicabilityCheck(mean, std, block, profiles, "shipped calibration")
 
 
-__all__ = ["ApplicabilityCheck", "DEFAULT_LEVEL", "STATISTIC", "UNLIKE", "bundle_check", "calibration_scores",
-           "conformal_p", "manifest_block", "patch_shift"]
+__all__ = ["ApplicabilityCheck", "DEFAULT_K", "DEFAULT_LEVEL", "MAX_SLIDES", "STATISTIC", "UNLIKE", "bundle_check",
+           "calibration", "conformal_p", "knn_score", "loo_scores", "slide_profile"]

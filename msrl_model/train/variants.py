@@ -38,7 +38,7 @@ from msrl_model.progress import Job
 from msrl_model.train.baselines import ABMIL, SNN, BaselineSpec, baseline_job, predict_baseline
 from msrl_model.train.data import Bags
 from msrl_model.train.finetune import finetune_job
-from msrl_model.train.predict import BufferMode, Predictions, predict
+from msrl_model.train.predict import BufferMode, Predictions, predict_job
 from msrl_model.train.settings import TrainSettings
 
 
@@ -62,8 +62,8 @@ class FoldInputs:
 
 Trainer = Callable[["TrainingVariant", FoldInputs], Job[object]]
 """trainer(variant, inputs) -> a Job returning the trained model."""
-Predictor = Callable[["TrainingVariant", object, FoldInputs, np.ndarray], Predictions]
-"""predictor(variant, trained model, inputs, test cases) -> Predictions."""
+Predictor = Callable[["TrainingVariant", object, FoldInputs, np.ndarray], Predictions | Job[Predictions]]
+"""predictor(variant, trained model, inputs, test cases) -> Predictions, or a Job returning them."""
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,14 @@ def _train_msrl(variant: TrainingVariant, inputs: FoldInputs) -> Job[object]:
                         **variant.finetune_options())
 
 
-def _predict_msrl(variant: TrainingVariant, model: object, inputs: FoldInputs, cases: np.ndarray) -> Predictions:
+def _predict_msrl(variant: TrainingVariant, model: object, inputs: FoldInputs, cases: np.ndarray
+                  ) -> Job[Predictions]:
+    """A job (``Stage.EMBED`` ticks per chunk of test cases, which the CV drives)."""
     genomics = inputs.genomics[cases] if variant.genomics_at_inference else None
-    return predict(model, inputs.bags, cases, genomics, chunk=inputs.settings.encode_chunk,
-                   chunk_patches=inputs.settings.chunk_patches, device=inputs.device,
-                   buffer_mode=variant.buffer_mode, shuffle_seed=inputs.seed)
+    return predict_job(model, inputs.bags, cases, genomics, chunk=inputs.settings.encode_chunk,
+                       chunk_patches=inputs.settings.chunk_patches, device=inputs.device,
+                       message=f"predicting {variant.name}", buffer_mode=variant.buffer_mode,
+                       shuffle_seed=inputs.seed)
 
 
 def _train_baseline(variant: TrainingVariant, inputs: FoldInputs) -> Job[object]:
