@@ -1,8 +1,8 @@
 """The main window's actions, menus, toolbar and status bar (built here, wired in the window).
 
 Each ``build_*`` function adds widgets and attributes to the window it is given (``open_action``,
-``analyze_action``, ``overlay_actions``, ``device_actions``, ``recent_menu``, ``project_combo``,
-``mode_badge``, the status-bar labels…), whose slots are the window's methods.
+``analyze_action``, ``overlay_actions``, ``device_actions``, ``foundation_models_action``, ``recent_menu``,
+``project_combo``, ``mode_badge``, the status-bar labels…), whose slots are the window's methods.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import QComboBox, QLabel, QToolBar, QToolButton
+from PySide6.QtWidgets import QComboBox, QLabel, QMenu, QToolBar, QToolButton
 
 from msrl_app.analysis import DEVICES
 from msrl_app.controls import AnalysisProgress
+from msrl_app.dialogs import FoundationModelsDialog, apply_stored_weights
 from msrl_app.panels import OverlayPanel
 from msrl_model import RESEARCH_USE_ONLY
 
@@ -120,13 +121,31 @@ def build_menus(w: MainWindow) -> None:
     panels = view_menu.addMenu("&Panels")
     for dock in (w.overview_dock, w.properties_dock, w.overlays_dock, w.results_dock):
         panels.addAction(dock.toggleViewAction())
-    device_menu = menu.addMenu("&Settings").addMenu("&Device")
+    settings_menu = menu.addMenu("&Settings")
+    device_menu = settings_menu.addMenu("&Device")
     for act in w.device_actions.values():
         device_menu.addAction(act)
+    build_foundation_models(w, settings_menu)
     help_menu = menu.addMenu("&Help")
     help_menu.addAction(w.model_card_action)
     help_menu.addSeparator()
     help_menu.addAction(w.about_action)
+
+
+def build_foundation_models(w: MainWindow, settings_menu: QMenu) -> None:
+    """Settings ▸ Foundation models… (``w.foundation_models_action``), and the weights chosen there before
+    handed to the encoders' weights resolver."""
+    apply_stored_weights(w.settings)
+    w.foundation_models_action = _action(
+        w, "&Foundation models…", lambda: open_foundation_models(w), None,
+        "Where the weights of each foundation model (UNI, CONCH v1.5, Virchow 2…) are on this computer")
+    settings_menu.addAction(w.foundation_models_action)
+
+
+def open_foundation_models(w: MainWindow) -> None:
+    """The Foundation models dialog; once accepted, the next Analyze builds its encoder from the new choice."""
+    if FoundationModelsDialog(w.settings, w).exec():
+        w.state.predictors.clear()
 
 
 def build_toolbar(w: MainWindow) -> None:

@@ -1,12 +1,14 @@
-"""The main window's file dialogs, its About text, and the Open recent list (kept in QSettings)."""
+"""The main window's file dialogs, its About text, the Open recent list and Settings ▸ Foundation models
+(both kept in QSettings)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, qVersion
-from PySide6.QtWidgets import QFileDialog, QMenu, QWidget
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QGridLayout, QLabel, QLineEdit, QMenu,
+                               QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from msrl_model import RESEARCH_USE_ONLY, __version__
 
@@ -15,6 +17,7 @@ SLIDE_SUFFIXES = ("svs", "tif", "tiff", "ndpi", "vms", "vmu", "scn", "mrxs", "sv
 SLIDE_FILTER = (f"Whole-slide images ({' '.join('*.' + s for s in SLIDE_SUFFIXES)});;All files (*)")
 EXPRESSION_FILTER = "Expression tables (*.csv *.txt);;All files (*)"
 MAX_RECENT = 10
+WEIGHTS_GROUP = "foundation_models"  # QSettings group: registry name -> checkpoint path
 
 
 def _folder(settings: QSettings, key: str) -> str:
@@ -98,3 +101,117 @@ class RecentFiles:
             self.menu.addSeparator()
             self.menu.addAction("Clear list", lambda: self.set([]))
         self.menu.setEnabled(bool(files))
+
+
+def stored_weights(settings: QSettings) -> dict[str, str]:
+    """The checkpoint paths chosen in Settings ▸ Foundation models: ``{registry name: path}``."""
+    settings.beginGroup(WEIGHTS_GROUP)
+    try:
+        return {key: str(settings.value(key, "")) for key in settings.childKeys() if str(settings.value(key, ""))}
+    finally:
+        settings.endGroup()
+
+
+def hand_to_resolver(weights: Mapping[str, str]) -> None:
+    """Give ``weights`` to the encoders' weights resolver (msrl_model.encoders.weights, which imports torch)."""
+    from msrl_model.encoders.weights import use_app_weights
+
+    use_app_weights(weights)
+
+
+def apply_stored_weights(settings: QSettings) -> None:
+    """At start-up: the stored choices to the resolver. With none stored, nothing is imported (torch stays
+    unloaded until a model is needed)."""
+    weights = stored_weights(settings)
+    if weights:
+        hand_to_resolver(weights)
+
+
+class FoundationModelsDialog(QDialog):
+    """Settings ▸ Foundation models: per registered foundation model, the checkpoint file on this computer.
+
+    The choices are kept in ``settings`` (group ``foundation_models``) and handed to the one weights
+    resolver (:mod:`msrl_model.encoders.weights`), where they come after ``--weights`` and before the
+    ``MSRL_WEIGHTS_<NAME>`` variables, a TRIDENT ``local_ckpts.json`` and the Hugging Face cache.
+    """
+
+    def __init__(self, settings: QSettings, parent: QWidget | None = None) -> None:
+        from msrl_model.encoders.release import registered_releases
+        from msrl_model.encoders.weights import JSON_ENV, env_name
+
+        super().__init__(parent)
+        self.setWindowTitle("Foundation models")
+        self.settings = settings
+        self.releases = registered_releases()
+        stored = stored_weights(settings)
+        intro = QLabel("Where each foundation model's weights are on this computer: a model bundle trained on "
+                       "that model's features needs them to analyse a slide. Nothing is ever downloaded. For an "
+                       f"entry left empty, MSRL_WEIGHTS_<NAME>, the local_ckpts.json named by {JSON_ENV} and "
+                       "then the Hugging Face cache are searched.")
+        intro.setWordWrap(True)
+        grid = QGridLayout()
+        self.edits: dict[str, QLineEdit] = {}
+        for i, rel in enumerate(self.releases):
+            edit = QLineEdit(stored.get(rel.name, ""))
+            edit.setObjectName(f"weights_{rel.name}")
+            edit.setPlaceholderText(f"{rel.weights_file} — not set")
+            edit.setMinimumWidth(360)
+            browse = QPushButton("Browse…")
+            browse.clicked.connect(lambda _=False, r=rel: self.browse(r))
+            clear = QPushButton("Clear")
+            clear.clicked.connect(edit.clear)
+            edit.setToolTip(f"Empty: {env_name(rel.name)}, the local_ckpts.json named by {JSON_ENV}, then the "
+                            f"Hugging Face cache are searched")
+            hint = QLabel(f"{rel.hf_repo} · {rel.weights_file}, {rel.size_text}")
+            hint.setStyleSheet("color: #9aa0a8; font-size: 11px;")
+            grid.addWidget(QLabel(f"<b>{rel.name}</b>"), 2 * i, 0)
+            grid.addWidget(edit, 2 * i, 1)
+            grid.addWidget(browse, 2 * i, 2)
+            grid.addWidget(clear, 2 * i, 3)
+            grid.addWidget(hint, 2 * i + 1, 1, 1, 3)
+            self.edits[rel.name] = edit
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(intro)
+        layout.addLayout(grid)
+        layout.addWidget(buttons)
+
+    def browse(self, rel) -> None:
+        """Pick ``rel``'s checkpoint file (``rel`` a :class:`msrl_model.encoders.release.Release`)."""
+        current = self.edits[rel.name].text().strip()
+        start = str(Path(current).parent) if current else str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(
+            self, f"Weights of {rel.name} ({rel.weights_file})", start,
+            f"{rel.weights_file} ({rel.weights_file});;Checkpoints (*.bin *.pth *.pt *.safetensors);;All files (*)")
+        if path:
+            self.edits[rel.name].setText(path)
+
+    def paths(self) -> dict[str, str]:
+        """``{name: path}`` of the entries that are set."""
+        return {name: edit.text().strip() for name, edit in self.edits.items() if edit.text().strip()}
+
+    def problems(self) -> list[str]:
+        """One line per entry naming a file or folder that does not exist."""
+        return [f"{name}: {path} does not exist" for name, path in self.paths().items()
+                if not Path(path).expanduser().exists()]
+
+    def save(self) -> None:
+        """Store the entries (cleared ones removed) and hand them to the weights resolver."""
+        self.settings.beginGroup(WEIGHTS_GROUP)
+        self.settings.remove("")  # the whole group: cleared entries go
+        for name, path in self.paths().items():
+            self.settings.setValue(name, path)
+        self.settings.endGroup()
+        self.settings.sync()
+        hand_to_resolver(self.paths())
+
+    def accept(self) -> None:
+        problems = self.problems()
+        if problems:
+            QMessageBox.warning(self, "Foundation models", "\n".join(problems) +
+                                "\n\nChoose the checkpoint with Browse…, or clear the entry.")
+            return
+        self.save()
+        super().accept()

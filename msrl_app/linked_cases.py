@@ -25,7 +25,7 @@ from msrl_app.labels import heading as _heading
 from msrl_app.labels import muted as _muted
 from msrl_app.labels import task_title
 from msrl_app.plots import BarsPlot
-from msrl_model.infer.results import LinkedCase, PredictionResult, TaskResult
+from msrl_model.infer.results import LinkedCase, PredictionResult, TaskResult, readable_label
 
 PATHWAY_TOP_N = 12  # pathways shown in the paired bar chart
 FIXED_COLUMNS = [  # (key, header) of the linked-cases table; label columns follow ("influence": per task)
@@ -208,6 +208,7 @@ class LinkedCasesModel(QAbstractTableModel):
         self.task: TaskResult | None = None
         self.cases: list[LinkedCase] = []
         self.columns: list[tuple[str, str]] = list(FIXED_COLUMNS)
+        self.label_names: dict[str, dict[str, str]] = {}  # PredictionResult.label_names of the result shown
 
     def set_task(self, task: TaskResult | None) -> None:
         """Show ``task``'s linked cases (None: none); the influence column is named after the task."""
@@ -258,7 +259,7 @@ class LinkedCasesModel(QAbstractTableModel):
                 return format_influence(self.task, value)
             if key == "survival_months" and not is_missing(value):
                 return f"{float(value):.1f}"
-            return format_value(value)
+            return format_value(readable_label(self.label_names, key, value))
         if role == self.SORT_ROLE:
             if is_missing(value):
                 return (1, 0.0, "")  # missing last in ascending order
@@ -379,6 +380,7 @@ class LinkedCasesSection(QWidget):
 
     def set_result(self, result: PredictionResult | None) -> None:
         self.result = result
+        self.model.label_names = result.label_names() if result is not None else {}
         self.task_combo.blockSignals(True)
         self.task_combo.clear()
         if result is not None:
@@ -433,7 +435,7 @@ class LinkedCasesSection(QWidget):
                 ("Survival", None if is_missing(case.case.get("survival_months"))
                  else f"{float(case.case['survival_months']):.1f} months"),
                 ("Status", event_status(case.case) or None), ("Stage", case.case.get("stage"))]
-        rows += [(k, case.case.get(k)) for k in label_columns([case])]
+        rows += [(k, readable_label(self.model.label_names, k, case.case.get(k))) for k in label_columns([case])]
         self.detail_fields.setText("<table cellspacing='0' cellpadding='2'>" + "".join(
             f"<tr><td style='color:#9aa0a8;padding-right:10px'>{k}</td><td>{format_value(v)}</td></tr>"
             for k, v in rows) + "</table>")

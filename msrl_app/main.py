@@ -88,6 +88,9 @@ def _install_excepthook(window) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the app; returns the process exit status."""
+    from msrl_model.device import passive_openmp_waits
+
+    passive_openmp_waits()  # before the worker imports torch
     args = parse_args(argv)
     if args.export is not None and not args.analyze:
         print("error: --export needs --analyze", file=sys.stderr)

@@ -5,12 +5,30 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 
 os.environ.setdefault("QT_API", "pyside6")  # superqt goes through qtpy: the app's binding, whatever else is installed
 from superqt.utils import GeneratorWorker as _SuperqtGeneratorWorker  # noqa: E402
 
 log = logging.getLogger(__name__)
+_thread_plan = None  # the msrl_model thread policy, applied once torch is loaded (see _apply_thread_policy)
+_plan_lock = threading.Lock()
+
+
+def _apply_thread_policy() -> None:
+    """Set torch's threads by :func:`msrl_model.device.apply_threads` (logged) once per process, at the first
+    job after torch is imported (the model-load job imports it; jobs before that never import it here)."""
+    global _thread_plan
+    if "torch" not in sys.modules:  # its import has not even begun: nothing to set yet
+        return
+    with _plan_lock:
+        if _thread_plan is None:
+            import torch  # waits for another thread's import to finish: a half-built module has no set_num_threads
+
+            from msrl_model.device import apply_threads
+
+            _thread_plan = apply_threads(None, torch)
 
 
 class GeneratorWorker(_SuperqtGeneratorWorker):
@@ -41,6 +59,10 @@ class GeneratorWorker(_SuperqtGeneratorWorker):
 
     def run(self) -> None:  # called by the thread pool
         self._begun = True
+        try:
+            _apply_thread_policy()
+        except Exception as exc:  # noqa: BLE001 - a thread setting must never stop the job (e.g. a bad MSRL_THREADS)
+            log.warning("thread policy not applied: %s", exc)
         try:
             super().run()
         except RuntimeError as exc:  # its signal object is gone (the app is shutting down): nobody listens

@@ -323,12 +323,14 @@ def _draw_classes(lay: _Layout, result: PredictionResult) -> None:
             lay.room(h + mm(32))  # title, chart and what the linked cases say on one page
             if task.informative is False:  # greyed, as text: no chart that reads as a finding
                 lay.text(f"{task_title(name)} — not informative in cross-validation", 9.5, True, color="#6b7280")
-                lay.text(f"{task.informative_note.split(': ', 1)[-1]}. Model output (not a finding): "
+                note = task.informative_note.split(": ", 1)[-1]
+                lay.text(f"{note[:1].upper()}{note[1:]}. Model output (not a finding): "
                          + ", ".join(f"{n} {p:.0%}" for n, p in zip(c.names, c.probabilities)) + ".",
                          8.5, color="#6b7280")
                 _draw_neighbours_say(lay, task)
                 continue
-            lay.text(f"{task_title(name)} — most likely {c.predicted_name}", 9.5, True)
+            in_set = f" · conformal set: {c.set_text}" if c.set_text else ""
+            lay.text(f"{task_title(name)} — most likely {c.predicted_name}{in_set}", 9.5, True)
             bars = BarsPlot("light")
             bars.set_bars(c.names, series, highlight=int(np.argmax(c.probabilities)))
             lay.image(_plot_image(bars, int(lay.width * 0.8), h), lay.width * 0.8, h)

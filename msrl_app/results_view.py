@@ -118,7 +118,10 @@ class ClassificationSection(QWidget):
         names = c.names
         self.title = _heading(task_title(task.name))
         best = int(np.argmax(c.probabilities))
-        self.summary = QLabel(f"Most likely: <b>{c.predicted_name}</b> ({c.probabilities[best]:.0%})")
+        in_set = f" · conformal set: <b>{c.set_text}</b>" if c.set_text else ""
+        self.summary = QLabel(f"Most likely: <b>{c.predicted_name}</b> ({c.probabilities[best]:.0%}){in_set}")
+        self.summary.setToolTip("The conformal set holds the true class for that share of cases like the "
+                                "training cases (calibrated on held-out folds)" if in_set else "")
         self.summary.setWordWrap(True)
         self.plot = BarsPlot()
         series = [("this slide (model)", np.asarray(c.probabilities))]
@@ -271,7 +274,9 @@ class ResultsPanel(QWidget):
         self.mode_label.setStyleSheet(f"color: {style}; font-weight: bold;")
         self.synthetic_label.setVisible(result.synthetic_training_cohort)
         a = result.applicability
-        self.ood_label.setText(f"⚠ {a.message}" if a is not None and a.flagged else "")
+        self.ood_label.setText(f"⚠ Unlike the training cohort — predictions unreliable (p = {a.p_value:.3f})"
+                               if a is not None and a.flagged else "")
+        self.ood_label.setToolTip(a.message if a is not None else "")
         self.ood_label.setVisible(a is not None and a.flagged)
         n = len(result.coords)
         self.meta_label.setText(f"{result.slide_id} · analysed as {result.project or 'unspecified cancer type'} · "

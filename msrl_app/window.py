@@ -89,7 +89,7 @@ class MainWindow(QMainWindow):
         self.ood_banner = QLabel()
         self.ood_banner.setObjectName("ood_banner")
         self.ood_banner.setWordWrap(True)
-        self.ood_banner.setStyleSheet("background: #8a1c1c; color: white; font-weight: bold; padding: 6px 10px;")
+        self.ood_banner.setStyleSheet("background: #8a1c1c; color: white; padding: 6px 10px;")
         self.ood_banner.setVisible(False)
         central = QWidget()
         column = QVBoxLayout(central)
@@ -213,7 +213,9 @@ class MainWindow(QMainWindow):
                                 self.state.project_choices())
         applicability = getattr(result, "applicability", None)
         flagged = applicability is not None and applicability.flagged
-        self.ood_banner.setText(f"⚠ {applicability.message}" if flagged else "")
+        head, _, detail = applicability.message.partition(": ") if flagged else ("", "", "")
+        self.ood_banner.setText(f"⚠ <b>{head}.</b> <span style='font-weight:normal'>{detail[:1].upper()}"
+                                f"{detail[1:]}.</span>" if flagged else "")
         self.ood_banner.setVisible(flagged)
         if result is None:
             self.viewer.set_heatmap(None)

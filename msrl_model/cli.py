@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 done, 2 a user error (:class:`MSRLError`), 3 some inputs of a batch failed, 4 an
     output could not be written (read-only folder, disk full), 130 interrupted (Ctrl-C / SIGINT).
     """
+    from msrl_model.device import passive_openmp_waits
+
+    passive_openmp_waits()  # before anything imports torch
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _interrupt_once) if in_main_thread else None
     try:

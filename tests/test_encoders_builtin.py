@@ -52,7 +52,7 @@ def tiles() -> torch.Tensor:
 
 def test_registry_lists_the_encoders():
     assert available_encoders() == ["builtin-he", "timm", "uni_v1", "uni_v2", "virchow2", "hoptimus0", "hoptimus1",
-                                    "gigapath"]
+                                    "gigapath", "conch_v15", "phikon_v2"]
 
 
 @pytest.mark.parametrize("spec", ["resnet50", "nope", "timm-resnet", "gigapath2", "builtin", ""])

@@ -18,7 +18,8 @@ import pytest
 
 from msrl_model.cohort.format import CohortConfig
 from msrl_model.cohort.labels import class_names, classes_for, split_class
-from msrl_model.infer.applicability import (ApplicabilityCheck, conformal_p, manifest_block, patch_shift)
+from msrl_model.infer.applicability import (STATISTIC, ApplicabilityCheck, calibration, conformal_p, knn_score,
+                                            loo_scores, slide_profile)
 from msrl_model.infer.bundle.schema import manifest_problem
 from msrl_model.infer.informative import informative, lower_bound
 
@@ -70,18 +71,27 @@ def test_informative_uses_the_t_interval_over_folds():
 
 # ---- applicability --------------------------------------------------------------------------------
 
-def test_patch_shift_and_conformal_p():
+def test_profile_score_and_conformal_p():
     mean, std = np.zeros(4), np.full(4, 2.0)
-    x = np.array([[2.0, 0, 0, 0], [2.0, 0, 0, 0]])
-    assert patch_shift(x, mean, std) == pytest.approx(0.25)  # z̄ = (1, 0, 0, 0), M = 1/4
+    x = np.array([[2.0, 0, 0, 0], [2.0, 4.0, 0, 0]])
+    assert slide_profile(x, mean, std) == pytest.approx([1.0, 1.0, 0, 0])  # z̄ = mean (x − μ)/σ
+    profiles = np.array([[0.0, 0, 0, 0], [2.0, 0, 0, 0], [0.0, 4.0, 0, 0]])
+    # RMS distances from (0, 0, 0, 0): 0, 1, 2 → mean of the 2 nearest 0.5
+    assert knn_score(np.zeros(4), profiles, k=2) == pytest.approx(0.5)
+    assert loo_scores(profiles, k=1) == pytest.approx([1.0, 1.0, 2.0])  # each slide to its nearest other
     scores = np.array([0.1, 0.2, 0.3, 0.4])
-    assert conformal_p(0.35, scores) == pytest.approx(2 / 5)
-    assert conformal_p(9.0, scores) == pytest.approx(1 / 5)
-    check = ApplicabilityCheck(mean, std, manifest_block(list(np.linspace(0, 0.01, 99))), "bundle")
-    far = check.check(x)
+    assert conformal_p(0.35, scores) == pytest.approx(2 / 5) and conformal_p(9.0, scores) == pytest.approx(1 / 5)
+
+    rng = np.random.default_rng(0)
+    bags = [rng.normal(0, 1, (30, 4)) for _ in range(99)]  # 99 training slides of one distribution
+    block, stored = calibration(bags, np.zeros(4), np.ones(4))
+    assert block["statistic"] == STATISTIC and len(block["scores"]) == 99 and stored.shape == (99, 4)
+    check = ApplicabilityCheck(np.zeros(4), np.ones(4), block, stored, "bundle")
+    far = check.check(rng.normal(3, 1, (30, 4)))
     assert far.flagged and far.p_value == pytest.approx(0.01) and "unlike the training cohort" in far.message
-    assert not check.check(np.zeros((3, 4))).flagged
-    none = ApplicabilityCheck(mean, std, None, "bundle").check(x)
+    fresh = [check.check(rng.normal(0, 1, (30, 4))).flagged for _ in range(200)]
+    assert sum(fresh) <= 20  # conformal: ≈ 5 % of slides of the training distribution
+    none = ApplicabilityCheck(np.zeros(4), np.ones(4), None, None, "bundle").check(x)
     assert none.p_value is None and not none.flagged and none.calibration == "none"
 
 
@@ -90,7 +100,7 @@ def test_schema_checks_the_new_fields():
 
     manifest = read_manifest(SHIPPED)
     assert manifest_problem(manifest) is None
-    good = {**manifest, "applicability": manifest_block([0.1, 0.2])}
+    good = {**manifest, "applicability": {"statistic": STATISTIC, "level": 0.05, "k": 3, "scores": [0.1, 0.2]}}
     assert manifest_problem(good) is None
     assert "applicability.level" in manifest_problem({**good, "applicability": {**good["applicability"], "level": 2}})
     assert "applicability.scores" in manifest_problem({**good, "applicability": {**good["applicability"],
@@ -143,7 +153,10 @@ def test_cmu_slide_is_flagged_and_says_so_everywhere(shipped, tmp_path):
     assert rows[("slide", "applicability_flagged")] == "True"
     assert rows[("HER2_status", "informative")] == "False"
     assert ("TP53_mut", "p(mutant)") in rows and rows[("TP53_mut", "predicted")] in ("wild-type", "mutant")
-    assert "influence_p(mutant)" in cases_csv.read_text().splitlines()[0]
+    cases_text = cases_csv.read_text()
+    assert "influence_p(mutant)" in cases_text.splitlines()[0]
+    tp53 = cases_text.splitlines()[0].split(",").index("TP53_mut")
+    assert {line.split(",")[tp53] for line in cases_text.splitlines()[1:]} <= {"wild-type", "mutant", ""}
 
 
 def test_fresh_synthetic_slides_are_rarely_flagged(shipped, tmp_path):
@@ -161,6 +174,91 @@ def test_fresh_synthetic_slides_are_rarely_flagged(shipped, tmp_path):
         slide = make_slide(tmp_path / f"fresh{seed}.svs", 2048, 1536, seed)
         h5 = drive(extract_slide(slide, tmp_path / "cache", encoder, "cpu", 1, 64, tissue, tiling), show=False)
         check = shipped.applicability.check(read_features(h5).features)
-        assert check.p_value is not None and math.isfinite(check.statistic)
+        assert check.p_value is not None and math.isfinite(check.score)
         flagged.append(check.flagged)
     assert sum(flagged) <= 1, f"{sum(flagged)} of {len(flagged)} fresh synthetic slides flagged"
+
+
+# ---- a new bundle keeps what the checks need ---------------------------------------------------
+
+def test_exported_bundle_keeps_class_names_folds_and_calibration(tmp_path):
+    import torch
+
+    from msrl_model.cohort import load_cohort
+    from msrl_model.infer.bundle import load_bundle
+    from msrl_model.infer.predictor import Predictor
+    from msrl_model.nn.config import MSRLConfig
+    from msrl_model.progress import drive
+    from msrl_model.synth.cohort import make_synth_cohort
+    from msrl_model.train.cv import cv_job
+    from msrl_model.train.data import load_bags
+    from msrl_model.train.export import export_bundle
+
+    torch.set_num_threads(1)
+    root = tmp_path / "cohort"
+    make_synth_cohort(root, n_cases=24, n_projects=2, patches=(8, 12), feature_dim=16, seed=5)
+    cohort = load_cohort(root)
+    bags = drive(load_bags(cohort), show=False)
+    cfg = MSRLConfig.tiny(patch_dim=16, max_patches_train=8, pretrain_epochs=1, finetune_epochs=1, batch_size=8,
+                          group_sizes=tuple(len(g) for g in cohort.gene_groups))
+    result = drive(cv_job(cohort, bags, cfg, tasks=["survival", "TP53_mut"], variants=["msrl"], n_folds=2, seed=0),
+                   show=False)
+    out = export_bundle(tmp_path / "bundle", cohort=cohort, result=result, config=cfg,
+                        encoder={"name": "x", "version": "1", "dim": 16}, model_card="# card\n")
+    bundle = load_bundle(out)
+    assert bundle.tasks["TP53_mut"].class_names == ["wild-type", "mutant"]
+    assert bundle.manifest["tasks"][1]["class_names"] == ["wild-type", "mutant"]
+    assert bundle.tasks["survival"].metrics["c_index"]["n_folds"] == 2
+    n_slides = sum(len(cohort.case_feature_paths(c)) for c in cohort.case_ids)
+    assert bundle.slide_profiles.shape == (n_slides, 16)
+    assert len(bundle.manifest["applicability"]["scores"]) == n_slides
+    predictor = Predictor(bundle, device="cpu")
+    assert predictor.applicability.source == "bundle"
+    features = drive(load_bags(cohort), show=False).read(0)[0].numpy()
+    check = predictor.applicability.check(features)
+    assert check.p_value is not None and check.n_calibration == n_slides
+    labelled = int((cohort.label_codes("TP53_mut") >= 0).sum())
+    assert len(bundle.tasks["TP53_mut"].conformal_scores) == labelled  # one out-of-fold prediction per case
+    c = predictor.predict(features, np.zeros((len(features), 2), np.int64), 256).tasks["TP53_mut"].classification
+    assert c.set_coverage == 0.9 and c.prediction_set and set(c.prediction_set) <= {"0", "1"}
+
+    from msrl_model.train.report import model_card
+
+    card = model_card(cohort=cohort, result=result, tasks=["survival", "TP53_mut"], methods=["msrl"],
+                      encoder={"name": "x", "version": "1", "dim": 16}, config_text="d = 16", km_pvalues={})
+    assert "### Conformal prediction sets (90%)" in card and "| TP53_mut |" in card
+    assert "wild-type (0)" in card
+
+
+# ---- conformal prediction sets ---------------------------------------------------------------------
+
+def test_conformal_quantile_sets_and_coverage():
+    from msrl_model.infer.conformal import cross_coverage, prediction_set, quantile, scores_of
+    from msrl_model.infer.results import ClassificationPrediction
+
+    scores = np.arange(1, 10) / 10.0  # 0.1 … 0.9, n = 9: k = ⌈10 · 0.9⌉ = 9 → q̂ = 0.9
+    assert quantile(scores, 0.9) == pytest.approx(0.9)
+    assert quantile(scores, 0.95) == math.inf and quantile(np.zeros(0)) == math.inf
+    assert prediction_set(np.array([0.5, 0.3, 0.2]), 0.6) == [0]  # 1 − p ≤ 0.6 only for p = 0.5
+    assert prediction_set(np.array([0.2, 0.45, 0.35]), 0.7) == [1, 2]
+    assert prediction_set(np.array([0.2, 0.45, 0.35]), 0.1) == [1]  # never empty
+    assert scores_of(np.array([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]]), np.array([0, 0, -1])) == pytest.approx([0.2, 0.7])
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(600, 3))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])  # calibrated probabilities
+    covered, size = cross_coverage(p, y, np.arange(600) % 5, 0.9)
+    assert 0.85 <= covered <= 0.95 and 1.0 <= size <= 3.0
+    c = ClassificationPrediction(["I", "II", "III"], [0.2, 0.5, 0.3], "II", [0.2, 0.5, 0.3], [0, 0, 0], None, 0,
+                                 prediction_set=["II", "III"], set_coverage=0.9)
+    assert c.set_text == "II or III at 90%"
+
+
+def test_readable_label_maps_codes_of_classification_tasks():
+    from msrl_model.infer.results import readable_label
+
+    names = {"TP53_mut": {"0": "wild-type", "1": "mutant"}}
+    assert readable_label(names, "TP53_mut", "1") == "mutant"
+    assert readable_label(names, "TP53_mut", 0) == "wild-type" and readable_label(names, "TP53_mut", 1.0) == "mutant"
+    assert readable_label(names, "TP53_mut", None) is None and readable_label(names, "stage", "II") == "II"
+    assert readable_label(names, "TP53_mut", float("nan")) != "wild-type"

@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="slide: timed forwards per size, the best counts (default 2: a shared machine's noise)")
     p.add_argument("--predictor-patches", type=int, default=60_000, metavar="N",
                    help="slide: patches of the Predictor call's bag (default 60000; 0 skips it)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the thread policy of msrl_model.device)")
     p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the bags")
     p.add_argument("--encoder", default="builtin-he", help="patch: encoder spec")
@@ -334,8 +334,9 @@ def run_slide(args: argparse.Namespace) -> dict[str, Any]:
 
     if any(n < 1 for n in args.sizes) or args.repeats < 1 or args.predictor_patches < 0:
         raise MSRLError("--sizes must be positive patch counts, --repeats at least 1 and --predictor-patches >= 0")
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+    from msrl_model.device import apply_threads
+
+    apply_threads(args.threads, torch)
     device = resolve_device(args.device)
     cfg = MSRLConfig.demo()
     sizes = sorted(set(args.sizes))
@@ -392,8 +393,9 @@ def measure_patch_encoder(encoder: str, device: str, threads: int | None, batch:
     from msrl_model.device import resolve_device
     from msrl_model.encoders import build_encoder
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    from msrl_model.device import apply_threads
+
+    apply_threads(threads, torch)
     dev = resolve_device(device)
     enc = build_encoder(encoder, device=str(dev))
     tiles = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8))

@@ -13,7 +13,6 @@ each stage so the split is exact. Reports tiles/s overall and for each stage:
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_slide_options(p)
     p.add_argument("--encoder", default="builtin-he", help="encoder spec")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reader threads")
+    p.add_argument("--workers", type=int, default=None, help="reader threads (default: as --threads)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: the thread policy of msrl_model.device)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run)
@@ -76,6 +77,10 @@ def measure(path: Path, encoder: str, device: str, workers: int, batch_size: int
 
 
 def run(args: argparse.Namespace) -> int:
+    from msrl_model.device import apply_threads
+
     path = input_slide(args)
-    emit(measure(path, args.encoder, args.device, max(1, args.workers), max(1, args.batch_size)), args.json)
+    plan = apply_threads(args.threads, readers=args.workers)
+    record = measure(path, args.encoder, args.device, plan.readers, max(1, args.batch_size))
+    emit({**record, "threads": plan.torch, "threads_from": plan.source}, args.json)
     return 0

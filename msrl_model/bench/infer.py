@@ -31,11 +31,15 @@ from dataclasses import dataclass
 
 import torch
 
-from msrl_model.infer.engine import DenseReference, ExactEngine, QueryResult
+from msrl_model.infer.engine import SCREENS, DenseReference, ExactEngine, QueryResult
 from msrl_model.nn.graph import GCN, GSL, knn_lists
 
 DEFAULT_SIZES = (434, 4340, 21700, 1_000_000)
 DENSE_LIMIT = 30_000  # largest buffer for which the dense reference runs (N² float32 matrices)
+MAX_ABS_DIFF = 1e-6  # exact: every output within this of the dense reference (architecture §9)
+LARGE_MS = 250  # mean ms per query at 10^6 buffer cases, 2 cores
+LARGE_PEAK_MB = 4096  # peak RSS at 10^6 cases, precompute included
+MIN_SPEEDUP = 20  # over the dense reference at 21,700 cases
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,15 @@ class ClusteredBuffer:
                 out[lo - start:hi - start, c * self.width:(c + 1) * self.width] = block
         return out
 
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` (sorted) as (len(idx), dim): each cluster they fall in is generated once."""
+        out = torch.zeros(idx.shape[0], self.dim)
+        owner = torch.bucketize(idx.cpu(), torch.tensor(self.bounds[1:]), right=True)
+        for c in owner.unique().tolist():
+            at = torch.nonzero(owner == c).flatten()
+            out[at, c * self.width:(c + 1) * self.width] = self.cluster(c)[idx[at].cpu() - self.bounds[c]]
+        return out
+
     def knn(self, gsl: GSL, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact neighbour lists: cross-cluster similarities are 0, so each row's list is in its cluster."""
         idx, sim = [], []
@@ -139,17 +152,17 @@ class ClusteredBuffer:
         return out
 
 
-def bench_size(n: int, cfg: BenchConfig, device: torch.device, queries: int) -> dict:
-    """One buffer size: the JSON record."""
+def bench_size(n: int, cfg: BenchConfig, device: torch.device, queries: int, screen: str) -> dict:
+    """One buffer size: the JSON record (``screen``: the engine's, :data:`~msrl_model.infer.engine.SCREENS`)."""
     gsl, gcn = build_models(cfg, device)
     rss0 = peak_rss_mb()
     g = torch.Generator().manual_seed(cfg.seed + n)
-    record: dict = {"buffer": n, "dim": cfg.dim, "k": cfg.k, "device": device.type}
+    record: dict = {"buffer": n, "dim": cfg.dim, "k": cfg.k, "device": device.type, "screen": screen}
     if n <= DENSE_LIMIT:
         buffer = torch.randn(n, cfg.dim, generator=g).to(device)
         qs = torch.randn(queries, cfg.dim, generator=g).to(device)
         t0 = time.perf_counter()
-        engine = ExactEngine(gsl, gcn, buffer, cfg.k)
+        engine = ExactEngine(gsl, gcn, buffer, cfg.k, screen=screen)
         _sync(device)
         record["precompute_s"] = round(time.perf_counter() - t0, 3)
         dense = DenseReference(gsl, gcn, buffer, cfg.k)
@@ -167,7 +180,8 @@ def bench_size(n: int, cfg: BenchConfig, device: torch.device, queries: int) -> 
         source = ClusteredBuffer(n, cfg)
         t0 = time.perf_counter()
         knn = source.knn(gsl, cfg.k, device)
-        engine = ExactEngine(gsl, gcn, source, cfg.k, buffer_knn=knn)
+        engine = ExactEngine(gsl, gcn, source, cfg.k, buffer_knn=knn, screen=screen)
+        del knn
         _sync(device)
         record["precompute_s"] = round(time.perf_counter() - t0, 3)
         exact_ms, dense_ms, diffs = [], [], []
@@ -195,16 +209,39 @@ def bench_size(n: int, cfg: BenchConfig, device: torch.device, queries: int) -> 
     return record
 
 
+def targets_failed(rec: dict) -> list[str]:
+    """The architecture §9 targets a record misses, each with the figure that misses it (empty: all hold)."""
+    out = []
+    if not rec["max_abs_diff"] <= MAX_ABS_DIFF:
+        out.append(f"exactness: max |Δ| {rec['max_abs_diff']:.3g} > {MAX_ABS_DIFF:g} against the "
+                   f"{rec['reference']}" + (" (different linked rows or top lists)"
+                                            if rec["max_abs_diff"] == math.inf else ""))
+    if rec["buffer"] >= 1_000_000 and rec["exact_ms"] > LARGE_MS:
+        out.append(f"speed: {rec['exact_ms']:.1f} ms mean per query > {LARGE_MS} ms at 10^6 cases")
+    if rec["buffer"] >= 1_000_000 and rec["peak_mem_mb"] > LARGE_PEAK_MB:
+        out.append(f"memory: peak RSS {rec['peak_mem_mb']:.0f} MB > {LARGE_PEAK_MB} MB (4 GiB) at 10^6 cases")
+    if rec["speedup"] is not None and rec["buffer"] >= 21_700 and rec["speedup"] < MIN_SPEEDUP:
+        out.append(f"speed-up: {rec['speedup']}x < {MIN_SPEEDUP}x over the dense reference at {rec['buffer']:,}")
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per buffer size")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="buffer sizes")
     parser.add_argument("--queries", type=int, default=3, help="queries per size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: the thread policy of msrl_model.device)")
+    parser.add_argument("--screen", choices=SCREENS, default="int8",
+                        help="how the engine screens the buffer before its exact re-rank (default int8)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark for ``args`` (see :func:`add_arguments`); 0 when every target holds."""
+    from msrl_model.device import apply_threads
+
+    apply_threads(args.threads, torch)
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -212,14 +249,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         torch.backends.cuda.matmul.allow_tf32 = False  # the exact comparison needs full float32
     cfg = BenchConfig(seed=args.seed)
-    ok = True
+    failed: list[str] = []
     for n in args.sizes:
-        rec = bench_size(n, cfg, device, args.queries)
-        ok &= rec["max_abs_diff"] <= 1e-4
-        if n >= 1_000_000:
-            ok &= rec["exact_ms"] <= 1000
-        if rec["speedup"] is not None and n >= 21_700:
-            ok &= rec["speedup"] >= 20
+        rec = bench_size(n, cfg, device, args.queries, args.screen)
+        rec["failed"] = targets_failed(rec)
+        failed += [f"buffer {n:,}: {why}" for why in rec["failed"]]
         if args.json:
             print(json.dumps(rec), flush=True)
         else:
@@ -228,7 +262,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"buffer {n:>9,}: exact {rec['exact_ms']:.1f} ms  dense {dense}{speed}  "
                   f"max|Δ| {rec['max_abs_diff']:.2e}  precompute {rec['precompute_s']:.1f} s  "
                   f"peak RSS {rec['peak_mem_mb']:.0f} MB", flush=True)
-    return 0 if ok else 1
+    for why in failed:
+        print(f"bench infer: target failed: {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

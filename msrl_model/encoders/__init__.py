@@ -4,7 +4,7 @@ Specs understood by :func:`build_encoder`::
 
     builtin-he                      weight-free H&E stain/texture encoder (default, see builtin_he.py)
     timm:<arch>[@/path/checkpoint]  any timm architecture with a local checkpoint (see timm_local.py)
-    uni_v1, uni_v2, virchow2, hoptimus0, hoptimus1, gigapath [@/path/to/checkpoint]
+    uni_v1, uni_v2, virchow2, hoptimus0, hoptimus1, gigapath, conch_v15, phikon_v2 [@/path/to/checkpoint]
                                     the foundation models as TRIDENT names them, one file each (release.py);
                                     weights from local files only (weights.py says where they are looked for)
 
@@ -124,8 +124,8 @@ def check_checkpoint(expected: Mapping[str, Any], encoder: PatchEncoder, what: s
     raise EncoderError(
         f"{what} was trained on {encoder.name} features from the checkpoint with SHA-256 {want}, but the "
         f"{encoder.checkpoint_file or 'checkpoint'} found has SHA-256 {encoder.checkpoint_sha256}: point "
-        f"--weights {encoder.name}=PATH (or MSRL_WEIGHTS_<NAME>) at the checkpoint the model was trained "
-        f"with")
+        f"--weights {encoder.name}=PATH (in the app: Settings ▸ Foundation models; or MSRL_WEIGHTS_<NAME>) at "
+        f"the checkpoint the model was trained with")
 
 
 def _module_device(model: torch.nn.Module) -> torch.device:
@@ -154,3 +154,4 @@ def hf_offline() -> Iterator[None]:
 # Builders register themselves on import; keep these after the registry definitions above.
 from msrl_model.encoders import builtin_he, timm_local  # noqa: E402,F401
 from msrl_model.encoders import uni_v1, uni_v2, virchow2, hoptimus0, hoptimus1, gigapath  # noqa: E402,F401
+from msrl_model.encoders import conch_v15, phikon_v2  # noqa: E402,F401

@@ -38,14 +38,14 @@ class Release:
     hf_repo: str  # Hugging Face repo of the release
     weights_file: str  # the release's checkpoint file in that repo
     size_text: str  # the checkpoint's size, for the "missing weights" message
-    arch: str  # timm model name
+    arch: str  # timm model name (of the trunk, for adapters with their own head; "" for non-timm releases)
     model_kwargs: Mapping[str, Any]  # timm.create_model kwargs; "SwiGLUPacked"/"SiLU" name those layers
     resize: int  # tiles are resized to resize² first
     crop: int  # then centre-cropped to crop² (== resize: no crop)
     interpolation: str  # "bilinear" | "bicubic" (antialiased)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    output: str  # "cls": the pooled class token; "cls+mean": CLS ⊕ mean of the patch tokens
+    output: str  # "cls": the class token; "cls+mean": CLS ⊕ mean of the patch tokens; else the adapter's head
     dim: int  # feature dimension
     precision: torch.dtype  # autocast dtype on CUDA
     version: str = "1"  # bump when this adapter's maths change
@@ -81,6 +81,17 @@ def static_spec(name: str) -> dict[str, Any] | None:
     if not isinstance(release, Release):
         return None
     return {"dim": release.dim, "preprocessing": release.preprocessing(), "checkpoint_file": release.weights_file}
+
+
+def registered_releases() -> list[Release]:
+    """The :class:`Release` of every registered foundation-model adapter, in registry order (what the app's
+    Settings ▸ Foundation models lists)."""
+    import sys
+
+    from msrl_model.encoders import available_encoders
+
+    found = (getattr(sys.modules.get(f"msrl_model.encoders.{name}"), "RELEASE", None) for name in available_encoders())
+    return [release for release in found if isinstance(release, Release)]
 
 
 def sha256_file(path: Path) -> str:
@@ -119,13 +130,29 @@ def wrap_output(release: Release, model: torch.nn.Module) -> torch.nn.Module:
 
 def build_release(release: Release, arg: str | None, path: str | None, device: torch.device) -> PatchEncoder:
     """The PatchEncoder of ``release`` from local weights; EncoderError naming what to put where."""
+    reject_arg(release, arg)
+    ckpt = resolve_checkpoint(release.name, path, release.hf_repo, release.weights_file, release.size_text)
+    model = create_network(release)
+    load_weights(model, load_state_dict(ckpt), ckpt, release_label(release))
+    return release_encoder(release, wrap_output(release, model), ckpt, device)
+
+
+def release_label(release: Release) -> str:
+    """How messages name the release: ``uni_v1 (MahmoodLab/UNI pytorch_model.bin)``."""
+    return f"{release.name} ({release.hf_repo} {release.weights_file})"
+
+
+def reject_arg(release: Release, arg: str | None) -> None:
+    """EncoderError when a release spec carries a ``:`` argument (release adapters take none)."""
     if arg is not None:
         raise EncoderError(f"encoder {release.name!r} takes no ':' argument (got {arg!r}): write "
                            f"{release.name}[@/path/to/{release.weights_file}]")
-    ckpt = resolve_checkpoint(release.name, path, release.hf_repo, release.weights_file, release.size_text)
-    model = create_network(release)
-    load_weights(model, load_state_dict(ckpt), ckpt, f"{release.name} ({release.hf_repo} {release.weights_file})")
-    model = wrap_output(release, model).to(device).eval()
+
+
+def release_encoder(release: Release, model: torch.nn.Module, ckpt: Path, device: torch.device) -> PatchEncoder:
+    """The PatchEncoder of ``release`` around ``model`` (weights already loaded from ``ckpt``): the release's
+    transform and precision, the checkpoint's SHA-256 in its version and spec."""
+    model = model.to(device).eval()
     sha = sha256_file(ckpt)
     return PatchEncoder(
         name=release.name, version=f"{release.version}.ckpt-{sha[:12]}", dim=release.dim, model=model,
@@ -136,4 +163,5 @@ def build_release(release: Release, arg: str | None, path: str | None, device: t
 
 
 __all__ = ["ClsMeanPatch", "IMAGENET_MEAN", "IMAGENET_STD", "Release", "build_release", "create_network",
-           "sha256_file", "static_spec", "timm_kwargs", "wrap_output"]
+           "registered_releases", "reject_arg", "release_encoder", "release_label", "sha256_file", "static_spec",
+           "timm_kwargs", "wrap_output"]

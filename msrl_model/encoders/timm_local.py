@@ -85,14 +85,36 @@ def import_timm(spec: str):
     return timm
 
 
+def import_transformers(spec: str):
+    """Import Hugging Face ``transformers`` or raise EncoderError telling the user to install it.
+
+    ``transformers`` imports torchvision too (for its image processors), with the failure
+    :func:`import_timm` describes; torchvision is imported first, through the same work-around.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass  # transformers runs without torchvision
+    except RuntimeError as err:
+        if "torchvision::" not in str(err):
+            raise
+        _declare_torchvision_ops()
+    try:
+        import transformers
+    except ImportError as err:
+        raise EncoderError(f"encoder {spec} needs the transformers package, which is not installed: run "
+                           f"`pip install transformers`") from err
+    return transformers
+
+
 _TORCHVISION_LIB: list[torch.library.Library] = []  # kept alive: the schemas live as long as the Library
 
 
 def _declare_torchvision_ops() -> None:
-    """Declare ``torchvision::nms``/``qnms`` and forget the half-imported torchvision/timm modules."""
+    """Declare ``torchvision::nms``/``qnms`` and forget the half-imported torchvision/timm/transformers modules."""
     import sys
 
-    for mod in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm")]:
+    for mod in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm", "transformers")]:
         del sys.modules[mod]
     if not _TORCHVISION_LIB:
         lib = torch.library.Library("torchvision", "FRAGMENT")

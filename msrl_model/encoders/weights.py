@@ -4,12 +4,14 @@ For an encoder registry name (``uni_v1``, ``virchow2``, ...) the checkpoint is, 
 
 1. the path after ``@`` in the spec (``uni_v1@/data/uni/pytorch_model.bin``);
 2. a ``--weights NAME=PATH`` given on the command line (:func:`use_weights`);
-3. the environment variable ``MSRL_WEIGHTS_<NAME>`` (name upper-cased, ``-`` → ``_``:
+3. the file chosen in the app's Settings ▸ Foundation models (the app hands its stored choices to
+   :func:`use_app_weights`; this module knows nothing of Qt);
+4. the environment variable ``MSRL_WEIGHTS_<NAME>`` (name upper-cased, ``-`` → ``_``:
    ``MSRL_WEIGHTS_UNI_V1``);
-4. the JSON file named by ``MSRL_WEIGHTS_JSON``, in TRIDENT's ``local_ckpts.json`` format
+5. the JSON file named by ``MSRL_WEIGHTS_JSON``, in TRIDENT's ``local_ckpts.json`` format
    (``{"uni_v1": "/path/to/pytorch_model.bin", ...}``, as in mahmoodlab/TRIDENT
    ``trident/patch_encoder_models/local_ckpts.json``; an empty value means "not set");
-5. the model's file in the local Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+6. the model's file in the local Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
    ``~/.cache/huggingface/hub``), ``models--<org>--<repo>/snapshots/<rev>/<file>``.
 
 A path may name the checkpoint file or the folder holding it (a Hugging Face snapshot folder). Nothing
@@ -29,6 +31,8 @@ from msrl_model.errors import EncoderError
 ENV_PREFIX = "MSRL_WEIGHTS_"
 JSON_ENV = "MSRL_WEIGHTS_JSON"
 _cli_weights: dict[str, str] = {}
+_app_weights: dict[str, str] = {}
+APP_SETTING = "the app's Settings ▸ Foundation models"
 
 
 def env_name(name: str) -> str:
@@ -52,6 +56,14 @@ def use_weights(mapping: Mapping[str, str]) -> None:
     given before); they take precedence over the environment and files."""
     _cli_weights.clear()
     _cli_weights.update({str(k): str(v) for k, v in mapping.items()})
+
+
+def use_app_weights(mapping: Mapping[str, str]) -> None:
+    """Make ``{name: path}`` (the app's Settings ▸ Foundation models) the app's checkpoints for this process,
+    replacing any given before; empty paths are dropped. They come after ``--weights`` and before the
+    environment."""
+    _app_weights.clear()
+    _app_weights.update({str(k): str(v) for k, v in mapping.items() if str(v).strip()})
 
 
 def read_ckpts_json(path: Path) -> dict[str, str]:
@@ -86,10 +98,12 @@ def hf_cached_file(repo: str, filename: str) -> Path | None:
 
 
 def configured_path(name: str) -> tuple[str, str] | None:
-    """``(path, where it was set)`` for ``name`` from ``--weights``, the environment or ``MSRL_WEIGHTS_JSON``;
-    None when none names it."""
+    """``(path, where it was set)`` for ``name`` from ``--weights``, the app's setting, the environment or
+    ``MSRL_WEIGHTS_JSON``; None when none names it."""
     if name in _cli_weights:
         return _cli_weights[name], "--weights"
+    if name in _app_weights:
+        return _app_weights[name], APP_SETTING
     var = env_name(name)
     if os.environ.get(var):
         return os.environ[var], var
@@ -120,10 +134,11 @@ def resolve_checkpoint(name: str, explicit: str | None, hf_repo: str, filename: 
     expected = hf_hub_cache() / f"models--{hf_repo.replace('/', '--')}" / "snapshots" / "<revision>" / filename
     raise EncoderError(
         f"no local weights for {name}: it needs {filename} ({size_text}) from the Hugging Face repo {hf_repo} "
-        f"(gated: request access there); put it in {expected}, or pass --weights {name}=/path/to/{filename}, "
+        f"(gated: request access there); put it in {expected}, choose it in {APP_SETTING}, "
+        f"or pass --weights {name}=/path/to/{filename}, "
         f"set {env_name(name)}=/path/to/{filename}, or list it in a TRIDENT local_ckpts.json named by {JSON_ENV} "
         f"— nothing is ever downloaded")
 
 
-__all__ = ["configured_path", "env_name", "hf_cached_file", "hf_hub_cache", "parse_weights_args", "read_ckpts_json",
-           "resolve_checkpoint", "use_weights"]
+__all__ = ["APP_SETTING", "configured_path", "env_name", "hf_cached_file", "hf_hub_cache", "parse_weights_args",
+           "read_ckpts_json", "resolve_checkpoint", "use_app_weights", "use_weights"]

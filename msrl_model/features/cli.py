@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from msrl_model.errors import MSRLError
 
 if TYPE_CHECKING:
+    from msrl_model.device import ThreadPlan
     from msrl_model.slide.tiling import TilingParams
 
 
@@ -40,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint of a foundation-model encoder, e.g. uni_v1=/data/uni/pytorch_model.bin "
                         "(repeatable; else MSRL_WEIGHTS_<NAME>, a TRIDENT local_ckpts.json named by "
                         "MSRL_WEIGHTS_JSON, or the Hugging Face cache)")
-    p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: as --threads)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: the CPUs this process may use, from affinity and the cgroup quota; MSRL_THREADS / OMP_NUM_THREADS override)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="process every n-th slide starting at i (default: torchrun RANK/WORLD_SIZE, else all)")
@@ -66,6 +69,19 @@ def tiling_of(args: argparse.Namespace) -> TilingParams:
     return TilingParams(patch_size=size, target_mpp=mpp)
 
 
+def thread_plan(args: argparse.Namespace) -> ThreadPlan:
+    """Apply the thread policy (``--threads``, ``--workers``; :mod:`msrl_model.device`): logged, and printed on
+    a terminal's stderr unless ``--quiet`` (piped stderr keeps its one line per error)."""
+    from msrl_model.device import apply_threads
+
+    if args.workers is not None and args.workers < 1:
+        raise MSRLError("--batch-size and --workers must be at least 1")
+    plan = apply_threads(args.threads, readers=args.workers)
+    if not args.quiet and sys.stderr.isatty():
+        print(plan.line(), file=sys.stderr)
+    return plan
+
+
 def run_extract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -76,6 +92,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from msrl_model.encoders.weights import parse_weights_args, use_weights
 
     use_weights(parse_weights_args(args.weights))
+    args.workers = thread_plan(args).readers
     tiling = tiling_of(args)
     if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
         raise MSRLError("--batch-size and --workers must be at least 1")

@@ -17,7 +17,7 @@ _EXPORTS = {
     "Predictor": "predictor",
     "PredictionResult": "results", "TaskResult": "results", "SurvivalPrediction": "results",
     "ClassificationPrediction": "results", "LinkedCase": "results", "PathwayActivity": "results",
-    "Curve": "results",
+    "Curve": "results", "Applicability": "results",
     "ExactEngine": "engine", "DenseReference": "engine", "QueryResult": "engine", "Explanation": "engine",
     "make_random_bundle": "random_bundle",
 }

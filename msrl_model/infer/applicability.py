@@ -36,8 +36,9 @@ are shipped beside it (:mod:`~msrl_model.infer.bundle.shipped_calibration`, pinn
 Any other bundle without them gets no p-value and a note saying so.
 
 Measured on the shipped bundle (350 training slides of 2048 × 1536 px): training scores 0.16–0.55
-(95 % below 0.38); the CMU skin slide 0.95 (p = 1/351); 20 fresh synthetic slides (``msrl synth
-slide``, unseen seeds) p ≥ 0.32, none flagged.
+(95 % below 0.38); the CMU skin slide 0.94 (p = 1/351, the smallest possible); 20 fresh synthetic
+slides (``msrl synth slide`` 2048 × 1536, unseen seeds) p ≥ 0.35 and 10 small ones (1024 × 1024, ≈ 10
+patches) p ≥ 0.15: none flagged.
 
 **Not used: the node embedding.** The cosine distance of the slide embedding h to its nearest buffer
 cases, calibrated leave-one-out within the buffer, flagged 9 of those 20 synthetic slides at p < 0.05
@@ -61,8 +62,7 @@ STATISTIC = "slide_profile_knn"  # the score above; the manifest names it so tha
 DEFAULT_LEVEL = 0.05
 DEFAULT_K = 3
 MAX_SLIDES = 2000  # profiles kept in a bundle (a seeded subset beyond): 2000 × 1536 float32 = 12 MB
-UNLIKE = ("This slide is unlike the training cohort (its tissue, staining or scanning differs from all "
-          "training slides), so its predictions are unreliable")
+UNLIKE = "This slide is unlike the training cohort, so its predictions are unreliable"
 
 
 def slide_profile(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -149,8 +149,10 @@ class ApplicabilityCheck:
         p = conformal_p(s, self.scores)
         flagged = p < self.level
         if flagged:
-            message = (f"{UNLIKE}: its patches are farther ({s:.2f}) from the {self.k} most similar training "
-                       f"slides than {1 - p:.0%} of the training slides are from theirs (p = {p:.3f})")
+            closer = float(np.mean(self.scores < s))  # share of training slides nearer to their neighbours
+            than = "any training slide is" if closer == 1.0 else f"{closer:.0%} of the training slides are"
+            message = (f"{UNLIKE}: its tissue, staining or scanning differs — its patches are farther from the "
+                       f"most similar training slides than {than} from the others (p = {p:.3f})")
         else:
             message = f"The slide's patches resemble those of the training slides (p = {p:.2f})"
         return Applicability(p, self.level, flagged, s, self.source, int(len(self.scores)), message)

@@ -105,11 +105,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None, metavar="DIR", help="feature cache (default: OUT/features)")
     p.add_argument("--json", action="store_true", help="print one JSON line per slide on stdout")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--coverage", type=float, default=0.9,
+                   help="coverage of the conformal prediction sets of classification tasks (default 0.9 = 90 %%; "
+                        "needs a bundle with out-of-fold calibration scores)")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                    help="checkpoint of a foundation-model encoder, e.g. uni_v1=/data/uni/pytorch_model.bin "
                         "(repeatable; else MSRL_WEIGHTS_<NAME>, a TRIDENT local_ckpts.json named by "
                         "MSRL_WEIGHTS_JSON, or the Hugging Face cache)")
-    p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: as --threads)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: the CPUs this process may use, from affinity and the cgroup quota; MSRL_THREADS / OMP_NUM_THREADS override)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
     p.add_argument("--max-patches", type=int, default=None, metavar="N",
                    help="refuse slides (and feature files) with more than N patches (default 100000)")
@@ -206,6 +211,7 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
 def run_analyze(args: argparse.Namespace) -> int:
     """The ``msrl analyze`` command; returns the exit code documented in :data:`EPILOG`."""
     from msrl_model.encoders.weights import parse_weights_args, use_weights
+    from msrl_model.features.cli import thread_plan
     from msrl_model.features.pipeline import collect_slides
     from msrl_model.infer.predictor import Predictor
     from msrl_model.progress import drive
@@ -215,12 +221,16 @@ def run_analyze(args: argparse.Namespace) -> int:
             raise MSRLError("--batch-size and --workers must be at least 1")
         if args.max_patches is not None and args.max_patches < 1:
             raise MSRLError("--max-patches must be at least 1")
+        if not 0.0 < args.coverage < 1.0:
+            raise MSRLError(f"--coverage {args.coverage} must be between 0 and 1, e.g. 0.9 for 90 %")
+        args.workers = thread_plan(args).readers
         slides = collect_slides(args.inputs)
         if not slides:
             raise MSRLError(f"no slide files found in {' '.join(args.inputs)}")
         expression = ExpressionTable(Path(args.expression)) if args.expression else None
         use_weights(parse_weights_args(args.weights))  # the bundle's foundation-model checkpoint, if any
         predictor = Predictor.from_bundle(args.bundle, device=args.device)
+        predictor.coverage = args.coverage
         predictor.encoder()  # refuse a bundle whose encoder this installation cannot reproduce, before any work
         out_dir = Path(args.out)
         check_writable(out_dir)  # before any work: the results and the report go here

@@ -90,6 +90,70 @@ from torch import Tensor, nn
 from msrl_model.nn.graph import GCN, GSL, canonical_dots, gsl_adjacency_dense, select_neighbours, tie_tolerance
 
 
+SCREENS = ("fp32", "int8")  # how the buffer is screened per query (module docstring, "Screening")
+_SLACK = 1 + 2.0 ** -20  # relative head-room on every margin, over the float64 evaluation of the bound
+_QUANT_ROWS = 8192  # rows quantised at a time (float64 temporaries: 8 · 8192 · D bytes)
+
+
+class _ScreenRows:
+    r"""The buffer's screening representation and, per row, the constants of its error bound.
+
+    Each query's screened similarities :math:`\tilde s_j` and margins :math:`m_j` satisfy
+    :math:`|\hat s_j - \tilde s_j| \le m_j`, :math:`\hat s_j` the exact similarity (``canonical_dots``
+    in the working dtype). With :math:`m_j = \alpha_j \lVert\delta_q\rVert + \beta_j \lVert q\rVert`
+    (times ``_SLACK``): fp32, :math:`\alpha_j = 0` and :math:`\beta_j = 3\gamma\lVert e_j\rVert`; int8,
+    :math:`\alpha_j = a_j\lVert c_j\rVert`, :math:`\beta_j = \lVert\delta_j\rVert + 3\gamma\lVert e_j\rVert`
+    (module docstring). Memory: N·D bytes of codes (int8) and 8·N bytes per per-row constant.
+    """
+
+    def __init__(self, n: int, dim: int, screen: str, dtype: torch.dtype, device: torch.device) -> None:
+        self.kind = screen
+        unit = torch.finfo(dtype).eps / 2
+        self.gamma = (dim + 2) * unit / (1 - (dim + 2) * unit)  # γ_{D+2}: one dot product's rounding, relative
+        f64 = {"dtype": torch.float64, "device": device}
+        self.beta = torch.empty(n, **f64)
+        if screen == "int8":
+            self.codes = torch.empty(n, dim, dtype=torch.int8, device=device)  # c_j
+            self.scale = torch.empty(n, **f64)  # a_j
+            self.alpha = torch.empty(n, **f64)  # a_j ‖c_j‖
+
+    def store(self, start: int, e: Tensor) -> None:
+        """Record rows start.. of E_b from their embeddings ``e`` (B, D)."""
+        for lo in range(0, e.shape[0], _QUANT_ROWS):
+            block = e[lo:lo + _QUANT_ROWS].to(torch.float64)  # exact: every working dtype embeds in float64
+            rows = slice(start + lo, start + lo + block.shape[0])
+            beta = 3 * self.gamma * block.norm(dim=1)
+            if self.kind == "int8":
+                scale, codes = _quantise(block)
+                self.codes[rows], self.scale[rows] = codes, scale
+                self.alpha[rows] = scale * codes.to(torch.float64).norm(dim=1)
+                beta += (block - scale[:, None] * codes).norm(dim=1)  # ‖δ_j‖
+            self.beta[rows] = beta * _SLACK
+
+    def screen(self, e_q: Tensor, emb: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Screened similarities and margins, each (N, Q) float64, of queries ``e_q`` (Q, D); ``emb`` is
+        E_b for the fp32 screen. One pass over the buffer: 4·N·D bytes (fp32) or N·D bytes (int8)."""
+        q = e_q.to(torch.float64)
+        q_norm = q.norm(dim=1)  # (Q,)
+        if self.kind == "fp32":
+            sims = (emb @ e_q.T).to(torch.float64)
+            return sims, self.beta[:, None] * q_norm
+        b, d = _quantise(q)  # q = b·d + δ_q
+        dq_norm = (q - b[:, None] * d).norm(dim=1)
+        counts = torch._int_mm(self.codes, d.T.contiguous())  # (N, Q) int32 c_j·d, exact: |·| ≤ 127²·D < 2³¹
+        sims = counts.to(torch.float64) * self.scale[:, None] * b
+        return sims, (self.alpha[:, None] * dq_norm + self.beta[:, None] * q_norm) * _SLACK
+
+
+def _quantise(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: x (B, D) float64 = a[:, None]·c + δ with a = max|x|/127 (0 for a zero row),
+    c = round(x / a) in [-127, 127]."""
+    scale = x.abs().amax(dim=1) / 127
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round(x / safe[:, None]).clamp_(-127, 127).to(torch.int8)
+    return scale, codes
+
+
 @runtime_checkable
 class RowSource(Protocol):
     """Buffer features produced on demand in row ranges (so the N × D matrix is never held)."""
@@ -228,7 +292,9 @@ class ExactEngine:
 
     def __init__(self, gsl: GSL, gcn: GCN, buffer: Tensor | RowSource, k: int, *,
                  head: nn.Module | None = None, buffer_knn: tuple[Tensor, Tensor] | None = None,
-                 block_size: int = 2048, chunk_rows: int = 65536) -> None:
+                 block_size: int = 2048, chunk_rows: int = 65536, screen: str = "fp32") -> None:
+        if screen not in SCREENS:
+            raise ValueError(f"screen must be one of {SCREENS}, got {screen!r}")
         p = next(gsl.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.gsl, self.gcn, self.head, self.k = gsl, gcn.eval(), head, k
@@ -237,21 +303,32 @@ class ExactEngine:
         if n < 1:
             raise ValueError("the buffer must have at least one row")
         dim = buffer.dim if isinstance(buffer, RowSource) else buffer.shape[1]
-        self.n = n
+        self.n, self.dim, self.screen = n, dim, screen
+        # int8: exact rows are re-embedded from the buffer on demand (E_b is not held)
+        self.buffer: Tensor | RowSource | None = None if screen == "fp32" else buffer
         self.tol = tie_tolerance(dim, self.dtype)
         w1 = self.params[0][0]
+        k1 = min(k, n - 1) + 1
+        keep_fp32 = screen == "fp32" or buffer_knn is None  # the all-pairs pass needs E_b in full
         with torch.no_grad():
-            self.emb = torch.empty(n, dim, dtype=self.dtype, device=self.device)  # E_b (N, D)
+            self.emb: Tensor | None = (torch.empty(n, dim, dtype=self.dtype, device=self.device)
+                                       if keep_fp32 else None)  # E_b (N, D)
             self.p1 = torch.empty(n, w1.shape[1], dtype=self.dtype, device=self.device)  # X_b W_1
+            self._screen_rows: _ScreenRows = _ScreenRows(n, dim, screen, self.dtype, self.device)
             for start in range(0, n, chunk_rows):
                 stop = min(start + chunk_rows, n)
                 x = (buffer.rows(start, stop) if isinstance(buffer, RowSource) else buffer[start:stop])
                 x = x.to(self.device, self.dtype)
-                self.emb[start:stop] = gsl(x)
+                e = gsl(x)
+                if self.emb is not None:
+                    self.emb[start:stop] = e
+                self._screen_rows.store(start, e)
                 self.p1[start:stop] = x @ w1
-            k1 = min(k, n - 1) + 1
+                del x, e
             if buffer_knn is None:
                 idx, sim = self._lists(k1 + 1 if k1 < n else k1, block_size)
+                if screen != "fp32":
+                    self.emb = None  # rows are re-embedded from the buffer when a query needs them exactly
             else:
                 idx, sim = (t.to(self.device) for t in buffer_knn)
                 sim = sim.to(self.dtype)
@@ -314,10 +391,10 @@ class ExactEngine:
         """One :class:`QueryResult` per row of ``queries`` (Q, D); each query on [buffer; that query]."""
         x = queries.to(self.device, self.dtype)
         e_q = self.gsl(x)  # (Q, D)
-        sims = self.emb @ e_q[0] if x.shape[0] == 1 else self.emb @ e_q.T  # (N,) or (N, Q)
-        sims = sims.reshape(self.n, -1)
+        sims, margins = self._screen_rows.screen(e_q, self.emb)  # (N, Q) each: one pass over the buffer
         p1_q = x @ self.params[0][0]  # (Q, hidden)
-        return [self._one(sims[:, i].contiguous(), e_q[i], p1_q[i]) for i in range(x.shape[0])]
+        return [self._one(sims[:, i].contiguous(), margins[:, i].contiguous(), e_q[i], p1_q[i])
+                for i in range(x.shape[0])]
 
     @torch.no_grad()
     def explain(self, query: Tensor, rows: Tensor | None = None) -> Explanation:
@@ -329,9 +406,10 @@ class ExactEngine:
         given with K'+1 columns and K < N - 1)."""
         x = query.reshape(1, -1).to(self.device, self.dtype)
         e_q = self.gsl(x)[0]  # (D,)
-        s = self.emb @ e_q  # (N,)
+        sims, margins = self._screen_rows.screen(e_q[None], self.emb)
+        s, m = sims[:, 0].contiguous(), margins[:, 0].contiguous()  # (N,) screened similarities, bounds
         p1_q = x[0] @ self.params[0][0]  # (hidden,)
-        full = self._one(s, e_q, p1_q)
+        full = self._one(s, m, e_q, p1_q)
         rows = full.linked if rows is None else rows.to(self.device, torch.long).reshape(-1)
         if rows.numel() and 0 < self.k < self.n - 1 and self.next_idx is None:
             raise ValueError("removing a buffer row needs each row's next neighbour: pass buffer_knn with "
@@ -340,7 +418,7 @@ class ExactEngine:
         for r in rows.tolist():
             masked = s.clone()
             masked[r] = -math.inf  # r is no candidate of the query's list and takes nobody in
-            without.append(self._one(masked, e_q, p1_q, self._removal(r)))
+            without.append(self._one(masked, m, e_q, p1_q, self._removal(r)))
         return Explanation(full, self._alone(e_q, p1_q), rows, without)
 
     def _removal(self, r: int) -> _Removal:
@@ -371,62 +449,102 @@ class ExactEngine:
         return QueryResult(h, _apply_head(self.head, h), none, torch.zeros(0, dtype=self.dtype, device=self.device),
                            a, none, torch.zeros(0, dtype=self.dtype, device=self.device))
 
-    def _enters(self, s: Tensor, e_q: Tensor, thr: Tensor, last: Tensor) -> Tensor:
-        """Buffer rows with a full list (K < N) that take the query in: ``s_j > t_j`` strictly, t_j = ``thr``
-        the similarity of their K-th other neighbour m_j = ``last``.
+    def _embeddings(self, rows: Tensor) -> Tensor:
+        """E_b at sorted buffer ``rows`` (M,) in the working dtype: stored (fp32 screen) or re-embedded from
+        the buffer (int8 screen; GSL is row-wise, so a row's embedding does not depend on its batch)."""
+        if self.emb is not None:
+            return self.emb[rows]
+        if isinstance(self.buffer, Tensor):
+            x = self.buffer[rows.to(self.buffer.device)]
+        elif hasattr(self.buffer, "take"):
+            x = self.buffer.take(rows)
+        else:
+            x = torch.cat([self.buffer.rows(j, j + 1) for j in rows.tolist()]) if rows.numel() \
+                else torch.zeros(0, self.dim)
+        return self.gsl(x.to(self.device, self.dtype))
 
-        The products behind s (E_b e_q) and behind t (block matmul) are different kernels, which
+    def _enters(self, cand: Tensor, s_c: Tensor, e_c: Tensor, e_q: Tensor, thr: Tensor, last: Tensor) -> Tensor:
+        """The rows of ``cand`` (with exact similarities ``s_c`` and embeddings ``e_c``; every other row is
+        proven not to enter) with a full list (K < N) that take the query in: ``s_j > t_j`` strictly, t_j =
+        ``thr`` the similarity of their K-th other neighbour m_j = ``last``.
+
+        The products behind s (canonical dots) and behind t (block matmul) are different kernels, which
         can differ by an ulp on an exact tie (a query equal to a buffer row). Rows within the tie
         band of their threshold compare :func:`canonical_dots` e_j·e_q and e_j·e_{m_j} instead, as the
         selection rule does, so an exact tie stays a tie and the query (higher index) loses.
         """
-        enter = s > thr
-        band = torch.nonzero((s - thr).abs() <= self.tol).flatten()
-        for j in band.tolist():
-            v = canonical_dots(self.emb[j], torch.stack([e_q, self.emb[last[j]]]))
-            enter[j] = bool(v[0] > v[1])
-        return torch.nonzero(enter).flatten()
+        thr_c = thr[cand]
+        enter = s_c > thr_c
+        band = torch.nonzero((s_c - thr_c).abs() <= self.tol).flatten()
+        if band.numel():
+            e_last = self._embeddings(last[cand[band]])
+            for i, b in enumerate(band.tolist()):
+                v = canonical_dots(e_c[b], torch.stack([e_q, e_last[i]]))
+                enter[b] = bool(v[0] > v[1])
+        return cand[enter]
 
-    def _one(self, s: Tensor, e_q: Tensor, p1_q: Tensor, removal: _Removal | None = None) -> QueryResult:
-        """The query with similarities ``s`` (N,) to the buffer (-inf at a removed row), embedding ``e_q``
-        and ``p1_q`` = x_q W_1, on the buffer graph without ``removal``'s row when given."""
+    def _one(self, s: Tensor, m: Tensor, e_q: Tensor, p1_q: Tensor, removal: _Removal | None = None) -> QueryResult:
+        r"""The query with screened similarities ``s`` (N,) float64 (-inf at a removed row) within ``m`` (N,)
+        of the exact ones, embedding ``e_q`` and ``p1_q`` = x_q W_1, on the buffer graph without
+        ``removal``'s row when given.
+
+        Decisive rows (module docstring, "Screening"): when K < rows left, those that may be in the query's
+        top-K', :math:`\tilde s_j + m_j \ge \tau - tol` with τ the K'-th largest lower bound
+        :math:`\tilde s_j - m_j`, and those that may enter, :math:`\tilde s_j + m_j \ge t_j - tol`; else
+        every row left. Only they get exact similarities; every other row is -inf below."""
+        n, k = self.n, self.k
+        rows_left = n - (removal is not None)
+        k_top = min(k, rows_left)
+        thr, last = (self.knn_sim[:, -1], self.knn_idx[:, -1]) if removal is None else (removal.thr, removal.last)
+        if k >= rows_left:  # every list holds every row: every row left is decisive
+            cand = torch.nonzero(torch.isfinite(s)).flatten()
+        else:
+            hi = s + m
+            tau = torch.topk(s - m, k_top).values[-1] if k_top else math.inf
+            need = hi >= tau - self.tol
+            if k > 0:
+                need |= hi >= thr.to(torch.float64) - self.tol
+            cand = torch.nonzero(need).flatten()
+        e_c = self._embeddings(cand)  # (C, D)
+        s_c = canonical_dots(e_q, e_c)  # (C,) the exact similarities
+        s_exact = torch.full((n,), -math.inf, dtype=self.dtype, device=self.device)
+        s_exact[cand] = s_c
         s_qq = e_q @ e_q
-        top = self._query_top(s, s_qq, e_q, self.n - (removal is not None))
-        patch = self._patch(s, e_q, top, F.relu(s_qq), removal)
+        top = self._query_top(cand, s_c, e_c, s_qq, e_q, k_top)
+        if k == 0 or rows_left == 0:
+            enter = cand[:0]
+        elif k >= rows_left:  # each row left takes the query without dropping anything
+            enter = cand
+        else:
+            enter = self._enters(cand, s_c, e_c, e_q, thr, last)
+        patch = self._patch(s_exact, top, enter, F.relu(s_qq), removal)
         z = self._local_gcn(patch, p1_q)
         d_hop1 = self._degrees(patch.hop1, patch)
         links, weights = _sorted_links(patch.hop1, patch.w_q * patch.d_q.rsqrt() * d_hop1.rsqrt())
         self_weight = (patch.self_w / patch.d_q if patch.self_w > 0
                        else torch.zeros((), dtype=self.dtype, device=self.device))
-        return QueryResult(z, _apply_head(self.head, z), links, weights, self_weight, top, s[top])
+        return QueryResult(z, _apply_head(self.head, z), links, weights, self_weight, top, s_exact[top])
 
-    def _query_top(self, s: Tensor, s_qq: Tensor, e_q: Tensor, rows_left: int) -> Tensor:
-        """The query's own list without itself: its top-min(K, ``rows_left``) buffer rows, in selection order."""
-        n = self.n
-        row = torch.cat([s, s_qq[None]])  # the query is node n
+    def _query_top(self, cand: Tensor, s_c: Tensor, e_c: Tensor, s_qq: Tensor, e_q: Tensor, k_top: int) -> Tensor:
+        """The query's own list without itself: its top-``k_top`` buffer rows, in selection order, selected
+        among the sorted decisive rows ``cand`` (their order, hence every tie-break, is the buffer's)."""
+        row = torch.cat([s_c, s_qq[None]])  # the query, node N, last
+        nodes = torch.cat([cand, torch.tensor([self.n], device=self.device)])
+        e_all = torch.cat([e_c, e_q[None]])
 
         def dots(_: int, cols: Tensor) -> Tensor:
-            e_cols = self.emb[cols.clamp(max=n - 1)]
-            e_cols[cols == n] = e_q
-            return canonical_dots(e_q, e_cols)
+            return canonical_dots(e_q, e_all[cols])
 
-        return select_neighbours(row[None], torch.tensor([n], device=self.device), min(self.k, rows_left) + 1, dots,
-                                 self.tol)[0, 1:]
+        return nodes[select_neighbours(row[None], torch.tensor([cand.shape[0]], device=self.device), k_top + 1, dots,
+                                       self.tol)[0, 1:]]
 
-    def _patch(self, s: Tensor, e_q: Tensor, top: Tensor, self_w: Tensor, removal: _Removal | None) -> _Patch:
-        """The query's edges S'[q, ·], the rows that take it in (dropping their K-th entry when full), the
-        removal's dropped and added entries, and the new degrees of every buffer row whose row changed."""
+    def _patch(self, s: Tensor, top: Tensor, enter: Tensor, self_w: Tensor, removal: _Removal | None) -> _Patch:
+        """The query's edges S'[q, ·] from exact similarities ``s`` at ``top`` and ``enter`` (the rows that
+        take it in, dropping their K-th entry when full), the removal's dropped and added entries, and the
+        new degrees of every buffer row whose row changed."""
         n, k, dev = self.n, self.k, self.device
         rows_left = n - (removal is not None)
         empty = torch.zeros(0, dtype=torch.long, device=dev)
-        if k == 0 or rows_left == 0:
-            enter = empty
-        elif k >= rows_left:  # every list holds every row: each row left takes the query without dropping
-            enter = torch.nonzero(torch.isfinite(s)).flatten()
-        elif removal is None:
-            enter = self._enters(s, e_q, self.knn_sim[:, -1], self.knn_idx[:, -1])
-        else:
-            enter = self._enters(s, e_q, removal.thr, removal.last)
         drop_rows = drop_cols = add_rows = add_cols = empty
         add_half = torch.zeros(0, dtype=self.dtype, device=dev)
         if 0 < k < rows_left and removal is None:

@@ -7,14 +7,16 @@ Files written by :func:`write_results` for ``OUT/<name>.json``:
 * ``<name>.csv`` — one row per (task, quantity): ``slide_id, mode, task, key, value``; first the
   slide's applicability (task ``slide``: ``applicability_p``, ``applicability_flagged``,
   ``applicability_message``), then per task whether it is ``informative`` in cross-validation (with
-  ``informative_note``) and, besides the prediction (classes by their readable names: ``p(mutant)``),
+  ``informative_note``) and, besides the prediction (classes by their readable names: ``p(mutant)``;
+  a classification task's conformal ``prediction_set`` "II or III" at ``set_coverage``),
   its graph contribution (prediction with the buffer minus with the slide alone) and what
   the linked cases say (survival: ``neighbours_event_rate``, ``neighbours_median_survival_months``;
   classification: ``neighbours_share(<class>)``);
 * ``<name>-linked-cases.csv`` — every task's linked training cases by rank: buffer row, edge weight,
   influence (``influence_risk`` for a survival task, ``influence_p(<class>)`` per class for a
   classification task: the prediction minus the prediction without that case in the buffer; empty
-  for the other kind) and their case-table columns.
+  for the other kind) and their case-table columns (labels by their readable class names: TP53_mut
+  ``wild-type``).
 
 :func:`write_geojson` writes the analysed patches as QuPath ``tile`` objects (a GeoJSON
 ``FeatureCollection``, coordinates in level-0 pixels) whose ``measurements`` hold each task's
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from msrl_model.files import atomic_write
-from msrl_model.infer.results import LinkedCase, PredictionResult
+from msrl_model.infer.results import LinkedCase, PredictionResult, readable_label
 
 KEY_VALUE_COLUMNS = ["slide_id", "mode", "task", "key", "value"]
 
@@ -65,6 +67,9 @@ def key_values(result: PredictionResult) -> list[dict[str, Any]]:
         if task.classification is not None:
             c = task.classification
             add(name, "predicted", c.predicted_name)
+            add(name, "prediction_set", " or ".join(dict(zip(c.classes, c.names))[k] for k in c.prediction_set)
+                if c.set_coverage is not None else None)
+            add(name, "set_coverage", c.set_coverage)
             for i, cls in enumerate(c.names):
                 add(name, f"p({cls})", c.probabilities[i])
             for i, cls in enumerate(c.names):
@@ -107,9 +112,10 @@ def linked_cases_csv(result: PredictionResult) -> str:
         by_class = dict(zip(task_classes, c.influence_probabilities or []))
         return [c.influence_risk, *[by_class.get(cls) for cls in classes]]
 
+    names = result.label_names()
     rows = [[result.slide_id, name, rank, c.row, c.weight,
              *influence(task.classification.names if task.classification else [], c),
-             *[c.case.get(k) for k in columns]]
+             *[readable_label(names, k, c.case.get(k)) for k in columns]]
             for name, task in result.tasks.items() for rank, c in enumerate(task.linked_cases, 1)]
     return _csv_text(["slide_id", "task", "rank", "buffer_row", "weight", "influence_risk",
                       *[f"influence_p({cls})" for cls in classes], *columns], rows)

@@ -37,6 +37,8 @@ Decisions (documented here and in the result JSON's docstring, :mod:`msrl_model.
   uses the whole buffer, as trained; ``project`` only selects the within-project percentile.
 * **Readable classes**: each classification result carries the bundle's class names next to the codes
   (``class_names``: TP53_mut "0" reads "wild-type"; :mod:`msrl_model.cohort.labels`).
+* **Prediction sets**: with the bundle's out-of-fold conformal scores a classification result carries
+  the split-conformal set at ``Predictor.coverage`` (default 90 %, :mod:`msrl_model.infer.conformal`).
 * **Informative tasks**: ``TaskResult.informative`` is False when the task's cross-validated C-index or
   AUC does not exceed chance with confidence (:mod:`msrl_model.infer.informative`).
 * **Applicability**: every slide's patch features are checked against the training slides
@@ -60,6 +62,7 @@ from msrl_model import __version__
 from msrl_model.errors import BundleError, MSRLError
 from msrl_model.infer.bundle import Bundle, TaskBundle, check_encoder, json_safe, load_bundle
 from msrl_model.infer.applicability import bundle_check
+from msrl_model.infer.conformal import DEFAULT_COVERAGE, prediction_set, quantile
 from msrl_model.infer.engine import ExactEngine
 from msrl_model.infer.informative import informative
 from msrl_model.infer.results import (ClassificationPrediction, Curve, LinkedCase, PathwayActivity,
@@ -217,18 +220,22 @@ def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | 
     return prediction, [float(risks[0] - v) for v in risks[2:]]
 
 
-def _classification_prediction(rt: _TaskRuntime, logits: torch.Tensor, rows: np.ndarray,
-                               weights: np.ndarray) -> tuple[ClassificationPrediction, list[list[float]]]:
-    """The class probabilities from the head ``logits`` (2 + M, C) (rows as in :func:`_survival_prediction`),
-    and each linked row's influence p - p without it (per class)."""
+def _classification_prediction(rt: _TaskRuntime, logits: torch.Tensor, rows: np.ndarray, weights: np.ndarray,
+                               coverage: float) -> tuple[ClassificationPrediction, list[list[float]]]:
+    """The class probabilities from the head ``logits`` (2 + M, C) (rows as in :func:`_survival_prediction`)
+    with their conformal set at ``coverage`` (when the bundle has scores), and each linked row's influence
+    p - p without it (per class)."""
     spec = rt.task.spec
     p = torch.softmax(logits.double(), dim=-1).cpu().numpy()  # (2 + M, C) float64: each row sums to 1
     classes = list(spec.classes)
+    scores = rt.task.conformal_scores
+    chosen = [classes[c] for c in prediction_set(p[0], quantile(np.asarray(scores), coverage))] if scores else []
     shares, labelled = _class_shares(rt.task.cases, spec.name, classes, rows, weights)
     prediction = ClassificationPrediction(
         classes, [float(v) for v in p[0]], classes[int(np.argmax(p[0]))],
         probabilities_query_alone=[float(v) for v in p[1]], graph_contribution=[float(v) for v in p[0] - p[1]],
-        neighbours_distribution=shares, neighbours_labelled=labelled, class_names=list(rt.task.class_names or []))
+        neighbours_distribution=shares, neighbours_labelled=labelled, class_names=list(rt.task.class_names or []),
+        prediction_set=chosen, set_coverage=coverage if scores else None)
     return prediction, [[float(v) for v in p[0] - row] for row in p[2:]]
 
 
@@ -238,12 +245,15 @@ class Predictor:
     Args:
         bundle: a loaded bundle (:func:`~msrl_model.infer.bundle.load_bundle`).
         device: "auto" (CUDA when available), "cpu" or "cuda[:N]".
+        coverage: of the conformal prediction sets of classification tasks (:mod:`msrl_model.infer.conformal`);
+            an attribute, so a caller may change it between predictions.
     """
 
-    def __init__(self, bundle: Bundle, device: str = "auto") -> None:
+    def __init__(self, bundle: Bundle, device: str = "auto", coverage: float = DEFAULT_COVERAGE) -> None:
         from msrl_model.device import resolve_device
 
         self.bundle = bundle
+        self.coverage = float(coverage)
         self.device = resolve_device(device)
         self.device_name = str(self.device)
         try:
@@ -402,7 +412,7 @@ class Predictor:
             survival, risk_influence = _survival_prediction(rt, logits, project, rows, weights)
             influences: list[tuple[float | None, list[float] | None]] = [(v, None) for v in risk_influence]
         else:
-            classification, prob_influence = _classification_prediction(rt, logits, rows, weights)
+            classification, prob_influence = _classification_prediction(rt, logits, rows, weights, self.coverage)
             influences = [(None, v) for v in prob_influence]
         linked = [LinkedCase(int(r), float(w), json_safe(cases.iloc[int(r)].to_dict()),
                              [float(v) for v in task.pathways[int(r)]], ir, ip)

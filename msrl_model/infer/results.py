@@ -32,7 +32,7 @@ JSON layout (``PredictionResult.to_dict``)::
     suggested_project                           weighted majority project of the survival (else first) task's neighbours
     patch_size_level0, coords [[x, y], ...]     level-0 top-left of every analysed patch
     warnings [str]                              a slide unlike the training cohort first ("This slide is unlike …")
-    applicability {p_value, level, flagged, statistic, calibration, n_calibration, message} or None
+    applicability {p_value, level, flagged, score, calibration, n_calibration, message} or None
                                                 the slide against the training slides (infer/applicability.py)
     tasks {name: TaskResult}:
         name, kind, variant, mode
@@ -43,6 +43,7 @@ JSON layout (``PredictionResult.to_dict``)::
                   risk_query_alone, graph_contribution,
                   neighbours_event_rate, neighbours_with_status, neighbours_median_survival_months}
         classification (classification tasks) {classes (codes), class_names (readable), probabilities, predicted,
+                  prediction_set [codes] and set_coverage (conformal, infer/conformal.py; [] / None without),
                   probabilities_query_alone, graph_contribution [per class],
                   neighbours_distribution [per class] (None = no linked case has a class label), neighbours_labelled}
         linked_cases [{row, weight, case {column: value}, pathways [n_groups],
@@ -58,6 +59,7 @@ JSON layout (``PredictionResult.to_dict``)::
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -65,6 +67,20 @@ from msrl_model import RESEARCH_USE_ONLY
 
 RESULT_FORMAT_VERSION = 3  # 2: influences, graph contribution, what the neighbours say; 3: class names,
 #                             informative tasks, applicability
+
+
+def readable_label(names: dict[str, dict[str, str]], column: str, value: Any) -> Any:
+    """A case-table label ``value`` of ``column`` as its readable class name (``names``:
+    :meth:`PredictionResult.label_names`; integer codes 1 / 1.0 read as "1"), else ``value`` as stored."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or not float(value).is_integer():
+            return value
+        value_code = str(int(value))
+    else:
+        value_code = str(value)
+    return names.get(column, {}).get(value_code, value)
 
 
 @dataclass
@@ -120,6 +136,8 @@ class ClassificationPrediction:
     neighbours_distribution: list[float] | None  # edge-weighted share of each class among labelled linked cases
     neighbours_labelled: int  # linked cases whose label is one of the classes
     class_names: list[str] = field(default_factory=list)  # readable name per class ("wild-type"); [] = the codes
+    prediction_set: list[str] = field(default_factory=list)  # conformal set (codes, most probable first); []: none
+    set_coverage: float | None = None  # its coverage (0.9 = 90 %); None: the bundle has no conformal scores
 
     @property
     def names(self) -> list[str]:
@@ -130,6 +148,14 @@ class ClassificationPrediction:
     def predicted_name(self) -> str:
         """The readable name of the predicted class."""
         return self.names[self.classes.index(self.predicted)] if self.predicted in self.classes else self.predicted
+
+    @property
+    def set_text(self) -> str:
+        """'II or III at 90 %' ('' without a set)."""
+        if self.set_coverage is None or not self.prediction_set:
+            return ""
+        names = dict(zip(self.classes, self.names))
+        return f"{' or '.join(names.get(c, c) for c in self.prediction_set)} at {self.set_coverage:.0%}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassificationPrediction:
@@ -169,11 +195,11 @@ class PathwayActivity:
 class Applicability:
     """How far the slide is from the training cohort (:mod:`msrl_model.infer.applicability`)."""
 
-    p_value: float | None  # conformal p-value of the slide's patch-feature shift among the training slides
+    p_value: float | None  # conformal p-value of the slide's score among the training slides' (None: unchecked)
     level: float  # the slide is flagged when p_value < level (the bundle's level, default 0.05)
     flagged: bool  # p_value < level: the slide is unlike the training cohort
-    statistic: float  # the slide's patch-feature shift M (see the module)
-    calibration: str  # where the training slides' statistics come from ("bundle", "shipped calibration", "none")
+    score: float | None  # mean distance of the slide's profile to its k nearest training slides; None: unchecked
+    calibration: str  # where the training slides' profiles come from ("bundle", "shipped calibration", "none")
     n_calibration: int  # training slides behind p_value
     message: str  # one sentence for the user
 
@@ -256,6 +282,12 @@ class PredictionResult:
     def from_json(cls, text: str) -> PredictionResult:
         return cls.from_dict(json.loads(text))
 
+    def label_names(self) -> dict[str, dict[str, str]]:
+        """{label column: {class code: readable name}} of the classification tasks (a linked case's
+        TP53_mut "0" reads "wild-type")."""
+        return {name: dict(zip(t.classification.classes, t.classification.names))
+                for name, t in self.tasks.items() if t.classification is not None}
+
     def summary(self) -> dict[str, Any]:
         """The headline numbers per task (for one-line outputs)."""
         out: dict[str, Any] = {}
@@ -270,5 +302,5 @@ class PredictionResult:
         return out
 
 
-__all__ = ["ClassificationPrediction", "Curve", "LinkedCase", "PathwayActivity", "PredictionResult",
-           "RESEARCH_USE_ONLY", "RESULT_FORMAT_VERSION", "SurvivalPrediction", "TaskResult"]
+__all__ = ["Applicability", "ClassificationPrediction", "Curve", "LinkedCase", "PathwayActivity", "PredictionResult",
+           "RESEARCH_USE_ONLY", "RESULT_FORMAT_VERSION", "SurvivalPrediction", "TaskResult", "readable_label"]

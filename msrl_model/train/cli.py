@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (default: 1 for the presets, whose small models gain "
-                             "nothing from more; torch's default otherwise)")
+                             "nothing from more; otherwise the CPUs this process may use, from affinity and "
+                             "the cgroup quota, or MSRL_THREADS / OMP_NUM_THREADS)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same results)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--config", type=Path,
@@ -205,6 +206,7 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
            scale_note: str) -> int:
     import torch
 
+    from msrl_model.device import apply_threads
     from msrl_model.progress import Stage, drive
     from msrl_model.train import distributed
     from msrl_model.train.cv import cv_job
@@ -221,9 +223,8 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     try:
-        threads = args.threads or (1 if run_preset is not None else 0)
-        if threads:
-            torch.set_num_threads(threads)
+        plan = apply_threads(args.threads or (1 if run_preset is not None else None), torch)
+        log.info(plan.line())
         tasks, variants = _tasks_variants(args, cohort, run_preset)
         log.info("cohort %s: %d cases (%s)", cohort.root, cohort.n_cases,
                  "SYNTHETIC" if cohort.config.synthetic else "real")
@@ -341,6 +342,9 @@ def _toml(value: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m msrl_model.train``: user errors print one message, exit non-zero."""
+    from msrl_model.device import passive_openmp_waits
+
+    passive_openmp_waits()  # before anything imports torch
     parser = argparse.ArgumentParser(prog="python -m msrl_model.train", description=__doc__.splitlines()[0],
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

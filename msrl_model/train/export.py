@@ -124,15 +124,27 @@ def _made(made: FeatureProvenance | None, n_files: int) -> tuple[dict, dict, dic
             tissue if tissue is not None else TissueParams().to_dict(), source)
 
 
-def slide_shift_scores(cohort: Cohort, mean: np.ndarray, std: np.ndarray) -> list[float]:
-    """The applicability statistic M of every training slide's feature file (one per slide, as a new
-    slide is analysed: :func:`msrl_model.infer.applicability.patch_shift`) — the calibration set of
-    the out-of-distribution check stored in the bundle."""
+def oof_conformal_scores(cohort: Cohort, result: CVResult, task: str) -> list[float] | None:
+    """1 − p̂(true class) of MSRL's out-of-fold predictions of classification ``task`` on its labelled
+    cases (:mod:`msrl_model.infer.conformal`); None when the run kept no such predictions."""
+    from msrl_model.infer.conformal import scores_of
+
+    oof = result.oof.get((task, "msrl"))
+    if oof is None or "probs" not in oof:
+        return None
+    return [float(s) for s in scores_of(oof["probs"], cohort.label_codes(task)[oof["case"]])]
+
+
+def applicability_calibration(cohort: Cohort, mean: np.ndarray, std: np.ndarray
+                              ) -> tuple[dict[str, Any], np.ndarray] | None:
+    """The calibration of the out-of-distribution check: the profile of every training slide's
+    feature file (one per slide, as a new slide is analysed) and its leave-one-out score
+    (:func:`msrl_model.infer.applicability.calibration`); None with fewer than two slides."""
     from msrl_model.features.h5io import read_features
-    from msrl_model.infer.applicability import calibration_scores
+    from msrl_model.infer.applicability import calibration
 
     bags = (read_features(path).features for case in cohort.case_ids for path in cohort.case_feature_paths(case))
-    return calibration_scores(bags, mean, std)
+    return calibration(bags, mean, std)
 
 
 def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: MSRLConfig, encoder: dict,
@@ -143,12 +155,12 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
     (:func:`feature_tiling`), so the app and ``msrl analyze`` tile a new slide the same way.
 
     The manifest also gets each classification task's readable class names
-    (:func:`msrl_model.cohort.labels.class_names`), each metric's number of folds (``n_folds``, for
+    (:func:`msrl_model.cohort.labels.class_names`) and the conformal scores of its out-of-fold
+    predictions (:func:`oof_conformal_scores`), each metric's number of folds (``n_folds``, for
     :mod:`msrl_model.infer.informative`) and the calibration of the out-of-distribution check: the
-    statistic of every training slide against the final networks' training-patch μ, σ
-    (:func:`slide_shift_scores`, :mod:`msrl_model.infer.applicability`)."""
+    profiles of the training slides against the final networks' training-patch μ, σ
+    (:func:`applicability_calibration`, :mod:`msrl_model.infer.applicability`)."""
     from msrl_model.cohort.labels import class_names
-    from msrl_model.infer.applicability import manifest_block
     from msrl_model.infer.bundle import TaskBundle, write_bundle
 
     fg = result.final_genomics
@@ -170,7 +182,8 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
             pathways=fg.pathways[res.buffer_cases].numpy().astype(np.float32),
             metrics=metrics, thumbnails=case_thumbnails(cohort, res.buffer_cases),
             class_names=class_names(name, spec.classes, (cohort.config.labels or {}).get(name))
-            if spec.kind == "classification" else None))
+            if spec.kind == "classification" else None,
+            conformal_scores=oof_conformal_scores(cohort, result, name) if spec.kind == "classification" else None))
     scale = expression_scale(cohort)
     genomics = {"genes": list(cohort.genes), "group_names": list(cohort.group_names),
                 "groups": [g.tolist() for g in cohort.gene_groups],
@@ -183,13 +196,14 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
     n_files = sum(len(cohort.case_feature_paths(c)) for c in cohort.case_ids)
     tiling, tissue, made = _made(feature_provenance(cohort), n_files)  # how the training features were made
     encoder_net = next(iter(result.final.values())).result.online.slide_encoder  # μ, σ: every task's are the same
-    scores = slide_shift_scores(cohort, encoder_net.patch_mean.detach().cpu().numpy(),
-                                encoder_net.patch_std.detach().cpu().numpy())
+    calibrated = applicability_calibration(cohort, encoder_net.patch_mean.detach().cpu().numpy(),
+                                           encoder_net.patch_std.detach().cpu().numpy())
+    block, profiles = calibrated if calibrated is not None else (None, None)
     return write_bundle(out, config=config, tasks=tasks, encoder=encoder, tiling=tiling,
                         tissue=tissue, genomics=genomics, cohort_summary=cohort_summary,
                         model_card=model_card, sign_key=sign_key, features_made=made,
-                        applicability=manifest_block(scores) if scores else None)
+                        applicability=block, slide_profiles=profiles)
 
 
-__all__ = ["case_table", "case_thumbnails", "export_bundle", "expression_scale", "feature_encoder",
+__all__ = ["applicability_calibration", "case_table", "oof_conformal_scores", "case_thumbnails", "export_bundle", "expression_scale", "feature_encoder",
            "feature_provenance", "feature_tiling"]

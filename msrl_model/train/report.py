@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from msrl_model.cohort import Cohort
+from msrl_model.cohort.labels import class_names
 from msrl_model.files import atomic_write
 from msrl_model.stats import kaplan_meier, logrank_test
 from msrl_model.stats.paired import (
@@ -238,6 +239,43 @@ def plot_km(result: CVResult, cohort: Cohort, task: str, method: str, path: str 
     return p
 
 
+def _coverage_lines(cohort: Cohort, result: CVResult, tasks: Sequence[str]) -> list[str]:
+    """Empirical coverage of MSRL's 90 % conformal sets on held-out folds (:mod:`msrl_model.infer.conformal`)."""
+    from msrl_model.infer.conformal import DEFAULT_COVERAGE, cross_coverage
+
+    rows = []
+    for task in tasks:
+        oof = result.oof.get((task, "msrl"))
+        if oof is None or "probs" not in oof or task not in cohort.labels:
+            continue
+        covered, size = cross_coverage(oof["probs"], cohort.label_codes(task)[oof["case"]],
+                                       oof["repeat"] * 1000 + oof["fold"], DEFAULT_COVERAGE)
+        rows.append(f"| {task} | {covered:.3f} | {size:.2f} |")
+    if not rows:
+        return []
+    return [f"### Conformal prediction sets ({DEFAULT_COVERAGE:.0%})", "",
+            "Split-conformal sets from out-of-fold MSRL probabilities; each fold's sets calibrated on the other "
+            "folds' predictions. Survival: no conformal interval yet.", "",
+            "| Task | empirical coverage | mean set size |", "|---|---|---|", *rows, ""]
+
+
+def _informative_lines(result: CVResult, tasks: Sequence[str]) -> list[str]:
+    """Which shipped (MSRL) tasks are informative in cross-validation (:mod:`msrl_model.infer.informative`)."""
+    from msrl_model.infer.informative import informative
+
+    lines = []
+    for task in tasks:
+        summary = result.metric_summary(task, "msrl")
+        kind = "survival" if "c_index" in summary else "classification"
+        known, note = informative(kind, summary)
+        if known is False:
+            lines.append(f"* {task}: {note.split(': ', 1)[-1]} — the app, the report and the result files "
+                         "show it as not informative in cross-validation")
+    if not lines:
+        return []
+    return ["### Tasks no better than chance", "", *lines, ""]
+
+
 def model_card(*, cohort: Cohort, result: CVResult, tasks: Sequence[str], methods: Sequence[str], encoder: dict,
                config_text: str, km_pvalues: dict[str, float], wall_seconds: float | None = None,
                sig: Sequence[dict] = ()) -> str:
@@ -270,7 +308,9 @@ def model_card(*, cohort: Cohort, result: CVResult, tasks: Sequence[str], method
         f"* genes: {s['genes']} in {s['gene_groups']} gene groups",
     ]
     for name, counts in s["labels"].items():
-        lines.append(f"* {name}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+        names = class_names(name, list(counts), (cohort.config.labels or {}).get(name))
+        lines.append(f"* {name}: " + ", ".join(f"{c if shown == c else f'{shown} ({c})'} {n}"
+                                               for (c, n), shown in zip(counts.items(), names)))
     lines += [
         "",
         "## Model",
@@ -292,6 +332,8 @@ def model_card(*, cohort: Cohort, result: CVResult, tasks: Sequence[str], method
                   + ", ".join(f"{display_name(m)} {p:.2g}" for m, p in km_pvalues.items()), ""]
     if wall_seconds is not None:
         lines += [f"Training wall time: {wall_seconds / 60:.1f} min.", ""]
+    lines += _informative_lines(result, tasks)
+    lines += _coverage_lines(cohort, result, tasks)
     lines += [
         "## Limitations",
         "",
@@ -300,6 +342,9 @@ def model_card(*, cohort: Cohort, result: CVResult, tasks: Sequence[str], method
         "* The buffer holds the training cases' features and clinical data: share the bundle only "
         "where that is allowed.",
         "* Predictions depend on the patch encoder: features from another encoder are refused.",
+        "* A slide unlike every training slide (another tissue, stain or scanner) is flagged when it is analysed: "
+        "its average standardised patch feature is farther from its 3 nearest training slides' than the "
+        "training slides are from each other (conformal p < 0.05, leave-one-out over the training slides).",
     ]
     if synthetic:
         lines.append("* Trained on SYNTHETIC data: the numbers above describe the simulation, not any disease.")

@@ -3,8 +3,10 @@
 Layout (no pickle anywhere: JSON, safetensors, HDF5, Markdown)::
 
     manifest.json        format/software version, encoder + tiling/tissue params, model config,
-                         tasks (classes or survival bin edges in months, variant, CV metrics),
-                         training-cohort summary, genomics summary, size + SHA-256 of every other file
+                         tasks (classes or survival bin edges in months, variant, CV metrics with
+                         n_folds; optional class_names and conformal_scores), training-cohort summary,
+                         genomics summary, optional applicability {statistic, level, k, scores},
+                         size + SHA-256 of every other file
     weights.safetensors  every task's MSRLNet state dict, keys "<task>/<parameter>"
     buffer.h5            /tasks/<task>/nodes (N, node_dim) float32   buffer node features
                          /tasks/<task>/pathways (N, n_groups) float32 authentic Hallmark scores
@@ -14,6 +16,8 @@ Layout (no pickle anywhere: JSON, safetensors, HDF5, Markdown)::
                          /tasks/<task>/thumbnails  optional, variable-length uint8 (JPEG bytes)
                          /genomics/{genes, group_names, group_index, group_offsets, scaler_mean,
                                     scaler_std}  the MSRL_multi input pipeline
+                         /applicability/slide_means (m, P) float32  optional: the training slides'
+                                              profiles of the out-of-distribution check
     model_card.md        the model card (Markdown)
     signature.json       optional: Ed25519 signature of manifest.json (signing.py)
 

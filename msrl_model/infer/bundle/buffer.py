@@ -8,6 +8,7 @@ Layout::
                          strings UTF-8 variable length, c<i>_na = NA mask where the column has NAs)
     /tasks/<task>/thumbnails  optional, variable-length uint8 (JPEG bytes)
     /genomics/{genes, group_names, group_index, group_offsets, scaler_mean, scaler_std}
+    /applicability/slide_means (m, P) float32  optional: the training slides' profiles (infer/applicability.py)
 
 A gene group g is ``group_index[group_offsets[g]:group_offsets[g + 1]]`` (indices into ``genes``).
 """
@@ -121,9 +122,10 @@ def _write_genomics(group: Any, block: GenomicsBlock) -> None:
 
 
 def write_buffer(path: Path, tasks: list[TaskBundle], genomics: GenomicsBlock | None,
-                 record: str | None = None) -> None:
-    """Write ``buffer.h5`` at ``path``: every task's buffer and, when given, the genomics block and the
-    integrity ``record`` (JSON text, root attribute :data:`~msrl_model.infer.bundle.contents.RECORD_KEY`)."""
+                 record: str | None = None, slide_profiles: np.ndarray | None = None) -> None:
+    """Write ``buffer.h5`` at ``path``: every task's buffer and, when given, the genomics block, the
+    integrity ``record`` (JSON text, root attribute :data:`~msrl_model.infer.bundle.contents.RECORD_KEY`)
+    and the training slides' profiles of the applicability check."""
     import h5py
 
     with h5py.File(path, "w") as f:
@@ -135,6 +137,20 @@ def write_buffer(path: Path, tasks: list[TaskBundle], genomics: GenomicsBlock | 
             _write_task(root.create_group(task.spec.name), task)
         if genomics is not None:
             _write_genomics(f.create_group("genomics"), genomics)
+        if slide_profiles is not None:
+            f.create_group("applicability").create_dataset("slide_means",
+                                                           data=np.asarray(slide_profiles, dtype=np.float32))
+
+
+def read_slide_profiles(f: Any, n: int, patch_dim: int) -> np.ndarray:
+    """The (n, patch_dim) training slides' profiles of an open ``buffer.h5``; ValueError when absent or,
+    checked before reading, of another shape than the manifest's ``n`` scores and the config declare."""
+    if "applicability" not in f or "slide_means" not in f["applicability"]:
+        raise ValueError("the applicability profiles the manifest lists are missing")
+    ds = f["applicability"]["slide_means"]
+    if tuple(ds.shape) != (n, patch_dim):
+        raise ValueError(f"applicability profiles have shape {tuple(ds.shape)}, expected {(n, patch_dim)}")
+    return np.asarray(ds[()], dtype=np.float32)
 
 
 # ---- reading ------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ class TaskBundle:
     # Readable name of each class (manifest "class_names"; cohort.labels.class_names): "wild-type" for
     # TP53_mut "0". None: the codes (a survival task), or a bundle written before names were kept
     class_names: list[str] | None = None
+    # 1 − p̂(true class) of the out-of-fold predictions (manifest "conformal_scores", infer/conformal.py);
+    # None: a survival task, or a bundle written before they were kept
+    conformal_scores: list[float] | None = None
 
 
 @dataclass
@@ -100,6 +103,9 @@ class Bundle:
     key_fingerprint: str | None = None  # the signing key's fingerprint
     signature_trusted: bool = False  # signed by a key of the trusted-keys folder
     shipped: bool = False  # loaded as the bundle shipped with MSRL Studio (its pinned fingerprint matched)
+    # (m, P) float32 training slides' profiles of the applicability check (buffer.h5 /applicability/slide_means,
+    # infer/applicability.py); None in bundles written before it
+    slide_profiles: np.ndarray | None = None
 
     @property
     def format_version(self) -> int:

@@ -81,6 +81,8 @@ def _task_entry(task: TaskBundle) -> dict[str, Any]:
              "metrics": json_safe(task.metrics)}
     if task.class_names is not None:  # optional: readers before it show the class codes
         entry["class_names"] = [str(n) for n in task.class_names]
+    if task.conformal_scores is not None:  # optional: readers before it give no prediction sets
+        entry["conformal_scores"] = json_safe(list(task.conformal_scores))
     return entry
 
 

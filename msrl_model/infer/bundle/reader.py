@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 from torch import Tensor
 
 from msrl_model.errors import BundleError
-from msrl_model.infer.bundle.buffer import read_genomics, read_task_buffer
+from msrl_model.infer.bundle.buffer import read_genomics, read_slide_profiles, read_task_buffer
 from msrl_model.infer.bundle.contents import (BUFFER, MANIFEST, MODEL_CARD, RECORD_KEY, WEIGHTS, Bundle,
                                               GenomicsBlock, LoadedManifest, TaskBundle, expected_shapes)
 from msrl_model.infer.bundle.manifest import (ManifestModel, bundle_error, check_encoder, manifest_model,
@@ -314,8 +315,9 @@ def _class_names(spec: TaskSpec, entry: dict[str, Any]) -> list[str] | None:
 
 
 def _read_buffer(src: _Source, model: ManifestModel, weights: dict[str, Tensor], manifest: dict[str, Any]
-                 ) -> tuple[dict[str, TaskBundle], GenomicsBlock | None]:
-    """Every task (weights + buffer) and the genomics block; BundleError when ``buffer.h5`` is damaged."""
+                 ) -> tuple[dict[str, TaskBundle], GenomicsBlock | None, np.ndarray | None]:
+    """Every task (weights + buffer), the genomics block and the training slides' profiles of the
+    applicability check (when the manifest has ``applicability``); BundleError when ``buffer.h5`` is damaged."""
     import h5py
 
     tasks = {}
@@ -329,10 +331,14 @@ def _read_buffer(src: _Source, model: ManifestModel, weights: dict[str, Tensor],
                 tasks[spec.name] = TaskBundle(spec=spec, variant=variant, state_dict=state, buffer_nodes=nodes,
                                               cases=cases, pathways=pathways,
                                               metrics=dict(entry.get("metrics") or {}), thumbnails=thumbs,
-                                              class_names=_class_names(spec, entry))
+                                              class_names=_class_names(spec, entry),
+                                              conformal_scores=entry.get("conformal_scores"))
             n_genes = manifest["genomics"]["n_genes"] if manifest["genomics"] is not None else None
             genomics = (read_genomics(f, model.expression_scale or "log", n_genes, model.config.group_sizes)
                         if "genomics" in f else None)
+            block = manifest.get("applicability")
+            profiles = (read_slide_profiles(f, len(block["scores"]), model.config.patch_dim)
+                        if block is not None else None)
     except BundleError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
@@ -342,7 +348,7 @@ def _read_buffer(src: _Source, model: ManifestModel, weights: dict[str, Tensor],
                                  or tuple(len(g) for g in genomics.groups) != model.config.group_sizes):
         raise bundle_error(src.path, f"{BUFFER} gene groups do not match the model configuration; "
                                      "the bundle is inconsistent")
-    return tasks, genomics
+    return tasks, genomics, profiles
 
 
 def load_bundle(path: str | Path, expected_encoder: dict | None = None, *, shipped: bool | None = None) -> Bundle:
@@ -378,7 +384,7 @@ def load_bundle(path: str | Path, expected_encoder: dict | None = None, *, shipp
         if expected_encoder is not None:
             check_encoder(model.encoder, expected_encoder, path)
         _check_networks(model, path)
-        tasks, genomics = _read_buffer(src, model, _read_weights(src, manifest), manifest)
+        tasks, genomics, profiles = _read_buffer(src, model, _read_weights(src, manifest), manifest)
         model_card = ""
         if MODEL_CARD in manifest["files"]:
             model_card = src.read(MODEL_CARD, int(manifest["files"][MODEL_CARD]["bytes"])).decode("utf-8", "replace")
@@ -392,4 +398,4 @@ def load_bundle(path: str | Path, expected_encoder: dict | None = None, *, shipp
                   encoder=model.encoder, tiling=dict(manifest["tiling"]), tissue=dict(manifest["tissue"]),
                   genomics=genomics, cohort_summary=dict(manifest["cohort"]), model_card=model_card,
                   provenance=text, signer=provenance.signer, key_fingerprint=provenance.key_fingerprint,
-                  signature_trusted=provenance.trusted, shipped=shipped)
+                  signature_trusted=provenance.trusted, shipped=shipped, slide_profiles=profiles)

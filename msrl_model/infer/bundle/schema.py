@@ -173,6 +173,12 @@ def _check_task(v: Any, i: int) -> str:
         raise _Invalid(f"{field}.classes", "a list of at least 2 class names for a classification task")
     if "class_names" in task and len(_str_list(task["class_names"], f"{field}.class_names")) != len(classes):
         raise _Invalid(f"{field}.class_names", f"a list of {len(classes)} names, one per class")
+    if "conformal_scores" in task:
+        scores = task["conformal_scores"]
+        if not isinstance(scores, list):
+            raise _Invalid(f"{field}.conformal_scores", "a list of numbers")
+        for j, s in enumerate(scores):
+            _number(s, f"{field}.conformal_scores[{j}]")
     if kind == "survival" and len(edges) < 2:
         raise _Invalid(f"{field}.bin_edges_months", "a list of at least 2 edges for a survival task")
     _int(_get(task, "n_buffer", field), f"{field}.n_buffer", 1)
@@ -189,6 +195,8 @@ def _check_applicability(v: Any) -> None:
     level = _number(_get(block, "level", "applicability"), "applicability.level", positive=True)
     if level is not None and level >= 1:
         raise _Invalid("applicability.level", "a number between 0 and 1")
+    if "k" in block:
+        _int(block["k"], "applicability.k", 1)
     scores = _get(block, "scores", "applicability")
     if not isinstance(scores, list):
         raise _Invalid("applicability.scores", "a list of numbers")

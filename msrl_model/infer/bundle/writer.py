@@ -142,7 +142,7 @@ def write_bundle(out: str | Path, *, config: MSRLConfig, tasks: list[TaskBundle]
                  tiling: dict, tissue: dict, genomics: dict | GenomicsBlock | None,
                  cohort_summary: dict, model_card: str, slide_encoder: dict | None = None,
                  sign_key: SigningKey | None = None, features_made: dict | None = None,
-                 applicability: dict | None = None) -> Path:
+                 applicability: dict | None = None, slide_profiles: np.ndarray | None = None) -> Path:
     """Write a bundle to ``out``: a directory, or a single zip file when ``out`` ends in ``.msrl``.
 
     Args:
@@ -161,13 +161,19 @@ def write_bundle(out: str | Path, *, config: MSRLConfig, tasks: list[TaskBundle]
         features_made: where ``tiling``/``tissue``/``encoder`` come from ({tiling_from, tissue_from,
             encoder_from: "feature files" | "defaults", files: n}); recorded as the manifest's
             ``features_made`` (absent when None).
-        applicability: the calibration of the out-of-distribution check ({statistic, level, scores},
-            :func:`msrl_model.infer.applicability.manifest_block`); the manifest's ``applicability``.
+        applicability, slide_profiles: the calibration of the out-of-distribution check, both or
+            neither (:func:`msrl_model.infer.applicability.calibration`): the manifest's ``applicability``
+            {statistic, level, k, scores} and the (m, patch_dim) training slides' profiles, one per score
+            (``buffer.h5`` /applicability/slide_means).
 
     Returns the path written.
     """
     out = Path(out)
     block = _checked_parts(config, tasks, encoder, genomics)
+    if (applicability is None) != (slide_profiles is None) or (slide_profiles is not None and (
+            np.shape(slide_profiles) != (len(applicability.get("scores") or []), config.patch_dim))):
+        raise BundleError("the applicability calibration needs one training-slide profile of "
+                          f"{config.patch_dim} values per score")
     zipped = out.suffix.lower() == ".msrl"
     if not zipped and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out} exists and is not an empty directory; choose a new output path")
@@ -176,7 +182,7 @@ def write_bundle(out: str | Path, *, config: MSRLConfig, tasks: list[TaskBundle]
     try:
         record = _record(tasks, cohort_summary)
         _write_weights(stage / WEIGHTS, tasks, record)
-        write_buffer(stage / BUFFER, tasks, block, record)
+        write_buffer(stage / BUFFER, tasks, block, record, slide_profiles)
         (stage / MODEL_CARD).write_text(model_card, encoding="utf-8")
         files = {name: {"sha256": sha256_file(stage / name), "bytes": (stage / name).stat().st_size}
                  for name in (WEIGHTS, BUFFER, MODEL_CARD)}

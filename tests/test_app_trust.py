@@ -1,0 +1,55 @@
+"""Issue 12 in the app: the out-of-distribution banner, tasks not informative in cross-validation, class names."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QSettings
+
+from msrl_app.results_view import ResultsPanel
+from msrl_app.window import MainWindow
+from msrl_model.infer.results import Applicability
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    from msrl_model.infer.predictor import Predictor
+    from msrl_model.infer.random_bundle import make_random_bundle
+
+    bundle = make_random_bundle(tmp_path_factory.mktemp("b") / "trust", patch_dim=32, n_cases=30, seed=2)
+    rng = np.random.default_rng(0)
+    out = Predictor.from_bundle(bundle, device="cpu").predict(rng.normal(size=(20, 32)).astype(np.float32),
+                                                             rng.integers(0, 4000, (20, 2)), 256)
+    flagged = Applicability(0.003, 0.05, True, 0.9, "bundle", 350,
+                            "This slide is unlike the training cohort, so its predictions are unreliable: its "
+                            "tissue, staining or scanning differs (p = 0.003)")
+    egfr = out.tasks["EGFR_mut"]
+    tasks = {**out.tasks, "EGFR_mut": dataclasses.replace(egfr, classification=dataclasses.replace(
+        egfr.classification, class_names=["wild-type", "mutant"]))}
+    return dataclasses.replace(out, applicability=flagged, warnings=[flagged.message], tasks=tasks)
+
+
+def test_results_panel_flags_the_slide_and_greys_a_task_at_chance(qtbot, result):
+    panel = ResultsPanel()
+    qtbot.addWidget(panel)
+    assert result.tasks["EGFR_mut"].informative is False  # the random bundle's AUC 0.5 ± 0: chance
+    panel.set_result(result)
+    assert not panel.ood_label.isHidden() and "Unlike the training cohort" in panel.ood_label.text()
+    assert panel.warnings_label.isHidden()  # the banner says it; no second copy
+    section = panel.class_sections["EGFR_mut"]
+    assert section.plot.isHidden() and "Not informative in cross-validation" in section.metrics_label.text()
+    assert "wild-type" in section.summary.text() and "not a finding" in section.summary.text()
+    panel.set_result(None)
+    assert panel.ood_label.isHidden()
+
+
+def test_window_banner_above_the_slide(qtbot, tmp_path, result):
+    window = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(window)
+    window._on_result(result)
+    assert not window.ood_banner.isHidden()
+    assert "This slide is unlike the training cohort, so its predictions are unreliable." in window.ood_banner.text()
+    window._on_result(dataclasses.replace(result, applicability=None))
+    assert window.ood_banner.isHidden()
