@@ -1,30 +1,23 @@
-"""``hoptimus1``: H-optimus-1 (Bioptimus), a ViT-g/14 with 4 register tokens.
+"""``hoptimus1``: H-optimus-1 (Bioptimus), the successor of H-optimus-0 with new weights.
 
 Sources: the model card https://huggingface.co/bioptimus/H-optimus-1 and TRIDENT's
-``HOptimus1InferenceEncoder`` (mahmoodlab/TRIDENT ``trident/patch_encoder_models/load.py``):
-
-* architecture: ``timm.create_model("vit_giant_patch14_reg4_dinov2", num_classes=0, img_size=224,
-  global_pool="token", init_values=1e-5, dynamic_img_size=False)``; ``pytorch_model.bin`` is its state dict;
-* preprocessing: ``Resize(224)`` (bilinear, no crop), ``Normalize(mean=(0.707223, 0.578729, 0.703617),
-  std=(0.211883, 0.230117, 0.177517))`` — the card's H&E statistics, not ImageNet's;
-* output: the class token, 1536-d; precision float16 (the card's ``torch.autocast(dtype=torch.float16)``).
+``HOptimus1InferenceEncoder`` (mahmoodlab/TRIDENT ``trident/patch_encoder_models/load.py``), which
+build it exactly as H-optimus-0 (:mod:`msrl_model.encoders.hoptimus0`: ``vit_giant_patch14_reg4_dinov2``,
+``Resize(224)`` with the card's H&E mean/std, the 1536-d class token, float16); only the repository
+and so the weights differ.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from msrl_model.encoders import PatchEncoder, register_encoder
-from msrl_model.encoders.release import Release, build_release
+from msrl_model.encoders.hoptimus0 import RELEASE as HOPTIMUS0
+from msrl_model.encoders.release import build_release
 
-RELEASE = Release(
-    name="hoptimus1", hf_repo="bioptimus/H-optimus-1", weights_file="pytorch_model.bin",
-    size_text="about 4.5 GB, 1.1 G parameters in float32",
-    arch="vit_giant_patch14_reg4_dinov2",
-    model_kwargs={"num_classes": 0, "img_size": 224, "global_pool": "token", "init_values": 1e-5,
-                  "dynamic_img_size": False},
-    resize=224, crop=224, interpolation="bilinear", mean=(0.707223, 0.578729, 0.703617),
-    std=(0.211883, 0.230117, 0.177517), output="cls", dim=1536, precision=torch.float16)
+RELEASE = dataclasses.replace(HOPTIMUS0, name="hoptimus1", hf_repo="bioptimus/H-optimus-1")
 
 
 @register_encoder("hoptimus1")

@@ -20,6 +20,21 @@ if TYPE_CHECKING:
     from msrl_model.slide.tiling import TilingParams
 
 
+def add_encoding_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that encodes slides (``msrl extract``, ``msrl analyze``): foundation-model
+    weights, reader and torch threads, encoder batch size."""
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="checkpoint of a foundation-model encoder, e.g. uni_v1=/data/uni/pytorch_model.bin "
+                        "(repeatable; else MSRL_WEIGHTS_<NAME>, a TRIDENT local_ckpts.json named by "
+                        "MSRL_WEIGHTS_JSON, or the Hugging Face cache)")
+    p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: as --threads)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: the CPUs this process may use, from affinity and the "
+                        "cgroup quota, less those other processes keep busy; MSRL_THREADS / OMP_NUM_THREADS "
+                        "override)")
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "extract", help="extract patch features into DIR/<slide_id>.h5 (cached, resumable)",
@@ -37,14 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mpp", type=float, default=None, metavar="UM_PER_PX",
                    help="target resolution of the patches in µm per pixel (default 0.5 ≈ 20x; 0.25 ≈ 40x)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
-                   help="checkpoint of a foundation-model encoder, e.g. uni_v1=/data/uni/pytorch_model.bin "
-                        "(repeatable; else MSRL_WEIGHTS_<NAME>, a TRIDENT local_ckpts.json named by "
-                        "MSRL_WEIGHTS_JSON, or the Hugging Face cache)")
-    p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: as --threads)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: the CPUs this process may use, from affinity and the cgroup quota; MSRL_THREADS / OMP_NUM_THREADS override)")
-    p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
+    add_encoding_arguments(p)
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="process every n-th slide starting at i (default: torchrun RANK/WORLD_SIZE, else all)")
     p.add_argument("--max-patches", type=int, default=None, metavar="N",

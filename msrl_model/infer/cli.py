@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from msrl_model.cohort.expression import ExpressionTable
+from msrl_model.features.cli import add_encoding_arguments
 from msrl_model.errors import MSRLError, OutputError
 from msrl_model.files import atomic_write, check_writable, remove_orphaned_temporaries
 from msrl_model.infer.export import result_paths, write_results
@@ -108,14 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--coverage", type=float, default=0.9,
                    help="coverage of the conformal prediction sets of classification tasks (default 0.9 = 90 %%; "
                         "needs a bundle with out-of-fold calibration scores)")
-    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
-                   help="checkpoint of a foundation-model encoder, e.g. uni_v1=/data/uni/pytorch_model.bin "
-                        "(repeatable; else MSRL_WEIGHTS_<NAME>, a TRIDENT local_ckpts.json named by "
-                        "MSRL_WEIGHTS_JSON, or the Hugging Face cache)")
-    p.add_argument("--workers", type=int, default=None, help="tile reader threads (default: as --threads)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: the CPUs this process may use, from affinity and the cgroup quota; MSRL_THREADS / OMP_NUM_THREADS override)")
-    p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
+    add_encoding_arguments(p)
     p.add_argument("--max-patches", type=int, default=None, metavar="N",
                    help="refuse slides (and feature files) with more than N patches (default 100000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
