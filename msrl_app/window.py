@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QByteArray, QEventLoop, QSettings, Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from msrl_app import actions, dialogs
+from msrl_app.banner import ApplicabilityBanner
 from msrl_app.analysis import DEVICES, NO_BUNDLE
 from msrl_app.controls import ModelCardDialog
 from msrl_app.dialogs import APP, MAX_RECENT, SLIDE_FILTER, SLIDE_SUFFIXES, RecentFiles  # noqa: F401 - re-exported
@@ -85,12 +86,7 @@ class MainWindow(QMainWindow):
     # -- construction -------------------------------------------------------------------------------
     def _build_docks(self) -> None:
         self.viewer = SlideViewer()
-        # Above the slide: shown when the analysed slide is unlike the training cohort (result.applicability)
-        self.ood_banner = QLabel()
-        self.ood_banner.setObjectName("ood_banner")
-        self.ood_banner.setWordWrap(True)
-        self.ood_banner.setStyleSheet("background: #8a1c1c; color: white; padding: 6px 10px;")
-        self.ood_banner.setVisible(False)
+        self.ood_banner = ApplicabilityBanner()  # above the slide: shown when it is unlike the training cohort
         central = QWidget()
         column = QVBoxLayout(central)
         column.setContentsMargins(0, 0, 0, 0)
@@ -211,12 +207,7 @@ class MainWindow(QMainWindow):
         """Fill the results panels and the heat-map overlay (None clears both)."""
         self.results.set_result(result, self.state.cohort_risks if result is not None else None,
                                 self.state.project_choices())
-        applicability = getattr(result, "applicability", None)
-        flagged = applicability is not None and applicability.flagged
-        head, _, detail = applicability.message.partition(": ") if flagged else ("", "", "")
-        self.ood_banner.setText(f"⚠ <b>{head}.</b> <span style='font-weight:normal'>{detail[:1].upper()}"
-                                f"{detail[1:]}.</span>" if flagged else "")
-        self.ood_banner.setVisible(flagged)
+        self.ood_banner.show_result(result)
         if result is None:
             self.viewer.set_heatmap(None)
             self.viewer.set_patches(None)

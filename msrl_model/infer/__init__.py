@@ -18,7 +18,7 @@ _EXPORTS = {
     "PredictionResult": "results", "TaskResult": "results", "SurvivalPrediction": "results",
     "ClassificationPrediction": "results", "LinkedCase": "results", "PathwayActivity": "results",
     "Curve": "results", "Applicability": "results",
-    "ExactEngine": "engine", "DenseReference": "engine", "QueryResult": "engine", "Explanation": "engine",
+    "ExactEngine": "engine", "DenseReference": "dense_reference", "QueryResult": "query", "Explanation": "query",
     "make_random_bundle": "random_bundle",
 }
 

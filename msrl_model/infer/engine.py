@@ -80,78 +80,16 @@ themselves are read in row chunks (pass a :class:`RowSource` to avoid holding th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msrl_model.nn.graph import GCN, GSL, canonical_dots, gsl_adjacency_dense, select_neighbours, tie_tolerance
-
-
-SCREENS = ("fp32", "int8")  # how the buffer is screened per query (module docstring, "Screening")
-_SLACK = 1 + 2.0 ** -20  # relative head-room on every margin, over the float64 evaluation of the bound
-_QUANT_ROWS = 8192  # rows quantised at a time (float64 temporaries: 8 · 8192 · D bytes)
-
-
-class _ScreenRows:
-    r"""The buffer's screening representation and, per row, the constants of its error bound.
-
-    Each query's screened similarities :math:`\tilde s_j` and margins :math:`m_j` satisfy
-    :math:`|\hat s_j - \tilde s_j| \le m_j`, :math:`\hat s_j` the exact similarity (``canonical_dots``
-    in the working dtype). With :math:`m_j = \alpha_j \lVert\delta_q\rVert + \beta_j \lVert q\rVert`
-    (times ``_SLACK``): fp32, :math:`\alpha_j = 0` and :math:`\beta_j = 3\gamma\lVert e_j\rVert`; int8,
-    :math:`\alpha_j = a_j\lVert c_j\rVert`, :math:`\beta_j = \lVert\delta_j\rVert + 3\gamma\lVert e_j\rVert`
-    (module docstring). Memory: N·D bytes of codes (int8) and 8·N bytes per per-row constant.
-    """
-
-    def __init__(self, n: int, dim: int, screen: str, dtype: torch.dtype, device: torch.device) -> None:
-        self.kind = screen
-        unit = torch.finfo(dtype).eps / 2
-        self.gamma = (dim + 2) * unit / (1 - (dim + 2) * unit)  # γ_{D+2}: one dot product's rounding, relative
-        f64 = {"dtype": torch.float64, "device": device}
-        self.beta = torch.empty(n, **f64)
-        if screen == "int8":
-            self.codes = torch.empty(n, dim, dtype=torch.int8, device=device)  # c_j
-            self.scale = torch.empty(n, **f64)  # a_j
-            self.alpha = torch.empty(n, **f64)  # a_j ‖c_j‖
-
-    def store(self, start: int, e: Tensor) -> None:
-        """Record rows start.. of E_b from their embeddings ``e`` (B, D)."""
-        for lo in range(0, e.shape[0], _QUANT_ROWS):
-            block = e[lo:lo + _QUANT_ROWS].to(torch.float64)  # exact: every working dtype embeds in float64
-            rows = slice(start + lo, start + lo + block.shape[0])
-            beta = 3 * self.gamma * block.norm(dim=1)
-            if self.kind == "int8":
-                scale, codes = _quantise(block)
-                self.codes[rows], self.scale[rows] = codes, scale
-                self.alpha[rows] = scale * codes.to(torch.float64).norm(dim=1)
-                beta += (block - scale[:, None] * codes).norm(dim=1)  # ‖δ_j‖
-            self.beta[rows] = beta * _SLACK
-
-    def screen(self, e_q: Tensor, emb: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Screened similarities and margins, each (N, Q) float64, of queries ``e_q`` (Q, D); ``emb`` is
-        E_b for the fp32 screen. One pass over the buffer: 4·N·D bytes (fp32) or N·D bytes (int8)."""
-        q = e_q.to(torch.float64)
-        q_norm = q.norm(dim=1)  # (Q,)
-        if self.kind == "fp32":
-            sims = (emb @ e_q.T).to(torch.float64)
-            return sims, self.beta[:, None] * q_norm
-        b, d = _quantise(q)  # q = b·d + δ_q
-        dq_norm = (q - b[:, None] * d).norm(dim=1)
-        counts = torch._int_mm(self.codes, d.T.contiguous())  # (N, Q) int32 c_j·d, exact: |·| ≤ 127²·D < 2³¹
-        sims = counts.to(torch.float64) * self.scale[:, None] * b
-        return sims, (self.alpha[:, None] * dq_norm + self.beta[:, None] * q_norm) * _SLACK
-
-
-def _quantise(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric per-row int8: x (B, D) float64 = a[:, None]·c + δ with a = max|x|/127 (0 for a zero row),
-    c = round(x / a) in [-127, 127]."""
-    scale = x.abs().amax(dim=1) / 127
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round(x / safe[:, None]).clamp_(-127, 127).to(torch.int8)
-    return scale, codes
+from msrl_model.infer.dense_reference import DenseReference  # noqa: F401 - the reference, importable from here too
+from msrl_model.infer.query import Explanation, QueryResult, apply_head, sorted_links
+from msrl_model.infer.screen import SCREENS, ScreenRows
+from msrl_model.nn.graph import GCN, GSL, canonical_dots, select_neighbours, tie_tolerance
 
 
 @runtime_checkable
@@ -164,79 +102,6 @@ class RowSource(Protocol):
     def rows(self, start: int, stop: int) -> Tensor:
         """Rows start..stop-1 as a (stop - start, D) tensor."""
         ...
-
-
-@dataclass
-class QueryResult:
-    """One query's prediction on the graph [buffer; query]."""
-
-    z: Tensor  # (out_dim,) GCN output at the query node
-    output: Any  # head(z[None]) (a batch of one) when the engine has a head, else None
-    linked: Tensor  # (M,) int64 buffer rows with a nonzero normalised edge to the query, by weight desc (ties: lower row)
-    linked_weights: Tensor  # (M,) their normalised edge weights A'[q, j]
-    self_weight: Tensor  # () normalised self-loop weight A'[q, q]
-    top_indices: Tensor  # (K',) buffer rows the query itself keeps, in selection order
-    top_similarities: Tensor  # (K',) their GSL similarities e_q · e_j
-
-
-@dataclass
-class Explanation:
-    """One query on the buffer, on nothing, and with each of some buffer rows removed in turn."""
-
-    full: QueryResult  # on [buffer; query]
-    alone: QueryResult  # on [query]: the query linked only to itself
-    removed: Tensor  # (R,) int64 buffer rows removed one at a time (by default full.linked, in its order)
-    without: list[QueryResult]  # without[i]: on [buffer \ {removed[i]}; query]; rows keep their buffer numbers
-
-
-def _sorted_links(rows: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Nonzero links sorted by weight descending, ties by lower row index."""
-    keep = weights != 0
-    rows, weights = rows[keep], weights[keep]
-    order = torch.argsort(rows)
-    rows, weights = rows[order], weights[order]
-    order = torch.sort(weights, descending=True, stable=True).indices
-    return rows[order], weights[order]
-
-
-def _apply_head(head: nn.Module | None, z: Tensor) -> Any:
-    return None if head is None else head(z.unsqueeze(0))
-
-
-class DenseReference:
-    """The paper's inference: for each query, GSL + dense post-processing + dense GCN over all N+1 nodes.
-
-    Args:
-        gsl: trained graph structure learner.
-        gcn: trained GCN (used in eval mode).
-        buffer: (N, D) buffer features (N = 0: the query alone).
-        k: neighbours per node besides self.
-        head: optional module applied to the query's z.
-    """
-
-    def __init__(self, gsl: GSL, gcn: GCN, buffer: Tensor, k: int, head: nn.Module | None = None) -> None:
-        self.gsl, self.gcn, self.buffer, self.k, self.head = gsl, gcn, buffer, k, head
-
-    @torch.no_grad()
-    def predict(self, queries: Tensor) -> list[QueryResult]:
-        """One :class:`QueryResult` per row of ``queries`` (Q, D), each on its own graph."""
-        self.gcn.eval()
-        n = self.buffer.shape[0]
-        results = []
-        for q in queries:
-            x = torch.cat([self.buffer, q[None].to(self.buffer)])  # (N+1, D), the query is node N
-            e = self.gsl(x)
-            k1 = min(self.k, n) + 1
-            row = e[n:] @ e.T  # (1, N+1)
-            top = select_neighbours(row, torch.tensor([n], device=e.device), k1,
-                                    lambda _, cols: canonical_dots(e[n], e[cols]),
-                                    tie_tolerance(e.shape[1], e.dtype))[0, 1:]
-            adj = gsl_adjacency_dense(e, self.k)  # (N+1, N+1)
-            z = self.gcn.forward_dense(x, adj)[n]
-            links, weights = _sorted_links(torch.arange(n, device=e.device), adj[n, :n])
-            results.append(QueryResult(z, _apply_head(self.head, z), links, weights, adj[n, n],
-                                       top, row[0, top]))
-        return results
 
 
 class _Patch:
@@ -314,7 +179,7 @@ class ExactEngine:
             self.emb: Tensor | None = (torch.empty(n, dim, dtype=self.dtype, device=self.device)
                                        if keep_fp32 else None)  # E_b (N, D)
             self.p1 = torch.empty(n, w1.shape[1], dtype=self.dtype, device=self.device)  # X_b W_1
-            self._screen_rows: _ScreenRows = _ScreenRows(n, dim, screen, self.dtype, self.device)
+            self._screen_rows: ScreenRows = ScreenRows(n, dim, screen, self.dtype, self.device)
             for start in range(0, n, chunk_rows):
                 stop = min(start + chunk_rows, n)
                 x = (buffer.rows(start, stop) if isinstance(buffer, RowSource) else buffer[start:stop])
@@ -446,7 +311,7 @@ class ExactEngine:
             if layer < len(self.params) - 1:
                 h = F.relu(h)
         none = torch.zeros(0, dtype=torch.long, device=self.device)
-        return QueryResult(h, _apply_head(self.head, h), none, torch.zeros(0, dtype=self.dtype, device=self.device),
+        return QueryResult(h, apply_head(self.head, h), none, torch.zeros(0, dtype=self.dtype, device=self.device),
                            a, none, torch.zeros(0, dtype=self.dtype, device=self.device))
 
     def _embeddings(self, rows: Tensor) -> Tensor:
@@ -520,10 +385,10 @@ class ExactEngine:
         patch = self._patch(s_exact, top, enter, F.relu(s_qq), removal)
         z = self._local_gcn(patch, p1_q)
         d_hop1 = self._degrees(patch.hop1, patch)
-        links, weights = _sorted_links(patch.hop1, patch.w_q * patch.d_q.rsqrt() * d_hop1.rsqrt())
+        links, weights = sorted_links(patch.hop1, patch.w_q * patch.d_q.rsqrt() * d_hop1.rsqrt())
         self_weight = (patch.self_w / patch.d_q if patch.self_w > 0
                        else torch.zeros((), dtype=self.dtype, device=self.device))
-        return QueryResult(z, _apply_head(self.head, z), links, weights, self_weight, top, s_exact[top])
+        return QueryResult(z, apply_head(self.head, z), links, weights, self_weight, top, s_exact[top])
 
     def _query_top(self, cand: Tensor, s_c: Tensor, e_c: Tensor, s_qq: Tensor, e_q: Tensor, k_top: int) -> Tensor:
         """The query's own list without itself: its top-``k_top`` buffer rows, in selection order, selected

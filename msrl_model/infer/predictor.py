@@ -65,49 +65,14 @@ from msrl_model.infer.applicability import bundle_check
 from msrl_model.infer.conformal import DEFAULT_COVERAGE, prediction_set, quantile
 from msrl_model.infer.engine import ExactEngine
 from msrl_model.infer.informative import informative
+from msrl_model.infer.neighbours import (class_shares, km, km_median, percentile_of, survival_curve,
+                                         weighted_event_rate, weighted_majority)
 from msrl_model.infer.results import (ClassificationPrediction, Curve, LinkedCase, PathwayActivity,
                                       PredictionResult, SurvivalPrediction, TaskResult)
 from msrl_model.nn.genomics import gather_groups
 from msrl_model.nn.heads import survival_from_logits
 from msrl_model.nn.msrl import MSRLNet, SlideBatch
 from msrl_model.progress import Job, Progress, Stage
-
-
-def _km(cases: Any, rows: np.ndarray | None = None) -> Curve:
-    """Kaplan–Meier of the case table's rows (all when None), skipping rows without survival data."""
-    from msrl_model.stats import kaplan_meier
-
-    if "survival_months" not in cases.columns or "censorship" not in cases.columns:
-        return Curve([0.0], [1.0])
-    table = cases if rows is None else cases.iloc[rows]
-    t = table["survival_months"].to_numpy(dtype=np.float64, na_value=np.nan)
-    c = table["censorship"].to_numpy(dtype=np.float64, na_value=np.nan)
-    ok = np.isfinite(t) & np.isin(c, (0.0, 1.0))
-    times, surv = kaplan_meier(t[ok], c[ok].astype(np.int64))
-    return Curve([float(x) for x in times], [float(x) for x in surv])
-
-
-def percentile_of(value: float, reference: np.ndarray) -> float:
-    """% of ``reference`` below ``value``, ties counting half: 100 (#{r < v} + ½ #{r = v}) / n."""
-    reference = np.asarray(reference, dtype=np.float64)
-    below = np.count_nonzero(reference < value) + 0.5 * np.count_nonzero(reference == value)
-    return float(100.0 * below / len(reference))
-
-
-def survival_curve(bin_edges: tuple[float, ...], bin_survival: np.ndarray) -> tuple[Curve, float | None]:
-    """Step curve over the finite bin edges and the median survival (first edge with S ≤ 0.5, else None)."""
-    inner = [float(e) for e in bin_edges[1:-1]]  # e_1..e_{J-1}: the finite bin ends
-    values = [float(s) for s in bin_survival[:len(inner)]]
-    median = next((e for e, s in zip(inner, values) if s <= 0.5), None)
-    return Curve([float(bin_edges[0])] + inner, [1.0] + values), median
-
-
-def _weighted_majority(labels: list[Any], weights: np.ndarray) -> str | None:
-    score: dict[str, float] = {}
-    for label, w in zip(labels, weights):
-        if isinstance(label, str) and label:
-            score[label] = score.get(label, 0.0) + float(w)
-    return max(sorted(score), key=lambda k: score[k]) if score else None
 
 
 class _TaskRuntime:
@@ -135,56 +100,13 @@ class _TaskRuntime:
             edge_index, edge_weight = self.net.gsl.adjacency(buffer)
             z = self.net.gcn(buffer, edge_index, edge_weight)  # (N, gcn_out)
             self.cohort_risk = survival_from_logits(self.net.readout(z, buffer)).risk.double().cpu().numpy()
-            self.cohort_km = _km(self.task.cases)
+            self.cohort_km = km(self.task.cases)
 
     @property
     def engine(self) -> ExactEngine:
         self.prepare()
         assert self._engine is not None
         return self._engine
-
-
-def _km_median(curve: Curve) -> float | None:
-    """The first time a right-continuous step curve reaches S <= 0.5; None when it never does."""
-    return next((t for t, v in zip(curve.times, curve.survival) if v <= 0.5), None)
-
-
-def _weighted_event_rate(cases: Any, rows: np.ndarray, weights: np.ndarray) -> tuple[float | None, int]:
-    """Σ_j w_j [event_j] / Σ_j w_j over the linked rows with a known status (censorship 0 = event), and
-    how many those are; (None, 0) when none is known."""
-    if "censorship" not in cases.columns or not len(rows):
-        return None, 0
-    c = cases["censorship"].iloc[rows].to_numpy(dtype=np.float64, na_value=np.nan)
-    known = np.isin(c, (0.0, 1.0))
-    if not known.any():
-        return None, 0
-    return float(weights[known] @ (c[known] == 0.0) / weights[known].sum()), int(known.sum())
-
-
-def _label_text(value: Any) -> str | None:
-    """A case-table label as its class text: integer codes (1, 1.0) as '1', text stripped; None when missing."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return str(int(value)) if float(value).is_integer() else str(value)
-    text = str(value).strip()
-    return text or None
-
-
-def _class_shares(cases: Any, label: str, classes: list[str], rows: np.ndarray,
-                  weights: np.ndarray) -> tuple[list[float] | None, int]:
-    """Edge-weighted share of each class among the linked rows whose ``label`` is one of ``classes``, and
-    how many those are; (None, 0) when none is (or the case table has no such column)."""
-    if label not in cases.columns:
-        return None, 0
-    texts = [_label_text(v) for v in cases[label].iloc[rows].tolist()]
-    share = np.zeros(len(classes))
-    hits = 0
-    for text, w in zip(texts, weights):
-        if text in classes:
-            share[classes.index(text)] += w
-            hits += 1
-    return ([float(v) for v in share / share.sum()], hits) if hits else (None, 0)
 
 
 def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | None, rows: np.ndarray,
@@ -204,8 +126,8 @@ def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | 
     in_project = (cases["project"] == project).to_numpy(dtype=bool, na_value=False) \
         if project is not None and "project" in cases.columns else np.zeros(len(cases), dtype=bool)
     curve, median = survival_curve(task.spec.bin_edges, s)
-    neighbours_km = _km(cases, rows)
-    event_rate, with_status = _weighted_event_rate(cases, rows, weights)
+    neighbours_km = km(cases, rows)
+    event_rate, with_status = weighted_event_rate(cases, rows, weights)
     prediction = SurvivalPrediction(
         risk=risk, percentile=percentile_of(risk, rt.cohort_risk),
         percentile_in_project=percentile_of(risk, rt.cohort_risk[in_project]) if in_project.any() else None,
@@ -216,7 +138,7 @@ def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | 
         curve=curve, median_survival_months=median, cohort_km=rt.cohort_km, neighbours_km=neighbours_km,
         risk_query_alone=float(risks[1]), graph_contribution=float(risks[0] - risks[1]),
         neighbours_event_rate=event_rate, neighbours_with_status=with_status,
-        neighbours_median_survival_months=_km_median(neighbours_km))
+        neighbours_median_survival_months=km_median(neighbours_km))
     return prediction, [float(risks[0] - v) for v in risks[2:]]
 
 
@@ -230,7 +152,7 @@ def _classification_prediction(rt: _TaskRuntime, logits: torch.Tensor, rows: np.
     classes = list(spec.classes)
     scores = rt.task.conformal_scores
     chosen = [classes[c] for c in prediction_set(p[0], quantile(np.asarray(scores), coverage))] if scores else []
-    shares, labelled = _class_shares(rt.task.cases, spec.name, classes, rows, weights)
+    shares, labelled = class_shares(rt.task.cases, spec.name, classes, rows, weights)
     prediction = ClassificationPrediction(
         classes, [float(v) for v in p[0]], classes[int(np.argmax(p[0]))],
         probabilities_query_alone=[float(v) for v in p[1]], graph_contribution=[float(v) for v in p[0] - p[1]],
@@ -405,7 +327,7 @@ class Predictor:
         weights = q.linked_weights.double().cpu().numpy()
         cases = task.cases
         projects = cases["project"].tolist() if "project" in cases.columns else []
-        suggested = _weighted_majority([projects[r] for r in rows], weights) if projects else None
+        suggested = weighted_majority([projects[r] for r in rows], weights) if projects else None
 
         survival = classification = None
         if task.spec.kind == "survival":
