@@ -26,6 +26,7 @@ import pandas as pd
 
 from msrl_model.cohort.gmt import write_gmt
 from msrl_model.errors import MSRLError
+from msrl_model.features.h5io import trident_coords_attrs
 from msrl_model.files import atomic_path, atomic_write, check_writable
 from msrl_model.progress import Job, Progress, Stage
 from msrl_model.synth.bags import grid_coords
@@ -107,9 +108,9 @@ def _write_slide(path: Path, slide_id: str, n: int, dim: int, rng: np.random.Gen
             features[start:start + rows] = rng.standard_normal((rows, dim), dtype=np.float32).astype(np.float16)
         features.attrs.update({"name": slide_id, "savetodir": str(path.parent)})
         c = f.create_dataset("coords", data=coords)
-        c.attrs.update({"patch_size": 256, "patch_size_level0": LEVEL0_PATCH, "level0_magnification": 40,
-                        "target_magnification": 20, "overlap": 0, "name": slide_id,
-                        "level0_width": int(coords[:, 0].max()) + LEVEL0_PATCH,
+        c.attrs.update(trident_coords_attrs({"patch_size": 256, "patch_size_level0": LEVEL0_PATCH,
+                                             "level0_mpp": 0.25, "target_mpp": 0.5}))  # 40x scan, 20x patches
+        c.attrs.update({"name": slide_id, "level0_width": int(coords[:, 0].max()) + LEVEL0_PATCH,
                         "level0_height": int(coords[:, 1].max()) + LEVEL0_PATCH})
 
 
