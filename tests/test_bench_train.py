@@ -120,12 +120,15 @@ def test_bad_sizes_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("error: --") for line in err)
 
 
-def test_peak_memory_is_flat_as_cases_grow(tmp_path, capsys):
+def test_peak_memory_is_flat_as_cases_grow(tmp_path, capsys, monkeypatch):
     """4x the cases at the same bag size: the training's peak RSS grows by far less than the features
     the extra cases would take in float32 (what holding every bag in memory costs). Cohorts this small
     fit the in-memory bag cache, so the run is told to stream (``bag_cache_mb = 0``), as a cohort over
     the cache's budget does by itself; and encoder passes hold at most ``chunk_patches`` patches, a
-    bound reached here by both cohorts (at the default 65,536 the larger cohort's chunks are fuller)."""
+    bound reached here by both cohorts (at the default 65,536 the larger cohort's chunks are fuller).
+    The training child gets glibc's mmap threshold fixed (as tests/test_train_streaming.py's probe):
+    otherwise freed temporaries stay in a fragmented heap and RSS wanders by tens of MB run to run."""
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     config = tmp_path / "stream.toml"
     config.write_text("[train]\nbag_cache_mb = 0\nchunk_patches = 4096\n")
     args = ["--patches", "1500", "--dim", "512", "--config", str(config), *TINY]
