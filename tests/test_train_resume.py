@@ -1,11 +1,17 @@
 """Per-fold results on disk and the resume of an interrupted cross-validation (train/foldstore.py):
 fold files and oof_predictions.csv as each fold ends, a rerun that skips the finished folds and ends
-with the table of an uninterrupted run, other settings refused, repeats added to a finished run."""
+with the table of an uninterrupted run, other settings refused, repeats added to a finished run,
+several processes sharing one folder's folds by claim files."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +24,7 @@ from msrl_model.synth.cohort import make_synth_cohort
 from msrl_model.train import cv as cv_mod
 from msrl_model.train import report
 from msrl_model.train.data import load_bags
-from msrl_model.train.foldstore import ResumeMismatchError
+from msrl_model.train.foldstore import FoldStore, ResumeMismatchError, oof_csv
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
 
@@ -140,3 +146,68 @@ def test_repeats_extend_a_finished_run_with_new_fold_seeds(setup, uninterrupted,
     sig = report.significance(result, cohort, TASKS, VARIANTS, n_resamples=100)
     assert {r["n_pairs"] for r in sig if r["metric"] == "c_index"} == {6}  # 3 folds x 2 repeats
     assert "3 cross-validation folds × 2 repeats" in report.cv_table_markdown(result, TASKS, VARIANTS, sig)
+
+
+# several processes, one --out: folds shared out by claim files ---------------------------------
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _write_claim(path, pid: int, host: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid, "started": 0.0}))
+
+
+def test_a_claim_is_held_once_and_taken_over_only_from_a_dead_process_of_this_host(tmp_path):
+    store = FoldStore(tmp_path, {"seed": 0})
+    path = store.claim_path(0, 1)
+    assert path.name == "fold_1.json.claim" and store.claim_path(2, 0).parent.name == "repeat_2"
+    assert store.claim(path) is None  # taken
+    assert store.claim(path)["pid"] == os.getpid()  # a second claim, even by the holder, is refused
+    store.release(path)
+    assert not path.exists()
+
+    _write_claim(path, os.getppid())  # a live process of this host
+    assert store.claim(path)["pid"] == os.getppid()
+    store.release(path)  # not ours: left alone
+    assert path.exists()
+
+    _write_claim(path, _dead_pid(), host="another-node")  # maybe alive there: never taken over
+    assert store.claim(path)["host"] == "another-node"
+
+    _write_claim(path, _dead_pid())  # died here: taken over
+    assert store.claim(path) is None and json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_folds_claimed_by_another_process_are_read_when_written_and_the_table_is_unchanged(
+        setup, uninterrupted, tmp_path, monkeypatch):
+    """Fold 2 is held by a live process that writes it while this one trains fold 3; fold 3's
+    claim is stale (its process died) and is taken over; the final models' claim is held too."""
+    out_full, full = uninterrupted
+    out = tmp_path / "shared"
+    store = FoldStore(out, {})
+    _write_claim(store.claim_path(0, 1), os.getppid())
+    _write_claim(store.claim_path(0, 2), _dead_pid())
+    _write_claim(store.claim_path(), os.getppid())
+    original = cv_mod._run_fold
+
+    def run_fold(plan, repeat, fold, *args):
+        record = yield from original(plan, repeat, fold, *args)
+        if fold == 2:  # meanwhile the other process finishes fold 1 and drops its claim
+            shutil.copy(out_full / "folds" / "fold_1.json", out / "folds" / "fold_1.json")
+            store.claim_path(0, 1).unlink()
+        return record
+
+    monkeypatch.setattr(cv_mod, "_run_fold", run_fold)
+    pretrained = _count_pretraining(monkeypatch)
+    messages = []
+    result = drive(_job(setup, out, final=True), show=False, on_event=lambda e: messages.append(e.message))
+    assert len(pretrained) == 2  # folds 0 and 2 here; fold 1 read; no final models (claimed elsewhere)
+    assert any(m.startswith(f"fold 2/3 is being trained by process {os.getppid()}") for m in messages)
+    assert result.final == {} and result.final_by.startswith(f"process {os.getppid()} on {socket.gethostname()}")
+    assert result.rows == full.rows
+    assert (out / "oof_predictions.csv").read_text() == oof_csv(full.oof, setup[0])
+    assert sorted(p.name for p in (out / "folds").glob("*.claim")) == ["final.claim"]  # fold claims released

@@ -42,6 +42,12 @@ several processes (torchrun):
   one GPU per process: --device cuda uses cuda:LOCAL_RANK). The config's batch_size is the global
   batch, so the models equal those of one process up to float rounding (as long as slide_dropout
   is 0; with dropout the masks depend on the split). Rank 0 alone writes DIR.
+
+folds in parallel (independent processes, one --out):
+  the same command started several times with the same --out (one machine: one per core with
+  --threads 1; a cluster: one job per node on a shared folder) splits the folds by claim files in
+  DIR/folds; each process trains the folds nobody else holds and waits for the rest; one of them
+  builds the final models and writes the tables and the bundle. The table equals a one-process run's.
 """
 
 
@@ -252,6 +258,12 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
                               final=not args.no_bundle, out_dir=out),
                        show=show, on_event=on_event)
         if not main_rank:
+            return 0
+        if result.final_by is not None:
+            note = (f"this process's folds are done; the final models, tables and bundle in {out} are "
+                    f"written by {result.final_by}, which runs the same command")
+            log.info(note)
+            print(note)
             return 0
         table = _write_outputs(args, cohort, bags.patch_dim, cfg, result, tasks, variants, start)
         log.info("done in %.1f s", time.perf_counter() - start)

@@ -40,7 +40,7 @@ from msrl_model.stats import auc_macro_ovr, c_index, f1_macro
 from msrl_model.train import distributed
 from msrl_model.train.data import Bags, FoldGenomics, TaskTargets, fold_genomics, task_targets
 from msrl_model.train.finetune import FinetuneResult, finetune_job
-from msrl_model.train.foldstore import FoldRecord, FoldStore, run_identity
+from msrl_model.train.foldstore import FoldRecord, FoldStore, claim_holder, describe_holder, run_identity
 from msrl_model.train.predict import Predictions
 from msrl_model.train.pretrain import pretrain_job
 from msrl_model.train.settings import TrainSettings
@@ -68,6 +68,7 @@ class CVResult:
     n_folds: int = 0  # folds per repeat
     repeats: int = 1  # repetitions of the CV with other fold seeds
     resumed: int = 0  # folds read back from an earlier run's files
+    final_by: str | None = None  # the other process that builds the final models (several processes, one --out)
 
     def metric_summary(self, task: str, method: str) -> dict[str, dict[str, float]]:
         """{metric: {"mean", "std", "n_folds"}} over folds and repeats (NaN folds left out)."""
@@ -240,6 +241,55 @@ def _final_models(result: CVResult, plan: _Plan, seed: int, done: int) -> Job[No
         yield Progress(Stage.CROSS_VALIDATION, done, plan.units, f"final model {task} done")
 
 
+WAIT_SECONDS = 10.0  # between looks at the folds other processes of the same run are training
+
+
+@dataclass(frozen=True)
+class _FoldUnit:
+    """One fold of one repeat, as the run's fold loop visits it."""
+
+    repeat: int
+    fold: int
+    train: np.ndarray  # training case indices
+    test: np.ndarray  # test case indices
+    label: str  # "repeat 2/3 fold 4/5" in progress messages
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.repeat, self.fold
+
+
+def _take_fold(plan: _Plan, store: FoldStore | None, claims: bool, unit: _FoldUnit, seed: int, done: int
+               ) -> Job[FoldRecord | None]:
+    """Train and write one fold, unless another process holds its claim (then None). With ``claims``
+    the fold is claimed first, read back if its file appeared meanwhile, and released either way."""
+    path = store.claim_path(*unit.key) if claims else None
+    if path is not None and store.claim(path) is not None:
+        return None
+    try:
+        record = store.load(*unit.key) if path is not None else None  # finished while we looked
+        if record is None:
+            record = yield from _run_fold(plan, unit.repeat, unit.fold, unit.train, unit.test,
+                                          repeat_seeds(seed, unit.repeat, unit.fold)[1], done, unit.label)
+            if store is not None:
+                store.save(record)
+        return record
+    finally:
+        if path is not None:
+            store.release(path)
+
+
+def _collect(records: dict[tuple[int, int], FoldRecord], units: Sequence[_FoldUnit]) -> CVResult:
+    """The results of the finished folds in the run's fold order, whichever process trained them
+    (so the tables do not depend on how the folds were shared out)."""
+    result = CVResult(n_folds=len({u.fold for u in units}), repeats=len({u.repeat for u in units}))
+    for unit in units:
+        result.folds.append((unit.train, unit.test))
+        if unit.key in records:
+            _add_record(result, records[unit.key])
+    return result
+
+
 def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str], variants: Sequence[str],
            n_folds: int = 5, repeats: int = 1, settings: TrainSettings = TrainSettings(), seed: int = 0,
            device: torch.device | str = "cpu", final: bool = True, out_dir: str | Path | None = None
@@ -254,7 +304,10 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
         out_dir: where each finished fold is written and read back from on a restart (module
             docstring); None = nothing is written. A folder holding another run's folds is refused
             (:class:`~msrl_model.train.foldstore.ResumeMismatchError`) before any training. Under
-            torchrun every process reads it and rank 0 writes.
+            torchrun every process reads it and rank 0 writes. Several independent processes
+            with the same ``out_dir`` share the folds out by claim files
+            (:mod:`~msrl_model.train.foldstore`) and end with the same table; one of them builds
+            the final models, the others return with ``final_by`` naming it.
     """
     device = torch.device(device)
     unknown = unknown_variants(variants)
@@ -270,31 +323,68 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
         store.begin()
     # the finished folds, read once before any training: every process skips the same ones
     finished = {(r, k): store.load(r, k) for r in range(repeats) for k in range(n_folds)} if store else {}
-    result = CVResult(n_folds=n_folds, repeats=repeats)
+    # several processes on one --out split the folds by claim files (not under torchrun: there every
+    # rank trains every fold together)
+    claims = store is not None and store.write and distributed.world_size() == 1
     plan = _Plan(cohort, bags, cfg, tasks, variants, settings, device,
                  units=repeats * n_folds * len(tasks) + (len(tasks) if final else 0))
-    done = 0
+    units: list[_FoldUnit] = []
     for repeat in range(repeats):
         split_seed, _ = repeat_seeds(seed, repeat, 0)
         for fold in stratified_folds(cohort, n_folds, seed=split_seed, stratify_by=("project", "event")):
-            result.folds.append((fold.train, fold.test))
             label = (f"repeat {repeat + 1}/{repeats} " if repeats > 1 else "") + f"fold {fold.index + 1}/{n_folds}"
-            record = finished.get((repeat, fold.index))
-            resumed = record is not None
+            units.append(_FoldUnit(repeat, fold.index, fold.train, fold.test, label))
+    records: dict[tuple[int, int], FoldRecord] = {}
+    resumed = 0
+    pending: list[_FoldUnit] = []
+    for unit in units:
+        record = finished.get(unit.key)
+        if record is not None:
+            resumed += 1
+            message = f"{unit.label} read from an earlier run"
+        else:
+            record = yield from _take_fold(plan, store, claims, unit, seed, len(records) * len(tasks))
             if record is None:
-                record = yield from _run_fold(plan, repeat, fold.index, fold.train, fold.test,
-                                              repeat_seeds(seed, repeat, fold.index)[1], done, label)
-                if store is not None:
-                    store.save(record)
-            result.resumed += resumed
-            done += len(tasks)
-            _add_record(result, record)
-            if store is not None:
-                store.write_oof(result.oof, cohort)
-            yield Progress(Stage.CROSS_VALIDATION, done, plan.units,
-                           f"{label} read from an earlier run" if resumed else f"{label} finished")
+                pending.append(unit)
+                holder = claim_holder(store.claim_path(*unit.key)) or {}
+                yield Progress(Stage.CROSS_VALIDATION, len(records) * len(tasks), plan.units,
+                               f"{unit.label} is being trained by {describe_holder(holder)}")
+                continue
+            message = f"{unit.label} finished"
+        records[unit.key] = record
+        if store is not None:
+            store.write_oof(_collect(records, units).oof, cohort)
+        yield Progress(Stage.CROSS_VALIDATION, len(records) * len(tasks), plan.units, message)
+    while pending:  # folds of other processes: read them when written, take them over when their process died
+        for unit in list(pending):
+            record = store.load(*unit.key)
+            if record is None:  # its process may have died: then this one trains it
+                record = yield from _take_fold(plan, store, claims, unit, seed, len(records) * len(tasks))
+            if record is not None:
+                records[unit.key] = record
+                pending.remove(unit)
+        if pending:
+            waiting = ", ".join(f"{u.label} ({describe_holder(claim_holder(store.claim_path(*u.key)) or {})}, "
+                                f"claim file {store.claim_path(*u.key)})" for u in pending)
+            yield Progress(Stage.CROSS_VALIDATION, len(records) * len(tasks), plan.units, f"waiting for {waiting}")
+            time.sleep(WAIT_SECONDS)
+    if store is not None:
+        store.write_oof(_collect(records, units).oof, cohort)
+    result = _collect(records, units)
+    result.resumed = resumed
+    done = len(units) * len(tasks)
+    if final and claims:
+        holder = store.claim(store.claim_path())
+        if holder is not None:  # another process of this run builds the final models and the bundle
+            result.final_by = describe_holder(holder)
+            return result
     if final:
-        yield from _final_models(result, plan, seed, done)
+        try:
+            yield from _final_models(result, plan, seed, done)
+        except BaseException:
+            if claims:
+                store.release(store.claim_path())
+            raise
     return result
 
 

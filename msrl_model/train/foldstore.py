@@ -35,6 +35,9 @@ import csv
 import hashlib
 import io
 import json
+import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,8 @@ from msrl_model.train.settings import TrainSettings
 FOLDS_DIR = "folds"
 RUN_FILE = "run.json"
 OOF_FILE = "oof_predictions.csv"
+CLAIM_SUFFIX = ".claim"
+FINAL_CLAIM = "final.claim"
 
 
 class ResumeMismatchError(MSRLError):
@@ -189,12 +194,82 @@ class FoldStore:
         if self.write:
             atomic_write(self.out / OOF_FILE, oof_csv(oof, cohort))
 
+    def claim_path(self, repeat: int | None = None, fold: int | None = None) -> Path:
+        """The claim file of a fold, or ``folds/final.claim`` (no arguments) for the final models."""
+        if repeat is None or fold is None:
+            return self.dir / FINAL_CLAIM
+        path = self.path(repeat, fold)
+        return path.with_name(path.name + CLAIM_SUFFIX)
+
+    def claim(self, path: Path) -> dict[str, Any] | None:
+        """Take the claim ``path`` (:meth:`claim_path`) for this process.
+
+        Returns None when this process now holds it, else the holder ``{"host", "pid", "started"}``
+        of a live claim. A claim whose holder died on this host is taken over.
+        """
+        mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = claim_holder(path)
+                if holder is None or not _holder_died(holder):
+                    return holder or {"host": "?", "pid": -1, "started": 0.0}
+                path.unlink(missing_ok=True)  # its process is gone: take the fold over
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(mine, f)
+            return None
+        return claim_holder(path) or {"host": "?", "pid": -1, "started": 0.0}
+
+    @staticmethod
+    def release(path: Path) -> None:
+        """Remove this process's claim ``path`` (a claim of another process is left alone)."""
+        holder = claim_holder(path)
+        if holder is not None and holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+            path.unlink(missing_ok=True)
+
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise MSRLError(f"cannot read {path} ({err}); delete it to train that fold again") from None
+
+
+def claim_holder(path: Path) -> dict[str, Any] | None:
+    """Who holds the claim ``path`` (``{"host", "pid", "started"}``); None when there is no claim.
+    A claim being written right now (empty or partial) reads as held by an unknown process."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {"host": "?", "pid": -1, "started": 0.0}
+    return data if isinstance(data, dict) else {"host": "?", "pid": -1, "started": 0.0}
+
+
+def _holder_died(holder: dict[str, Any]) -> bool:
+    """Whether a claim's process is known to be gone (it ran on this host and its pid is free)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = int(holder.get("pid", -1))
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``process 1234 on node7 since 01:02:03`` for messages."""
+    started = time.strftime("%H:%M:%S", time.localtime(float(holder.get("started", 0.0))))
+    return f"process {holder.get('pid')} on {holder.get('host')} since {started}"
 
 
 def _task_classes(cohort: Cohort, task: str) -> list[str]:
@@ -230,5 +305,5 @@ def oof_csv(oof: dict[tuple[str, str], dict[str, np.ndarray]], cohort: Cohort) -
     return text.getvalue()
 
 
-__all__ = ["FOLDS_DIR", "FoldRecord", "FoldStore", "OOF_FILE", "ResumeMismatchError", "cohort_fingerprint",
-           "oof_csv", "run_identity"]
+__all__ = ["CLAIM_SUFFIX", "FINAL_CLAIM", "FOLDS_DIR", "FoldRecord", "FoldStore", "OOF_FILE",
+           "ResumeMismatchError", "claim_holder", "cohort_fingerprint", "describe_holder", "oof_csv", "run_identity"]
