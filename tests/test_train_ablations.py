@@ -15,7 +15,9 @@ from msrl_model.progress import drive
 from msrl_model.synth.cohort import make_synth_cohort
 from msrl_model.train.buffer import case_node_features
 from msrl_model.train.data import fold_genomics, load_bags, task_targets
+from msrl_model.nn.graph import gsl_adjacency_dense
 from msrl_model.train.finetune import build_network, finetune_job
+from msrl_model.train.graphcheck import DIAGNOSTICS, gradient_shares, graph_diagnostics, pooled_r2
 from msrl_model.train.predict import inference_buffer, outputs_from_logits, predict
 from msrl_model.train.pretrain import pretrain_job
 from msrl_model.train.variants import get_variant
@@ -37,7 +39,7 @@ def trained(tmp_path_factory):
     tt = task_targets(cohort, "survival", train, cfg.n_bins)
     res = drive(finetune_job(cfg, tt.spec, bags, fg.packed, fg.pathways, tt.y, tt.censorship, train,
                              pretrained=pre, seed=0), show=False)
-    return bags, res, test
+    return bags, res, test, fg.pathways
 
 
 def test_ablations_are_registered_on_msrls_network():
@@ -47,7 +49,7 @@ def test_ablations_are_registered_on_msrls_network():
 
 
 def test_no_graph_is_the_query_linked_only_to_itself(trained):
-    bags, res, test = trained
+    bags, res, test, _ = trained
     net = res.online.eval()
     alone = predict(res, bags, test, buffer_mode="none")
     with torch.no_grad():  # reference: every query a one-node graph with its self-loop (weight 1 after normalising)
@@ -65,7 +67,7 @@ def test_no_graph_is_the_query_linked_only_to_itself(trained):
 
 
 def test_shuffled_buffer_permutes_the_genomics_and_changes_predictions(trained):
-    bags, res, test = trained
+    bags, res, test, _ = trained
     d = res.online.cfg.d
     shuffled = inference_buffer(res, "shuffled", seed=3)
     assert torch.equal(shuffled[:, d:], res.buffer[:, d:])  # every slide part h stays with its case
@@ -80,9 +82,65 @@ def test_shuffled_buffer_permutes_the_genomics_and_changes_predictions(trained):
 
 
 def test_shuffled_buffer_needs_genomics_nodes(trained):
-    _, res, _ = trained
+    _, res, _, _ = trained
     net_h = build_network(res.online.cfg, res.online.task, "msrl_h", None, False, 0)
     with pytest.raises(ValueError, match="MSRL_H"):
         inference_buffer(dataclasses.replace(res, online=net_h), "shuffled")
     with pytest.raises(ValueError, match="unknown buffer mode"):
         inference_buffer(res, "half")  # type: ignore[arg-type]
+
+
+# graph diagnostics (train/graphcheck.py) ---------------------------------------------------------
+
+def test_graph_diagnostics_match_the_dense_adjacency(trained):
+    """Self share, links and the neighbours' pathway estimate of two queries, against the dense
+    reference adjacency over [buffer; query]."""
+    bags, res, test, pathways = trained
+    net = res.online.eval()
+    cases = [int(c) for c in test[:2]]
+    diag = graph_diagnostics(res, bags, cases, pathways)
+    assert set(diag) == set(DIAGNOSTICS) - {"grad_share_gsl", "grad_share_gcn", "grad_share_skip"}
+    m = res.buffer.shape[0]
+    shares, links, estimates = [], [], []
+    with torch.no_grad():
+        nodes = case_node_features(net, bags, cases, None, max_patches=0, chunk=8, device=torch.device("cpu"))
+        for node in nodes:
+            a = gsl_adjacency_dense(net.gsl(torch.cat([res.buffer, node[None]])), net.cfg.k)[-1]  # query's row
+            shares.append(float(a[m] / a.sum()))
+            links.append(int((a[:m] > 0).sum()))
+            estimates.append(((a[:m, None] * pathways[torch.as_tensor(res.buffer_cases)]).sum(0) / a[:m].sum()).numpy())
+    assert diag["self_share"] == pytest.approx(np.mean(shares), rel=1e-5) and 0 < diag["self_share"] < 1
+    assert diag["linked"] == np.mean(links)
+    truth = pathways[cases].numpy().astype(np.float64)
+    assert diag["r2_neighbours"] == pytest.approx(pooled_r2(truth, np.stack(estimates).astype(np.float64)), rel=1e-4)
+
+
+def test_graph_diagnostics_over_the_test_cases(trained):
+    bags, res, test, pathways = trained
+    diag = graph_diagnostics(res, bags, test, pathways)
+    assert 0 < diag["self_share"] < 1 and 1 <= diag["linked"] <= res.online.cfg.k * 2
+    assert diag["output_change"] > 0  # the buffer moves the risk of a network trained with it
+    assert -1 <= diag["rank_agreement"] <= 1 and -1 <= diag["neighbour_extra"] <= 1
+    for name in ("r2_prompt", "r2_graph", "r2_neighbours"):
+        assert np.isfinite(diag[name]) and diag[name] <= 1
+
+
+@pytest.mark.parametrize("truth_is", ["estimate", "column_mean"])
+def test_pooled_r2(truth_is):
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(6, 3))
+    estimate = truth.copy() if truth_is == "estimate" else np.broadcast_to(truth.mean(0), truth.shape)
+    assert pooled_r2(truth, estimate) == pytest.approx(1.0 if truth_is == "estimate" else 0.0, abs=1e-12)
+
+
+def test_fine_tuning_history_records_where_the_gradient_goes(trained):
+    _, res, _, _ = trained
+    for epoch in res.history:
+        parts = [epoch[f"grad_norm/{m}"] for m in ("slide_encoder", "inductor", "gsl", "gcn", "head", "skip")]
+        assert all(p >= 0 for p in parts) and epoch["grad_norm/all"] >= max(parts)
+        # the parts are disjoint parameter sets of the network: their squares add up to at most the whole
+        assert sum(p * p for p in parts) <= epoch["grad_norm/all"] ** 2 * (1 + 1e-6)
+    shares = gradient_shares(res.history)
+    assert set(shares) == {"grad_share_gsl", "grad_share_gcn", "grad_share_skip"}
+    assert all(0 <= v <= 1 for v in shares.values())
+    assert gradient_shares([{"grad_norm/all": 2.0, "grad_norm/gsl": 1.0}])["grad_share_gsl"] == 0.5

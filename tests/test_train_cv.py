@@ -122,6 +122,11 @@ def test_reports(spied_run, tmp_path):
                              methods=["msrl", "snn"], encoder={"name": "x", "version": "1", "dim": 16},
                              config_text="d = 16", km_pvalues={"msrl": p})
     assert "Research use only" in card and "SYNTHETIC" in card and "| MSRL |" in card
+    graph = report.graph_summary(result)  # MSRL's graph diagnostics, one entry per fold and task
+    assert set(graph) == {"survival", "stage"} and graph["survival"]["self_share"]["n_folds"] == result.n_folds
+    assert "### What the graph does" in card
+    row = next(ln for ln in card.splitlines() if ln.startswith("| query's own share"))
+    assert f"{graph['survival']['self_share']['mean']:.3f}" in row
 
 
 def test_risk_groups_split_per_fold():

@@ -24,6 +24,7 @@ from msrl_model.synth.cohort import make_synth_cohort
 from msrl_model.train import cv as cv_mod
 from msrl_model.train import report
 from msrl_model.train.data import load_bags
+from msrl_model.train.graphcheck import DIAGNOSTICS
 from msrl_model.train.foldstore import FoldStore, ResumeMismatchError, oof_csv
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
@@ -77,6 +78,7 @@ def test_each_fold_is_written_as_it_ends(setup, uninterrupted):
         assert data["seconds"]["total"] >= data["seconds"]["pretrain"] + data["seconds"]["finetune"] > 0
         assert data["epochs"] == {"pretrain": cfg.pretrain_epochs, "finetune": cfg.finetune_epochs}
         assert data["rows"] == [r for r in result.rows if r["fold"] == k]
+        assert list(data["graph"]) == TASKS and set(data["graph"]["survival"]) == set(DIAGNOSTICS)
     rows = list(csv.DictReader((out / "oof_predictions.csv").open()))
     classes = cohort.labels["stage"]
     assert list(rows[0]) == ["case", "fold", "repeat", "method", "task", "risk"] + [f"prob_{c}" for c in classes]
@@ -108,6 +110,7 @@ def test_interrupted_run_resumes_after_the_last_finished_fold(setup, uninterrupt
     assert len(pretrained) == 2 and resumed.resumed == 1  # fold 0 read back, folds 1 and 2 trained
     assert "fold 1/3 read from an earlier run" in messages
     assert resumed.rows == full.rows  # the same numbers, in the same order
+    assert json.dumps(resumed.graph) == json.dumps(full.graph)  # graph diagnostics read back (NaN too)
     assert resumed.oof.keys() == full.oof.keys()
     for key, entry in full.oof.items():
         for name, values in entry.items():

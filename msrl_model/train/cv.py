@@ -8,7 +8,10 @@ Per fold (``stratified_folds`` over project × event, cases never split across f
    training cases and predicts the test cases one at a time against its buffer of training cases;
    MSRL_multi is the trained MSRL network given the test case's real genomics, no_graph and
    shuffled_buffer the same network linked to nothing / to a buffer with permuted genomics;
-4. metrics: C-index (survival), macro AUC and macro F1 (classification).
+4. metrics: C-index (survival), macro AUC and macro F1 (classification);
+5. MSRL's graph diagnostics on the test cases (:mod:`msrl_model.train.graphcheck`: how much the
+   buffer moves a prediction, what the neighbours' authentic genomics add to the prompt, where the
+   gradient goes).
 
 **Repeated CV** (``repeats``): repeat r splits the cohort again with its own fold seed; repeat 0
 uses the seeds of a single CV (:func:`repeat_seeds`), so a one-repeat run is unchanged.
@@ -41,6 +44,7 @@ from msrl_model.train import distributed
 from msrl_model.train.data import Bags, FoldGenomics, TaskTargets, fold_genomics, task_targets
 from msrl_model.train.finetune import FinetuneResult, finetune_job
 from msrl_model.train.foldstore import FoldRecord, FoldStore, claim_holder, describe_holder, run_identity
+from msrl_model.train.graphcheck import gradient_shares, graph_diagnostics
 from msrl_model.train.predict import Predictions
 from msrl_model.train.pretrain import pretrain_job
 from msrl_model.train.settings import TrainSettings
@@ -68,6 +72,7 @@ class CVResult:
     n_folds: int = 0  # folds per repeat
     repeats: int = 1  # repetitions of the CV with other fold seeds
     resumed: int = 0  # folds read back from an earlier run's files
+    graph: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # (task, MSRL graph diagnostics) per fold
     final_by: str | None = None  # the other process that builds the final models (several processes, one --out)
 
     def metric_summary(self, task: str, method: str) -> dict[str, dict[str, float]]:
@@ -120,6 +125,7 @@ def repeat_seeds(seed: int, repeat: int, fold: int) -> tuple[int, int]:
 def _add_record(result: CVResult, record: FoldRecord) -> None:
     """A finished fold's rows and out-of-fold predictions into ``result`` (computed or read back alike)."""
     result.rows += record.rows
+    result.graph += list(record.graph.items())
     for key, pred in record.predictions.items():
         n = len(pred["case"])
         entry = result.oof.setdefault(key, {"case": np.zeros(0, np.int64), "fold": np.zeros(0, np.int64),
@@ -216,6 +222,12 @@ def _run_fold(plan: _Plan, repeat: int, fold: int, train: np.ndarray, test_cases
         t0 = time.perf_counter()
         yield from _predict_fold_task(record, plan.cohort, task, tt, inputs, models, plan.variants, test, done,
                                       plan.units, f"{label} {task}")
+        msrl = models.get("msrl")
+        if msrl is not None and msrl.online.pathway_decoder is not None:  # where MSRL's graph signal goes
+            record.graph[task] = {**graph_diagnostics(msrl, plan.bags, test, fg.pathways,
+                                                      chunk=plan.settings.encode_chunk,
+                                                      chunk_patches=plan.settings.chunk_patches, device=plan.device),
+                                  **gradient_shares(msrl.history)}
         seconds["predict"] += time.perf_counter() - t0
         yield Progress(Stage.CROSS_VALIDATION, done, plan.units, f"{label} {task} done")
     record.seconds = {**seconds, "total": time.perf_counter() - start}

@@ -64,6 +64,9 @@ plus the readout skip when ``cfg.readout_skip``; sg = stop-gradient).
   app can show reconstructed pathway activity next to the neighbours' authentic scores.
 * **s-align** compares the online and target adjacencies over the same node set [𝓑'; batch] with
   :func:`~msrl_model.nn.losses.sparsity_balanced_bce_sparse` (never N×N).
+* **Gradient norms** per epoch in the history (``grad_norm/<module>``, the mean over steps of the
+  clipped gradient's L2 norm of φ_H, the Inductor, the GSL, the GCN, the head, the readout skip and
+  all parameters): where the task's signal reaches the graph (:mod:`msrl_model.train.graphcheck`).
 * AdamW, linear warm-up for ``cfg.warmup_epochs`` then cosine to ``cfg.finetune_min_lr`` (per step);
   target :math:`\theta_t \leftarrow m\,\theta_t + (1 - m)\,\theta_o` after every step (``cfg.ema_momentum``).
 
@@ -126,7 +129,7 @@ class FinetuneResult:
     buffer_cases: np.ndarray  # (n_train,) global case index of each buffer row
     graph_mode: GraphMode  # graph used in training and prediction
     buffer_branch: str  # "target" (MSRL) or "online" (ablation)
-    history: list[dict[str, float]] = field(default_factory=list)  # mean loss terms per epoch
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: mean loss terms, grad_norm/<module>
 
 
 def build_network(cfg: MSRLConfig, task: TaskSpec, variant: Variant, pretrained: PretrainNet | None,
@@ -278,9 +281,26 @@ def _step_terms(run: _FinetuneRun, part: np.ndarray, h: Tensor, f: Tensor, f_t: 
     return terms
 
 
-def _train_step(run: _FinetuneRun, part: np.ndarray, epoch: int, step: int) -> dict[str, Tensor]:
+GRAD_GROUPS = ("slide_encoder", "inductor", "gsl", "gcn", "head", "skip")
+"""Modules of the online network whose gradient norms the history records (``grad_norm/<name>``)."""
+
+
+def _gradient_norms(net: MSRLNet) -> dict[str, float]:
+    """L2 norm of the (clipped) gradient of each of :data:`GRAD_GROUPS` present and of all parameters."""
+    def norm(module: torch.nn.Module) -> float | None:
+        grads = [torch.linalg.vector_norm(p.grad) for p in module.parameters() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else None
+
+    groups = {name: getattr(net, name, None) for name in GRAD_GROUPS}
+    norms = {f"grad_norm/{name}": norm(module) for name, module in {**groups, "all": net}.items()
+             if module is not None}
+    return {name: value for name, value in norms.items() if value is not None}
+
+
+def _train_step(run: _FinetuneRun, part: np.ndarray, epoch: int, step: int
+                ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """One optimizer step on the batch ``part`` (global case indices), the EMA update and the buffer
-    push; returns the loss terms."""
+    push; returns the loss terms and the gradient norms (:func:`_gradient_norms`)."""
     cfg, device = run.cfg, run.device
     idx = torch.as_tensor(part)
     rows = distributed.local_part(np.arange(len(part)))  # positions of this process's share
@@ -294,14 +314,16 @@ def _train_step(run: _FinetuneRun, part: np.ndarray, epoch: int, step: int) -> d
     mem = run.buffer.without(idx)  # (M', node_dim) the batch's own entries removed
     terms = _step_terms(run, part, h, f, f_t, mem)
     optimizer_step(run.opt, sum(terms.values()), run.params, run.settings.grad_clip)
+    grads = _gradient_norms(run.online)
     ema_update(run.target, run.online, cfg.ema_momentum)
     run.buffer.push(f.detach() if run.buffer_branch == "online" else f_t, idx)
-    return terms
+    return terms, grads
 
 
 def _train_epoch(run: _FinetuneRun, samples: np.ndarray, gen: torch.Generator, epoch: int, step: int
                  ) -> tuple[dict[str, float], int]:
-    """One epoch over the samples in a random order: (mean loss terms, steps done after it)."""
+    """One epoch over the samples in a random order: (mean loss terms and gradient norms, steps done
+    after it)."""
     cfg = run.cfg
     steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
     total, warmup = steps_per_epoch * cfg.finetune_epochs, steps_per_epoch * cfg.warmup_epochs
@@ -310,8 +332,9 @@ def _train_epoch(run: _FinetuneRun, samples: np.ndarray, gen: torch.Generator, e
     sums: dict[str, float] = {}
     for part in np.array_split(perm, steps_per_epoch):
         set_lr(run.opt, lr_at(step, total, warmup, cfg.finetune_lr, cfg.finetune_min_lr))
-        for name, value in _train_step(run, part, epoch, step).items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        terms, grads = _train_step(run, part, epoch, step)
+        for name, value in [*((n, float(v.detach())) for n, v in terms.items()), *grads.items()]:
+            sums[name] = sums.get(name, 0.0) + value
         step += 1
     return {name: value / steps_per_epoch for name, value in sums.items()}, step
 
@@ -377,8 +400,8 @@ def finetune_job(cfg: MSRLConfig, task: TaskSpec, bags: Bags, genomics: Tensor, 
         history.append(means)
         if ckpt is not None:
             _checkpoint(ckpt, identity, epoch + 1, step, run, gen, history)
-        yield Progress(Stage.FINETUNE, epoch + 1, cfg.finetune_epochs,
-                       f"{task.name} {variant} loss={sum(means.values()):.4f}")
+        loss = sum(v for k, v in means.items() if not k.startswith("grad_norm/"))
+        yield Progress(Stage.FINETUNE, epoch + 1, cfg.finetune_epochs, f"{task.name} {variant} loss={loss:.4f}")
     online.eval()
     final_net = online if buffer_branch == "online" else target
     ship = yield from compute_buffer_job(final_net, bags, genomics, train_cases, branch=buffer_branch,

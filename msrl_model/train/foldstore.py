@@ -11,7 +11,9 @@ Layout in the run's output folder (every file written atomically, :func:`~msrl_m
 A fold file holds ``repeat``, ``fold``, ``fingerprint``, ``n_train``, ``n_test``, ``rows`` (the
 fold's metric rows: method, task, repeat, fold, metric, value), ``predictions`` (per task and method
 the test cases' indices and risk or class probabilities), ``seconds`` ``{"pretrain", "finetune",
-"predict", "total"}`` and ``epochs`` ``{"pretrain", "finetune"}`` (benchmarks read these two).
+"predict", "total"}``, ``epochs`` ``{"pretrain", "finetune"}`` (benchmarks read these two) and
+``graph`` (per task, MSRL's graph diagnostics on the fold's test cases,
+:mod:`msrl_model.train.graphcheck`).
 Floats are written with all their digits, so a resumed run ends with the same table as an
 uninterrupted one.
 
@@ -98,6 +100,7 @@ class FoldRecord:
     predictions: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # pretrain, finetune, predict, total
     epochs: dict[str, int] = field(default_factory=dict)  # pretrain, finetune
+    graph: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> MSRL graph diagnostics (graphcheck)
 
     def to_json(self, fingerprint: str) -> dict[str, Any]:
         preds: dict[str, dict[str, dict[str, list]]] = {}
@@ -105,7 +108,7 @@ class FoldRecord:
             preds.setdefault(task, {})[method] = {k: v.tolist() for k, v in entry.items()}
         return {"repeat": self.repeat, "fold": self.fold, "fingerprint": fingerprint, "n_train": self.n_train,
                 "n_test": self.n_test, "rows": self.rows, "predictions": preds, "seconds": self.seconds,
-                "epochs": self.epochs}
+                "epochs": self.epochs, "graph": self.graph}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FoldRecord:
@@ -115,7 +118,8 @@ class FoldRecord:
                 preds[(task, method)] = {k: np.asarray(v, dtype=np.int64 if k == "case" else np.float64)
                                          for k, v in entry.items()}
         return cls(int(data["repeat"]), int(data["fold"]), int(data["n_train"]), int(data["n_test"]),
-                   list(data["rows"]), preds, dict(data["seconds"]), dict(data["epochs"]))
+                   list(data["rows"]), preds, dict(data["seconds"]), dict(data["epochs"]),
+                   {task: dict(d) for task, d in data.get("graph", {}).items()})
 
 
 def _differences(stored: dict[str, Any], identity: dict[str, Any]) -> list[str]:
