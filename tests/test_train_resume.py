@@ -214,3 +214,15 @@ def test_folds_claimed_by_another_process_are_read_when_written_and_the_table_is
     assert result.rows == full.rows
     assert (out / "oof_predictions.csv").read_text() == oof_csv(full.oof, setup[0])
     assert sorted(p.name for p in (out / "folds").glob("*.claim")) == ["final.claim"]  # fold claims released
+
+
+def test_trained_ablations_can_be_limited_to_some_tasks(setup, tmp_path):
+    result = drive(_job(setup, tmp_path / "ablations", variants=["msrl", "knn_cos", "no_graph"],
+                        ablation_tasks=["survival"], n_folds=2), show=False)
+    by_task = {t: {r["method"] for r in result.rows if r["task"] == t} for t in TASKS}
+    assert by_task == {"survival": {"msrl", "knn_cos", "no_graph"}, "stage": {"msrl", "no_graph"}}
+    table = report.cv_table_markdown(result, TASKS, ["msrl", "knn_cos", "no_graph"]).splitlines()
+    knn = next(ln for ln in table if ln.startswith("| KNN-cosine"))
+    assert knn.split("|")[2].strip() != "–" and knn.split("|")[3].strip() == "–"  # survival only
+    run = json.loads((tmp_path / "ablations" / "folds" / "run.json").read_text())
+    assert run["identity"]["ablation_tasks"] == ["survival"]

@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", help="comma-separated methods: msrl, msrl_h, msrl_multi, abmil, snn, "
                                            "knn_cos, knn_euc, random_gsl, online_buffer, no_graph, shuffled_buffer "
                                            "(default: the preset's / all)")
+    parser.add_argument("--ablation-tasks",
+                        help="comma-separated tasks on which the trained ablations (msrl_h, knn_cos, knn_euc, "
+                             "random_gsl, online_buffer) run, each costing a fine-tuning per task and fold "
+                             "(default: the preset's, e.g. survival as in the paper's Table 3; else every task)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="repeat the cross-validation with other fold seeds (default 1)")
@@ -241,8 +245,13 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
         cfg = dataclasses.replace(cfg, patch_dim=bags.patch_dim,
                                   group_sizes=tuple(len(g) for g in cohort.gene_groups))
         # another run's folds in --out: refused before config.toml is overwritten
+        ablation_tasks = _split(args.ablation_tasks) or (list(run_preset.ablation_tasks) if run_preset
+                                                         and run_preset.ablation_tasks is not None else None)
+        stray = [t for t in ablation_tasks or () if t not in tasks]
+        if stray:
+            raise MSRLError(f"--ablation-tasks {','.join(stray)}: not among the run's tasks ({','.join(tasks)})")
         FoldStore(out, run_identity(cohort, cfg, settings, seed=args.seed, tasks=tasks, variants=variants,
-                                    n_folds=args.folds), write=False).check()
+                                    n_folds=args.folds, ablation_tasks=ablation_tasks), write=False).check()
         if main_rank:
             _write_config(out / "config.toml", cfg, settings, scale_note)
         log.info("device %s, torch threads %d, processes %d, tasks %s, variants %s, %d folds x %d repeats, seed %d",
@@ -255,7 +264,7 @@ def _train(args: argparse.Namespace, cohort, cfg, settings, run_preset, device, 
 
         result = drive(cv_job(cohort, bags, cfg, tasks=tasks, variants=variants, n_folds=args.folds,
                               repeats=args.repeats, settings=settings, seed=args.seed, device=device,
-                              final=not args.no_bundle, out_dir=out),
+                              final=not args.no_bundle, out_dir=out, ablation_tasks=ablation_tasks),
                        show=show, on_event=on_event)
         if not main_rank:
             return 0

@@ -185,6 +185,7 @@ class _Plan:
     cfg: MSRLConfig
     tasks: Sequence[str]
     variants: Sequence[str]
+    ablation_tasks: Sequence[str] | None  # tasks the Table-3 ablations run on (None: every task)
     settings: TrainSettings
     device: torch.device
     units: int  # cross-validation progress units: one per fold and task (+ one per final task)
@@ -209,18 +210,19 @@ def _run_fold(plan: _Plan, repeat: int, fold: int, train: np.ndarray, test_cases
         seconds["pretrain"] += time.perf_counter() - t0
     for task in plan.tasks:
         yield Progress(Stage.CROSS_VALIDATION, done, plan.units, f"{label} {task}")
+        variants = [v for v in plan.variants if get_variant(v).runs_on(task, plan.ablation_tasks)]
         tt = task_targets(plan.cohort, task, train, plan.cfg.n_bins)
         inputs = FoldInputs(plan.cfg, tt.spec, plan.bags, fg.packed, fg.pathways, tt.y, tt.censorship, train,
                             pre, plan.settings, train_seed, plan.device)
         t0 = time.perf_counter()
-        models = yield from _train_variants(inputs, plan.variants)
+        models = yield from _train_variants(inputs, variants)
         seconds["finetune"] += time.perf_counter() - t0
         test = tt.valid(test_cases)
         done += 1
         if len(test) == 0:
             continue
         t0 = time.perf_counter()
-        yield from _predict_fold_task(record, plan.cohort, task, tt, inputs, models, plan.variants, test, done,
+        yield from _predict_fold_task(record, plan.cohort, task, tt, inputs, models, variants, test, done,
                                       plan.units, f"{label} {task}")
         msrl = models.get("msrl")
         if msrl is not None and msrl.online.pathway_decoder is not None:  # where MSRL's graph signal goes
@@ -304,8 +306,8 @@ def _collect(records: dict[tuple[int, int], FoldRecord], units: Sequence[_FoldUn
 
 def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str], variants: Sequence[str],
            n_folds: int = 5, repeats: int = 1, settings: TrainSettings = TrainSettings(), seed: int = 0,
-           device: torch.device | str = "cpu", final: bool = True, out_dir: str | Path | None = None
-           ) -> Job[CVResult]:
+           device: torch.device | str = "cpu", final: bool = True, out_dir: str | Path | None = None,
+           ablation_tasks: Sequence[str] | None = None) -> Job[CVResult]:
     """K-fold cross-validation of ``variants`` on ``tasks``, ``repeats`` times (+ the final models
     when ``final``).
 
@@ -313,6 +315,8 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
     returns :class:`CVResult`.
 
     Args:
+        ablation_tasks: the tasks on which the trained ablations of Table 3 (``ablation=True`` in
+            :mod:`~msrl_model.train.variants`) run; None = every task.
         out_dir: where each finished fold is written and read back from on a restart (module
             docstring); None = nothing is written. A folder holding another run's folds is refused
             (:class:`~msrl_model.train.foldstore.ResumeMismatchError`) before any training. Under
@@ -330,7 +334,7 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
     store = None
     if out_dir is not None:
         identity = run_identity(cohort, cfg, settings, seed=seed, tasks=list(tasks), variants=list(variants),
-                                n_folds=n_folds)
+                                n_folds=n_folds, ablation_tasks=ablation_tasks)
         store = FoldStore(out_dir, identity, write=distributed.is_main())
         store.begin()
     # the finished folds, read once before any training: every process skips the same ones
@@ -338,7 +342,8 @@ def cv_job(cohort: Cohort, bags: Bags, cfg: MSRLConfig, *, tasks: Sequence[str],
     # several processes on one --out split the folds by claim files (not under torchrun: there every
     # rank trains every fold together)
     claims = store is not None and store.write and distributed.world_size() == 1
-    plan = _Plan(cohort, bags, cfg, tasks, variants, settings, device,
+    plan = _Plan(cohort, bags, cfg, tasks, variants, None if ablation_tasks is None else list(ablation_tasks),
+                 settings, device,
                  units=repeats * n_folds * len(tasks) + (len(tasks) if final else 0))
     units: list[_FoldUnit] = []
     for repeat in range(repeats):

@@ -80,11 +80,14 @@ def cohort_fingerprint(cohort: Cohort) -> str:
 
 
 def run_identity(cohort: Cohort, cfg: MSRLConfig, settings: TrainSettings, *, seed: int, tasks: list[str],
-                 variants: list[str], n_folds: int) -> dict[str, Any]:
+                 variants: list[str], n_folds: int, ablation_tasks: list[str] | None = None) -> dict[str, Any]:
     """What determines the numbers of every fold of a cross-validation (module docstring)."""
-    return {"version": msrl_model.__version__, "config": cfg.to_dict(), "settings": settings.to_dict(),
-            "cohort": cohort_fingerprint(cohort), "seed": int(seed), "tasks": list(tasks),
-            "variants": list(variants), "n_folds": int(n_folds)}
+    identity = {"version": msrl_model.__version__, "config": cfg.to_dict(), "settings": settings.to_dict(),
+                "cohort": cohort_fingerprint(cohort), "seed": int(seed), "tasks": list(tasks),
+                "variants": list(variants), "n_folds": int(n_folds)}
+    if ablation_tasks is not None:
+        identity["ablation_tasks"] = list(ablation_tasks)
+    return identity
 
 
 @dataclass

@@ -14,7 +14,10 @@ Each entry declares what the variant needs and how it is trained and predicted::
     no_graph         No graph: MSRL's trained network, each test case linked only to itself
     shuffled_buffer  Shuffled buffer: MSRL's trained network, the buffer's genomics permuted across cases
 
-The last two are inference-time ablations (:func:`~msrl_model.train.predict.inference_buffer`):
+MSRL_H, the two KNN graphs, random GSL and the online buffer are the trained ablations of the
+paper's Table 3 (``ablation=True``): each costs a fine-tuning, so a run may limit them to some tasks
+(``ablation_tasks``; the paper's Table 3 is survival only). no_graph and shuffled_buffer are
+inference-time ablations (:func:`~msrl_model.train.predict.inference_buffer`):
 they train nothing and ask whether the neighbours, and their authentic genomics, change the
 prediction at all.
 
@@ -83,11 +86,17 @@ class TrainingVariant:
     buffer_branch: Literal["target", "online"] | None = "target"  # branch filling the buffer; None without one
     baseline: BaselineSpec | None = None  # the baseline network, for the single-modality baselines
     buffer_mode: BufferMode = "full"  # what a test case is linked against at inference (MSRL family)
+    ablation: bool = False  # a trained ablation of the paper's Table 3 (may be limited to some tasks: runs_on)
 
     @property
     def trained_as(self) -> str:
         """The variant whose trained model this one predicts with."""
         return self.model_of or self.name
+
+    def runs_on(self, task: str, ablation_tasks: Sequence[str] | None) -> bool:
+        """Whether this variant runs on ``task`` when the ablations are limited to ``ablation_tasks``
+        (None: every task)."""
+        return not self.ablation or ablation_tasks is None or task in ablation_tasks
 
     def finetune_options(self) -> dict[str, object]:
         """The keyword arguments of :func:`~msrl_model.train.finetune.finetune_job` (MSRL family)."""
@@ -168,14 +177,14 @@ def _baseline(spec: BaselineSpec, display: str, **declared: object) -> TrainingV
 
 
 _msrl_family("msrl", "MSRL")
-_msrl_family("msrl_h", "MSRL_H", network="msrl_h")
+_msrl_family("msrl_h", "MSRL_H", network="msrl_h", ablation=True)
 _msrl_family("msrl_multi", "MSRL_multi", genomics_at_inference=True, model_of="msrl")
 _baseline(ABMIL, "ABMIL (WSI)")
 _baseline(SNN, "SNN (genomics)", genomics_at_inference=True)
-_msrl_family("knn_cos", "KNN-cosine", graph_mode="knn_cos", gsl=None)
-_msrl_family("knn_euc", "KNN-euclidean", graph_mode="knn_euc", gsl=None)
-_msrl_family("random_gsl", "Random GSL", gsl="random")
-_msrl_family("online_buffer", "Online buffer", buffer_branch="online")
+_msrl_family("knn_cos", "KNN-cosine", graph_mode="knn_cos", gsl=None, ablation=True)
+_msrl_family("knn_euc", "KNN-euclidean", graph_mode="knn_euc", gsl=None, ablation=True)
+_msrl_family("random_gsl", "Random GSL", gsl="random", ablation=True)
+_msrl_family("online_buffer", "Online buffer", buffer_branch="online", ablation=True)
 _msrl_family("no_graph", "No graph", model_of="msrl", buffer_mode="none")
 _msrl_family("shuffled_buffer", "Shuffled buffer", model_of="msrl", buffer_mode="shuffled")
 
