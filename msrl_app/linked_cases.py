@@ -293,6 +293,15 @@ class CaseSortProxy(QSortFilterProxyModel):
         return left.data(self.sortRole()) < right.data(self.sortRole())
 
 
+# The note on what cross-validation measured of the linked cases: amber when they did not improve the
+# task (a caution, not an error), muted green when they did.
+EVIDENCE_STYLE = {
+    False: "color: #f0c36a; background: #2e2816; border-left: 3px solid #d9a53f; padding: 4px 6px;",
+    True: "color: #9fd3a8; background: #18261b; border-left: 3px solid #5fae6e; padding: 4px 6px;",
+    None: "",
+}
+
+
 class LinkedCasesSection(QWidget):
     """Task picker, filter, sortable table, and the selected case's detail pane."""
 
@@ -323,6 +332,10 @@ class LinkedCasesSection(QWidget):
         self.table.selectionModel().currentRowChanged.connect(self._on_row)
         self.summary_label = _muted()
         self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.evidence_label = QLabel()  # what cross-validation measured of the linked cases' value
+        self.evidence_label.setWordWrap(True)
+        self.evidence_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.evidence_label.setVisible(False)
 
         self.detail_title = _heading("")
         self.detail_fields = QLabel()
@@ -362,6 +375,7 @@ class LinkedCasesSection(QWidget):
         row.addWidget(self.task_combo, 1)
         row.addWidget(self.filter_edit, 1)
         tl.addLayout(row)
+        tl.addWidget(self.evidence_label)
         tl.addWidget(self.summary_label)
         tl.addWidget(self.table, 1)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
@@ -409,6 +423,10 @@ class LinkedCasesSection(QWidget):
         else:
             self.summary_label.setText("")
             self.summary_label.setToolTip("")
+        note = task.graph_evidence_note if task is not None else ""
+        self.evidence_label.setText(note)
+        self.evidence_label.setVisible(bool(note))
+        self.evidence_label.setStyleSheet(EVIDENCE_STYLE[task.graph_evidence if task is not None else None])
         if self.proxy.rowCount():
             self.table.selectRow(0)
         else:

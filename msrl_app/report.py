@@ -346,6 +346,9 @@ def _draw_linked_cases(lay: _Layout, result: PredictionResult) -> None:
                 f"of {len(task.linked_cases)})", keep=mm(22))
     cases = task.linked_cases[:TOP_CASES]
     extra = label_columns(cases)[:3]
+    if task.graph_evidence_note:  # what cross-validation measured of the linked cases' value
+        lay.text(task.graph_evidence_note, 8.5, task.graph_evidence is False,
+                 color="#92400e" if task.graph_evidence is False else "#166534", gap=0.6)
     lay.text(f"Influence column — {influence_title(task)}: {influence_tip(task)}", 8, color="#4b5563")
     headers = ["Case", "Weight", "Influence", "Project", "Survival, mo", "Status", "Stage"] + extra
     rows = [[str(c.case.get("case_id", "")), f"{c.weight:.3f}", format_influence(task, influence_value(task, c)),

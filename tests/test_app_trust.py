@@ -1,4 +1,5 @@
-"""Issue 12 in the app: the out-of-distribution banner, tasks not informative in cross-validation, class names."""
+"""Issue 12 in the app: the out-of-distribution banner, tasks not informative in cross-validation, class names;
+issue 11: what cross-validation measured of the linked cases, next to them."""
 
 from __future__ import annotations
 
@@ -53,3 +54,24 @@ def test_window_banner_above_the_slide(qtbot, tmp_path, result):
     assert "This slide is unlike the training cohort, so its predictions are unreliable." in window.ood_banner.text()
     window._on_result(dataclasses.replace(result, applicability=None))
     assert window.ood_banner.isHidden()
+
+
+@pytest.mark.parametrize("earned", [False, True, None])
+def test_linked_cases_say_what_cross_validation_measured_of_them(qtbot, result, earned):
+    from msrl_app.linked_cases import EVIDENCE_STYLE, LinkedCasesSection
+    from msrl_model.infer.graph_evidence import graph_evidence
+
+    metrics = {"c_index": {"mean": 0.69, "std": 0.04, "n_folds": 15}}
+    if earned is not None:
+        metrics["c_index@no_graph"] = {"mean": 0.62 if earned else 0.694, "std": 0.04, "n_folds": 15,
+                                       "p": 0.004 if earned else 0.64}
+    known, note = graph_evidence("survival", metrics)
+    assert known is earned
+    survival = dataclasses.replace(result.tasks["survival"], graph_evidence=known, graph_evidence_note=note)
+    section = LinkedCasesSection()
+    qtbot.addWidget(section)
+    section.set_result(dataclasses.replace(result, tasks={"survival": survival}))
+    assert section.evidence_label.isHidden() is (earned is None)
+    assert section.evidence_label.text() == note and section.evidence_label.styleSheet() == EVIDENCE_STYLE[earned]
+    if earned is False:
+        assert "not as the reason for the prediction" in section.evidence_label.text()

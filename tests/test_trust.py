@@ -201,14 +201,22 @@ def test_exported_bundle_keeps_class_names_folds_and_calibration(tmp_path):
     bags = drive(load_bags(cohort), show=False)
     cfg = MSRLConfig.tiny(patch_dim=16, max_patches_train=8, pretrain_epochs=1, finetune_epochs=1, batch_size=8,
                           group_sizes=tuple(len(g) for g in cohort.gene_groups))
-    result = drive(cv_job(cohort, bags, cfg, tasks=["survival", "TP53_mut"], variants=["msrl"], n_folds=2, seed=0),
+    from msrl_model.train.report import significance
+
+    variants = ["msrl", "no_graph", "shuffled_buffer"]
+    result = drive(cv_job(cohort, bags, cfg, tasks=["survival", "TP53_mut"], variants=variants, n_folds=2, seed=0),
                    show=False)
+    sig = significance(result, cohort, ["survival", "TP53_mut"], variants, n_resamples=50)
     out = export_bundle(tmp_path / "bundle", cohort=cohort, result=result, config=cfg,
-                        encoder={"name": "x", "version": "1", "dim": 16}, model_card="# card\n")
+                        encoder={"name": "x", "version": "1", "dim": 16}, model_card="# card\n", significance=sig)
     bundle = load_bundle(out)
     assert bundle.tasks["TP53_mut"].class_names == ["wild-type", "mutant"]
     assert bundle.manifest["tasks"][1]["class_names"] == ["wild-type", "mutant"]
     assert bundle.tasks["survival"].metrics["c_index"]["n_folds"] == 2
+    ablation = bundle.tasks["survival"].metrics["c_index@no_graph"]  # the graph's measured value travels along
+    row = next(r for r in sig if (r["task"], r["method"], r["metric"]) == ("survival", "no_graph", "c_index"))
+    assert ablation["mean"] == pytest.approx(result.metric_summary("survival", "no_graph")["c_index"]["mean"])
+    assert ablation["p"] == pytest.approx(row["p"]) and "auc@shuffled_buffer" in bundle.tasks["TP53_mut"].metrics
     n_slides = sum(len(cohort.case_feature_paths(c)) for c in cohort.case_ids)
     assert bundle.slide_profiles.shape == (n_slides, 16)
     assert len(bundle.manifest["applicability"]["scores"]) == n_slides
@@ -221,6 +229,8 @@ def test_exported_bundle_keeps_class_names_folds_and_calibration(tmp_path):
     assert len(bundle.tasks["TP53_mut"].conformal_scores) == labelled  # one out-of-fold prediction per case
     c = predictor.predict(features, np.zeros((len(features), 2), np.int64), 256).tasks["TP53_mut"].classification
     assert c.set_coverage == 0.9 and c.prediction_set and set(c.prediction_set) <= {"0", "1"}
+    survival = predictor.predict(features, np.zeros((len(features), 2), np.int64), 256).tasks["survival"]
+    assert survival.graph_evidence is not None and "linked to nothing" in survival.graph_evidence_note
 
     from msrl_model.train.report import model_card
 

@@ -7,7 +7,8 @@ Files written by :func:`write_results` for ``OUT/<name>.json``:
 * ``<name>.csv`` — one row per (task, quantity): ``slide_id, mode, task, key, value``; first the
   slide's applicability (task ``slide``: ``applicability_p``, ``applicability_flagged``,
   ``applicability_message``), then per task whether it is ``informative`` in cross-validation (with
-  ``informative_note``) and, besides the prediction (classes by their readable names: ``p(mutant)``;
+  ``informative_note``), whether its linked cases improved it in cross-validation
+  (``graph_evidence``, ``graph_evidence_note``) and, besides the prediction (classes by their readable names: ``p(mutant)``;
   a classification task's conformal ``prediction_set`` "II or III" at ``set_coverage``),
   its graph contribution (prediction with the buffer minus with the slide alone) and what
   the linked cases say (survival: ``neighbours_event_rate``, ``neighbours_median_survival_months``;
@@ -55,6 +56,8 @@ def key_values(result: PredictionResult) -> list[dict[str, Any]]:
     for name, task in result.tasks.items():
         add(name, "informative", task.informative)
         add(name, "informative_note", task.informative_note)
+        add(name, "graph_evidence", task.graph_evidence)
+        add(name, "graph_evidence_note", task.graph_evidence_note)
         if task.survival is not None:
             s = task.survival
             for key in ("risk", "percentile", "percentile_in_project", "risk_group", "median_survival_months"):

@@ -64,6 +64,7 @@ from msrl_model.infer.bundle import Bundle, TaskBundle, check_encoder, json_safe
 from msrl_model.infer.applicability import bundle_check
 from msrl_model.infer.conformal import DEFAULT_COVERAGE, prediction_set, quantile
 from msrl_model.infer.engine import ExactEngine
+from msrl_model.infer.graph_evidence import graph_evidence
 from msrl_model.infer.informative import informative
 from msrl_model.infer.neighbours import (class_shares, km, km_median, percentile_of, survival_curve,
                                          weighted_event_rate, weighted_majority)
@@ -343,12 +344,13 @@ class Predictor:
         if net.pathway_decoder is not None:
             pathways = self._pathway_activity(task, net.pathways(z[:1], nodes)[0], rows, weights)
         known, evidence = informative(task.spec.kind, task.metrics)
+        earned, graph_note = graph_evidence(task.spec.kind, task.metrics)
         return TaskResult(
             name=task.spec.name, kind=task.spec.kind, variant=task.variant, mode=mode, survival=survival,
             classification=classification, linked_cases=linked, self_weight=float(q.self_weight),
             attention=[float(v) for v in attn[0].double().cpu().numpy()], pathways=pathways,
             suggested_project=suggested, metrics=json_safe(task.metrics), informative=known,
-            informative_note=evidence)
+            informative_note=evidence, graph_evidence=earned, graph_evidence_note=graph_note)
 
     def _pathway_activity(self, task: TaskBundle, reconstructed: torch.Tensor, rows: np.ndarray,
                           weights: np.ndarray) -> PathwayActivity:

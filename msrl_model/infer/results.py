@@ -54,6 +54,8 @@ JSON layout (``PredictionResult.to_dict``)::
         pathways {names, reconstructed, neighbours_mean} or None
         suggested_project, metrics (the bundle's cross-validated metrics for this task)
         informative (False: "not informative in cross-validation"; None: no metric), informative_note
+        graph_evidence (False: the linked cases did not measurably improve this task in cross-validation;
+        None: not recorded), graph_evidence_note
 """
 
 from __future__ import annotations
@@ -228,6 +230,10 @@ class TaskResult:
     # False = "not informative in cross-validation"; None = the bundle has no metric to tell
     informative: bool | None = None
     informative_note: str = ""  # the evidence in words, e.g. "AUC 0.485 ± 0.136 over 5 folds: 95 % CI from 0.30"
+    # Whether the linked cases improved this task in cross-validation (msrl_model.infer.graph_evidence):
+    # False = "did not measurably improve"; None = the bundle recorded no graph ablation
+    graph_evidence: bool | None = None
+    graph_evidence_note: str = ""  # the evidence in words (MSRL vs no_graph / shuffled_buffer, p-values)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskResult:

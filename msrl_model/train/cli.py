@@ -331,7 +331,8 @@ def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result
     atomic_write(out / "model_card.md", card)
     if not args.no_bundle:
         bundle = export_bundle(out / ("model.msrl" if args.zip else "bundle"), cohort=cohort, result=result,
-                               config=cfg, encoder=encoder, model_card=card, sign_key=_signing_key(args))
+                               config=cfg, encoder=encoder, model_card=card, sign_key=_signing_key(args),
+                               significance=sig)
         log.info("bundle written to %s", bundle)
     return table
 

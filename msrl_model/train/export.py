@@ -6,6 +6,7 @@ Everything the bundle needs is assembled here and handed to
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def applicability_calibration(cohort: Cohort, mean: np.ndarray, std: np.ndarray
 
 
 def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: MSRLConfig, encoder: dict,
-                  model_card: str, sign_key: Any = None) -> Path:
+                  model_card: str, sign_key: Any = None, significance: Sequence[dict] = ()) -> Path:
     """Write the bundle of ``result.final`` to ``out`` (directory or ``.msrl``) with ``write_bundle``;
     ``sign_key`` (a :class:`msrl_model.infer.bundle.SigningKey`) signs its manifest. The manifest's
     tiling and tissue parameters are those the cohort's feature files were made with
@@ -159,9 +160,14 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
     predictions (:func:`oof_conformal_scores`), each metric's number of folds (``n_folds``, for
     :mod:`msrl_model.infer.informative`) and the calibration of the out-of-distribution check: the
     profiles of the training slides against the final networks' training-patch μ, σ
-    (:func:`applicability_calibration`, :mod:`msrl_model.infer.applicability`)."""
+    (:func:`applicability_calibration`, :mod:`msrl_model.infer.applicability`). With the run's
+    ``significance`` rows (:func:`msrl_model.train.report.significance`), each task's metrics also
+    hold those of the no_graph and shuffled_buffer ablations with their p-values against MSRL
+    (:func:`msrl_model.infer.graph_evidence.ablation_metrics`): whether the linked cases earned
+    their place, which the app states next to them."""
     from msrl_model.cohort.labels import class_names
     from msrl_model.infer.bundle import TaskBundle, write_bundle
+    from msrl_model.infer.graph_evidence import ABLATIONS, ablation_metrics
 
     fg = result.final_genomics
     if fg is None or not result.final:
@@ -169,10 +175,9 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
     tasks = []
     for name, final in result.final.items():
         res = final.result
-        metrics = {}
-        for method in ("msrl",):
-            metrics = {m: {"mean": s["mean"], "std": s["std"], "n_folds": s["n_folds"]}
-                       for m, s in result.metric_summary(name, method).items()}
+        metrics = {m: {"mean": s["mean"], "std": s["std"], "n_folds": s["n_folds"]}
+                   for m, s in result.metric_summary(name, "msrl").items()}
+        metrics.update(ablation_metrics({a: result.metric_summary(name, a) for a in ABLATIONS}, significance, name))
         spec = res.online.task
         tasks.append(TaskBundle(
             spec=spec, variant=res.online.variant,
