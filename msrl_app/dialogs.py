@@ -113,31 +113,29 @@ def stored_weights(settings: QSettings) -> dict[str, str]:
 
 
 def hand_to_resolver(weights: Mapping[str, str]) -> None:
-    """Give ``weights`` to the encoders' weights resolver (msrl_model.encoders.weights, which imports torch)."""
-    from msrl_model.encoders.weights import use_app_weights
+    """Give ``weights`` to the encoders' weights resolver (:mod:`msrl_model.weights`: no torch, so this
+    costs nothing at start-up)."""
+    from msrl_model.weights import use_app_weights
 
     use_app_weights(weights)
 
 
 def apply_stored_weights(settings: QSettings) -> None:
-    """At start-up: the stored choices to the resolver. With none stored, nothing is imported (torch stays
-    unloaded until a model is needed)."""
-    weights = stored_weights(settings)
-    if weights:
-        hand_to_resolver(weights)
+    """At start-up: the stored choices to the resolver (torch stays unloaded until a model is needed)."""
+    hand_to_resolver(stored_weights(settings))
 
 
 class FoundationModelsDialog(QDialog):
     """Settings ▸ Foundation models: per registered foundation model, the checkpoint file on this computer.
 
     The choices are kept in ``settings`` (group ``foundation_models``) and handed to the one weights
-    resolver (:mod:`msrl_model.encoders.weights`), where they come after ``--weights`` and before the
+    resolver (:mod:`msrl_model.weights`), where they come after ``--weights`` and before the
     ``MSRL_WEIGHTS_<NAME>`` variables, a TRIDENT ``local_ckpts.json`` and the Hugging Face cache.
     """
 
     def __init__(self, settings: QSettings, parent: QWidget | None = None) -> None:
         from msrl_model.encoders.release import registered_releases
-        from msrl_model.encoders.weights import JSON_ENV, env_name
+        from msrl_model.weights import JSON_ENV, env_name
 
         super().__init__(parent)
         self.setWindowTitle("Foundation models")

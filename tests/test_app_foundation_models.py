@@ -19,7 +19,8 @@ import pytest
 from PySide6.QtCore import QSettings
 
 from msrl_app.dialogs import FoundationModelsDialog, stored_weights
-from msrl_model.encoders import build_encoder, release, timm_local, weights
+from msrl_model import weights
+from msrl_model.encoders import build_encoder, release, timm_local
 from msrl_model.errors import EncoderError
 
 REDUCED = {"depth": 1, "embed_dim": 96, "num_heads": 2}

@@ -22,6 +22,26 @@ def test_start_up_never_imports_torch():
     assert out.returncode == 0, out.stderr
 
 
+def test_stored_foundation_model_weights_reach_the_resolver_without_torch(tmp_path):
+    """A window built with checkpoints stored in Settings ▸ Foundation models hands them to the
+    resolver at start-up, and still imports no torch (the resolver is a torch-free module)."""
+    code = ("import os, sys\n"
+            "from PySide6.QtCore import QSettings\n"
+            "from PySide6.QtWidgets import QApplication\n"
+            "app = QApplication([])\n"
+            "from msrl_app.window import MainWindow\n"
+            f"s = QSettings({str(tmp_path / 's.ini')!r}, QSettings.Format.IniFormat)\n"
+            "s.setValue('foundation_models/uni_v1', '/data/uni/pytorch_model.bin')\n"
+            "w = MainWindow(settings=s)\n"
+            "from msrl_model import weights\n"
+            "assert weights._app_weights == {'uni_v1': '/data/uni/pytorch_model.bin'}, weights._app_weights\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torch_geometric'))\n"
+            "assert not heavy, heavy\n")
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+
+
 def test_parse_args():
     args = parse_args(["slide.svs", "--quit"])
     assert str(args.slide) == "slide.svs" and args.quit

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from msrl_model.encoders import build_encoder, hf_offline
-from msrl_model.encoders import timm_local, weights
+from msrl_model import weights
+from msrl_model.encoders import timm_local
 from msrl_model.errors import EncoderError
 
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from msrl_model.encoders import build_encoder, release, timm_local, weights
+from msrl_model import weights
+from msrl_model.encoders import build_encoder, release, timm_local
 from msrl_model.errors import EncoderError
 
 try:

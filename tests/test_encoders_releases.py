@@ -17,7 +17,8 @@ import sys
 import pytest
 import torch
 
-from msrl_model.encoders import build_encoder, release, timm_local, weights
+from msrl_model import weights
+from msrl_model.encoders import build_encoder, release, timm_local
 from msrl_model.errors import EncoderError
 
 try:

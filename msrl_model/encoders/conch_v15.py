@@ -34,7 +34,7 @@ from msrl_model.encoders import PatchEncoder, register_encoder
 from msrl_model.encoders.release import (IMAGENET_MEAN, IMAGENET_STD, Release, create_network, reject_arg,
                                          release_encoder, release_label)
 from msrl_model.encoders.timm_local import import_timm, load_state_dict, load_weights
-from msrl_model.encoders.weights import resolve_checkpoint
+from msrl_model.weights import resolve_checkpoint
 
 RELEASE = Release(
     name="conch_v15", hf_repo="MahmoodLab/conchv1_5", weights_file="pytorch_model_vision.bin",

@@ -25,7 +25,7 @@ from msrl_model.encoders import PatchEncoder, hf_offline, register_encoder
 from msrl_model.encoders.release import (IMAGENET_MEAN, IMAGENET_STD, Release, reject_arg, release_encoder,
                                          release_label)
 from msrl_model.encoders.timm_local import import_transformers
-from msrl_model.encoders.weights import resolve_checkpoint
+from msrl_model.weights import resolve_checkpoint
 from msrl_model.errors import EncoderError
 
 RELEASE = Release(

@@ -4,7 +4,7 @@ Each adapter file (``uni_v1.py``, ``virchow2.py``, ...) declares its ``RELEASE``
 keyword arguments, the preprocessing, how the feature row is read off the network's output, its
 dimension and precision, and the release's checkpoint file, each value cited there. :func:`build_release`
 turns it into a :class:`~msrl_model.encoders.PatchEncoder`: weights only from a local file found by
-:mod:`msrl_model.encoders.weights` (``safetensors`` or ``torch.load(weights_only=True)``, loaded strictly,
+:mod:`msrl_model.weights` (``safetensors`` or ``torch.load(weights_only=True)``, loaded strictly,
 the architecture built with ``pretrained=False`` under ``HF_HUB_OFFLINE=1``), the checkpoint's SHA-256
 recorded so a bundle can refuse other weights. The version is ``<adapter version>.ckpt-<12 hex of the
 SHA-256>``, so cached features never outlive a change of weights.
@@ -22,7 +22,7 @@ import torch
 
 from msrl_model.encoders import PatchEncoder, hf_offline
 from msrl_model.encoders.timm_local import import_timm, load_state_dict, load_weights, make_transform
-from msrl_model.encoders.weights import resolve_checkpoint
+from msrl_model.weights import resolve_checkpoint
 from msrl_model.errors import EncoderError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm.data.IMAGENET_DEFAULT_MEAN

@@ -97,7 +97,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from msrl_model.progress import drive
     from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
 
-    from msrl_model.encoders.weights import parse_weights_args, use_weights
+    from msrl_model.weights import parse_weights_args, use_weights
 
     use_weights(parse_weights_args(args.weights))
     args.workers = thread_plan(args).readers

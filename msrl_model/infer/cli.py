@@ -204,7 +204,7 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
 
 def run_analyze(args: argparse.Namespace) -> int:
     """The ``msrl analyze`` command; returns the exit code documented in :data:`EPILOG`."""
-    from msrl_model.encoders.weights import parse_weights_args, use_weights
+    from msrl_model.weights import parse_weights_args, use_weights
     from msrl_model.features.cli import thread_plan
     from msrl_model.features.pipeline import collect_slides
     from msrl_model.infer.predictor import Predictor
