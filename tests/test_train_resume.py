@@ -79,6 +79,11 @@ def test_each_fold_is_written_as_it_ends(setup, uninterrupted):
         assert data["epochs"] == {"pretrain": cfg.pretrain_epochs, "finetune": cfg.finetune_epochs}
         assert data["rows"] == [r for r in result.rows if r["fold"] == k]
         assert list(data["graph"]) == TASKS and set(data["graph"]["survival"]) == set(DIAGNOSTICS)
+        edges = data["bin_edges"]["survival"]  # the fold's own bins, and each test case's S_j at their ends
+        assert list(data["bin_edges"]) == ["survival"] and edges[0] == 0 and edges[-1] == float("inf")
+        surv = np.asarray(data["predictions"]["survival"]["msrl"]["survival"])
+        assert surv.shape == (data["n_test"], len(edges) - 1) and (np.diff(surv, axis=1) <= 0).all()
+        np.testing.assert_allclose(-surv.sum(1), data["predictions"]["survival"]["msrl"]["risk"], rtol=1e-6)
     rows = list(csv.DictReader((out / "oof_predictions.csv").open()))
     classes = cohort.labels["stage"]
     assert list(rows[0]) == ["case", "fold", "repeat", "method", "task", "risk"] + [f"prob_{c}" for c in classes]

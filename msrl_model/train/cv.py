@@ -38,6 +38,7 @@ import torch
 
 from msrl_model.cohort import Cohort, stratified_folds
 from msrl_model.nn.config import MSRLConfig
+from msrl_model.nn.heads import survival_from_logits
 from msrl_model.progress import Job, Progress, Stage
 from msrl_model.stats import auc_macro_ovr, c_index, f1_macro
 from msrl_model.train import distributed
@@ -64,7 +65,7 @@ class CVResult:
     """Everything the report and the bundle need."""
 
     rows: list[dict] = field(default_factory=list)  # {method, task, repeat, fold, metric, value}
-    # (task, method) -> {"case", "fold", "repeat", "risk" | "probs"}: the out-of-fold predictions
+    # (task, method) -> {"case", "fold", "repeat", "risk" and "survival" (Q, J) | "probs"}: out-of-fold predictions
     oof: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
     folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (train, test) case indices, repeat-major
     final: dict[str, FinalTask] = field(default_factory=dict)  # task -> final network
@@ -73,6 +74,8 @@ class CVResult:
     repeats: int = 1  # repetitions of the CV with other fold seeds
     resumed: int = 0  # folds read back from an earlier run's files
     graph: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # (task, MSRL graph diagnostics) per fold
+    # (task, repeat, fold) -> survival bin edges in months (the fold's own, from its training cases)
+    bin_edges: dict[tuple[str, int, int], list[float]] = field(default_factory=dict)
     final_by: str | None = None  # the other process that builds the final models (several processes, one --out)
 
     def metric_summary(self, task: str, method: str) -> dict[str, dict[str, float]]:
@@ -126,6 +129,8 @@ def _add_record(result: CVResult, record: FoldRecord) -> None:
     """A finished fold's rows and out-of-fold predictions into ``result`` (computed or read back alike)."""
     result.rows += record.rows
     result.graph += list(record.graph.items())
+    for task, edges in record.bin_edges.items():
+        result.bin_edges[(task, record.repeat, record.fold)] = edges
     for key, pred in record.predictions.items():
         n = len(pred["case"])
         entry = result.oof.setdefault(key, {"case": np.zeros(0, np.int64), "fold": np.zeros(0, np.int64),
@@ -133,7 +138,7 @@ def _add_record(result: CVResult, record: FoldRecord) -> None:
         entry["case"] = np.concatenate([entry["case"], pred["case"]])
         entry["fold"] = np.concatenate([entry["fold"], np.full(n, record.fold)])
         entry["repeat"] = np.concatenate([entry["repeat"], np.full(n, record.repeat)])
-        for name in ("risk", "probs"):
+        for name in ("risk", "probs", "survival"):
             if name in pred:
                 values = pred[name]
                 entry[name] = values if name not in entry else np.concatenate([entry[name], values])
@@ -171,6 +176,9 @@ def _predict_fold_task(record: FoldRecord, cohort: Cohort, task: str, tt: TaskTa
         entry = {"case": np.asarray(pred.cases, np.int64)}
         if pred.risk is not None:
             entry["risk"] = np.asarray(pred.risk, np.float64)
+            # (Q, J) S_j = P(alive at the end of bin j): survival calibration / Brier on held-out folds
+            entry["survival"] = survival_from_logits(torch.as_tensor(pred.logits)).survival.numpy().astype(np.float64)
+            record.bin_edges[task] = [float(e) for e in tt.spec.bin_edges]
         if pred.probs is not None:
             entry["probs"] = np.asarray(pred.probs, np.float64)
         record.predictions[(task, name)] = entry

@@ -13,7 +13,8 @@ fold's metric rows: method, task, repeat, fold, metric, value), ``predictions`` 
 the test cases' indices and risk or class probabilities), ``seconds`` ``{"pretrain", "finetune",
 "predict", "total"}``, ``epochs`` ``{"pretrain", "finetune"}`` (benchmarks read these two) and
 ``graph`` (per task, MSRL's graph diagnostics on the fold's test cases,
-:mod:`msrl_model.train.graphcheck`).
+:mod:`msrl_model.train.graphcheck`) and ``bin_edges`` (per survival task, the fold's bin edges in
+months; a survival task's predictions also hold ``survival``, each test case's S_j at their ends).
 Floats are written with all their digits, so a resumed run ends with the same table as an
 uninterrupted one.
 
@@ -104,6 +105,7 @@ class FoldRecord:
     seconds: dict[str, float] = field(default_factory=dict)  # pretrain, finetune, predict, total
     epochs: dict[str, int] = field(default_factory=dict)  # pretrain, finetune
     graph: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> MSRL graph diagnostics (graphcheck)
+    bin_edges: dict[str, list[float]] = field(default_factory=dict)  # survival task -> the fold's bin edges (months)
 
     def to_json(self, fingerprint: str) -> dict[str, Any]:
         preds: dict[str, dict[str, dict[str, list]]] = {}
@@ -111,7 +113,7 @@ class FoldRecord:
             preds.setdefault(task, {})[method] = {k: v.tolist() for k, v in entry.items()}
         return {"repeat": self.repeat, "fold": self.fold, "fingerprint": fingerprint, "n_train": self.n_train,
                 "n_test": self.n_test, "rows": self.rows, "predictions": preds, "seconds": self.seconds,
-                "epochs": self.epochs, "graph": self.graph}
+                "epochs": self.epochs, "graph": self.graph, "bin_edges": self.bin_edges}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FoldRecord:
@@ -122,7 +124,8 @@ class FoldRecord:
                                          for k, v in entry.items()}
         return cls(int(data["repeat"]), int(data["fold"]), int(data["n_train"]), int(data["n_test"]),
                    list(data["rows"]), preds, dict(data["seconds"]), dict(data["epochs"]),
-                   {task: dict(d) for task, d in data.get("graph", {}).items()})
+                   {task: dict(d) for task, d in data.get("graph", {}).items()},
+                   {task: [float(e) for e in edges] for task, edges in data.get("bin_edges", {}).items()})
 
 
 def _differences(stored: dict[str, Any], identity: dict[str, Any]) -> list[str]:
