@@ -17,6 +17,7 @@ from msrl_model.synth.cohort import make_synth_cohort
 from msrl_model.train import cv as cv_mod
 from msrl_model.train import data as data_mod
 from msrl_model.train import report
+from msrl_model.train.model_card import model_card
 from msrl_model.train import variants as variants_mod
 from msrl_model.train.data import load_bags
 
@@ -118,7 +119,7 @@ def test_reports(spied_run, tmp_path):
     p = report.plot_km(result, cohort, "survival", "msrl", tmp_path / "km.png")
     assert 0.0 <= p <= 1.0
     assert (tmp_path / "km.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    card = report.model_card(cohort=cohort, result=result, tasks=["survival", "stage"],
+    card = model_card(cohort=cohort, result=result, tasks=["survival", "stage"],
                              methods=["msrl", "snn"], encoder={"name": "x", "version": "1", "dim": 16},
                              config_text="d = 16", km_pvalues={"msrl": p})
     assert "Research use only" in card and "SYNTHETIC" in card and "| MSRL |" in card
@@ -127,6 +128,11 @@ def test_reports(spied_run, tmp_path):
     assert "### What the graph does" in card
     row = next(ln for ln in card.splitlines() if ln.startswith("| query's own share"))
     assert f"{graph['survival']['self_share']['mean']:.3f}" in row
+    cal = report.survival_calibration(result, cohort, "survival")  # out-of-fold S(t): Brier against KM
+    assert cal["folds"] >= 1 and 0 < cal["ibs"]["mean"] < 0.5 and 0 < cal["ibs_reference"]["mean"] < 0.5
+    assert [g["group"] for g in cal["groups"]][:1] == ["low"] and all(0 <= g["predicted"] <= 1 for g in cal["groups"])
+    assert "### Survival calibration on held-out folds (survival, MSRL)" in card
+    assert f"Integrated Brier score {cal['ibs']['mean']:.4f}" in card
 
 
 def test_risk_groups_split_per_fold():

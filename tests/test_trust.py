@@ -232,7 +232,7 @@ def test_exported_bundle_keeps_class_names_folds_and_calibration(tmp_path):
     survival = predictor.predict(features, np.zeros((len(features), 2), np.int64), 256).tasks["survival"]
     assert survival.graph_evidence is not None and "linked to nothing" in survival.graph_evidence_note
 
-    from msrl_model.train.report import model_card
+    from msrl_model.train.model_card import model_card
 
     card = model_card(cohort=cohort, result=result, tasks=["survival", "TP53_mut"], methods=["msrl"],
                       encoder={"name": "x", "version": "1", "dim": 16}, config_text="d = 16", km_pvalues={})

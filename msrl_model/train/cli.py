@@ -306,15 +306,15 @@ def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result
     bundle); returns the CV table."""
     from msrl_model.files import atomic_write
     from msrl_model.train.export import export_bundle, feature_encoder
+    from msrl_model.train.model_card import model_card
     from msrl_model.train.report import (
-        cv_table_markdown, model_card, plot_km, significance, write_cv_csv, write_cv_summary_json,
-        write_significance_csv)
+        cv_table_markdown, plot_km, significance, write_cv_csv, write_cv_summary_json, write_significance_csv)
 
     out: Path = args.out
     write_cv_csv(result, out / "cv_results.csv")
     sig = significance(result, cohort, tasks, variants, seed=args.seed)
     write_significance_csv(sig, out / "cv_significance.csv")
-    write_cv_summary_json(result, tasks, variants, sig, out / "cv_summary.json")
+    write_cv_summary_json(result, tasks, variants, sig, out / "cv_summary.json", cohort)
     table = cv_table_markdown(result, tasks, variants, sig)
     atomic_write(out / "cv_table.md", table)
     km = {}

@@ -1,6 +1,7 @@
 """Reports of a training run: ``cv_results.csv``, the CV table (Markdown, the paper's layout) with
 the paired significance of every method against MSRL (``cv_significance.csv``, ``cv_summary.json``),
-Kaplan–Meier curves of predicted risk groups (PNG) and the model card.
+Kaplan–Meier curves of predicted risk groups (PNG), MSRL's graph diagnostics and its survival
+calibration on held-out folds. The model card: :mod:`msrl_model.train.model_card`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from msrl_model.cohort import Cohort
-from msrl_model.cohort.labels import class_names
 from msrl_model.files import atomic_write
 from msrl_model.stats import kaplan_meier, logrank_test
 from msrl_model.stats.paired import (
@@ -124,11 +124,21 @@ def _finite(value: object) -> object:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _json_safe(value: object) -> object:
+    """``value`` with every NaN / inf inside dicts and lists as None."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return _finite(value)
+
+
 def write_cv_summary_json(result: CVResult, tasks: Sequence[str], methods: Sequence[str],
-                          sig: Sequence[dict], path: str | Path) -> Path:
+                          sig: Sequence[dict], path: str | Path, cohort: Cohort | None = None) -> Path:
     """``cv_summary.json``: the folds and repeats, per task/method/metric mean ± std over folds,
     :func:`significance` (p-values and bootstrap CIs) and MSRL's graph diagnostics
-    (:func:`graph_summary`); strict JSON (``null`` where undefined)."""
+    (:func:`graph_summary`) and, given the ``cohort``, the survival calibration on held-out folds
+    (:func:`survival_calibration`); strict JSON (``null`` where undefined)."""
     summary = [{"task": t, "method": m, "metric": metric, **{k: _finite(v) for k, v in s.items()}}
                for t in tasks for m in methods for metric, s in result.metric_summary(t, m).items()]
     graph = {t: {name: {k: _finite(v) for k, v in d.items()} for name, d in diag.items()}
@@ -136,22 +146,10 @@ def write_cv_summary_json(result: CVResult, tasks: Sequence[str], methods: Seque
     data = {"n_folds": result.n_folds, "repeats": result.repeats, "tasks": list(tasks), "methods": list(methods),
             "summary": summary, "significance": [{k: _finite(v) for k, v in row.items()} for row in sig],
             "graph_diagnostics": graph}
+    if cohort is not None:
+        data["survival_calibration"] = _json_safe({t: survival_calibration(result, cohort, t) for t in tasks
+                                                   if survival_calibration(result, cohort, t) is not None})
     return atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
-
-
-_GRAPH_LABELS = {
-    "self_share": "query's own share of its first aggregation",
-    "linked": "linked training cases",
-    "output_change": "change of the prediction by the buffer (survival: |Δrisk| / SD(risk); classes: total variation)",
-    "rank_agreement": "rank agreement with the query linked to nothing (Spearman)",
-    "r2_prompt": "R² of the held-out case's true pathway scores by the model without the graph",
-    "r2_graph": "R² of the same by the model with the graph",
-    "r2_neighbours": "R² of the same by the linked cases' authentic pathway scores",
-    "neighbour_extra": "what the neighbours add: corr(true − prompt, neighbours − prompt)",
-    "grad_share_gsl": "share of the fine-tuning gradient norm reaching the GSL",
-    "grad_share_gcn": "share reaching the GCN",
-    "grad_share_skip": "share reaching the readout skip",
-}
 
 
 def graph_summary(result: CVResult) -> dict[str, dict[str, dict[str, float]]]:
@@ -171,28 +169,53 @@ def graph_summary(result: CVResult) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
-def _graph_lines(result: CVResult) -> list[str]:
-    """The model card's "does the graph change predictions" section (empty without diagnostics)."""
-    summary = graph_summary(result)
-    if not summary:
-        return []
-    tasks = list(summary)
-    lines = ["### What the graph does (MSRL, held-out cases)", "",
-             "Diagnostics of the trained MSRL network on each fold's test cases "
-             "(`msrl_model.train.graphcheck`); mean ± SD over folds.", "",
-             "| | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for name, label in _GRAPH_LABELS.items():
-        cells = [summary[t][name] for t in tasks]
-        lines.append(f"| {label} | " + " | ".join(
-            "—" if not math.isfinite(c["mean"]) else f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cells) + " |")
-    extra = [summary[t]["neighbour_extra"]["mean"] for t in tasks]
-    if all(math.isfinite(e) and abs(e) < 0.1 for e in extra):
-        lines += ["", "The linked cases' authentic genomics carry almost nothing about a held-out case beyond "
-                  "what the network already reconstructs from its slide (|corr| < 0.1): on this cohort the "
-                  "neighbours can only re-estimate what the Inductor prompt holds, which is why `No graph` and "
-                  "`Shuffled buffer` score like MSRL. The graph still serves as the evidence shown in the app "
-                  "(the linked cases and their outcomes), not as a source of extra accuracy."]
-    return lines + [""]
+def survival_calibration(result: CVResult, cohort: Cohort, task: str, method: str = "msrl") -> dict | None:
+    """Held-out survival calibration of ``method`` (:mod:`msrl_model.stats.survival_calibration`):
+    ``{"folds", "ibs": {mean, std}, "ibs_reference": {mean, std}, "brier": [{time, model, reference}],
+    "groups": [{group, time, predicted, observed}]}`` with per-edge values averaged over the folds
+    (the j-th interior bin edge of each fold; their times differ a little between folds, the mean
+    time is given); None without out-of-fold survival curves (folds written before they were kept)."""
+    from msrl_model.stats.survival_calibration import calibration_by_group, evaluation_times, fold_brier
+
+    oof = result.oof.get((task, method))
+    if oof is None or "survival" not in oof:
+        return None
+    times, cens = cohort.times, cohort.censorship
+    ibs, ibs_ref, per_edge, groups = [], [], {}, {}
+    for i, (train, _) in enumerate(result.folds):
+        rep, fold = divmod(i, result.n_folds)
+        edges = result.bin_edges.get((task, rep, fold))
+        sel = np.flatnonzero((oof["repeat"] == rep) & (oof["fold"] == fold))
+        if edges is None or sel.size < 3:
+            continue
+        cases = oof["case"][sel]
+        b = fold_brier(oof["survival"][sel], edges, times[cases], cens[cases], times[train], cens[train])
+        if b is None:
+            continue
+        if math.isfinite(b.integrated_model):
+            ibs.append(b.integrated_model)
+            ibs_ref.append(b.integrated_reference)
+        for j, t in enumerate(b.times):
+            per_edge.setdefault(j, []).append((t, b.model[j], b.reference[j]))
+        at = evaluation_times(edges, times[train], times[cases])
+        for g, (pred, obs) in enumerate(calibration_by_group(oof["survival"][sel], edges, oof["risk"][sel],
+                                                             times[cases], cens[cases], at)):
+            for j, t in enumerate(at):
+                groups.setdefault((g, j), []).append((t, pred[j], obs[j]))
+    if not per_edge:
+        return None
+    names = ("low", "intermediate", "high")
+    return {
+        "folds": len(ibs),
+        "ibs": {"mean": float(np.mean(ibs)) if ibs else math.nan, "std": float(np.std(ibs)) if ibs else math.nan},
+        "ibs_reference": {"mean": float(np.mean(ibs_ref)) if ibs_ref else math.nan,
+                          "std": float(np.std(ibs_ref)) if ibs_ref else math.nan},
+        "brier": [{"time": float(np.mean([v[0] for v in vals])), "model": float(np.mean([v[1] for v in vals])),
+                   "reference": float(np.mean([v[2] for v in vals]))} for _, vals in sorted(per_edge.items())],
+        "groups": [{"group": names[g] if g < len(names) else str(g), "time": float(np.mean([v[0] for v in vals])),
+                    "predicted": float(np.mean([v[1] for v in vals])), "observed": float(np.mean([v[2] for v in vals]))}
+                   for (g, _), vals in sorted(groups.items())],
+    }
 
 
 def _columns(result: CVResult, tasks: Sequence[str]) -> list[tuple[str, str]]:
@@ -299,119 +322,5 @@ def plot_km(result: CVResult, cohort: Cohort, task: str, method: str, path: str 
     return p
 
 
-def _coverage_lines(cohort: Cohort, result: CVResult, tasks: Sequence[str]) -> list[str]:
-    """Empirical coverage of MSRL's 90 % conformal sets on held-out folds (:mod:`msrl_model.infer.conformal`)."""
-    from msrl_model.infer.conformal import DEFAULT_COVERAGE, cross_coverage
-
-    rows = []
-    for task in tasks:
-        oof = result.oof.get((task, "msrl"))
-        if oof is None or "probs" not in oof or task not in cohort.labels:
-            continue
-        covered, size = cross_coverage(oof["probs"], cohort.label_codes(task)[oof["case"]],
-                                       oof["repeat"] * 1000 + oof["fold"], DEFAULT_COVERAGE)
-        rows.append(f"| {task} | {covered:.3f} | {size:.2f} |")
-    if not rows:
-        return []
-    return [f"### Conformal prediction sets ({DEFAULT_COVERAGE:.0%})", "",
-            "Split-conformal sets from out-of-fold MSRL probabilities; each fold's sets calibrated on the other "
-            "folds' predictions. Survival: no conformal interval yet.", "",
-            "| Task | empirical coverage | mean set size |", "|---|---|---|", *rows, ""]
-
-
-def _informative_lines(result: CVResult, tasks: Sequence[str]) -> list[str]:
-    """Which shipped (MSRL) tasks are informative in cross-validation (:mod:`msrl_model.infer.informative`)."""
-    from msrl_model.infer.informative import informative
-
-    lines = []
-    for task in tasks:
-        summary = result.metric_summary(task, "msrl")
-        kind = "survival" if "c_index" in summary else "classification"
-        known, note = informative(kind, summary)
-        if known is False:
-            lines.append(f"* {task}: {note.split(': ', 1)[-1]} — the app, the report and the result files "
-                         "show it as not informative in cross-validation")
-    if not lines:
-        return []
-    return ["### Tasks no better than chance", "", *lines, ""]
-
-
-def model_card(*, cohort: Cohort, result: CVResult, tasks: Sequence[str], methods: Sequence[str], encoder: dict,
-               config_text: str, km_pvalues: dict[str, float], wall_seconds: float | None = None,
-               sig: Sequence[dict] = ()) -> str:
-    """The model card (Markdown) of the bundle; ``sig``: :func:`significance` rows for the table's marks."""
-    s = cohort.summary()
-    synthetic = bool(s["synthetic"])
-    tag = "SYNTHETIC " if synthetic else ""
-    lines = [
-        f"# MSRL model card — {s['name']}",
-        "",
-        "**Research use only. Not a medical device; not for diagnosis or treatment decisions.**",
-        "",
-    ]
-    if synthetic:
-        lines += ["> **This model was trained on a SYNTHETIC cohort** (simulated cases generated by "
-                  "`msrl synth cohort`; no patient data). Its predictions on real slides are meaningless; "
-                  "it exists to demonstrate and test the software.", ""]
-    lines += [
-        "## Intended use",
-        "",
-        "Predicting survival risk and the listed labels from an H&E whole-slide image alone (MSRL, "
-        "WSI-only inference), by linking the slide to authentic training cases in a graph and "
-        "reconstructing their genomics-informed representation. For research on cohorts similar "
-        "to the training cohort (same projects, scanner/stain conditions, patch encoder).",
-        "",
-        f"## Training cohort ({tag.strip() or 'real'})",
-        "",
-        f"* {tag}cases: {s['cases']}, slides: {s['slides']}, censored: {s['censored_fraction']:.0%}",
-        f"* projects: " + ", ".join(f"{p} ({n})" for p, n in s["projects"].items()),
-        f"* genes: {s['genes']} in {s['gene_groups']} gene groups",
-    ]
-    for name, counts in s["labels"].items():
-        names = class_names(name, list(counts), (cohort.config.labels or {}).get(name))
-        lines.append(f"* {name}: " + ", ".join(f"{c if shown == c else f'{shown} ({c})'} {n}"
-                                               for (c, n), shown in zip(counts.items(), names)))
-    lines += [
-        "",
-        "## Model",
-        "",
-        f"* patch encoder: {encoder.get('name')} {encoder.get('version', '')} ({encoder.get('dim')}-d)",
-        "* slide encoder: built-in [CLS] transformer φ_H (pre-trained in stage 1 on this cohort)",
-        "* stage 1: self-supervised graph structure learning (intra/inter/fused InfoNCE, SUBLIME anchors)",
-        "* stage 2: per-task online/EMA-target fine-tuning with a FIFO buffer of target features; "
-        "plus a pathway-reconstruction loss (our addition) for the reconstructed pathway activity",
-        f"* tasks: {', '.join(tasks)}; the bundle ships the MSRL (WSI-only) network per task, trained on "
-        "all cases, with the buffer of all training cases",
-        "",
-        "## Cross-validated performance",
-        "",
-        cv_table_markdown(result, tasks, methods, sig),
-    ]
-    if km_pvalues:
-        lines += ["Kaplan–Meier log-rank p-values of out-of-fold high/low risk groups (per-fold median split): "
-                  + ", ".join(f"{display_name(m)} {p:.2g}" for m, p in km_pvalues.items()), ""]
-    if wall_seconds is not None:
-        lines += [f"Training wall time: {wall_seconds / 60:.1f} min.", ""]
-    lines += _graph_lines(result)
-    lines += _informative_lines(result, tasks)
-    lines += _coverage_lines(cohort, result, tasks)
-    lines += [
-        "## Limitations",
-        "",
-        "* Cross-validation on one cohort overestimates performance on other sites, scanners and stains.",
-        "* Small cohorts give wide fold-to-fold variation (see the ± columns).",
-        "* The buffer holds the training cases' features and clinical data: share the bundle only "
-        "where that is allowed.",
-        "* Predictions depend on the patch encoder: features from another encoder are refused.",
-        "* A slide unlike every training slide (another tissue, stain or scanner) is flagged when it is analysed: "
-        "its average standardised patch feature is farther from its 3 nearest training slides' than the "
-        "training slides are from each other (conformal p < 0.05, leave-one-out over the training slides).",
-    ]
-    if synthetic:
-        lines.append("* Trained on SYNTHETIC data: the numbers above describe the simulation, not any disease.")
-    lines += ["", "## Configuration", "", "```toml", config_text.rstrip(), "```", ""]
-    return "\n".join(lines)
-
-
-__all__ = ["cv_table_markdown", "graph_summary", "model_card", "plot_km", "risk_groups", "significance", "significance_mark",
+__all__ = ["cv_table_markdown", "graph_summary", "survival_calibration", "plot_km", "risk_groups", "significance", "significance_mark",
            "write_cv_csv", "write_cv_summary_json", "write_significance_csv"]
