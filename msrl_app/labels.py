@@ -59,12 +59,14 @@ METRIC_NAMES = {"c_index": "C-index", "auc": "AUC", "f1": "macro F1"}
 
 
 def metrics_line(metrics: dict[str, Any], prefix: str, sep: str) -> str:
-    """``{"c_index": {"mean": .61, "std": .03}}`` -> ``prefix + "C-index 0.610 ± 0.030"``; '' without metrics."""
+    """``{"c_index": {"mean": .61, "std": .03}}`` -> ``prefix + "C-index 0.610 ± 0.030"``; '' without metrics.
+    The graph ablations' entries (``"c_index@no_graph"``) are left out: the linked cases' note says them."""
     from msrl_app.controls import format_metric
 
-    if not metrics:
+    own = {k: v for k, v in metrics.items() if "@" not in k}
+    if not own:
         return ""
-    return prefix + sep.join(f"{METRIC_NAMES.get(k, k)} {format_metric(v)}" for k, v in metrics.items())
+    return prefix + sep.join(f"{METRIC_NAMES.get(k, k)} {format_metric(v)}" for k, v in own.items())
 
 
 def survival_curves(task: Any) -> list[tuple[str, str, Any, Any]]:

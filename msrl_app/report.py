@@ -186,6 +186,8 @@ def _key_results(result: PredictionResult) -> list[tuple[str, str]]:
             rows.append((f"{task_title(name)}: median survival",
                          f"{s.median_survival_months:.0f} months" if s.median_survival_months is not None
                          else "not reached"))
+            if s.event_set_text and s.set_coverage is not None:
+                rows.append((f"{task_title(name)}: event time ({s.set_coverage:.0%} conformal set)", s.event_set_text))
         elif task.classification is not None:
             c = task.classification
             rows.append((task_title(name), f"{c.predicted_name} ({max(c.probabilities):.0%})"

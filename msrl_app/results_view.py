@@ -39,6 +39,10 @@ class SurvivalSection(QWidget):
         self.risk_label.setWordWrap(True)
         self.median_label = QLabel()
         self.median_label.setWordWrap(True)
+        self.event_set_label = QLabel()  # the conformal set of time bins for the event
+        self.event_set_label.setWordWrap(True)
+        self.event_set_label.setToolTip("Holds the event time for that share of cases like the training cases "
+                                        "(calibrated on held-out folds, censoring-weighted)")
         self.histogram = RiskHistogram()
         self.histogram.setFixedHeight(140)
         self.cohort_note = _muted()
@@ -49,9 +53,10 @@ class SurvivalSection(QWidget):
         self.graph_label = _muted()
         self.metrics_label = _muted()
         top = QGridLayout()
-        top.addWidget(self.group_label, 0, 0, 2, 1)
+        top.addWidget(self.group_label, 0, 0, 3, 1)
         top.addWidget(self.risk_label, 0, 1)
         top.addWidget(self.median_label, 1, 1)
+        top.addWidget(self.event_set_label, 2, 1)
         top.setColumnStretch(1, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -78,6 +83,8 @@ class SurvivalSection(QWidget):
         median = s.median_survival_months
         self.median_label.setText("Predicted median survival: " + (
             f"<b>{median:.0f} months</b>" if median is not None else "<b>not reached</b> within the follow-up"))
+        self.event_set_label.setText(event_set_text(s))
+        self.event_set_label.setVisible(bool(s.event_set_text))
         risks = cohort_risks if cohort_risks is not None else np.asarray([], dtype=float)
         self.histogram.set_data(risks, s.risk, s.risk_thresholds)
         self.cohort_note.setText(
@@ -101,6 +108,13 @@ def not_informative_text(task: TaskResult) -> str:
     """'Not informative in cross-validation — …' with the evidence (TaskResult.informative_note)."""
     note = task.informative_note.split(": ", 1)[-1]
     return f"Not informative in cross-validation — {note}."
+
+
+def event_set_text(s: Any) -> str:
+    """'Event 90 % conformal set: between 14 and 31 months, or after 52 months' ('' without one)."""
+    if not s.event_set_text or s.set_coverage is None:
+        return ""
+    return f"Event time, {s.set_coverage:.0%} conformal set: <b>{s.event_set_text}</b>"
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -75,3 +75,22 @@ def test_linked_cases_say_what_cross_validation_measured_of_them(qtbot, result, 
     assert section.evidence_label.text() == note and section.evidence_label.styleSheet() == EVIDENCE_STYLE[earned]
     if earned is False:
         assert "not as the reason for the prediction" in section.evidence_label.text()
+
+
+def test_survival_shows_its_conformal_event_time_set_and_hides_the_ablation_metrics(qtbot, result):
+    from msrl_app.labels import metrics_line
+
+    task = result.tasks["survival"]
+    with_set = dataclasses.replace(task, survival=dataclasses.replace(
+        task.survival, event_set=[1, 3], event_set_text="between 14 and 31 months, or after 52 months",
+        set_coverage=0.9), metrics={**task.metrics, "c_index@no_graph": {"mean": 0.7, "std": 0.1, "p": 0.5}})
+    panel = ResultsPanel()
+    qtbot.addWidget(panel)
+    panel.set_result(dataclasses.replace(result, tasks={**result.tasks, "survival": with_set}))
+    section = panel.survival_sections["survival"]
+    assert not section.event_set_label.isHidden()
+    assert "90% conformal set" in section.event_set_label.text() and "after 52 months" in section.event_set_label.text()
+    assert "@" not in section.metrics_label.text() and "C-index" in section.metrics_label.text()
+    assert metrics_line({"c_index@no_graph": {"mean": 0.7, "std": 0.1}}, "x", ", ") == ""
+    panel.set_result(result)  # the random bundle has no survival calibration: no set, no line
+    assert panel.survival_sections["survival"].event_set_label.isHidden()

@@ -125,7 +125,8 @@ def test_reports(spied_run, tmp_path):
     assert "Research use only" in card and "SYNTHETIC" in card and "| MSRL |" in card
     graph = report.graph_summary(result)  # MSRL's graph diagnostics, one entry per fold and task
     assert set(graph) == {"survival", "stage"} and graph["survival"]["self_share"]["n_folds"] == result.n_folds
-    assert "### What the graph does" in card
+    assert "### What the graph does" in card and "What was measured (survival):" in card
+    assert "This cohort is SYNTHETIC and built so that part of the prognosis" in card  # the reason, for this cohort
     row = next(ln for ln in card.splitlines() if ln.startswith("| query's own share"))
     assert f"{graph['survival']['self_share']['mean']:.3f}" in row
     cal = report.survival_calibration(result, cohort, "survival")  # out-of-fold S(t): Brier against KM

@@ -231,12 +231,18 @@ def test_exported_bundle_keeps_class_names_folds_and_calibration(tmp_path):
     assert c.set_coverage == 0.9 and c.prediction_set and set(c.prediction_set) <= {"0", "1"}
     survival = predictor.predict(features, np.zeros((len(features), 2), np.int64), 256).tasks["survival"]
     assert survival.graph_evidence is not None and "linked to nothing" in survival.graph_evidence_note
+    entry = bundle.tasks["survival"]  # survival conformal: one censoring weight per observed-event score
+    events = int((cohort.censorship == 0).sum())
+    assert len(entry.conformal_scores) == len(entry.conformal_weights) <= events and min(entry.conformal_weights) >= 1
+    s = survival.survival
+    assert s.set_coverage == 0.9 and s.event_set and s.event_set_text and "months" in s.event_set_text
 
     from msrl_model.train.model_card import model_card
 
     card = model_card(cohort=cohort, result=result, tasks=["survival", "TP53_mut"], methods=["msrl"],
                       encoder={"name": "x", "version": "1", "dim": 16}, config_text="d = 16", km_pvalues={})
     assert "### Conformal prediction sets (90%)" in card and "| TP53_mut |" in card
+    assert next(ln for ln in card.splitlines() if ln.startswith("| survival |")).endswith("time bins |")
     assert "wild-type (0)" in card
 
 

@@ -9,7 +9,8 @@ Files written by :func:`write_results` for ``OUT/<name>.json``:
   ``applicability_message``), then per task whether it is ``informative`` in cross-validation (with
   ``informative_note``), whether its linked cases improved it in cross-validation
   (``graph_evidence``, ``graph_evidence_note``) and, besides the prediction (classes by their readable names: ``p(mutant)``;
-  a classification task's conformal ``prediction_set`` "II or III" at ``set_coverage``),
+  a classification task's conformal ``prediction_set`` "II or III" at ``set_coverage``, a survival
+  task's ``event_time_set`` "between 14 and 31 months, or after 52 months" at ``set_coverage``),
   its graph contribution (prediction with the buffer minus with the slide alone) and what
   the linked cases say (survival: ``neighbours_event_rate``, ``neighbours_median_survival_months``;
   classification: ``neighbours_share(<class>)``);
@@ -62,6 +63,8 @@ def key_values(result: PredictionResult) -> list[dict[str, Any]]:
             s = task.survival
             for key in ("risk", "percentile", "percentile_in_project", "risk_group", "median_survival_months"):
                 add(name, key, getattr(s, key))
+            add(name, "event_time_set", s.event_set_text or None)
+            add(name, "set_coverage", s.set_coverage)
             for j, value in enumerate(s.bin_survival):
                 add(name, f"S_bin{j}", value)
             for key in ("risk_query_alone", "graph_contribution", "neighbours_event_rate", "neighbours_with_status",

@@ -38,7 +38,8 @@ Decisions (documented here and in the result JSON's docstring, :mod:`msrl_model.
 * **Readable classes**: each classification result carries the bundle's class names next to the codes
   (``class_names``: TP53_mut "0" reads "wild-type"; :mod:`msrl_model.cohort.labels`).
 * **Prediction sets**: with the bundle's out-of-fold conformal scores a classification result carries
-  the split-conformal set at ``Predictor.coverage`` (default 90 %, :mod:`msrl_model.infer.conformal`).
+  the split-conformal set at ``Predictor.coverage`` (default 90 %, :mod:`msrl_model.infer.conformal`),
+  a survival result the set of time bins for the event (censoring-weighted conformal).
 * **Informative tasks**: ``TaskResult.informative`` is False when the task's cross-validated C-index or
   AUC does not exceed chance with confidence (:mod:`msrl_model.infer.informative`).
 * **Applicability**: every slide's patch features are checked against the training slides
@@ -62,7 +63,8 @@ from msrl_model import __version__
 from msrl_model.errors import BundleError, MSRLError
 from msrl_model.infer.bundle import Bundle, TaskBundle, check_encoder, json_safe, load_bundle
 from msrl_model.infer.applicability import bundle_check
-from msrl_model.infer.conformal import DEFAULT_COVERAGE, prediction_set, quantile
+from msrl_model.infer.conformal import (
+    DEFAULT_COVERAGE, describe_bins, prediction_set, quantile, survival_set, weighted_quantile)
 from msrl_model.infer.engine import ExactEngine
 from msrl_model.infer.graph_evidence import graph_evidence
 from msrl_model.infer.informative import informative
@@ -111,10 +113,11 @@ class _TaskRuntime:
 
 
 def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | None, rows: np.ndarray,
-                         weights: np.ndarray) -> tuple[SurvivalPrediction, list[float]]:
+                         weights: np.ndarray, coverage: float) -> tuple[SurvivalPrediction, list[float]]:
     """The slide's survival from its head ``logits`` (2 + M, J) — rows: [buffer; q], [q] alone, then
-    [buffer without linked row i; q] — placed among the cohort risks; and the influence on the risk of
-    each linked row, risk - risk without it.
+    [buffer without linked row i; q] — placed among the cohort risks, with the conformal set of time
+    bins for the event at ``coverage`` (when the bundle has survival calibration); and the influence on
+    the risk of each linked row, risk - risk without it.
 
     risk = -Σ_j S_j in float64; risk groups are the tertiles t1, t2 of the cohort risks."""
     task, cases = rt.task, rt.task.cases
@@ -127,6 +130,9 @@ def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | 
     in_project = (cases["project"] == project).to_numpy(dtype=bool, na_value=False) \
         if project is not None and "project" in cases.columns else np.zeros(len(cases), dtype=bool)
     curve, median = survival_curve(task.spec.bin_edges, s)
+    scores, score_weights = task.conformal_scores, task.conformal_weights
+    chosen = survival_set(s[None], weighted_quantile(np.asarray(scores), np.asarray(score_weights), coverage)) \
+        if scores and score_weights else []
     neighbours_km = km(cases, rows)
     event_rate, with_status = weighted_event_rate(cases, rows, weights)
     prediction = SurvivalPrediction(
@@ -139,7 +145,9 @@ def _survival_prediction(rt: _TaskRuntime, logits: torch.Tensor, project: str | 
         curve=curve, median_survival_months=median, cohort_km=rt.cohort_km, neighbours_km=neighbours_km,
         risk_query_alone=float(risks[1]), graph_contribution=float(risks[0] - risks[1]),
         neighbours_event_rate=event_rate, neighbours_with_status=with_status,
-        neighbours_median_survival_months=km_median(neighbours_km))
+        neighbours_median_survival_months=km_median(neighbours_km), event_set=chosen,
+        event_set_text=describe_bins(chosen, json_safe(list(task.spec.bin_edges))) if chosen else "",
+        set_coverage=coverage if chosen else None)
     return prediction, [float(risks[0] - v) for v in risks[2:]]
 
 
@@ -332,7 +340,7 @@ class Predictor:
 
         survival = classification = None
         if task.spec.kind == "survival":
-            survival, risk_influence = _survival_prediction(rt, logits, project, rows, weights)
+            survival, risk_influence = _survival_prediction(rt, logits, project, rows, weights, self.coverage)
             influences: list[tuple[float | None, list[float] | None]] = [(v, None) for v in risk_influence]
         else:
             classification, prob_influence = _classification_prediction(rt, logits, rows, weights, self.coverage)

@@ -119,6 +119,11 @@ class SurvivalPrediction:
     neighbours_event_rate: float | None  # Σ w [event] / Σ w over linked cases with a known status; None: none
     neighbours_with_status: int  # linked cases with a known status behind neighbours_event_rate
     neighbours_median_survival_months: float | None  # first time neighbours_km <= 0.5; None = not reached
+    # conformal set of time bins for the event at set_coverage (msrl_model.infer.conformal); [] / None: the
+    # bundle has no survival calibration
+    event_set: list[int] = field(default_factory=list)  # bin indices, ascending
+    event_set_text: str = ""  # "between 14 and 31 months, or after 52 months"
+    set_coverage: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SurvivalPrediction:

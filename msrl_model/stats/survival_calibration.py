@@ -3,8 +3,9 @@ predicted-vs-Kaplan–Meier survival by risk group.
 
 A discrete-time survival head gives each case :math:`S_j` = P(alive at the end of bin j) for the
 bins :math:`[e_{j-1}, e_j)` of its fold (edges in months, :math:`e_0 = 0`, last edge ∞). Its
-survival function at a time t is read as :func:`survival_at`: linear between the bin ends
-(:math:`S(0) = 1`, :math:`S(e_j) = S_j`), constant after the last finite edge.
+survival function at a time t is read as the app draws it (:func:`survival_at`): 1 before
+:math:`e_1`, :math:`S_j` from :math:`e_j` on. Every evaluation time here is a bin end, where
+:math:`S(e_j) = S_j` under any reading of the curve between the ends.
 
 The Brier score at t (inverse-probability-of-censoring weighted, censoring distribution from the
 fold's *training* cases by Kaplan–Meier) and its integral over the evaluation times come from
@@ -26,17 +27,13 @@ from msrl_model.stats.survival import kaplan_meier
 
 def survival_at(survival: np.ndarray, edges: Sequence[float], times: np.ndarray) -> np.ndarray:
     """S(t) (Q, T) of cases with bin-end survival ``survival`` (Q, J) on bins ``edges`` (J + 1,)
-    at ``times`` (T,): linear between (0, 1), (e_1, S_1), …, (e_{J-1}, S_{J-1}), then S_{J-1}.
+    at ``times`` (T,): 1 before e_1, S_j on [e_j, e_{j+1}) — the step the app draws.
 
     The last bin is open ([e_{J-1}, ∞)): its end value S_J (0 for a proper model) is never reached.
     """
     ends = np.asarray(edges, np.float64)[1:-1]  # (J - 1,) finite bin ends
-    grid = np.concatenate([[0.0], ends])
-    out = np.empty((survival.shape[0], len(times)))
-    for q in range(survival.shape[0]):
-        values = np.concatenate([[1.0], survival[q, : len(ends)]])
-        out[q] = np.interp(times, grid, values)  # constant beyond the last finite end
-    return out
+    values = np.concatenate([np.ones((survival.shape[0], 1)), survival[:, : len(ends)]], axis=1)  # (Q, J)
+    return values[:, np.searchsorted(ends, np.asarray(times, np.float64), side="right")]
 
 
 def km_at(times: np.ndarray, censorship: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -125,15 +125,26 @@ def _made(made: FeatureProvenance | None, n_files: int) -> tuple[dict, dict, dic
             tissue if tissue is not None else TissueParams().to_dict(), source)
 
 
-def oof_conformal_scores(cohort: Cohort, result: CVResult, task: str) -> list[float] | None:
-    """1 − p̂(true class) of MSRL's out-of-fold predictions of classification ``task`` on its labelled
-    cases (:mod:`msrl_model.infer.conformal`); None when the run kept no such predictions."""
-    from msrl_model.infer.conformal import scores_of
+def oof_conformal_scores(cohort: Cohort, result: CVResult, task: str) -> tuple[list[float] | None, list[float] | None]:
+    """(scores, weights) of MSRL's out-of-fold predictions of ``task`` (:mod:`msrl_model.infer.conformal`):
+    classification, 1 − p̂(true class) of the labelled cases and no weights; survival, 1 − p̂(the
+    event's time bin, in its fold's bins) of the observed events with their censoring weights
+    (infinite weights left out). (None, None) when the run kept no such predictions."""
+    from msrl_model.infer.conformal import censoring_weights, scores_of, survival_scores
 
     oof = result.oof.get((task, "msrl"))
-    if oof is None or "probs" not in oof:
-        return None
-    return [float(s) for s in scores_of(oof["probs"], cohort.label_codes(task)[oof["case"]])]
+    if oof is None:
+        return None, None
+    if "probs" in oof:
+        return [float(s) for s in scores_of(oof["probs"], cohort.label_codes(task)[oof["case"]])], None
+    if "survival" not in oof:
+        return None, None
+    cases = oof["case"]
+    edges = [np.asarray(result.bin_edges[(task, int(r), int(f))]) for r, f in zip(oof["repeat"], oof["fold"])]
+    weights = censoring_weights(cohort.times, cohort.censorship)[cases]
+    scores, w = survival_scores(oof["survival"], edges, cohort.times[cases], cohort.censorship[cases], weights)
+    keep = np.isfinite(w)
+    return [float(s) for s in scores[keep]], [float(v) for v in w[keep]]
 
 
 def applicability_calibration(cohort: Cohort, mean: np.ndarray, std: np.ndarray
@@ -179,6 +190,7 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
                    for m, s in result.metric_summary(name, "msrl").items()}
         metrics.update(ablation_metrics({a: result.metric_summary(name, a) for a in ABLATIONS}, significance, name))
         spec = res.online.task
+        conformal = oof_conformal_scores(cohort, result, name)
         tasks.append(TaskBundle(
             spec=spec, variant=res.online.variant,
             state_dict={k: v.detach().cpu() for k, v in res.online.state_dict().items()},
@@ -188,7 +200,7 @@ def export_bundle(out: str | Path, *, cohort: Cohort, result: CVResult, config: 
             metrics=metrics, thumbnails=case_thumbnails(cohort, res.buffer_cases),
             class_names=class_names(name, spec.classes, (cohort.config.labels or {}).get(name))
             if spec.kind == "classification" else None,
-            conformal_scores=oof_conformal_scores(cohort, result, name) if spec.kind == "classification" else None))
+            conformal_scores=conformal[0], conformal_weights=conformal[1]))
     scale = expression_scale(cohort)
     genomics = {"genes": list(cohort.genes), "group_names": list(cohort.group_names),
                 "groups": [g.tolist() for g in cohort.gene_groups],

@@ -138,7 +138,8 @@ def write_cv_summary_json(result: CVResult, tasks: Sequence[str], methods: Seque
     """``cv_summary.json``: the folds and repeats, per task/method/metric mean ± std over folds,
     :func:`significance` (p-values and bootstrap CIs) and MSRL's graph diagnostics
     (:func:`graph_summary`) and, given the ``cohort``, the survival calibration on held-out folds
-    (:func:`survival_calibration`); strict JSON (``null`` where undefined)."""
+    (:func:`survival_calibration`) and the held-out coverage of the 90 % conformal sets
+    (:func:`conformal_coverage`); strict JSON (``null`` where undefined)."""
     summary = [{"task": t, "method": m, "metric": metric, **{k: _finite(v) for k, v in s.items()}}
                for t in tasks for m in methods for metric, s in result.metric_summary(t, m).items()]
     graph = {t: {name: {k: _finite(v) for k, v in d.items()} for name, d in diag.items()}
@@ -147,8 +148,13 @@ def write_cv_summary_json(result: CVResult, tasks: Sequence[str], methods: Seque
             "summary": summary, "significance": [{k: _finite(v) for k, v in row.items()} for row in sig],
             "graph_diagnostics": graph}
     if cohort is not None:
-        data["survival_calibration"] = _json_safe({t: survival_calibration(result, cohort, t) for t in tasks
-                                                   if survival_calibration(result, cohort, t) is not None})
+        from msrl_model.infer.conformal import DEFAULT_COVERAGE
+
+        calibration = {t: survival_calibration(result, cohort, t) for t in tasks}
+        data["survival_calibration"] = _json_safe({t: c for t, c in calibration.items() if c is not None})
+        coverage = {t: conformal_coverage(result, cohort, t, DEFAULT_COVERAGE) for t in tasks}
+        data["conformal_coverage"] = _json_safe({t: {"level": DEFAULT_COVERAGE, "coverage": c[0], "set_size": c[1]}
+                                                 for t, c in coverage.items() if c is not None})
     return atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
@@ -216,6 +222,31 @@ def survival_calibration(result: CVResult, cohort: Cohort, task: str, method: st
                     "predicted": float(np.mean([v[1] for v in vals])), "observed": float(np.mean([v[2] for v in vals]))}
                    for (g, _), vals in sorted(groups.items())],
     }
+
+
+def conformal_coverage(result: CVResult, cohort: Cohort, task: str, coverage: float,
+                       method: str = "msrl") -> tuple[float, float] | None:
+    """(empirical coverage, mean set size) of ``method``'s conformal sets on held-out folds, the mean
+    over repeats of :func:`~msrl_model.infer.conformal.cross_coverage` (classification) or
+    :func:`~msrl_model.infer.conformal.survival_cross_coverage` (survival) within each repeat (a case's
+    other-repeat predictions never calibrate its own set). None without out-of-fold predictions."""
+    from msrl_model.infer.conformal import censoring_weights, cross_coverage, survival_cross_coverage
+
+    oof = result.oof.get((task, method))
+    if oof is None or not ("probs" in oof or "survival" in oof):
+        return None
+    weights = censoring_weights(cohort.times, cohort.censorship)
+    found = []
+    for rep in np.unique(oof["repeat"]):
+        sel = np.flatnonzero(oof["repeat"] == rep)
+        cases = oof["case"][sel]
+        if "probs" in oof:
+            found.append(cross_coverage(oof["probs"][sel], cohort.label_codes(task)[cases], oof["fold"][sel], coverage))
+        else:
+            edges = [np.asarray(result.bin_edges[(task, int(rep), int(f))]) for f in oof["fold"][sel]]
+            found.append(survival_cross_coverage(oof["survival"][sel], edges, cohort.times[cases],
+                                                 cohort.censorship[cases], weights[cases], oof["fold"][sel], coverage))
+    return float(np.mean([c for c, _ in found])), float(np.mean([s for _, s in found]))
 
 
 def _columns(result: CVResult, tasks: Sequence[str]) -> list[tuple[str, str]]:
@@ -322,5 +353,5 @@ def plot_km(result: CVResult, cohort: Cohort, task: str, method: str, path: str 
     return p
 
 
-__all__ = ["cv_table_markdown", "graph_summary", "survival_calibration", "plot_km", "risk_groups", "significance", "significance_mark",
+__all__ = ["conformal_coverage", "cv_table_markdown", "graph_summary", "survival_calibration", "plot_km", "risk_groups", "significance", "significance_mark",
            "write_cv_csv", "write_cv_summary_json", "write_significance_csv"]

@@ -46,9 +46,12 @@ class TaskBundle:
     # Readable name of each class (manifest "class_names"; cohort.labels.class_names): "wild-type" for
     # TP53_mut "0". None: the codes (a survival task), or a bundle written before names were kept
     class_names: list[str] | None = None
-    # 1 − p̂(true class) of the out-of-fold predictions (manifest "conformal_scores", infer/conformal.py);
-    # None: a survival task, or a bundle written before they were kept
+    # Conformal calibration of the out-of-fold predictions (manifest "conformal_scores", infer/conformal.py):
+    # 1 − p̂(true class), or for a survival task 1 − p̂(the event's time bin) of the observed events;
+    # None: a bundle written before they were kept
     conformal_scores: list[float] | None = None
+    # survival: each score's censoring weight 1/Ĝ(T−) (manifest "conformal_weights"); None for classification
+    conformal_weights: list[float] | None = None
 
 
 @dataclass

@@ -83,6 +83,8 @@ def _task_entry(task: TaskBundle) -> dict[str, Any]:
         entry["class_names"] = [str(n) for n in task.class_names]
     if task.conformal_scores is not None:  # optional: readers before it give no prediction sets
         entry["conformal_scores"] = json_safe(list(task.conformal_scores))
+    if task.conformal_weights is not None:  # survival: the censoring weights of the scores
+        entry["conformal_weights"] = json_safe(list(task.conformal_weights))
     return entry
 
 

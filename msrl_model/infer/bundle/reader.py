@@ -332,7 +332,8 @@ def _read_buffer(src: _Source, model: ManifestModel, weights: dict[str, Tensor],
                                               cases=cases, pathways=pathways,
                                               metrics=dict(entry.get("metrics") or {}), thumbnails=thumbs,
                                               class_names=_class_names(spec, entry),
-                                              conformal_scores=entry.get("conformal_scores"))
+                                              conformal_scores=entry.get("conformal_scores"),
+                                              conformal_weights=entry.get("conformal_weights"))
             n_genes = manifest["genomics"]["n_genes"] if manifest["genomics"] is not None else None
             genomics = (read_genomics(f, model.expression_scale or "log", n_genes, model.config.group_sizes)
                         if "genomics" in f else None)

@@ -173,12 +173,15 @@ def _check_task(v: Any, i: int) -> str:
         raise _Invalid(f"{field}.classes", "a list of at least 2 class names for a classification task")
     if "class_names" in task and len(_str_list(task["class_names"], f"{field}.class_names")) != len(classes):
         raise _Invalid(f"{field}.class_names", f"a list of {len(classes)} names, one per class")
-    if "conformal_scores" in task:
-        scores = task["conformal_scores"]
-        if not isinstance(scores, list):
-            raise _Invalid(f"{field}.conformal_scores", "a list of numbers")
-        for j, s in enumerate(scores):
-            _number(s, f"{field}.conformal_scores[{j}]")
+    for key in ("conformal_scores", "conformal_weights"):
+        if key in task:
+            values = task[key]
+            if not isinstance(values, list):
+                raise _Invalid(f"{field}.{key}", "a list of numbers")
+            for j, s in enumerate(values):
+                _number(s, f"{field}.{key}[{j}]")
+    if "conformal_weights" in task and len(task["conformal_weights"]) != len(task.get("conformal_scores") or []):
+        raise _Invalid(f"{field}.conformal_weights", "one weight per conformal score")
     if kind == "survival" and len(edges) < 2:
         raise _Invalid(f"{field}.bin_edges_months", "a list of at least 2 edges for a survival task")
     _int(_get(task, "n_buffer", field), f"{field}.n_buffer", 1)
