@@ -253,3 +253,22 @@ def test_what_the_neighbours_say(bundle_path, slide, result):
     want = [sum(wt for wt, v in known if v == cls) / total for cls in ("wt", "mut")]
     assert t.classification.neighbours_labelled == len(known)
     np.testing.assert_allclose(t.classification.neighbours_distribution, want, atol=1e-12)
+
+
+def test_result_csvs_have_unique_columns_and_carry_the_flags(result, tmp_path):
+    import csv
+
+    from msrl_model.infer.export import write_results
+
+    _, keys_path, linked_path = write_results(tmp_path / "r.json", result)
+    keys = {(r["task"], r["key"]): r["value"] for r in csv.DictReader(keys_path.open())}
+    assert keys[("slide", "synthetic_training_cohort")] == str(result.synthetic_training_cohort)
+    assert keys[("slide", "research_use_only")] == result.research_use_only
+    header = next(csv.reader(linked_path.open()))
+    assert len(header) == len(set(header))  # no column twice (the case's slide_id is linked_slide_id)
+    assert header[0] == "slide_id" and "linked_slide_id" in header
+    rows = list(csv.DictReader(linked_path.open()))
+    assert {r["slide_id"] for r in rows} == {"s1"}
+    first = result.tasks["survival"].linked_cases[0]
+    assert rows[0]["linked_slide_id"] == str(first.case["slide_id"])
+    assert {r["research_use_only"] for r in rows} == {result.research_use_only}

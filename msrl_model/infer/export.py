@@ -5,7 +5,8 @@ Files written by :func:`write_results` for ``OUT/<name>.json``:
 
 * ``<name>.json`` — the full result (:meth:`PredictionResult.to_json`, strict JSON, indent 2);
 * ``<name>.csv`` — one row per (task, quantity): ``slide_id, mode, task, key, value``; first the
-  slide's applicability (task ``slide``: ``applicability_p``, ``applicability_flagged``,
+  result's flags and the slide's applicability (task ``slide``: ``research_use_only``,
+  ``synthetic_training_cohort``, ``applicability_p``, ``applicability_flagged``,
   ``applicability_message``), then per task whether it is ``informative`` in cross-validation (with
   ``informative_note``), whether its linked cases improved it in cross-validation
   (``graph_evidence``, ``graph_evidence_note``) and, besides the prediction (classes by their readable names: ``p(mutant)``;
@@ -17,8 +18,9 @@ Files written by :func:`write_results` for ``OUT/<name>.json``:
 * ``<name>-linked-cases.csv`` — every task's linked training cases by rank: buffer row, edge weight,
   influence (``influence_risk`` for a survival task, ``influence_p(<class>)`` per class for a
   classification task: the prediction minus the prediction without that case in the buffer; empty
-  for the other kind) and their case-table columns (labels by their readable class names: TP53_mut
-  ``wild-type``).
+  for the other kind), their case-table columns (labels by their readable class names: TP53_mut
+  ``wild-type``; the case's ``slide_id`` as ``linked_slide_id``, ``slide_id`` being the analysed
+  slide's), and the result's ``synthetic_training_cohort`` and ``research_use_only`` on every row.
 
 :func:`write_geojson` writes the analysed patches as QuPath ``tile`` objects (a GeoJSON
 ``FeatureCollection``, coordinates in level-0 pixels) whose ``measurements`` hold each task's
@@ -49,6 +51,8 @@ def key_values(result: PredictionResult) -> list[dict[str, Any]]:
     def add(task: str, key: str, value: Any) -> None:
         rows.append({"slide_id": result.slide_id, "mode": result.mode, "task": task, "key": key, "value": value})
 
+    add("slide", "research_use_only", result.research_use_only)
+    add("slide", "synthetic_training_cohort", result.synthetic_training_cohort)
     a = result.applicability
     if a is not None:
         add("slide", "applicability_p", a.p_value)
@@ -121,10 +125,14 @@ def linked_cases_csv(result: PredictionResult) -> str:
     names = result.label_names()
     rows = [[result.slide_id, name, rank, c.row, c.weight,
              *influence(task.classification.names if task.classification else [], c),
-             *[readable_label(names, k, c.case.get(k)) for k in columns]]
+             *[readable_label(names, k, c.case.get(k)) for k in columns],
+             result.synthetic_training_cohort, result.research_use_only]
             for name, task in result.tasks.items() for rank, c in enumerate(task.linked_cases, 1)]
-    return _csv_text(["slide_id", "task", "rank", "buffer_row", "weight", "influence_risk",
-                      *[f"influence_p({cls})" for cls in classes], *columns], rows)
+    fixed = ["slide_id", "task", "rank", "buffer_row", "weight", "influence_risk",
+             *[f"influence_p({cls})" for cls in classes]]
+    # the linked case's own columns; one named like a fixed column (its slide_id) is prefixed "linked_"
+    case_columns = [f"linked_{k}" if k in fixed else k for k in columns]
+    return _csv_text([*fixed, *case_columns, "synthetic_training_cohort", "research_use_only"], rows)
 
 
 def result_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:
