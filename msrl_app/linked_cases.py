@@ -57,6 +57,11 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def format_months(value: Any) -> str:
+    """A follow-up time in months with one decimal everywhere (table, detail pane, PDF); '—' when missing."""
+    return "—" if is_missing(value) else f"{float(value):.1f}"
+
+
 def label_columns(cases: list[LinkedCase]) -> list[str]:
     """Label columns of the case table (everything that is not an id, the project or survival)."""
     keys: list[str] = []
@@ -257,8 +262,8 @@ class LinkedCasesModel(QAbstractTableModel):
                 return f"{value:.3f}"
             if key == "influence":
                 return format_influence(self.task, value)
-            if key == "survival_months" and not is_missing(value):
-                return f"{float(value):.1f}"
+            if key == "survival_months":
+                return format_months(value)
             return format_value(readable_label(self.label_names, key, value))
         if role == self.SORT_ROLE:
             if is_missing(value):
@@ -451,7 +456,7 @@ class LinkedCasesSection(QWidget):
         self.influence_label.setText(without_case_html(task, case))
         rows = [("Slide", case.case.get("slide_id")), ("Project", case.case.get("project")),
                 ("Survival", None if is_missing(case.case.get("survival_months"))
-                 else f"{float(case.case['survival_months']):.1f} months"),
+                 else f"{format_months(case.case['survival_months'])} months"),
                 ("Status", event_status(case.case) or None), ("Stage", case.case.get("stage"))]
         rows += [(k, readable_label(self.model.label_names, k, case.case.get(k))) for k in label_columns([case])]
         self.detail_fields.setText("<table cellspacing='0' cellpadding='2'>" + "".join(

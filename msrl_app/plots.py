@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QFont, QImage
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage
 from PySide6.QtWidgets import QWidget
 
 
@@ -141,7 +141,7 @@ class RiskHistogram(_ThemedPlot):
     def __init__(self, theme: str = "dark", parent: QWidget | None = None) -> None:
         super().__init__(theme, parent)
         self._label("bottom", "Risk score (higher = shorter predicted survival)")
-        self.getPlotItem().getAxis("left").setStyle(showValues=False)
+        self._label("left", "Training cases")  # counts per bin
         self.getPlotItem().showGrid(x=False, y=False)
         self.setMinimumHeight(120)
         self.bars: pg.BarGraphItem | None = None
@@ -239,7 +239,11 @@ class BarsPlot(_ThemedPlot):
                 self.addItem(text)
             if not self.x_range:
                 lo, hi = min(lo, float(values.min(initial=0))), max(hi, float(values.max(initial=0)))
-        self.getPlotItem().getAxis("left").setTicks([[(r, label) for r, label in zip(rows, labels)]])
+        axis = self.getPlotItem().getAxis("left")
+        axis.setTicks([[(r, label) for r, label in zip(rows, labels)]])
+        # room for the longest category name: an unshown plot (the PDF) never grows the axis itself
+        metrics = QFontMetrics(axis.style.get("tickFont") or self.font())
+        axis.setWidth(max((metrics.horizontalAdvance(str(label)) for label in labels), default=0) + 14)
         self.legend.setVisible(k > 1)
         pad = (0.12 if self.x_range else 0.25) * ((hi - lo) or 1.0)  # room for the value labels
         self.setXRange(lo - (pad if lo < 0 else 0), hi + pad, padding=0)

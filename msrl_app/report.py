@@ -13,6 +13,7 @@ Report (A4 portrait, sections flow over pages):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,13 +23,12 @@ import numpy as np
 from PySide6.QtCore import QMarginsF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QPen
 
-from msrl_app.controls import format_metric
 from msrl_app.overlays import colormap_lut, heatmap_raster
 from msrl_app.plots import RISK_GROUP_COLORS, BarsPlot, RiskHistogram, SurvivalPlot, render_plot
 from msrl_app.labels import metrics_line, mode_title, survival_curves, task_title
-from msrl_app.linked_cases import (event_status, format_influence, format_value, graph_summary, influence_tip,
-                                   influence_title, influence_value, label_columns, neighbours_summary,
-                                   paired_pathways)
+from msrl_app.linked_cases import (event_status, format_influence, format_months, format_value, graph_summary,
+                                   influence_tip, influence_title, influence_value, label_columns,
+                                   neighbours_summary, paired_pathways)
 from msrl_app.state import primary_task
 from msrl_model import RESEARCH_USE_ONLY as DISCLAIMER
 from msrl_model import __version__
@@ -354,7 +354,7 @@ def _draw_linked_cases(lay: _Layout, result: PredictionResult) -> None:
     lay.text(f"Influence column — {influence_title(task)}: {influence_tip(task)}", 8, color="#4b5563")
     headers = ["Case", "Weight", "Influence", "Project", "Survival, mo", "Status", "Stage"] + extra
     rows = [[str(c.case.get("case_id", "")), f"{c.weight:.3f}", format_influence(task, influence_value(task, c)),
-             format_value(c.case.get("project")), format_value(c.case.get("survival_months")),
+             format_value(c.case.get("project")), format_months(c.case.get("survival_months")),
              event_status(c.case) or "—", format_value(c.case.get("stage"))]
             + [format_value(c.case.get(k)) for k in extra] for c in cases]
     base = [0.14, 0.08, 0.10, 0.12, 0.13, 0.10, 0.07]
@@ -415,8 +415,7 @@ def _model_card_summary(lay: _Layout, inputs: ReportInputs) -> None:
     lay.text(f"Patch encoder: {encoder.get('name')} {encoder.get('version')} ({encoder.get('dim')}-d) · "
              f"bundle format {manifest.get('format_version', '?')}, created {manifest.get('created', '?')}", 8.5)
     rows = [[t.get("name", ""), t.get("kind", ""), t.get("variant", ""), str(t.get("n_buffer", "")),
-             "; ".join(f"{k} {format_metric(v)}" for k, v in (t.get("metrics") or {}).items())]
-            for t in manifest.get("tasks") or []]
+             metrics_line(t.get("metrics") or {}, "", "; ")] for t in manifest.get("tasks") or []]
     if rows:
         lay.table(["Task", "Kind", "Variant", "Buffer cases", "Cross-validated metrics"], rows,
                   [0.18, 0.15, 0.1, 0.14, 0.43], right={3})
@@ -426,9 +425,11 @@ def _model_card_summary(lay: _Layout, inputs: ReportInputs) -> None:
 
 
 def _first_paragraph(markdown: str) -> str:
-    """The model card's first prose paragraph (headings skipped), as plain text."""
+    """The model card's first prose paragraph (headings skipped), as plain text: Markdown emphasis
+    (``**…**``, ``*…*``, backticks) and quote marks removed."""
     for block in markdown.split("\n\n"):
         block = block.strip()
         if block and not block.startswith("#"):
-            return " ".join(line.strip() for line in block.splitlines())
+            text = " ".join(line.strip().lstrip("> ") for line in block.splitlines())
+            return re.sub(r"(\*\*|__|\*|`)(.+?)\1", r"\2", text)
     return ""

@@ -1,0 +1,43 @@
+"""PDF and chart defects of issue 13: category names on bar charts rendered off screen (the PDF),
+a labelled y axis on the risk histogram, the model card's first paragraph without Markdown marks,
+one precision for follow-up months."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtGui import QFontMetrics
+
+from msrl_app.linked_cases import format_months
+from msrl_app.plots import BarsPlot, RiskHistogram
+from msrl_app.report import _first_paragraph
+
+
+@pytest.mark.parametrize("labels", [["I", "II"], ["estrogen response early", "interferon gamma response"]])
+def test_bar_chart_axis_fits_its_longest_category_name(qtbot, labels):
+    plot = BarsPlot("light", value_format="{:+.2f}", x_range=None)
+    qtbot.addWidget(plot)
+    plot.set_bars(labels, [("this slide", np.array([0.2, -0.1]))])
+    axis = plot.getPlotItem().getAxis("left")
+    metrics = QFontMetrics(axis.style.get("tickFont") or plot.font())
+    assert axis.minimumWidth() >= max(metrics.horizontalAdvance(label) for label in labels)  # laid out so
+
+
+def test_risk_histogram_names_its_y_axis(qtbot):
+    hist = RiskHistogram("light")
+    qtbot.addWidget(hist)
+    axis = hist.getPlotItem().getAxis("left")
+    assert axis.labelText == "Training cases" and axis.style["showValues"]
+
+
+@pytest.mark.parametrize("markdown, expected", [
+    ("# Card\n\n**Research use only.** Not a device.\n", "Research use only. Not a device."),
+    ("# Card\n\n> **Trained on a SYNTHETIC cohort** (`msrl synth`)\n", "Trained on a SYNTHETIC cohort (msrl synth)"),
+])
+def test_model_card_paragraph_is_plain_text(markdown, expected):
+    assert _first_paragraph(markdown) == expected
+
+
+@pytest.mark.parametrize("value, text", [(103, "103.0"), (58.9, "58.9"), (71.56, "71.6"), (None, "—")])
+def test_follow_up_months_have_one_precision(value, text):
+    assert format_months(value) == text
