@@ -58,6 +58,14 @@ def big_label(scale: float, object_name: str = "") -> QLabel:
 METRIC_NAMES = {"c_index": "C-index", "auc": "AUC", "f1": "macro F1"}
 
 
+def model_display_name(manifest: dict[str, Any] | None, fallback: str) -> str:
+    """How the app names a model: its training cohort's name from the manifest (the model card's
+    title), else ``fallback`` (the bundle's file or folder name)."""
+    manifest = manifest or {}
+    cohort = manifest.get("cohort") if isinstance(manifest.get("cohort"), dict) else {}
+    return str(cohort.get("name") or fallback)
+
+
 def metrics_line(metrics: dict[str, Any], prefix: str, sep: str) -> str:
     """``{"c_index": {"mean": .61, "std": .03}}`` -> ``prefix + "C-index 0.610 ± 0.030"``; '' without metrics.
     The graph ablations' entries (``"c_index@no_graph"``) are left out: the linked cases' note says them."""

@@ -238,9 +238,11 @@ def _self_test_failed(what: str, todo: str) -> int:
 
 def _model_name(manifest: dict | None, bundle: Path) -> str:
     """How the summary names the model: the training cohort's name (the bundle's name without one)."""
+    from msrl_app.labels import model_display_name
+
     manifest = manifest or {}
     cohort = manifest.get("cohort") if isinstance(manifest.get("cohort"), dict) else {}
-    name = str(cohort.get("name") or bundle.name)
+    name = model_display_name(manifest, bundle.name)
     encoder = manifest.get("encoder") if isinstance(manifest.get("encoder"), dict) else {}
     details = [str(encoder["name"])] if encoder.get("name") else []
     if cohort.get("synthetic"):

@@ -10,6 +10,7 @@ Views only: every number comes from :class:`msrl_model.infer.results.PredictionR
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,11 @@ class ClassificationSection(QWidget):
             layout.addWidget(w)
 
 
+PLACEHOLDER_NO_SLIDE = "No results yet. Open a slide, choose its cancer type and click Analyze (Ctrl+R)."
+PLACEHOLDER_SLIDE_OPEN = ("No results for this slide yet. Choose its cancer type (or leave it unknown) and click "
+                          "Analyze (Ctrl+R).")
+
+
 class ResultsPanel(QWidget):
     """Everything predicted for the open slide."""
 
@@ -201,8 +207,7 @@ class ResultsPanel(QWidget):
         self.warnings_label.setWordWrap(True)
         self.warnings_label.setStyleSheet("color: #e0a030;")
 
-        self.placeholder = _muted("No results yet. Open a slide, choose its cancer type and click "
-                                  "Analyze (Ctrl+R).")
+        self.placeholder = _muted(PLACEHOLDER_NO_SLIDE)
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.tabs = QTabWidget()
         self.survival_sections: dict[str, SurvivalSection] = {}
@@ -232,15 +237,21 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.tabs, 3)
         self.set_result(None)
 
-    def set_model(self, manifest: dict[str, Any] | None, name: str = "") -> None:
-        """The model bundle line of the header (None: no bundle)."""
+    def set_model(self, manifest: dict[str, Any] | None, name: str = "", loading: Path | None = None) -> None:
+        """The model bundle line of the header: ``manifest`` None means none yet — being read from
+        ``loading``, or none chosen."""
         if manifest is None:
-            self.model_label.setText("No model bundle loaded — File ▸ Open model bundle…")
+            self.model_label.setText(f"Loading the model {loading.name}… (Analyze is ready when it is)" if loading
+                                     else "No model bundle loaded — File ▸ Open model bundle…")
             return
         cohort = manifest.get("cohort") or {}
         tasks = ", ".join(task_title(t.get("name", "?")) for t in manifest.get("tasks") or [])
         synthetic = " · <b style='color:#ff8787'>synthetic cohort</b>" if cohort.get("synthetic") else ""
         self.model_label.setText(f"Model: {name} · {tasks} · {cohort.get('n_cases', '?')} training cases{synthetic}")
+
+    def set_has_slide(self, has_slide: bool) -> None:
+        """The placeholder's advice: open a slide, or (one is open) analyse it."""
+        self.placeholder.setText(PLACEHOLDER_SLIDE_OPEN if has_slide else PLACEHOLDER_NO_SLIDE)
 
     def _scroll_tab(self) -> tuple[QScrollArea, QVBoxLayout]:
         inner = QWidget()

@@ -27,6 +27,7 @@ from msrl_app import actions, dialogs
 from msrl_app.banner import ApplicabilityBanner
 from msrl_app.analysis import DEVICES, NO_BUNDLE
 from msrl_app.controls import ModelCardDialog
+from msrl_app.labels import model_display_name
 from msrl_app.dialogs import APP, MAX_RECENT, SLIDE_FILTER, SLIDE_SUFFIXES, RecentFiles  # noqa: F401 - re-exported
 from msrl_app.overview import OverviewWidget
 from msrl_app.panels import OverlayPanel, SlidePropertiesPanel
@@ -136,7 +137,7 @@ class MainWindow(QMainWindow):
         """The one place where the widgets subscribe to the state."""
         ev = self.state.events
         ev.slide.connect(self._on_slide)
-        ev.bundle.connect(lambda _: (self.results.set_model(None), self._update_analysis_actions()))
+        ev.bundle.connect(lambda path: (self.results.set_model(None, loading=path), self._update_analysis_actions()))
         ev.bundle_loaded.connect(self._on_bundle_loaded)
         ev.bundle_rejected.connect(lambda _: (self.settings.remove("bundle/path"), self._update_analysis_actions()))
         ev.projects.connect(lambda choices: actions.fill_projects(self.project_combo, choices, self.state.project))
@@ -178,6 +179,7 @@ class MainWindow(QMainWindow):
     # -- state events -> widgets ----------------------------------------------------------------------
     def _on_slide(self, path: Path | None) -> None:
         slide = self.state.slide_handle if path is not None else None
+        self.results.set_has_slide(path is not None)
         self.viewer.set_slide(slide)
         self.properties.set_slide(slide)
         if path is None:
@@ -190,7 +192,7 @@ class MainWindow(QMainWindow):
         self.slideOpened.emit(str(path))
 
     def _on_bundle_loaded(self, bundle: Path) -> None:
-        self.results.set_model(self.state.bundle_manifest, bundle.name)
+        self.results.set_model(self.state.bundle_manifest, model_display_name(self.state.bundle_manifest, bundle.name))
         self._update_analysis_actions()
         self.bundleLoaded.emit(str(bundle))
 

@@ -41,3 +41,25 @@ def test_model_card_paragraph_is_plain_text(markdown, expected):
 @pytest.mark.parametrize("value, text", [(103, "103.0"), (58.9, "58.9"), (71.56, "71.6"), (None, "—")])
 def test_follow_up_months_have_one_precision(value, text):
     assert format_months(value) == text
+
+
+def test_header_says_loading_names_the_model_and_the_placeholder_follows_the_slide(qtbot):
+    from pathlib import Path
+
+    from msrl_app.results_view import PLACEHOLDER_NO_SLIDE, PLACEHOLDER_SLIDE_OPEN, ResultsPanel
+
+    panel = ResultsPanel()
+    qtbot.addWidget(panel)
+    panel.set_model(None, loading=Path("/opt/msrl/resources/bundle"))
+    assert panel.model_label.text().startswith("Loading the model bundle…")
+    manifest = {"cohort": {"name": "synthetic-300c-3p-seed0", "n_cases": 300, "synthetic": True},
+                "tasks": [{"name": "survival"}]}
+    from msrl_app.labels import model_display_name
+
+    panel.set_model(manifest, model_display_name(manifest, "bundle"))
+    assert "Model: synthetic-300c-3p-seed0" in panel.model_label.text() and "bundle" not in panel.model_label.text()
+    panel.set_model(None)
+    assert "No model bundle loaded" in panel.model_label.text()
+    assert panel.placeholder.text() == PLACEHOLDER_NO_SLIDE
+    panel.set_has_slide(True)
+    assert panel.placeholder.text() == PLACEHOLDER_SLIDE_OPEN and "Open a slide" not in PLACEHOLDER_SLIDE_OPEN
