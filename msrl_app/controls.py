@@ -45,7 +45,7 @@ class AnalysisProgress(QWidget):
         self.eta_label = QLabel()
         self.eta_label.setStyleSheet("color: #9aa0a8;")
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop the analysis (Esc); nothing partial is kept")
+        self.cancel_button.setToolTip("Stop the analysis (Esc); the patches done so far are kept for the next Analyze")
         self.cancel_button.clicked.connect(self._cancel)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(4, 0, 4, 0)

@@ -359,7 +359,8 @@ class AppState:
         return True
 
     def cancel_analysis(self) -> None:
-        """Ask the running analysis to stop (at its next step); nothing partial is kept."""
+        """Ask the running analysis to stop at its next step (between encoder batches); the patch
+        features encoded so far are kept, and the next Analyze continues from them."""
         if self._analysis is not None and not self._cancelling:
             log.info("analysis cancel requested")
             self._analysis.quit()

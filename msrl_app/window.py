@@ -50,6 +50,10 @@ def default_settings() -> QSettings:
     return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORG, APP)
 
 
+CANCELLED_TEXT = ("The analysis was cancelled: no result was produced.\n\nThe patch features encoded so far are "
+                  "kept; click Analyze (Ctrl+R) to continue from them.")
+
+
 class MainWindow(QMainWindow):
     """MSRL Studio's main window."""
 
@@ -240,10 +244,7 @@ class MainWindow(QMainWindow):
 
     def _on_finished(self, outcome: str) -> None:
         if outcome == "cancelled" and self.show_dialogs:
-            QMessageBox.information(self, "Analysis cancelled",
-                                    "The analysis was cancelled; nothing partial was kept.\n\n"
-                                    "Click Analyze (Ctrl+R) to start again: patch features already "
-                                    "saved for this slide are reused.")
+            QMessageBox.information(self, "Analysis cancelled", CANCELLED_TEXT)
         self.analysisFinished.emit(outcome)
 
     def _on_error(self, report: ErrorReport) -> None:

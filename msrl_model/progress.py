@@ -234,7 +234,7 @@ def drive(
                 bar.refresh()
             if should_stop is not None and should_stop():
                 job.close()
-                raise CancelledError("cancelled by the user; nothing partial was kept")
+                raise CancelledError("cancelled by the user; finished files stay, an interrupted extraction resumes where it stopped")
     finally:
         if bar is not None:
             bar.close()

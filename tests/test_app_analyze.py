@@ -16,7 +16,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMessageBox
 
 import msrl_app.state
-from msrl_app.analysis import AnalysisRequest, analysis_job, read_expression
+from msrl_app.analysis import CPU_BATCH, AnalysisRequest, analysis_job, read_expression
 from msrl_app.applog import setup_logging
 from msrl_app.results_view import CaseSortProxy, LinkedCasesModel
 from msrl_app.window import MainWindow
@@ -201,6 +201,53 @@ def test_cancel_on_first_event_leaves_the_app_usable(qtbot, window, tiny_bundle,
     assert analyze(qtbot, window) == "done"  # usable again
 
 
+def test_cancel_during_encoding_keeps_the_patches_and_analyze_continues_from_them(qtbot, window, tiny_bundle,
+                                                                                   slide, dialogs, monkeypatch):
+    """Cancel when the encoding starts: the job stops at its next yield, after one batch; the next
+    Analyze starts its encoding bar where the first stopped (the kept patches are not encoded again),
+    and the message says so, once."""
+    gate = threading.Event()
+    real_job = analysis_job
+
+    def gated_job(request, predictors):
+        """The real job, held after its first encoded batch until the test has cancelled."""
+        job = real_job(request, predictors)
+        try:
+            while True:
+                try:
+                    event = next(job)
+                except StopIteration as stop:
+                    return stop.value
+                yield event
+                if event.stage == "read+encode" and not gate.is_set():
+                    assert gate.wait(30)
+        finally:
+            job.close()  # a cancel closes this job: the real one stops (and keeps its patches) too
+
+    load(qtbot, window, tiny_bundle, slide)
+    monkeypatch.setattr(msrl_app.state, "analysis_job", gated_job)
+    first: list[Progress] = []
+
+    def cancel_after_first_batch(event):
+        first.append(event)
+        if event.stage == "read+encode" and not gate.is_set():
+            window.cancel_analysis()
+            gate.set()
+
+    window.analysisProgress.connect(cancel_after_first_batch)
+    assert analyze(qtbot, window) == "cancelled"
+    window.analysisProgress.disconnect(cancel_after_first_batch)
+    monkeypatch.setattr(msrl_app.state, "analysis_job", real_job)
+    stopped = max(e.done for e in first if e.stage == "read+encode")
+    assert 0 < stopped < next(e.total for e in first if e.stage == "read+encode")
+    assert dialogs[-1][0] == "information" and dialogs[-1][2] == msrl_app.window.CANCELLED_TEXT
+    again: list[Progress] = []
+    window.analysisProgress.connect(again.append)
+    assert analyze(qtbot, window) == "done", window.last_error
+    encoding = [e for e in again if e.stage == "read+encode"]
+    assert encoding[0].done >= stopped > 0 and encoding[-1].done == encoding[-1].total
+
+
 def test_linked_cases_sort_numerically(qtbot):
     def case(i, weight, months, stage, influence):
         return LinkedCase(i, weight, {"case_id": f"C{i}", "project": "P", "survival_months": months,
@@ -355,7 +402,7 @@ def test_out_of_gpu_memory_falls_back_to_smaller_batch_then_cpu(tmp_path):
         except StopIteration as stop:
             assert stop.value.result == "result" and list(stop.value.cohort_risks) == ["survival"]
             break
-    assert calls == [("cuda", 64), ("cuda", 32), ("cpu", 64)]
+    assert calls == [("cuda", 64), ("cuda", 32), ("cpu", CPU_BATCH)]  # the CPU encodes in small batches (Cancel)
     retries = [e.message for e in events if e.stage == "retry"]
     assert retries == ["Out of GPU memory: retrying with a batch of 32",
                        "Out of GPU memory: running on the CPU instead (slower)"]

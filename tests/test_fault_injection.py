@@ -470,7 +470,7 @@ def reference(slides, tmp_path_factory) -> Path:
     return root / "f" / "a.h5"
 
 
-def test_sigint_during_extract_is_one_line_and_exit_130(slides, tmp_path):
+def test_sigint_during_extract_is_one_line_and_exit_130_and_the_rerun_resumes(slides, reference, tmp_path):
     out = tmp_path / "f"
     proc = _start(tmp_path, _extract_args(slides / "a.svs", out))
     _wait_for(proc, "FI batch", 2)
@@ -478,7 +478,12 @@ def test_sigint_during_extract_is_one_line_and_exit_130(slides, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     _one_error_line(err, "interrupted", "run the same command again")
-    assert _files(out) == []
+    assert _files(out) == ["a.partial.h5"]  # no feature file; the tiles encoded so far are kept
+    rerun = _start(tmp_path, _extract_args(slides / "a.svs", out), FI_SLEEP="0")
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0 and "Traceback" not in err, err
+    assert _files(out) == ["a.h5"]
+    _same_features(out / "a.h5", reference)  # resumed features equal an uninterrupted run's
 
 
 def test_kill_9_during_the_write_then_rerun_gives_identical_features(slides, reference, tmp_path):

@@ -100,16 +100,35 @@ def test_second_run_is_a_cache_hit_and_key_changes_recompute(synth_slide, tmp_pa
     assert stats.cached
 
 
-def test_cancel_mid_run_leaves_no_output_and_no_threads(synth_slide, tmp_path):
+def test_cancel_mid_run_keeps_the_encoded_tiles_and_the_next_run_resumes_there(synth_slide, tmp_path):
     job = extract_slide(synth_slide, tmp_path, tiny_encoder(), "cpu", workers=2, batch_size=2)
     for event in job:
-        if event.stage == "read+encode" and event.done > 0:
+        if event.stage == "read+encode" and event.done >= 6:
             break
     assert not torch.is_inference_mode_enabled()  # no torch mode leaks out of the job at a yield
     assert _reader_threads()
     job.close()
-    assert list(tmp_path.iterdir()) == []
     assert _reader_threads() == []
+    assert [p.name for p in tmp_path.iterdir()] == ["synth-a.partial.h5"]  # no feature file, the tiles kept
+    kept = read_features(tmp_path / "synth-a.partial.h5")
+    assert len(kept.coords) == 6
+
+    out, stats, events = _run(synth_slide, tmp_path)
+    assert stats.resumed == 6 and stats.tiles == len(read_features(out).coords) - 6  # only the rest encoded
+    assert [e.done for e in events if e.stage == "read+encode"][0] == 6  # the bar starts where it stopped
+    fresh, _, _ = _run(synth_slide, tmp_path / "fresh")
+    np.testing.assert_array_equal(read_features(out).features, read_features(fresh).features)
+    assert not (tmp_path / "synth-a.partial.h5").exists()
+
+
+def test_a_partial_file_of_another_key_is_ignored(synth_slide, tmp_path):
+    job = extract_slide(synth_slide, tmp_path, tiny_encoder("1"), "cpu", workers=2, batch_size=2)
+    for event in job:
+        if event.stage == "read+encode" and event.done >= 4:
+            break
+    job.close()
+    _, stats, _ = _run(synth_slide, tmp_path, encoder=tiny_encoder("2"))  # another encoder version: another key
+    assert stats.resumed == 0
 
 
 def test_extract_many_finishes_good_slides_and_reports_bad_ones(synth_slide, tmp_path):

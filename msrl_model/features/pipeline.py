@@ -11,9 +11,13 @@ Cache: the output is ``out_dir/<slide_id>.h5``; its ``cache_key`` attribute hash
 exists with the same key the job yields one ``"cached"`` event and returns at once; any change of
 key recomputes. A cached file is trusted on its content, not on its key alone
 (:func:`~msrl_model.features.h5io.cache_problem`: encoder attributes, N×D features with D the
-encoder's dimension, N×2 coords); a bad one is recomputed and replaced. Nothing partial is ever
-left: the file is written atomically at the very end, and cancelling (closing the generator) or an
-error stops the reader threads and writes nothing. Orphaned temporaries of killed runs are removed
+encoder's dimension, N×2 coords); a bad one is recomputed and replaced. The feature file is written
+atomically at the very end, so it is never partial. **Resume after a cancel**: cancelling (closing
+the generator), Ctrl+C or an error part-way stops the reader threads and keeps the tiles already
+encoded in ``out_dir/<slide_id>.partial.h5`` (the first k rows of the grid, with the cache key); the
+next run with the same key reads them back and encodes only tiles k…N−1 — the same features as an
+uninterrupted run — then writes the feature file and removes the partial one. A partial file
+of another key or another grid is ignored and replaced. Orphaned temporaries of killed runs are removed
 when a run starts; the output folder's writability and free space (against the expected file size)
 are checked before the long work, so a read-only folder or a full disk is one
 :class:`~msrl_model.errors.OutputError` line, early. At most ``max_patches`` patches per slide
@@ -30,7 +34,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,32 @@ class ExtractStats:
     device: str = ""  # device actually used
     warnings: list[str] = field(default_factory=list)  # the slide's and the grid's (e.g. assumed mpp)
     sync_timing: bool = False  # True: synchronise CUDA after each stage so the split is exact
+    resumed: int = 0  # tiles read back from an interrupted run's partial file (not encoded again)
+
+
+PARTIAL_SUFFIX = ".partial.h5"
+
+
+def partial_path(out: Path) -> Path:
+    """Where the tiles of an interrupted extraction of ``out`` are kept: ``<slide_id>.partial.h5``."""
+    return out.with_name(out.stem + PARTIAL_SUFFIX)
+
+
+def _read_partial(path: Path, key: str, coords: np.ndarray, dim: int) -> np.ndarray | None:
+    """The first k rows' features (k, D) of an interrupted run with this cache key and grid, else None."""
+    from msrl_model.features.h5io import read_features
+
+    if not path.is_file():
+        return None
+    try:
+        kept = read_features(path)
+    except (MSRLError, OSError):
+        return None
+    k = len(kept.coords)
+    if (kept.attrs.get("cache_key") != key or kept.features.ndim != 2 or kept.features.shape[1] != dim
+            or not 0 < k <= len(coords) or not np.array_equal(kept.coords, coords[:k])):
+        return None
+    return np.asarray(kept.features, dtype=np.float32)
 
 
 def _params_dict(params: Any) -> dict[str, Any]:
@@ -146,40 +176,38 @@ def _grid(slide: Any, tissue: Any, tiling: Any, stats: ExtractStats,
 
 
 def _encode_tiles(reader: ParallelTileReader, encoder: Any, n: int, patch_size: int, device: str,
-                  batch_size: int, stats: ExtractStats, slide_id: str) -> Job[np.ndarray]:
+                  batch_size: int, stats: ExtractStats, slide_id: str, done: np.ndarray | None = None,
+                  keep_partial: Callable[[np.ndarray], None] | None = None) -> Job[np.ndarray]:
     """Encode every tile the reader yields; returns the (n, D) float32 features, grid order.
 
     Yields ``read+encode`` progress after each batch and adds the transfer and encode times to
     ``stats``. No torch context manager stays open across a yield: it would leak into the consumer.
+    ``done``: the features (k, D) of the grid's first k tiles, kept from an interrupted run (the
+    reader then starts at tile k). ``keep_partial(features)``: called with the first rows finished
+    when the job is stopped (cancelled, closed, failed) part-way, so that the next run resumes there.
     """
     import torch
 
     cuda = device.startswith("cuda")
     sync = cuda and stats.sync_timing
     features = np.empty((n, encoder.dim), dtype=np.float32)
+    finished = 0 if done is None else len(done)  # rows 0..finished-1 hold their features
+    if done is not None:
+        features[:finished] = done
     # One pinned staging buffer, reused: the features' copy back to the host below synchronises,
     # so the previous batch's non_blocking upload has finished before the buffer is refilled.
     pinned = (torch.empty((batch_size, patch_size, patch_size, 3), dtype=torch.uint8).pin_memory()
               if cuda else None)
-    yield Progress(Stage.READ_ENCODE, 0, n, slide_id)
-    for first, batch in reader:
-        t0 = time.perf_counter()
-        tensor = torch.from_numpy(batch)  # (B, P, P, 3) uint8
-        if pinned is not None:
-            staging = pinned[:len(batch)]
-            staging.copy_(tensor)
-            tensor = staging.to(device, non_blocking=True)
-            if sync:
-                torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            out_feats = _encode_batch(encoder, tensor)  # (B, D)
-            features[first:first + len(batch)] = out_feats.float().cpu().numpy()
-        t2 = time.perf_counter()
-        stats.transfer_s += t1 - t0
-        stats.encode_s += t2 - t1
-        stats.tiles += len(batch)
-        yield Progress(Stage.READ_ENCODE, first + len(batch), n, slide_id)
+    try:
+        yield Progress(Stage.READ_ENCODE, finished, n, slide_id)
+        for first, batch in reader:
+            _encode_into(encoder, batch, first, features, pinned, device, sync, stats)
+            finished = first + len(batch)  # the reader delivers batches in grid order
+            yield Progress(Stage.READ_ENCODE, finished, n, slide_id)
+    except BaseException:  # GeneratorExit (cancel), KeyboardInterrupt, a failure: keep what is done
+        if keep_partial is not None and finished > 0:  # all n too: stopped before the write
+            keep_partial(features[:finished])
+        raise
     stats.read_wait_s = reader.read_wait_s
     issues = getattr(reader, "decoder_issues", 0)
     if issues:
@@ -187,6 +215,30 @@ def _encode_tiles(reader: ParallelTileReader, encoder: Any, n: int, patch_size: 
             f"{slide_id}: {issues} tile region(s) could not be decoded directly (JPEG decoder error) and were "
             "read through the slide library instead; those patches may be damaged - check the slide")
     return features
+
+
+def _encode_into(encoder: Any, batch: np.ndarray, first: int, features: np.ndarray, pinned: Any, device: str,
+                 sync: bool, stats: ExtractStats) -> None:
+    """Encode one batch of tiles (B, P, P, 3) uint8 into ``features[first:first + B]``; adds its
+    transfer and encode times and tile count to ``stats``."""
+    import torch
+
+    t0 = time.perf_counter()
+    tensor = torch.from_numpy(batch)  # (B, P, P, 3) uint8
+    if pinned is not None:
+        staging = pinned[:len(batch)]
+        staging.copy_(tensor)
+        tensor = staging.to(device, non_blocking=True)
+        if sync:
+            torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        out_feats = _encode_batch(encoder, tensor)  # (B, D)
+        features[first:first + len(batch)] = out_feats.float().cpu().numpy()
+    t2 = time.perf_counter()
+    stats.transfer_s += t1 - t0
+    stats.encode_s += t2 - t1
+    stats.tiles += len(batch)
 
 
 def _feature_attrs(slide: Any, grid: Any, encoder: Any, encoder_spec: Any, sha: str, key: str, tissue: Any,
@@ -268,15 +320,24 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         check_writable(out_dir, expected_size(n, int(encoder.dim)))  # free space for the feature file
         yield Progress(Stage.TISSUE, 1, 1, f"{slide.slide_id}: {n} tiles")
 
+        partial = partial_path(out)
+        done = _read_partial(partial, key, grid.coords, int(encoder.dim))  # tiles kept by a cancelled run
+        stats.resumed = 0 if done is None else len(done)
         reader = ParallelTileReader(slide.path, grid, ReaderConfig(
-            workers=workers or os.cpu_count() or 1, batch_size=batch_size, prefetch=prefetch))
+            workers=workers or os.cpu_count() or 1, batch_size=batch_size, prefetch=prefetch),
+            indices=(stats.resumed, n))
+
+        def keep_partial(finished: np.ndarray) -> None:
+            write_features(partial, finished, grid.coords[:len(finished)], {"cache_key": key, "partial_of": n})
+
         features = yield from _encode_tiles(reader, encoder, n, grid.patch_size, device, batch_size, stats,
-                                            slide.slide_id)
+                                            slide.slide_id, done=done, keep_partial=keep_partial)
 
         t0 = time.perf_counter()
         yield Progress(Stage.WRITE, 0, 1, slide.slide_id)
         write_features(out, features, grid.coords,
                        _feature_attrs(slide, grid, encoder, encoder_spec, sha, key, tissue, tiling, stats.warnings))
+        partial.unlink(missing_ok=True)
         stats.write_s = time.perf_counter() - t0
         stats.total_s = time.perf_counter() - t_start
         yield Progress(Stage.WRITE, 1, 1, slide.slide_id)
