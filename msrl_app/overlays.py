@@ -9,23 +9,26 @@ patch, drawn scaled (no smoothing) over the slide, instead of 10^5 rectangles.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QTransform
 
-# "Turbo" (Google, Apache-2.0) sampled at 15 evenly spaced points; linearly interpolated to 256.
-_TURBO_STOPS = np.array([
-    (48, 18, 59), (65, 69, 171), (70, 117, 237), (57, 162, 252), (27, 207, 212), (36, 236, 166),
-    (97, 252, 108), (164, 252, 59), (209, 232, 52), (243, 198, 58), (254, 155, 45), (243, 105, 21),
-    (217, 56, 6), (177, 18, 1), (122, 4, 3)], dtype=np.float64)
+COLORMAPS = {"viridis": "Viridis", "magma": "Magma", "cividis": "Cividis (colour-vision friendly)",
+             "turbo": "Turbo (rainbow)"}
+"""Heat-map colour maps (pyqtgraph's copies of matplotlib's and Google's maps), the perceptually
+uniform ones first; the name → the menu's wording."""
+DEFAULT_COLORMAP = "viridis"  # perceptually uniform: equal steps in rank look like equal steps in colour
 
 
-def colormap_lut(n: int = 256) -> np.ndarray:
-    """(n, 3) uint8 RGB lookup table of the turbo colormap, low -> high."""
-    x = np.linspace(0.0, 1.0, n)
-    xp = np.linspace(0.0, 1.0, len(_TURBO_STOPS))
-    return np.stack([np.interp(x, xp, _TURBO_STOPS[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
+def colormap_lut(n: int = 256, name: str = DEFAULT_COLORMAP) -> np.ndarray:
+    """(n, 3) uint8 RGB lookup table of the colour map ``name`` (:data:`COLORMAPS`), low -> high."""
+    import pyqtgraph as pg  # lazy: the heat-map exists only after an analysis, when pyqtgraph is loaded
+
+    if name not in COLORMAPS:
+        raise ValueError(f"unknown colour map {name!r}; use one of {', '.join(COLORMAPS)}")
+    return np.asarray(pg.colormap.get(name).getLookupTable(0.0, 1.0, n, alpha=False), dtype=np.uint8)
 
 
 def normalize(values: np.ndarray, mode: str = "percentile") -> np.ndarray:
@@ -96,17 +99,37 @@ def grid_raster(coords: np.ndarray, size_level0: float, rgba: np.ndarray) -> Gri
     return GridRaster(rgba_to_qimage(canvas), rect, len(cells))
 
 
-def attention_rgba(values: np.ndarray, normalization: str = "percentile") -> np.ndarray:
-    """Per-patch scores (N,) -> (N, 4) uint8 opaque turbo colours (low blue -> high red)."""
-    lut = colormap_lut()
+def attention_rgba(values: np.ndarray, normalization: str = "percentile",
+                   colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
+    """Per-patch scores (N,) -> (N, 4) uint8 opaque colours of ``colormap`` (low -> high)."""
+    lut = colormap_lut(256, colormap)
     index = np.clip((normalize(values, normalization) * 255).round().astype(int), 0, 255)
     return np.concatenate([lut[index], np.full((len(index), 1), 255, np.uint8)], axis=1)  # (N, 4)
 
 
 def heatmap_raster(coords: np.ndarray, size_level0: float, values: np.ndarray,
-                   normalization: str = "percentile") -> GridRaster:
+                   normalization: str = "percentile", colormap: str = DEFAULT_COLORMAP) -> GridRaster:
     """The attention heat-map of patches ``coords`` (N, 2) as one grid image (viewer and report)."""
-    return grid_raster(coords, size_level0, attention_rgba(values, normalization))
+    return grid_raster(coords, size_level0, attention_rgba(values, normalization, colormap))
+
+
+class HeatmapLegend(NamedTuple):
+    """What the heat-map legend shows."""
+
+    label: str  # e.g. "Attention (survival)"
+    low: float  # the smallest value
+    high: float  # the largest value
+    normalization: str  # "percentile" (colours by rank, as the PDF) or "minmax"
+    colormap: str  # a key of COLORMAPS
+
+
+@dataclass(frozen=True)
+class PatchValue:
+    """The heat-map value under a point: which patch, its score and its rank among the slide's patches."""
+
+    index: int  # patch index (row of the result's coords)
+    value: float  # the score (e.g. attention weight)
+    percentile: float  # 100 · rank / (N − 1): the share of this slide's patches scored lower, in %
 
 
 class OverlayLayers:
@@ -119,6 +142,7 @@ class OverlayLayers:
         self.visible = {"tissue": False, "patches": True, "heatmap": True}
         self.opacity = {"tissue": 0.6, "patches": 0.9, "heatmap": 0.55}
         self.heat_label = ""
+        self.colormap = DEFAULT_COLORMAP
         self.clear()
 
     def clear(self) -> None:
@@ -130,6 +154,8 @@ class OverlayLayers:
         self.patch_raster: GridRaster | None = None
         self.heat: GridRaster | None = None
         self.heat_range: tuple[float, float] | None = None
+        self.heat_normalization = "percentile"
+        self._heat_args: tuple[np.ndarray, float, np.ndarray] | None = None  # coords (N, 2), size, values (N,)
 
     def set_tissue_mask(self, mask: np.ndarray, downsample: float) -> None:
         mask = np.asarray(mask, dtype=bool)
@@ -148,15 +174,38 @@ class OverlayLayers:
     def set_heatmap(self, coords: np.ndarray | None, size_level0: float, values: np.ndarray | None,
                     label: str, normalization: str) -> None:
         if coords is None:
-            self.heat, self.heat_range = None, None
+            self.heat, self.heat_range, self._heat_args = None, None, None
             return
         values = np.asarray(values, dtype=np.float64).reshape(-1)  # (N,)
         coords = np.asarray(coords).reshape(-1, 2)
         if len(values) != len(coords):
             raise ValueError(f"{len(coords)} patches but {len(values)} heat-map values")
-        self.heat = heatmap_raster(coords, size_level0, values, normalization)
+        self.heat = heatmap_raster(coords, size_level0, values, normalization, self.colormap)
         self.heat_range = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
-        self.heat_label = label
+        self.heat_label, self.heat_normalization = label, normalization
+        self._heat_args = (np.asarray(coords, dtype=np.float64), float(size_level0), values)
+
+    def set_colormap(self, name: str) -> bool:
+        """Redraw the heat-map with the colour map ``name``; True when this changed it."""
+        if name not in COLORMAPS:
+            raise ValueError(f"unknown colour map {name!r}; use one of {', '.join(COLORMAPS)}")
+        changed, self.colormap = name != self.colormap, name
+        if changed and self._heat_args is not None:
+            coords, size, values = self._heat_args
+            self.heat = heatmap_raster(coords, size, values, self.heat_normalization, name)
+        return changed
+
+    def value_at(self, x: float, y: float) -> PatchValue | None:
+        """The heat-map patch containing the level-0 point (x, y), its value and rank; None outside."""
+        if self._heat_args is None:
+            return None
+        coords, size, values = self._heat_args
+        inside = np.flatnonzero((coords[:, 0] <= x) & (x < coords[:, 0] + size)
+                                & (coords[:, 1] <= y) & (y < coords[:, 1] + size))
+        if not len(inside):
+            return None
+        i = int(inside[0])
+        return PatchValue(i, float(values[i]), float(100 * normalize(values, "percentile")[i]))
 
     def available(self, name: str) -> bool:
         return {"tissue": self.tissue_image, "patches": self.patch_raster, "heatmap": self.heat}[name] is not None

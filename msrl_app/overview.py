@@ -9,7 +9,7 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QImage, QLinearGradient, QMouseEvent, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from msrl_app.overlays import colormap_lut
+from msrl_app.overlays import DEFAULT_COLORMAP, HeatmapLegend, colormap_lut
 
 if TYPE_CHECKING:
     from msrl_app.viewer import SlideViewer
@@ -101,18 +101,25 @@ class OverviewWidget(QWidget):
 
 
 class ColorLegend(QWidget):
-    """Horizontal colour bar of the heat-map colormap with its title and value range."""
+    """Horizontal colour bar of the heat-map's colour map with its title and scale: by rank (the
+    colours of a percentile heat-map, as in the PDF: lowest to highest of this slide's patches) or by
+    value (min–max)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._title, self._lo, self._hi = "", "", ""
+        self._colormap = DEFAULT_COLORMAP
         self.setMinimumHeight(48)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
-    def set_range(self, title: str, lo: float, hi: float, low_text: str = "low",
-                  high_text: str = "high") -> None:
-        self._title = title
-        self._lo, self._hi = f"{low_text} ({lo:.3g})", f"{high_text} ({hi:.3g})"
+    def set_legend(self, legend: HeatmapLegend) -> None:
+        self._colormap = legend.colormap
+        if legend.normalization == "percentile":
+            self._title = f"{legend.label}: rank among this slide's patches"
+            self._lo, self._hi = "lowest", "highest"
+        else:
+            self._title = legend.label
+            self._lo, self._hi = f"low ({legend.low:.3g})", f"high ({legend.high:.3g})"
         self.update()
 
     def texts(self) -> tuple[str, str, str]:
@@ -126,7 +133,7 @@ class ColorLegend(QWidget):
         metrics = painter.fontMetrics()
         bar = QRectF(2, metrics.height() + 2, self.width() - 4, 12)
         gradient = QLinearGradient(bar.topLeft(), bar.topRight())
-        lut = colormap_lut(16)
+        lut = colormap_lut(16, self._colormap)
         for i, (r, g, b) in enumerate(lut):
             gradient.setColorAt(i / (len(lut) - 1), QColor(int(r), int(g), int(b)))
         painter.fillRect(bar, gradient)

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor
-from PySide6.QtWidgets import (QCheckBox, QGridLayout, QHeaderView, QLabel, QSlider, QTreeWidget,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QGridLayout, QHeaderView, QLabel, QSlider, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
+from msrl_app.overlays import COLORMAPS
 from msrl_app.overview import ColorLegend
 from msrl_app.viewer import SlideViewer
 
@@ -134,12 +135,19 @@ class OverlayPanel(QWidget):
             grid.addWidget(slider, row, 2)
             self.checks[name], self.sliders[name] = check, slider
         self.legend = ColorLegend()
+        self.colormap_combo = QComboBox()  # the heat-map's colour map
+        for name, title in COLORMAPS.items():
+            self.colormap_combo.addItem(title, name)
+        self.colormap_combo.setToolTip("Colour map of the heat-map (the first three are perceptually uniform)")
+        self.colormap_combo.currentIndexChanged.connect(
+            lambda _: self.viewer.set_heatmap_colormap(self.colormap_combo.currentData()))
         self.tissue_label = QLabel()
         self.tissue_label.setStyleSheet("color: #9aa0a8;")
         layout = QVBoxLayout(self)
         layout.addLayout(grid)
         layout.addWidget(self.tissue_label)
         layout.addWidget(self.legend)
+        layout.addWidget(self.colormap_combo)
         layout.addStretch(1)
         viewer.overlaysChanged.connect(self.refresh)
         self.refresh()
@@ -161,4 +169,8 @@ class OverlayPanel(QWidget):
         legend = self.viewer.heatmap_legend()
         self.legend.setVisible(legend is not None)
         if legend is not None:
-            self.legend.set_range(*legend)
+            self.legend.set_legend(legend)
+            self.colormap_combo.blockSignals(True)
+            self.colormap_combo.setCurrentIndex(max(0, self.colormap_combo.findData(legend.colormap)))
+            self.colormap_combo.blockSignals(False)
+        self.colormap_combo.setVisible(legend is not None)

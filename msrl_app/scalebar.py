@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QPainter
 
@@ -27,6 +29,17 @@ def format_length(um: float) -> str:
 def magnification(mpp: float, scale: float) -> float:
     """Equivalent objective magnification on screen: 10 / (µm per screen pixel)."""
     return 10.0 * scale / mpp
+
+
+def position_text(dimensions: tuple[int, int], mpp: float, x: float, y: float, patch: Any = None) -> str:
+    """The status-bar readout of the level-0 point (x, y): millimetres and pixels, and the heat-map
+    patch under it (a :class:`msrl_app.overlays.PatchValue`: its attention and rank); '' off the slide."""
+    w0, h0 = dimensions
+    if not (0 <= x < w0 and 0 <= y < h0):
+        return ""
+    value = (f" · patch {patch.index}: attention {patch.value:.3g}, higher than {patch.percentile:.0f}% of this "
+             "slide's patches" if patch is not None else "")
+    return f"x {x * mpp / 1000:.3f} mm, y {y * mpp / 1000:.3f} mm ({int(x):,}, {int(y):,} px){value}"
 
 
 def format_magnification(mag: float) -> str:

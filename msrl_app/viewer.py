@@ -29,7 +29,7 @@ from PySide6.QtGui import (QColor, QFont, QImage, QPainter, QPaintEvent, QResize
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from msrl_app.navigation import NavigationMixin
-from msrl_app.overlays import OverlayLayers
+from msrl_app.overlays import HeatmapLegend, OverlayLayers, PatchValue
 from msrl_app.overview import BACKGROUND, ColorLegend, OverviewWidget  # noqa: F401 - re-exported
 from msrl_app.scalebar import (NICE_LENGTHS_UM, format_length, format_magnification,  # noqa: F401 - re-exported
                                magnification, nice_scale_length, paint_hud)
@@ -365,7 +365,7 @@ class SlideViewer(NavigationMixin, QWidget):
     def set_heatmap(self, coords: np.ndarray | None, size_level0: float = 0.0,
                     values: np.ndarray | None = None, label: str = "Attention",
                     normalization: str = "percentile") -> None:
-        """Per-patch scores drawn with the turbo colormap (low blue -> high red).
+        """Per-patch scores drawn with the current colour map (:meth:`set_heatmap_colormap`, low -> high).
 
         Args:
             coords: (N, 2) level-0 top-left corners of the patches; None clears the heat-map.
@@ -377,10 +377,24 @@ class SlideViewer(NavigationMixin, QWidget):
         self._layers.set_heatmap(coords, size_level0, values, label, normalization)
         self._overlays_changed()
 
-    def heatmap_legend(self) -> tuple[str, float, float] | None:
-        """(label, min value, max value) of the heat-map, None without one."""
+    def heatmap_legend(self) -> HeatmapLegend | None:
+        """What the heat-map's legend shows (its scale is the PDF's), None without a heat-map."""
         layers = self._layers
-        return None if layers.heat_range is None else (layers.heat_label, *layers.heat_range)
+        if layers.heat_range is None:
+            return None
+        return HeatmapLegend(layers.heat_label, *layers.heat_range, layers.heat_normalization, layers.colormap)
+
+    def heatmap_value_at(self, x: float, y: float) -> PatchValue | None:
+        """The heat-map patch under the level-0 point (x, y): its value and rank (None outside)."""
+        return self._layers.value_at(x, y)
+
+    def heatmap_colormap(self) -> str:
+        return self._layers.colormap
+
+    def set_heatmap_colormap(self, name: str) -> None:
+        """Draw the heat-map with the colour map ``name`` (:data:`msrl_app.overlays.COLORMAPS`)."""
+        if self._layers.set_colormap(name):
+            self._overlays_changed()
 
     def overlay_available(self, name: str) -> bool:
         return self._layers.available(name)

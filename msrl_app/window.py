@@ -31,7 +31,7 @@ from msrl_app.labels import model_display_name
 from msrl_app.dialogs import APP, MAX_RECENT, SLIDE_FILTER, SLIDE_SUFFIXES, RecentFiles  # noqa: F401 - re-exported
 from msrl_app.overview import OverviewWidget
 from msrl_app.panels import OverlayPanel, SlidePropertiesPanel
-from msrl_app.scalebar import format_magnification
+from msrl_app.scalebar import format_magnification, position_text
 from msrl_app.state import AppState, ErrorReport, JobState, StatusMessage, primary_task
 from msrl_app.theme import apply_theme  # noqa: F401 - re-exported (main, docs/screenshots.py)
 from msrl_app.viewer import SlideViewer
@@ -455,12 +455,8 @@ class MainWindow(QMainWindow):
         slide = self.viewer.slide
         if slide is None:
             return
-        w0, h0 = slide.dimensions
-        if 0 <= x < w0 and 0 <= y < h0:
-            self.position_label.setText(f"x {x * slide.mpp / 1000:.3f} mm, y {y * slide.mpp / 1000:.3f} mm "
-                                        f"({int(x):,}, {int(y):,} px)")
-        else:
-            self.position_label.setText("")
+        patch = self.viewer.heatmap_value_at(x, y) if self.viewer.overlay_visible("heatmap") else None
+        self.position_label.setText(position_text(slide.dimensions, slide.mpp, x, y, patch))
 
     def _sync_overlay_actions(self) -> None:
         for name, act in self.overlay_actions.items():

@@ -8,7 +8,7 @@ from PySide6.QtCore import QPoint, QPointF, QRectF, Qt
 from PySide6.QtGui import QImage, QMouseEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
-from msrl_app.overlays import colormap_lut, grid_raster, normalize
+from msrl_app.overlays import HeatmapLegend, colormap_lut, grid_raster, normalize
 from msrl_app.tiles import TileCache, choose_level, tiles_in_rect
 from msrl_app.viewer import (ColorLegend, OverviewWidget, SlideViewer, format_length, magnification,
                              nice_scale_length)
@@ -89,8 +89,14 @@ def test_tile_cache_is_lru_and_bounded():
 def test_overlay_rasters():
     assert normalize(np.array([3.0, 1.0, 2.0])).tolist() == [1.0, 0.0, 0.5]
     assert normalize(np.array([1.0, 3.0]), "minmax").tolist() == [0.0, 1.0]
-    lut = colormap_lut()
-    assert lut.shape == (256, 3) and lut[0, 2] > lut[0, 0] and lut[-1, 0] > lut[-1, 2]  # blue -> red
+    lut = colormap_lut()  # viridis: dark purple -> yellow, lightness rising throughout
+    assert lut.shape == (256, 3) and lut[0, 2] > lut[0, 1] and lut[-1, 0] > lut[-1, 2]
+    lightness = lut.astype(float) @ np.array([0.299, 0.587, 0.114])
+    assert np.all(np.diff(lightness[::16]) > 0)  # perceptually ordered, unlike a rainbow
+    turbo = colormap_lut(256, "turbo")
+    assert not np.all(np.diff((turbo.astype(float) @ np.array([0.299, 0.587, 0.114]))[::16]) > 0)
+    with pytest.raises(ValueError, match="unknown colour map"):
+        colormap_lut(16, "jet")
     coords = np.array([[100, 200], [356, 200], [100, 456]])
     raster = grid_raster(coords, 256, np.array([255, 0, 0, 255], np.uint8))
     assert (raster.image.width(), raster.image.height()) == (2, 2)
@@ -290,9 +296,14 @@ def test_heatmap_and_patches_are_drawn_and_toggle(qtbot, viewer):
     coords = np.stack([xs.ravel(), ys.ravel()], axis=1)  # (48, 2)
     values = np.linspace(0, 1, len(coords))
     viewer.set_heatmap(coords, 256, values, label="Attention")
-    assert viewer.heatmap_legend() == ("Attention", 0.0, 1.0)
+    assert viewer.heatmap_legend() == ("Attention", 0.0, 1.0, "percentile", "viridis")
     heat = _pixel(viewer, 200, 150)
     assert heat != base
+    patch = viewer.heatmap_value_at(300, 10)  # x 300 is in the second patch of the first row
+    assert (patch.index, patch.value) == (1, values[1]) and patch.percentile == pytest.approx(100 / 47)
+    assert viewer.heatmap_value_at(5000, 5000) is None
+    viewer.set_heatmap_colormap("magma")
+    assert _pixel(viewer, 200, 150) not in (heat, base) and viewer.heatmap_legend().colormap == "magma"
     viewer.set_overlay_visible("heatmap", False)
     assert _pixel(viewer, 200, 150) == base
     viewer.set_patches(coords, 256)
@@ -328,7 +339,21 @@ def test_switching_slides_resets_tiles_and_overlays(qtbot, viewer, cmu_slide):
     assert viewer.cached_tiles() == viewer.visible_tiles()
 
 
-def test_legend_texts():
+@pytest.mark.parametrize("normalization, texts", [
+    ("percentile", ("Attention: rank among this slide's patches", "lowest", "highest")),  # as the PDF
+    ("minmax", ("Attention", "low (0.001)", "high (0.25)")),
+])
+def test_legend_texts(normalization, texts):
     legend = ColorLegend()
-    legend.set_range("Attention", 0.001, 0.25)
-    assert legend.texts() == ("Attention", "low (0.001)", "high (0.25)")
+    legend.set_legend(HeatmapLegend("Attention", 0.001, 0.25, normalization, "cividis"))
+    assert legend.texts() == texts
+
+
+def test_position_readout_names_the_patch_under_the_cursor():
+    from msrl_app.overlays import PatchValue
+    from msrl_app.scalebar import position_text
+
+    text = position_text((2048, 1536), 0.5, 300.0, 10.0, PatchValue(1, 0.0123, 87.2))
+    assert text == ("x 0.150 mm, y 0.005 mm (300, 10 px) · patch 1: attention 0.0123, higher than 87% of this "
+                    "slide's patches")
+    assert position_text((2048, 1536), 0.5, 3000.0, 10.0) == ""
