@@ -1,7 +1,8 @@
 """Take the README's screenshots of the main window before and after Analyze, in a real X window.
 
 Run under Xvfb (see FIELD-NOTES): ``Xvfb :99 -screen 0 1600x1000x24 -nolisten tcp &`` then
-``DISPLAY=:99 python docs/screenshots.py SLIDE BUNDLE docs/img``. The screen is captured with
+``DISPLAY=:99 python docs/screenshots.py SLIDE BUNDLE docs/img [WIDTHxHEIGHT]`` (default 1600x1000;
+another size is added to the file names, e.g. ``main-window-after-1366x768.png``). The screen is captured with
 Pillow's ``ImageGrab`` from the X display, i.e. exactly what a user would see. Without a display,
 ``QT_QPA_PLATFORM=offscreen python docs/screenshots.py …`` grabs the window itself (``window.grab()``).
 """
@@ -43,11 +44,15 @@ def _shot(window: MainWindow, path: Path) -> None:
         return
     from PIL import ImageGrab
 
-    ImageGrab.grab(xdisplay=os.environ["DISPLAY"]).save(path)
+    frame = window.frameGeometry()  # the window on the X screen, as a user sees it
+    ImageGrab.grab(bbox=(frame.x(), frame.y(), frame.x() + frame.width(), frame.y() + frame.height()),
+                   xdisplay=os.environ["DISPLAY"]).save(path)
 
 
-def main(slide: str, bundle: str, out_dir: str) -> None:
+def main(slide: str, bundle: str, out_dir: str, size: str = "1600x1000") -> None:
     out = Path(out_dir)
+    width, height = (int(v) for v in size.lower().split("x"))
+    tag = "" if size == "1600x1000" else f"-{size}"
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="msrl-shots-"))
     os.environ["MSRL_STUDIO_CACHE_DIR"] = str(scratch / "cache")
@@ -57,25 +62,25 @@ def main(slide: str, bundle: str, out_dir: str) -> None:
     settings = QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat)
     window = MainWindow(settings=settings)
     window.show_dialogs = False
-    window.setGeometry(0, 0, 1600, 1000)
+    window.setGeometry(0, 0, width, height)
     window.show()
     window.set_bundle(bundle)
     window.open_slide(slide)
     _wait(app, lambda: window.viewer.thumbnail() is not None and window.bundle_manifest is not None)
     _settle(app)
-    _shot(window, out / "main-window-before.png")
+    _shot(window, out / f"main-window-before{tag}.png")
     if window.analyze_and_wait() != "done":
         raise SystemExit(f"analysis failed: {window.last_error}")
     _settle(app, 3.0)
-    _shot(window, out / "main-window-after.png")
+    _shot(window, out / f"main-window-after{tag}.png")
     window.results.tabs.setCurrentIndex(2)  # the linked training cases
     _settle(app)
-    _shot(window, out / "main-window-linked-cases.png")
+    _shot(window, out / f"main-window-linked-cases{tag}.png")
     window.close()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or ("DISPLAY" not in os.environ and os.environ.get("QT_QPA_PLATFORM") != "offscreen"):
+    if len(sys.argv) not in (4, 5) or ("DISPLAY" not in os.environ and os.environ.get("QT_QPA_PLATFORM") != "offscreen"):
         raise SystemExit("usage: DISPLAY=:99 (or QT_QPA_PLATFORM=offscreen) python docs/screenshots.py "
-                         "SLIDE BUNDLE OUT_DIR")
+                         "SLIDE BUNDLE OUT_DIR [WIDTHxHEIGHT]")
     main(*sys.argv[1:])
