@@ -73,6 +73,9 @@ def main(slide: str, bundle: str, out_dir: str, size: str = "1600x1000") -> None
         raise SystemExit(f"analysis failed: {window.last_error}")
     _settle(app, 3.0)
     _shot(window, out / f"main-window-after{tag}.png")
+    window.results.tabs.setCurrentIndex(1)  # class probabilities with their conformal sets
+    _settle(app)
+    _shot(window, out / f"main-window-probabilities{tag}.png")
     window.results.tabs.setCurrentIndex(2)  # the linked training cases
     _settle(app)
     _shot(window, out / f"main-window-linked-cases{tag}.png")

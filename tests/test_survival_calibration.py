@@ -113,3 +113,11 @@ def test_describe_bins_reads_as_times():
     assert describe_bins([1, 3], edges) == "between 14 and 31 months, or after 52 months"
     assert describe_bins([0, 1], edges) == "before 31 months"
     assert describe_bins([0, 1, 2, 3], edges) == "at any time"
+
+
+def test_evaluation_times_stay_inside_the_test_follow_up():
+    train = np.array([1.0, 30.0, 50.0])
+    assert evaluation_times(EDGES, train, np.array([6.0, 12.0, 40.0])).tolist() == [10.0, 20.0]  # not 5: before 6
+    assert evaluation_times(EDGES, train, np.array([16.87, 16.87])).tolist() == []  # no range: no time
+    assert fold_brier(np.array([[0.9, 0.7, 0.5, 0.0]] * 2), EDGES, np.array([16.87, 16.87]), np.array([0, 1]),
+                      train, np.array([0, 0, 1])) is None

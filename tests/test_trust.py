@@ -123,7 +123,7 @@ def test_shipped_bundle_reads_class_names_and_informative(shipped):
     assert shipped.bundle.tasks["TP53_mut"].class_names == ["wild-type", "mutant"]
     assert shipped.bundle.tasks["HER2_status"].class_names == ["negative", "positive"]
     assert shipped.bundle.tasks["stage"].class_names == ["I", "II", "III", "IV"]
-    assert shipped.applicability.source == "shipped calibration" and len(shipped.applicability.scores) == 350
+    assert shipped.applicability.source == "bundle" and len(shipped.applicability.scores) == 350  # its own slides
 
 
 def test_cmu_slide_is_flagged_and_says_so_everywhere(shipped, tmp_path):

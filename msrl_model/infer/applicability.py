@@ -30,10 +30,8 @@ profile, so they sit a little farther from everyone.
 
 **Stored**: a bundle written since keeps the training slides' profiles in ``buffer.h5``
 (``/applicability/slide_means`` (m, P) float32, at most :data:`MAX_SLIDES` of them) and, in its manifest,
-``applicability`` ``{statistic, level, k, scores}`` (the leave-one-out :math:`s_t`). The shipped bundle
-was written before: its training slides were regenerated from the cohort's recipe and their profiles
-are shipped beside it (:mod:`~msrl_model.infer.bundle.shipped_calibration`, pinned to its manifest).
-Any other bundle without them gets no p-value and a note saying so.
+``applicability`` ``{statistic, level, k, scores}`` (the leave-one-out :math:`s_t`); the shipped bundle
+does too. A bundle without them (written before they were kept) gets no p-value and a note saying so.
 
 Measured on the shipped bundle (350 training slides of 2048 × 1536 px): training scores 0.16–0.55
 (95 % below 0.38); the CMU skin slide 0.94 (p = 1/351, the smallest possible); 20 fresh synthetic
@@ -123,7 +121,7 @@ class ApplicabilityCheck:
         mean, std: (P,) the slide encoder's ``patch_mean`` / ``patch_std``.
         block: the ``applicability`` entry ({statistic, level, k, scores}); None when the bundle has none.
         profiles: (m, P) the training slides' profiles, row t scored ``block["scores"][t]``.
-        source: where they come from ("bundle", "shipped calibration").
+        source: where they come from ("bundle").
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, block: dict[str, Any] | None,
@@ -159,14 +157,9 @@ class ApplicabilityCheck:
 
 
 def bundle_check(bundle: Any, mean: np.ndarray, std: np.ndarray) -> ApplicabilityCheck:
-    """The check of a loaded bundle: its own calibration, else the shipped bundle's pinned one, else none."""
-    from msrl_model.infer.bundle.shipped_calibration import shipped_calibration
-
+    """The check of a loaded bundle: its own calibration, or none (a bundle written before they were kept)."""
     block = bundle.manifest.get("applicability")
-    if isinstance(block, dict) and bundle.slide_profiles is not None:
-        return ApplicabilityCheck(mean, std, block, bundle.slide_profiles, "bundle")
-    block, profiles = shipped_calibration(bundle.fingerprint)
-    return ApplicabilityCheck(mean, std, block, profiles, "shipped calibration")
+    return ApplicabilityCheck(mean, std, block if isinstance(block, dict) else None, bundle.slide_profiles, "bundle")
 
 
 __all__ = ["ApplicabilityCheck", "DEFAULT_K", "DEFAULT_LEVEL", "MAX_SLIDES", "STATISTIC", "UNLIKE", "bundle_check",

@@ -206,7 +206,7 @@ class Applicability:
     level: float  # the slide is flagged when p_value < level (the bundle's level, default 0.05)
     flagged: bool  # p_value < level: the slide is unlike the training cohort
     score: float | None  # mean distance of the slide's profile to its k nearest training slides; None: unchecked
-    calibration: str  # where the training slides' profiles come from ("bundle", "shipped calibration", "none")
+    calibration: str  # where the training slides' profiles come from ("bundle", or "none": the bundle has none)
     n_calibration: int  # training slides behind p_value
     message: str  # one sentence for the user
 

@@ -66,11 +66,12 @@ def _below_train_max(train_times: np.ndarray) -> float:
 
 
 def evaluation_times(edges: Sequence[float], train_times: np.ndarray, test_times: np.ndarray) -> np.ndarray:
-    """The finite interior bin edges that lie inside both follow-up ranges (the censoring curve is
-    known only below the largest training follow-up)."""
+    """The finite interior bin edges inside the test cases' follow-up range [shortest, longest) —
+    with the longest clipped to where the training cases' censoring curve is known — as
+    scikit-survival requires."""
     ends = np.asarray(edges, np.float64)[1:-1]
-    limit = min(_below_train_max(train_times), float(np.max(test_times)))
-    return ends[(ends > 0) & (ends < limit)]
+    test = np.minimum(np.asarray(test_times, np.float64), _below_train_max(train_times))
+    return ends[(ends > 0) & (ends >= float(test.min())) & (ends < float(test.max()))]
 
 
 def fold_brier(survival: np.ndarray, edges: Sequence[float], test_times: np.ndarray, test_censorship: np.ndarray,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from msrl_model.errors import BundleError
 
-# sha256sum resources/bundle/manifest.json, as committed (the demo bundle of c4d5e74).
-SHIPPED_MANIFEST_SHA256 = "19975eac2b46903fe65fa714cec7a31e1870b532d1953c8a2a5a4cad984f5a58"
+# sha256sum resources/bundle/manifest.json, as committed (the demo bundle rebuilt for issues 9, 11 and 12).
+SHIPPED_MANIFEST_SHA256 = "8553a4cbd0982d2d2c5012ef4c2c04d1b7bed6f2d472c178427feb7bcf475594"
 SHIPPED_PROVENANCE = "shipped with MSRL Studio (pinned fingerprint verified)"
 
 _ROOT = Path(__file__).resolve().parents[3]  # the folder holding msrl_model/ (source tree or site-packages)
