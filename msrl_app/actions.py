@@ -125,11 +125,40 @@ def build_menus(w: MainWindow) -> None:
     device_menu = settings_menu.addMenu("&Device")
     for act in w.device_actions.values():
         device_menu.addAction(act)
+    build_coverage_menu(w, settings_menu)
     build_foundation_models(w, settings_menu)
     help_menu = menu.addMenu("&Help")
     help_menu.addAction(w.model_card_action)
     help_menu.addSeparator()
     help_menu.addAction(w.about_action)
+
+
+COVERAGES = (0.8, 0.9, 0.95)  # the conformal coverages offered in Settings ▸ Prediction sets
+
+
+def build_coverage_menu(w: MainWindow, settings_menu: QMenu) -> None:
+    """Settings ▸ Prediction sets: the coverage of the conformal sets (remembered; ``w.coverage_actions``).
+    A change applies from the next Analyze (the slide's features are cached: it is quick)."""
+    stored = float(w.settings.value("analysis/coverage", 0.9))
+    coverage = min(COVERAGES, key=lambda c: abs(c - stored))
+    menu = settings_menu.addMenu("&Prediction sets")
+    group = QActionGroup(w)
+    w.coverage_actions = {}
+    for c in COVERAGES:
+        act = QAction(f"{c:.0%} coverage", w, checkable=True)
+        act.setToolTip(f"Conformal sets that hold the true class / event time for {c:.0%} of cases like the "
+                       "training cases; applies from the next Analyze")
+        act.toggled.connect(lambda on, c=c: on and _set_coverage(w, c))
+        group.addAction(act)
+        menu.addAction(act)
+        w.coverage_actions[c] = act
+    w.coverage_actions[coverage].setChecked(True)
+    w.state.set_coverage(coverage)
+
+
+def _set_coverage(w: MainWindow, coverage: float) -> None:
+    w.state.set_coverage(coverage)
+    w.settings.setValue("analysis/coverage", coverage)
 
 
 def build_foundation_models(w: MainWindow, settings_menu: QMenu) -> None:

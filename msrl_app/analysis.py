@@ -119,6 +119,7 @@ class AnalysisRequest:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     project: str | None = None  # cancer type of the slide; None = the bundle's default
     expression: dict[str, float] | None = None  # this case's expression: runs MSRL_multi
+    coverage: float = 0.9  # of the conformal prediction sets (classes, survival time bins)
     batch_size: int = 64  # patch-encoder batch on a GPU (halved on out-of-GPU-memory); CPU_BATCH on the CPU
     cache: Path = field(default_factory=features_dir)  # feature cache folder
 
@@ -182,6 +183,7 @@ def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Genera
         yield Progress(Stage.LOAD_MODEL, 0, 1, Path(request.bundle).name)
         predictor = predictors.get(request.bundle, device)
         yield Progress(Stage.LOAD_MODEL, 1, 1, Path(request.bundle).name)
+        predictor.coverage = request.coverage
         if not str(getattr(predictor, "device_name", device)).startswith("cuda"):
             batch = min(batch, CPU_BATCH)
         try:

@@ -119,6 +119,7 @@ class AppState:
         self.projects: list[str] = []  # the bundle's training projects
         self.project: str | None = None  # the slide's cancer type; None = not specified
         self.device = "auto"  # "auto" | "cpu" | "cuda"
+        self.coverage = 0.9  # of the conformal prediction sets (Settings ▸ Prediction sets)
         self.expression: dict[str, float] | None = None  # this case's expression (MSRL_multi)
         self.expression_name = ""  # the expression file's name
         self.regions: list[Region] = []  # annotated regions (reserved)
@@ -241,6 +242,12 @@ class AppState:
         job.start()
 
     # -- bundle, device, project --------------------------------------------------------------------
+    def set_coverage(self, coverage: float) -> None:
+        """The coverage of the conformal prediction sets of the next Analyze (e.g. 0.9)."""
+        if not 0.0 < coverage < 1.0:
+            raise ValueError(f"coverage {coverage} must be between 0 and 1")
+        self.coverage = float(coverage)
+
     def set_device(self, device: str) -> None:
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}")
@@ -346,7 +353,7 @@ class AppState:
             self.events.finished.emit("error")
             return False
         request = AnalysisRequest(slide=self.slide, bundle=self.bundle_path, device=self.device,
-                                  project=self.project, expression=self.expression,
+                                  project=self.project, expression=self.expression, coverage=self.coverage,
                                   cache=self.cache if self.cache is not None else features_dir())
         log.info("analyze %s with %s (device %s, project %s, %s)", request.slide, request.bundle,
                  request.device, request.project, "with expression" if request.expression else "slide only")

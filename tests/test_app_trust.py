@@ -94,3 +94,39 @@ def test_survival_shows_its_conformal_event_time_set_and_hides_the_ablation_metr
     assert metrics_line({"c_index@no_graph": {"mean": 0.7, "std": 0.1}}, "x", ", ") == ""
     panel.set_result(result)  # the random bundle has no survival calibration: no set, no line
     assert panel.survival_sections["survival"].event_set_label.isHidden()
+
+
+def test_prediction_set_coverage_is_a_remembered_setting_that_reaches_the_predictor(qtbot, tmp_path):
+    from msrl_app.analysis import AnalysisRequest, analysis_job
+
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings)
+    qtbot.addWidget(window)
+    assert window.state.coverage == 0.9 and window.coverage_actions[0.9].isChecked()
+    window.coverage_actions[0.95].trigger()
+    assert window.state.coverage == 0.95 and float(settings.value("analysis/coverage")) == 0.95
+    again = MainWindow(settings=settings)
+    qtbot.addWidget(again)
+    assert again.state.coverage == 0.95 and again.coverage_actions[0.95].isChecked()
+
+    class Predictor:  # records the coverage it predicts at
+        device_name = "cpu"
+        coverage = None
+
+        def predict_slide(self, *args, **kw):
+            yield from ()
+            return "result"
+
+        def cohort_risks(self):
+            return {}
+
+    predictor = Predictor()
+
+    class Cache:
+        def get(self, bundle, device):
+            return predictor
+
+    job = analysis_job(AnalysisRequest(slide=tmp_path / "s.svs", bundle=tmp_path / "b", coverage=0.8), Cache())
+    for _ in job:
+        pass
+    assert predictor.coverage == 0.8

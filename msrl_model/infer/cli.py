@@ -107,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON line per slide on stdout")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     p.add_argument("--coverage", type=float, default=0.9,
-                   help="coverage of the conformal prediction sets of classification tasks (default 0.9 = 90 %%; "
+                   help="coverage of the conformal prediction sets (classes; survival time bins) (default 0.9 = 90 %%; "
                         "needs a bundle with out-of-fold calibration scores)")
     add_encoding_arguments(p)
     p.add_argument("--max-patches", type=int, default=None, metavar="N",
