@@ -60,6 +60,8 @@ def test_small_run_writes_every_output(cohort_dir, tmp_path, capsys):
     for name in ("cv_results.csv", "cv_table.md", "km_survival_msrl.png", "km_survival_abmil.png",
                  "model_card.md", "config.toml", "train.log", "bundle/manifest.json"):
         assert (out / name).is_file(), name
+    assert (out / "calibration_survival.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the calibration plot
+    assert not (out / "calibration_stage.png").exists()  # survival only
     rows = list(csv.DictReader((out / "cv_results.csv").open()))
     assert {(r["method"], r["task"], r["metric"]) for r in rows} == {
         ("msrl", "survival", "c_index"), ("abmil", "survival", "c_index"),

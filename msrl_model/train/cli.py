@@ -6,7 +6,7 @@
 
 Writes to ``--out``: ``bundle/`` (or ``model.msrl`` with ``--zip``), ``cv_results.csv``, ``cv_table.md``
 (with † / ‡ where a method differs from MSRL), ``cv_significance.csv``, ``cv_summary.json``,
-``km_<task>_<method>.png``, ``model_card.md``, ``config.toml``, ``train.log`` (and ``cohort/`` for a
+``km_<task>_<method>.png``, ``calibration_<task>.png`` (survival), ``model_card.md``, ``config.toml``, ``train.log`` (and ``cohort/`` for a
 preset: the SYNTHETIC cohort it generated) — and, as each fold ends, ``folds/fold_<k>.json`` and
 ``oof_predictions.csv`` (:mod:`msrl_model.train.foldstore`). The same command run again with the same
 ``--out`` resumes after the last finished fold; other settings in an ``--out`` holding folds are
@@ -308,7 +308,8 @@ def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result
     from msrl_model.train.export import export_bundle, feature_encoder
     from msrl_model.train.model_card import model_card
     from msrl_model.train.report import (
-        cv_table_markdown, plot_km, significance, write_cv_csv, write_cv_summary_json, write_significance_csv)
+        cv_table_markdown, plot_km, plot_survival_calibration, significance, survival_calibration, write_cv_csv,
+        write_cv_summary_json, write_significance_csv)
 
     out: Path = args.out
     write_cv_csv(result, out / "cv_results.csv")
@@ -319,6 +320,10 @@ def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result
     atomic_write(out / "cv_table.md", table)
     km = {}
     for task in tasks:
+        calibration = survival_calibration(result, cohort, task)
+        if calibration is not None:
+            plot_survival_calibration(calibration, out / f"calibration_{task}.png",
+                                      f"MSRL {task}: held-out calibration at the bin edges")
         for v in variants:
             p = plot_km(result, cohort, task, v, out / f"km_{task}_{v}.png")
             if p is not None and task == "survival":

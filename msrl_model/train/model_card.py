@@ -104,7 +104,8 @@ def _calibration_lines(cohort: Cohort, result: CVResult, tasks: Sequence[str]) -
                   "case (lower is better; scikit-survival, censoring weights from each fold's training cases).", "",
                   "| time (months) | Brier, MSRL | Brier, Kaplan–Meier |", "|---|---|---|",
                   *[f"| {b['time']:.1f} | {b['model']:.4f} | {b['reference']:.4f} |" for b in cal["brier"]], "",
-                  "Predicted against observed (Kaplan–Meier) survival by out-of-fold risk tertile, at the bin edges:", "",
+                  "Predicted against observed (Kaplan–Meier) survival by out-of-fold risk tertile, at the bin edges "
+                  f"(plotted in `calibration_{task}.png` of the training run):", "",
                   "| risk group | time (months) | predicted | observed |", "|---|---|---|---|",
                   *[f"| {g['group']} | {g['time']:.1f} | {g['predicted']:.3f} | {g['observed']:.3f} |"
                     for g in cal["groups"]], ""]

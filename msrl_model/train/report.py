@@ -319,6 +319,36 @@ def risk_groups(risk: np.ndarray, fold: np.ndarray) -> np.ndarray:
     return high
 
 
+def plot_survival_calibration(calibration: dict, path: str | Path, title: str) -> Path:
+    """The calibration plot of :func:`survival_calibration`: per risk tertile, mean predicted survival
+    against the group's Kaplan–Meier survival at the bin edges, with the diagonal (perfect calibration)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=110)
+    ax.plot([0, 1], [0, 1], color="#9ca3af", linestyle="--", linewidth=1, label="perfect calibration")
+    colours = {"low": "#1a9850", "intermediate": "#e0a030", "high": "#d73027"}
+    for group in dict.fromkeys(g["group"] for g in calibration["groups"]):
+        points = [g for g in calibration["groups"] if g["group"] == group]
+        ax.plot([g["predicted"] for g in points], [g["observed"] for g in points], marker="o",
+                color=colours.get(group, "#4b5563"), label=f"{group} risk")
+        for g in points:
+            ax.annotate(f"{g['time']:.0f} mo", (g["predicted"], g["observed"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color="#4b5563")
+    ax.set_xlabel("predicted survival (mean of the group, out of fold)")
+    ax.set_ylabel("observed survival (Kaplan–Meier of the group)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_km(result: CVResult, cohort: Cohort, task: str, method: str, path: str | Path) -> float | None:
     """Kaplan–Meier curves of the high/low predicted-risk groups (out-of-fold, the first repeat: each
     case once); returns the log-rank p."""
@@ -353,5 +383,6 @@ def plot_km(result: CVResult, cohort: Cohort, task: str, method: str, path: str 
     return p
 
 
-__all__ = ["conformal_coverage", "cv_table_markdown", "graph_summary", "survival_calibration", "plot_km", "risk_groups", "significance", "significance_mark",
+__all__ = ["conformal_coverage", "cv_table_markdown", "graph_summary", "plot_survival_calibration",
+           "survival_calibration", "plot_km", "risk_groups", "significance", "significance_mark",
            "write_cv_csv", "write_cv_summary_json", "write_significance_csv"]
