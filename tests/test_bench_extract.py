@@ -29,3 +29,16 @@ def test_extract_json_reports_stages(tmp_path, monkeypatch, capsys):
     assert record["device"] == "cpu" and record["tiles"] > 0
     for key in ("tiles_per_s", "read_tiles_per_s", "transfer_tiles_per_s", "encode_tiles_per_s", "read_wait_s"):
         assert record[key] >= 0, key
+    assert record["gflop_per_tile"] == 0  # channel means: no matmul / convolution
+    assert record["encode_gflop_per_s"] == 0
+
+
+def test_tile_gflop_counts_the_forward_exactly():
+    """A linear encoder on the flattened 32x32 RGB tile: 2 · (32·32·3) · 16 FLOPs per tile."""
+    from msrl_model.bench.extract import tile_gflop
+
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32 * 3, 16, bias=False))
+    encoder = PatchEncoder(name="test-linear", version="1", dim=16, model=linear.eval(),
+                           transform=lambda b: b.permute(0, 3, 1, 2).float() / 255.0, precision=torch.float32,
+                           input_size=32)
+    assert tile_gflop(encoder, 32) == 2 * 32 * 32 * 3 * 16 / 1e9

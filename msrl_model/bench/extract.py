@@ -8,6 +8,12 @@ each stage so the split is exact. Reports tiles/s overall and for each stage:
   ``read_wait_s``, the time the encoder waited on the reader during extraction;
 * transfer: host→device copy (pinned, non_blocking);
 * encode: the encoder's forward (transform + model + features back to the host).
+
+And the encoder's cost: ``gflop_per_tile``, every matmul / convolution / attention FLOP of one
+tile's forward, counted by :class:`torch.utils.flop_counter.FlopCounterMode` on a separate untimed
+forward (a weight-free encoder such as builtin-he, made of pooling and arithmetic, counts ~0), and
+``encode_gflop_per_s`` = ``gflop_per_tile`` × ``encode_tiles_per_s``, what the encode stage achieved
+(e.g. against the device's peak). ``--encoder NAME`` takes any spec: ``uni_v1@/path/pytorch_model.bin``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,18 @@ def _rate(tiles: int, seconds: float) -> float:
     return round(tiles / seconds, 1) if seconds > 0 else 0.0
 
 
+def tile_gflop(encoder: Any, patch_size: int) -> float:
+    """GFLOP of one ``patch_size``² tile's forward through ``encoder`` (a PatchEncoder), counted."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tile = torch.zeros((1, patch_size, patch_size, 3), dtype=torch.uint8)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        encoder.encode(tile)
+    return counter.get_total_flops() / 1e9
+
+
 def measure(path: Path, encoder: str, device: str, workers: int, batch_size: int) -> dict[str, Any]:
     from msrl_model.features.pipeline import ExtractStats, extract_slide
     from msrl_model.features.reader import ParallelTileReader, ReaderConfig
@@ -54,6 +72,10 @@ def measure(path: Path, encoder: str, device: str, workers: int, batch_size: int
         pass
     read_s = time.perf_counter() - t0
     loop_s = stats.read_wait_s + stats.transfer_s + stats.encode_s
+    from msrl_model.encoders import build_encoder
+
+    gflop = tile_gflop(build_encoder(encoder, device=stats.device), grid.patch_size)
+    encode_rate = _rate(stats.tiles, stats.encode_s)
     return {
         "benchmark": "extract",
         "slide": str(path),
@@ -66,7 +88,9 @@ def measure(path: Path, encoder: str, device: str, workers: int, batch_size: int
         "tiles_per_s": _rate(stats.tiles, stats.total_s),
         "read_tiles_per_s": _rate(len(grid.coords), read_s),
         "transfer_tiles_per_s": _rate(stats.tiles, stats.transfer_s),
-        "encode_tiles_per_s": _rate(stats.tiles, stats.encode_s),
+        "encode_tiles_per_s": encode_rate,
+        "gflop_per_tile": round(gflop, 4),
+        "encode_gflop_per_s": round(gflop * encode_rate, 2),
         "read_wait_s": round(stats.read_wait_s, 3),
         "transfer_s": round(stats.transfer_s, 3),
         "encode_s": round(stats.encode_s, 3),
