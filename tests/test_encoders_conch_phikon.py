@@ -18,7 +18,6 @@ import pytest
 import torch
 from torch import nn
 
-from msrl_model import weights
 from msrl_model.encoders import build_encoder, release, timm_local
 from msrl_model.errors import EncoderError
 
@@ -40,14 +39,7 @@ def _module(name: str):
     return sys.modules[f"msrl_model.encoders.{name}"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.delenv(weights.JSON_ENV, raising=False)
-    for name in CITED:
-        monkeypatch.delenv(weights.env_name(name), raising=False)
-    monkeypatch.setattr(weights, "_cli_weights", {})
-    monkeypatch.setattr(weights, "_app_weights", {})
+pytestmark = pytest.mark.usefixtures("isolated_weights")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", CITED)

@@ -63,13 +63,7 @@ def _checkpoint(tmp_path, rel: release.Release, seed: int):
     return path, release.wrap_output(rel, net).eval()
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.delenv(weights.JSON_ENV, raising=False)
-    for name in ADAPTERS:
-        monkeypatch.delenv(weights.env_name(name), raising=False)
-    monkeypatch.setattr(weights, "_cli_weights", {})
+pytestmark = pytest.mark.usefixtures("isolated_weights")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", ADAPTERS)

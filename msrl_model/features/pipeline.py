@@ -44,6 +44,7 @@ import numpy as np
 from msrl_model.device import resolve_device
 from msrl_model.errors import EncoderError, MSRLError, OutputError
 from msrl_model.features.h5io import FORMAT_VERSION, cache_problem, expected_size, write_features
+from msrl_model.features.partial import partial_path, read_partial, write_partial
 from msrl_model.features.reader import ParallelTileReader, ReaderConfig
 from msrl_model.files import atomic_write, check_writable, remove_orphaned_temporaries
 from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
@@ -71,31 +72,6 @@ class ExtractStats:
     warnings: list[str] = field(default_factory=list)  # the slide's and the grid's (e.g. assumed mpp)
     sync_timing: bool = False  # True: synchronise CUDA after each stage so the split is exact
     resumed: int = 0  # tiles read back from an interrupted run's partial file (not encoded again)
-
-
-PARTIAL_SUFFIX = ".partial.h5"
-
-
-def partial_path(out: Path) -> Path:
-    """Where the tiles of an interrupted extraction of ``out`` are kept: ``<slide_id>.partial.h5``."""
-    return out.with_name(out.stem + PARTIAL_SUFFIX)
-
-
-def _read_partial(path: Path, key: str, coords: np.ndarray, dim: int) -> np.ndarray | None:
-    """The first k rows' features (k, D) of an interrupted run with this cache key and grid, else None."""
-    from msrl_model.features.h5io import read_features
-
-    if not path.is_file():
-        return None
-    try:
-        kept = read_features(path)
-    except (MSRLError, OSError):
-        return None
-    k = len(kept.coords)
-    if (kept.attrs.get("cache_key") != key or kept.features.ndim != 2 or kept.features.shape[1] != dim
-            or not 0 < k <= len(coords) or not np.array_equal(kept.coords, coords[:k])):
-        return None
-    return np.asarray(kept.features, dtype=np.float32)
 
 
 def _params_dict(params: Any) -> dict[str, Any]:
@@ -321,17 +297,15 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         yield Progress(Stage.TISSUE, 1, 1, f"{slide.slide_id}: {n} tiles")
 
         partial = partial_path(out)
-        done = _read_partial(partial, key, grid.coords, int(encoder.dim))  # tiles kept by a cancelled run
+        done = read_partial(partial, key, grid.coords, int(encoder.dim))  # tiles kept by a cancelled run
         stats.resumed = 0 if done is None else len(done)
         reader = ParallelTileReader(slide.path, grid, ReaderConfig(
             workers=workers or os.cpu_count() or 1, batch_size=batch_size, prefetch=prefetch),
             indices=(stats.resumed, n))
 
-        def keep_partial(finished: np.ndarray) -> None:
-            write_features(partial, finished, grid.coords[:len(finished)], {"cache_key": key, "partial_of": n})
-
-        features = yield from _encode_tiles(reader, encoder, n, grid.patch_size, device, batch_size, stats,
-                                            slide.slide_id, done=done, keep_partial=keep_partial)
+        features = yield from _encode_tiles(
+            reader, encoder, n, grid.patch_size, device, batch_size, stats, slide.slide_id, done=done,
+            keep_partial=lambda finished: write_partial(partial, finished, grid.coords, key))
 
         t0 = time.perf_counter()
         yield Progress(Stage.WRITE, 0, 1, slide.slide_id)

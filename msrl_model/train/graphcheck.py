@@ -70,7 +70,10 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return _correlation(np.argsort(np.argsort(a)).astype(float), np.argsort(np.argsort(b)).astype(float))
+    """Spearman's rank correlation (ties get their mean rank); NaN without spread."""
+    from scipy.stats import rankdata
+
+    return _correlation(rankdata(a), rankdata(b))
 
 
 def _query_row(net: MSRLNet, buffer: Tensor, node: Tensor, graph_mode: GraphMode) -> tuple[Tensor, Tensor]:

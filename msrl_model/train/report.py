@@ -119,20 +119,6 @@ def write_significance_csv(rows: Sequence[dict], path: str | Path) -> Path:
     return atomic_write(path, text.getvalue())
 
 
-def _finite(value: object) -> object:
-    """NaN / inf as None (strict JSON)."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def _json_safe(value: object) -> object:
-    """``value`` with every NaN / inf inside dicts and lists as None."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return _finite(value)
-
-
 def write_cv_summary_json(result: CVResult, tasks: Sequence[str], methods: Sequence[str],
                           sig: Sequence[dict], path: str | Path, cohort: Cohort | None = None) -> Path:
     """``cv_summary.json``: the folds and repeats, per task/method/metric mean ± std over folds,
@@ -140,22 +126,21 @@ def write_cv_summary_json(result: CVResult, tasks: Sequence[str], methods: Seque
     (:func:`graph_summary`) and, given the ``cohort``, the survival calibration on held-out folds
     (:func:`survival_calibration`) and the held-out coverage of the 90 % conformal sets
     (:func:`conformal_coverage`); strict JSON (``null`` where undefined)."""
-    summary = [{"task": t, "method": m, "metric": metric, **{k: _finite(v) for k, v in s.items()}}
+    from msrl_model.infer.bundle.manifest import json_safe
+
+    summary = [{"task": t, "method": m, "metric": metric, **s}
                for t in tasks for m in methods for metric, s in result.metric_summary(t, m).items()]
-    graph = {t: {name: {k: _finite(v) for k, v in d.items()} for name, d in diag.items()}
-             for t, diag in graph_summary(result).items()}
     data = {"n_folds": result.n_folds, "repeats": result.repeats, "tasks": list(tasks), "methods": list(methods),
-            "summary": summary, "significance": [{k: _finite(v) for k, v in row.items()} for row in sig],
-            "graph_diagnostics": graph}
+            "summary": summary, "significance": list(sig), "graph_diagnostics": graph_summary(result)}
     if cohort is not None:
         from msrl_model.infer.conformal import DEFAULT_COVERAGE
 
         calibration = {t: survival_calibration(result, cohort, t) for t in tasks}
-        data["survival_calibration"] = _json_safe({t: c for t, c in calibration.items() if c is not None})
+        data["survival_calibration"] = {t: c for t, c in calibration.items() if c is not None}
         coverage = {t: conformal_coverage(result, cohort, t, DEFAULT_COVERAGE) for t in tasks}
-        data["conformal_coverage"] = _json_safe({t: {"level": DEFAULT_COVERAGE, "coverage": c[0], "set_size": c[1]}
-                                                 for t, c in coverage.items() if c is not None})
-    return atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+        data["conformal_coverage"] = {t: {"level": DEFAULT_COVERAGE, "coverage": c[0], "set_size": c[1]}
+                                      for t, c in coverage.items() if c is not None}
+    return atomic_write(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
 
 
 def graph_summary(result: CVResult) -> dict[str, dict[str, dict[str, float]]]:
