@@ -1,8 +1,10 @@
-"""The app's look: Fusion with a dark palette (viewer-centred tools read better dark)."""
+"""The app's look: Fusion with a dark palette (viewer-centred tools read better dark), and the
+window's size on a first start."""
 
 from __future__ import annotations
 
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtCore import QSize
+from PySide6.QtGui import QColor, QPalette, QScreen
 from PySide6.QtWidgets import QApplication, QStyleFactory
 
 
@@ -24,3 +26,12 @@ def apply_theme(app: QApplication) -> None:
     for role in (QPalette.ColorRole.WindowText, QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText):
         p.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6b7079"))
     app.setPalette(p)
+
+
+def first_size(screen: QScreen | None) -> QSize:
+    """The window's size on a first start: 1400×900, or the screen's available area when smaller
+    (a 1366×768 laptop: nothing beyond the screen's edge)."""
+    if screen is None:
+        return QSize(1400, 900)
+    area = screen.availableGeometry()
+    return QSize(min(1400, area.width()), min(900, area.height()))

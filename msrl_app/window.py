@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QByteArray, QEventLoop, QSettings, Qt, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from msrl_app import actions, dialogs
@@ -33,7 +33,7 @@ from msrl_app.overview import OverviewWidget
 from msrl_app.panels import OverlayPanel, SlidePropertiesPanel
 from msrl_app.scalebar import format_magnification, position_text
 from msrl_app.state import AppState, ErrorReport, JobState, StatusMessage, primary_task
-from msrl_app.theme import apply_theme  # noqa: F401 - re-exported (main, docs/screenshots.py)
+from msrl_app.theme import apply_theme, first_size  # noqa: F401 - apply_theme re-exported (main, docs/screenshots.py)
 from msrl_app.viewer import SlideViewer
 from msrl_app.worker import new_worker
 from msrl_model import RESEARCH_USE_ONLY  # noqa: F401 - re-exported
@@ -73,7 +73,7 @@ class MainWindow(QMainWindow):
         self.state.report_writer = self._write_report
         self.setWindowTitle(APP)
         self.setAcceptDrops(True)
-        self.resize(1400, 900)
+        self.resize(first_size(QGuiApplication.primaryScreen()))  # a saved geometry replaces it
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
         self._build_docks()
         actions.build_status_bar(self)

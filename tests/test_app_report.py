@@ -63,3 +63,17 @@ def test_header_says_loading_names_the_model_and_the_placeholder_follows_the_sli
     assert panel.placeholder.text() == PLACEHOLDER_NO_SLIDE
     panel.set_has_slide(True)
     assert panel.placeholder.text() == PLACEHOLDER_SLIDE_OPEN and "Open a slide" not in PLACEHOLDER_SLIDE_OPEN
+
+
+@pytest.mark.parametrize("screen, expected", [((1366, 768), (1366, 768)), ((2560, 1440), (1400, 900))])
+def test_first_window_size_fits_the_screen(screen, expected):
+    from PySide6.QtCore import QRect, QSize
+
+    from msrl_app.theme import first_size
+
+    class Screen:
+        def availableGeometry(self):  # noqa: N802 - Qt's name
+            return QRect(0, 0, *screen)
+
+    assert first_size(Screen()) == QSize(*expected)
+    assert first_size(None) == QSize(1400, 900)
