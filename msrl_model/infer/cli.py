@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from msrl_model.cohort.expression import ExpressionTable
 from msrl_model.features.cli import add_encoding_arguments
 from msrl_model.errors import MSRLError, OutputError
 from msrl_model.files import atomic_write, check_writable, remove_orphaned_temporaries
-from msrl_model.infer.export import result_paths, write_results
+from msrl_model.infer.batch import SlideOutcome, analyze_slide, clashing_ids
 from msrl_model.progress import Job, Progress, Stage
 
 REPORT_NAME = "analyze_report.json"
@@ -50,19 +49,6 @@ outputs:
   warnings                   printed on stderr as "warning: SLIDE: …", first of all a slide unlike
                              the training cohort ("This slide is unlike the training cohort …")
 """
-
-
-@dataclass
-class SlideOutcome:
-    """One slide of an analyze run."""
-
-    slide: str  # the slide file
-    slide_id: str  # its stem
-    status: str  # "ok" | "skipped" | "error"
-    message: str = ""  # one-line error, or warnings joined by "; "
-    output: str | None = None  # the result JSON
-    seconds: float = 0.0  # wall time for this slide
-    summary: dict[str, Any] = field(default_factory=dict)  # headline numbers per task (ok / skipped)
 
 
 @dataclass
@@ -119,25 +105,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---- the run --------------------------------------------------------------------------------------
 
 
-def _up_to_date(out: Path, slide: Path, bundle_sha: str) -> dict[str, Any] | None:
-    """The existing result's summary when it matches the slide's bytes and the bundle, else None."""
-    from msrl_model.infer.results import PredictionResult
-    from msrl_model.slide import open_slide
-
-    if not all(path.is_file() for path in result_paths(out)):
-        return None  # the JSON and both CSVs make a result; anything less is analysed again
-    try:
-        previous = PredictionResult.from_json(out.read_text(encoding="utf-8"))
-    except (ValueError, KeyError, TypeError, OSError):
-        return None  # damaged or old result: analyse again
-    if previous.bundle_sha256 != bundle_sha:
-        return None
-    with open_slide(slide) as s:
-        if previous.slide_sha256_head != s.sha256_head():
-            return None
-    return previous.summary()
-
-
 def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: Path, project: str | None,
                  expression: ExpressionTable | None, *, workers: int | None = None, batch_size: int = 64,
                  on_slide: Callable[[SlideOutcome], Any] | None = None,
@@ -150,50 +117,15 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
 
     max_patches = DEFAULT_MAX_PATCHES if max_patches is None else max_patches
     report = AnalyzeReport(str(out_dir), str(predictor.bundle.path), predictor.bundle.fingerprint)
-    seen: dict[str, Path] = {}
+    clashes = clashing_ids(slides)
     for k, path in enumerate(slides):
         yield Progress(Stage.SLIDES, k, len(slides), path.name)
-        t0 = time.perf_counter()
-        out = out_dir / f"{path.stem}.json"
-        try:
-            if path.stem in seen:
-                raise MSRLError(f"same slide id as {seen[path.stem]}; rename one of them")
-            seen[path.stem] = path
-            summary = _up_to_date(out, path, predictor.bundle.fingerprint)
-            if summary is not None:
-                outcome = SlideOutcome(str(path), path.stem, "skipped", "result is up to date", str(out),
-                                       summary=summary)
-            else:
-                expr = expression.for_slide(path.stem, single=len(slides) == 1) if expression else None
-                job = predictor.predict_slide(path, cache_dir, project, expr, workers=workers, batch_size=batch_size,
-                                              max_patches=max_patches)
-                try:
-                    while True:
-                        ev = next(job)
-                        yield Progress(Stage.SLIDES, k, len(slides), f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
-                except StopIteration as stop:
-                    result = stop.value
-                finally:
-                    job.close()
-                if expression is not None and expr is None:
-                    result.warnings.append(f"no expression row matches {path.stem}; analysed from the slide only")
-                before = {q: q.stat().st_mtime_ns for q in result_paths(out) if q.is_file()}
-                try:
-                    write_results(out, result)
-                except OutputError:
-                    for q in result_paths(out):  # never a new JSON without its CSVs; older files stay as they were
-                        if q.is_file() and before.get(q) != q.stat().st_mtime_ns:
-                            q.unlink(missing_ok=True)
-                    raise
-                outcome = SlideOutcome(str(path), result.slide_id, "ok", "; ".join(result.warnings), str(out),
-                                       summary=result.summary())
-        except OutputError:
-            raise
-        except MSRLError as err:
-            outcome = SlideOutcome(str(path), path.stem, "error", str(err))
-        except (OSError, ValueError, RuntimeError) as err:
-            outcome = SlideOutcome(str(path), path.stem, "error", f"{type(err).__name__}: {err}")
-        outcome.seconds = round(time.perf_counter() - t0, 3)
+        if path in clashes:
+            outcome = SlideOutcome(str(path), path.stem, "error", clashes[path])
+        else:
+            outcome = (yield from analyze_slide(
+                predictor, path, out_dir, cache_dir, project, expression, position=(k, len(slides)),
+                single=len(slides) == 1, workers=workers, batch_size=batch_size, max_patches=max_patches)).outcome
         report.slides.append(outcome)
         report.write()
         if on_slide is not None:
