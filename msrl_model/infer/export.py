@@ -22,9 +22,7 @@ Files written by :func:`write_results` for ``OUT/<name>.json``:
   ``wild-type``; the case's ``slide_id`` as ``linked_slide_id``, ``slide_id`` being the analysed
   slide's), and the result's ``synthetic_training_cohort`` and ``research_use_only`` on every row.
 
-:func:`write_geojson` writes the analysed patches as QuPath ``tile`` objects (a GeoJSON
-``FeatureCollection``, coordinates in level-0 pixels) whose ``measurements`` hold each task's
-attention, so the heat-map can be opened next to the slide in QuPath.
+QuPath GeoJSON (tiles with measurements, tissue and regions as annotations): :mod:`msrl_model.infer.geojson`.
 
 Every file is written atomically (:mod:`msrl_model.files`). Pure Python: no torch, no Qt.
 """
@@ -33,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -152,27 +149,4 @@ def write_results(path: str | os.PathLike, result: PredictionResult) -> list[Pat
     return [json_path, keys_csv, cases_csv]
 
 
-def geojson(result: PredictionResult) -> dict[str, Any]:
-    """The analysed patches as a QuPath-readable GeoJSON ``FeatureCollection`` of ``tile`` objects.
-
-    Each feature is the patch square (level-0 pixels, closed ring) with ``properties.objectType =
-    "tile"`` and ``measurements`` ``{"<task> attention": value}`` for every task.
-    """
-    size = result.patch_size_level0
-    features = []
-    for i, (x, y) in enumerate(result.coords):
-        ring = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
-        measurements = {f"{name} attention": task.attention[i] for name, task in result.tasks.items()
-                        if i < len(task.attention)}
-        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                         "properties": {"objectType": "tile", "name": f"patch {i}", "measurements": measurements}})
-    return {"type": "FeatureCollection", "features": features}
-
-
-def write_geojson(path: str | os.PathLike, result: PredictionResult) -> Path:
-    """Write :func:`geojson` to ``path`` atomically; returns ``path``."""
-    return atomic_write(Path(path), json.dumps(geojson(result), allow_nan=False) + "\n")
-
-
-__all__ = ["geojson", "key_values", "key_values_csv", "linked_cases_csv", "result_paths", "write_geojson",
-           "write_results"]
+__all__ = ["key_values", "key_values_csv", "linked_cases_csv", "result_paths", "write_results"]

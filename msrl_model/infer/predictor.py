@@ -432,9 +432,14 @@ class Predictor:
 
     def predict_slide(self, slide_path: str | Path, cache_dir: str | Path, project: str | None = None,
                       expression: Mapping[str, float] | Any = None, *, workers: int | None = None,
-                      batch_size: int = 64, max_patches: int | None = None) -> Job[PredictionResult]:
+                      batch_size: int = 64, max_patches: int | None = None,
+                      regions: Any = None) -> Job[PredictionResult]:
         """Extract (cached in ``cache_dir``) with the bundle's encoder, tiling and tissue parameters, then
         predict. A job: yields the extraction's Progress stages, then "predict"; returns the result.
+
+        ``regions`` (a :class:`~msrl_model.slide.regions.RegionSet`; None or empty: the whole tissue) chooses
+        the patches that are analysed among the tissue patches of the (cached, full-slide) feature file, so
+        drawing other regions never extracts again; the result records the selection (``regions``).
 
         The result's warnings start with the slide's and the extraction's (assumed mpp, upsampling,
         tiles with decoder warnings), also on a cache hit. More than ``max_patches`` patches (None:
@@ -458,11 +463,16 @@ class Predictor:
                                       tissue, tiling, stats=stats, max_patches=cap)
         ff = read_features(h5, max_rows=cap)
         made = self._check_feature_attrs(ff.attrs, ff.features.shape[1], h5)  # a cache file made otherwise: refused
-        return (yield from self.predict_job(
-            ff.features, ff.coords, int(ff.attrs["patch_size_level0"]), project, expression,
+        features, coords, selection = ff.features, ff.coords, None
+        if regions:
+            features, coords, selection = regions.apply(ff.features, ff.coords, int(ff.attrs["patch_size_level0"]))
+        result = yield from self.predict_job(
+            features, coords, int(ff.attrs["patch_size_level0"]), project, expression,
             slide_id=str(ff.attrs.get("slide_id") or Path(slide_path).stem), slide_path=str(slide_path),
             slide_sha256_head=str(ff.attrs.get("slide_sha256_head") or "") or None,
-            warnings=[*stats.warnings, *_file_warnings(ff.attrs), *made]))
+            warnings=[*stats.warnings, *_file_warnings(ff.attrs), *made])
+        result.regions = selection
+        return result
 
 
 def _max_rows(max_patches: int | None) -> int:

@@ -34,6 +34,8 @@ JSON layout (``PredictionResult.to_dict``)::
     warnings [str]                              a slide unlike the training cohort first ("This slide is unlike …")
     applicability {p_value, level, flagged, score, calibration, n_calibration, message} or None
                                                 the slide against the training slides (infer/applicability.py)
+    regions {include, exclude, rule, patches_selected, patches_on_tissue, sha256} or None
+                                                the regions of interest that chose the patches (slide/regions.py)
     tasks {name: TaskResult}:
         name, kind, variant, mode
         survival (survival tasks) {risk, percentile, percentile_in_project, project_cases, risk_group,
@@ -275,6 +277,9 @@ class PredictionResult:
     research_use_only: str = RESEARCH_USE_ONLY  # shown with every result
     format_version: int = RESULT_FORMAT_VERSION  # layout of this JSON
     applicability: Applicability | None = None  # is the slide like the training cohort? None: not checked
+    # the regions of interest that selected the patches (msrl_model.slide.regions.RegionSet.summary: include,
+    # exclude, rule, patches_selected, patches_on_tissue, sha256); None: every tissue patch was analysed
+    regions: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
