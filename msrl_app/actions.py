@@ -118,7 +118,7 @@ def build_menus(w: MainWindow) -> None:
     overlays = view_menu.addMenu("&Overlays")
     for act in w.overlay_actions.values():
         overlays.addAction(act)
-    panels = view_menu.addMenu("&Panels")
+    panels = w.panels_menu = view_menu.addMenu("&Panels")
     for dock in (w.overview_dock, w.properties_dock, w.overlays_dock, w.results_dock):
         panels.addAction(dock.toggleViewAction())
     settings_menu = menu.addMenu("&Settings")

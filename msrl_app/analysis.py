@@ -120,7 +120,8 @@ class AnalysisRequest:
     project: str | None = None  # cancer type of the slide; None = the bundle's default
     expression: dict[str, float] | None = None  # this case's expression: runs MSRL_multi
     coverage: float = 0.9  # of the conformal prediction sets (classes, survival time bins)
-    batch_size: int = 64  # patch-encoder batch on a GPU (halved on out-of-GPU-memory); CPU_BATCH on the CPU
+    batch_size: int | None = None  # patch-encoder batch on a GPU (None: from its free memory; halved on
+    # out-of-memory by the pipeline); CPU_BATCH on the CPU
     cache: Path = field(default_factory=features_dir)  # feature cache folder
 
 
@@ -171,21 +172,21 @@ def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Genera
     """Load the predictor (cached) and run ``predict_slide``; returns the result with the cohort's
     risks (computed here, on the worker thread).
 
-    Out of GPU memory: the run is retried with half the batch, then once more on the CPU; each
-    retry is logged and yielded as a ``"retry"`` event (the window puts its message in the status line)."""
+    Out of GPU memory: the extraction halves its batch by itself (down to one tile); a run that still
+    fails is retried once on the CPU, logged and yielded as a ``"retry"`` event (the window puts its
+    message in the status line)."""
     if not request.bundle:
         raise MSRLError(NO_BUNDLE)
-    device, batch = request.device, request.batch_size
-    attempts = [(device, batch)]
-    if device != "cpu":
-        attempts += [(device, max(1, batch // 2)), ("cpu", batch)]
+    attempts = [(request.device, request.batch_size)]
+    if request.device != "cpu":
+        attempts.append(("cpu", CPU_BATCH))
     for i, (device, batch) in enumerate(attempts):
         yield Progress(Stage.LOAD_MODEL, 0, 1, Path(request.bundle).name)
         predictor = predictors.get(request.bundle, device)
         yield Progress(Stage.LOAD_MODEL, 1, 1, Path(request.bundle).name)
         predictor.coverage = request.coverage
         if not str(getattr(predictor, "device_name", device)).startswith("cuda"):
-            batch = min(batch, CPU_BATCH)
+            batch = CPU_BATCH if batch is None else min(batch, CPU_BATCH)
         try:
             result = yield from predictor.predict_slide(
                 request.slide, request.cache, project=request.project, expression=request.expression,
@@ -195,9 +196,7 @@ def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Genera
             if not is_out_of_memory(exc) or i == len(attempts) - 1:
                 raise
             _release_gpu_memory()
-            nxt_device, nxt_batch = attempts[i + 1]
-            text = (f"Out of GPU memory: retrying with a batch of {nxt_batch}" if nxt_device != "cpu"
-                    else "Out of GPU memory: running on the CPU instead (slower)")
+            text = "Out of GPU memory: running on the CPU instead (slower)"
             log.warning("%s (%s)", text, exc)
             yield Progress(Stage.RETRY, i + 1, len(attempts) - 1, text)
     raise AssertionError("unreachable")

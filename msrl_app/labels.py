@@ -26,6 +26,7 @@ def task_title(name: str) -> str:
 
 def heading(text: str) -> QLabel:
     label = QLabel(text)
+    label.setWordWrap(True)  # never cut in a narrow column
     font = label.font()
     font.setBold(True)
     font.setPointSizeF(font.pointSizeF() * 1.05)

@@ -28,6 +28,8 @@ from msrl_app.plots import BarsPlot
 from msrl_model.infer.results import LinkedCase, PredictionResult, TaskResult, readable_label
 
 PATHWAY_TOP_N = 12  # pathways shown in the paired bar chart
+TABLE_ROWS = 12  # rows the linked-cases table shows before the case detail below it gets the rest of the tab
+DETAIL_MIN_PX = 110  # a case detail pane lower than this starts collapsed (drag the splitter handle up)
 FIXED_COLUMNS = [  # (key, header) of the linked-cases table; label columns follow ("influence": per task)
     ("case_id", "Case"), ("weight", "Edge weight"), ("influence", "Influence"), ("project", "Project"),
     ("survival_months", "Survival (mo)"), ("status", "Status"), ("stage", "Stage"),
@@ -331,7 +333,8 @@ class LinkedCasesSection(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().setVisible(False)
-        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.verticalHeader().setMinimumSectionSize(12)
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 4)  # compact rows
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.selectionModel().currentRowChanged.connect(self._on_row)
@@ -372,30 +375,50 @@ class LinkedCasesSection(QWidget):
         dl.addWidget(self.pathway_plot)
         dl.addStretch(1)
 
-        top = QWidget()
-        tl = QVBoxLayout(top)
-        tl.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         row.addWidget(QLabel("Graph of:"))
         row.addWidget(self.task_combo, 1)
         row.addWidget(self.filter_edit, 1)
-        tl.addLayout(row)
-        tl.addWidget(self.evidence_label)
-        tl.addWidget(self.summary_label)
-        tl.addWidget(self.table, 1)
-        self.splitter = QSplitter(Qt.Orientation.Vertical)
-        self.splitter.addWidget(top)
-        detail_scroll = QScrollArea()
-        detail_scroll.setWidgetResizable(True)
-        detail_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        detail_scroll.setWidget(detail)
-        self.splitter.addWidget(detail_scroll)
-        self.splitter.setChildrenCollapsible(False)
-        self.table.setMinimumHeight(96)  # a header and three rows: the tab still fits a 768-pixel screen
-        self.splitter.setSizes([340, 340])
+        self.detail_scroll = QScrollArea()
+        self.detail_scroll.setWidgetResizable(True)
+        self.detail_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.detail_scroll.setWidget(detail)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)  # the table above, the selected case's detail below
+        self.splitter.addWidget(self.table)
+        self.splitter.addWidget(self.detail_scroll)
+        self.splitter.setCollapsible(0, False)
+        self.splitter.setStretchFactor(1, 1)  # a taller tab grows the detail; the table keeps its rows
+        self.splitter.splitterMoved.connect(self._on_splitter_moved)
+        self.table.setMinimumHeight(self.table_height(3))
+        self._user_sized = False  # the user moved the splitter: their sizes stand
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.splitter)
+        layout.addLayout(row)
+        layout.addWidget(self.evidence_label)
+        layout.addWidget(self.summary_label)
+        layout.addWidget(self.splitter, 1)
+
+    def table_height(self, rows: int) -> int:
+        """The table's height showing ``rows`` whole rows: header, rows, frame and a horizontal scroll bar."""
+        t = self.table
+        return (t.horizontalHeader().sizeHint().height() + rows * t.verticalHeader().defaultSectionSize()
+                + 2 * t.frameWidth() + t.horizontalScrollBar().sizeHint().height())
+
+    def fit_table(self) -> None:
+        """Give the table ``TABLE_ROWS`` rows and the detail the rest of the tab (collapsed when that is
+        under ``DETAIL_MIN_PX``: its splitter handle stays, to drag it up)."""
+        total = self.splitter.height() - self.splitter.handleWidth()
+        table = min(total, self.table_height(TABLE_ROWS))
+        detail = total - table
+        self.splitter.setSizes([table + detail, 0] if detail < DETAIL_MIN_PX else [table, detail])
+
+    def _on_splitter_moved(self) -> None:
+        self._user_sized = True
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        if not self._user_sized:
+            self.fit_table()
 
     def set_result(self, result: PredictionResult | None) -> None:
         self.result = result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QImage, QLinearGradient, QMouseEvent, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
@@ -109,8 +109,9 @@ class ColorLegend(QWidget):
         super().__init__(parent)
         self._title, self._lo, self._hi = "", "", ""
         self._colormap = DEFAULT_COLORMAP
-        self.setMinimumHeight(48)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        policy = QSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        policy.setHeightForWidth(True)  # the title wraps in a narrow column
+        self.setSizePolicy(policy)
 
     def set_legend(self, legend: HeatmapLegend) -> None:
         self._colormap = legend.colormap
@@ -120,25 +121,49 @@ class ColorLegend(QWidget):
         else:
             self._title = legend.label
             self._lo, self._hi = f"low ({legend.low:.3g})", f"high ({legend.high:.3g})"
+        self.updateGeometry()
         self.update()
 
     def texts(self) -> tuple[str, str, str]:
         return self._title, self._lo, self._hi
 
+    def _title_rect(self, width: int) -> QRect:
+        """Where the title goes, wrapped to ``width``."""
+        return self.fontMetrics().boundingRect(QRect(0, 0, max(1, width), 10_000), Qt.TextFlag.TextWordWrap,
+                                               self._title)
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802
+        return True
+
+    def heightForWidth(self, width: int) -> int:  # noqa: N802
+        """The wrapped title, the 12-pixel bar and the scale's line."""
+        return max(48, self._title_rect(width).height() + 2 + 12 + 2 + self.fontMetrics().height() + 2)
+
     def sizeHint(self) -> QSize:  # noqa: N802
-        return QSize(200, 48)
+        return QSize(200, self.heightForWidth(200))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        """As high as the title wrapped to the current width needs: a short panel never cuts it."""
+        return QSize(80, self.heightForWidth(self.width()))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        if self.heightForWidth(event.size().width()) != self.heightForWidth(event.oldSize().width()):
+            self.updateGeometry()  # the title wraps onto another number of lines: a new minimum height
+        super().resizeEvent(event)
 
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
         painter = QPainter(self)
         metrics = painter.fontMetrics()
-        bar = QRectF(2, metrics.height() + 2, self.width() - 4, 12)
+        title = self._title_rect(self.width())
+        bar = QRectF(2, title.height() + 2, self.width() - 4, 12)
         gradient = QLinearGradient(bar.topLeft(), bar.topRight())
         lut = colormap_lut(16, self._colormap)
         for i, (r, g, b) in enumerate(lut):
             gradient.setColorAt(i / (len(lut) - 1), QColor(int(r), int(g), int(b)))
         painter.fillRect(bar, gradient)
         painter.setPen(self.palette().windowText().color())
-        painter.drawText(QRectF(0, 0, self.width(), metrics.height()), Qt.AlignmentFlag.AlignLeft, self._title)
+        painter.drawText(QRectF(0, 0, self.width(), title.height()),
+                         Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap, self._title)
         below = QRectF(0, bar.bottom() + 2, self.width(), metrics.height())
         painter.drawText(below, Qt.AlignmentFlag.AlignLeft, self._lo)
         painter.drawText(below, Qt.AlignmentFlag.AlignRight, self._hi)

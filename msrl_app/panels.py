@@ -35,7 +35,7 @@ def slide_summary(slide: Slide) -> list[tuple[str, list[tuple[str, str]]]]:
     size_mm = f"{w0 * slide.mpp / 1000:.2f} × {h0 * slide.mpp / 1000:.2f} mm"
     power = f"{slide.objective_power:g}×" if slide.objective_power is not None else "not recorded"
     try:
-        size_mb = f"{slide.path.stat().st_size / 2**20:,.1f} MiB"
+        size_mb = f"{slide.size_bytes() / 2**20:,.1f} MiB"  # a DICOM series: all its files
     except OSError:
         size_mb = "?"
     sections = [
@@ -136,9 +136,11 @@ class OverlayPanel(QWidget):
             self.checks[name], self.sliders[name] = check, slider
         self.legend = ColorLegend()
         self.colormap_combo = QComboBox()  # the heat-map's colour map
-        for name, title in COLORMAPS.items():
-            self.colormap_combo.addItem(title, name)
-        self.colormap_combo.setToolTip("Colour map of the heat-map (the first three are perceptually uniform)")
+        for name, title in COLORMAPS.items():  # the name in the box (a narrow column), the rest in its tooltip
+            self.colormap_combo.addItem(title.split(" (")[0], name)
+            self.colormap_combo.setItemData(self.colormap_combo.count() - 1, title, Qt.ItemDataRole.ToolTipRole)
+        self.colormap_combo.setToolTip("Colour map of the heat-map (the first three are perceptually uniform; "
+                                       "Turbo is a rainbow)")
         self.colormap_combo.currentIndexChanged.connect(
             lambda _: self.viewer.set_heatmap_colormap(self.colormap_combo.currentData()))
         self.tissue_label = QLabel()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QFrame, QGridLayout, QHBoxLayout, QLabel, QPushButton, QScrollArea, QTabWidget,
-                               QVBoxLayout, QWidget)
+                               QToolButton, QVBoxLayout, QWidget)
 
 from msrl_app.labels import MODE_TITLES, big_label, metrics_line, mode_title, survival_curves, task_title
 from msrl_app.labels import heading as _heading
@@ -169,16 +169,23 @@ class ResultsPanel(QWidget):
     """Everything predicted for the open slide."""
 
     rerunRequested = Signal(str)  # the suggested project the user confirmed
+    popOutRequested = Signal()  # the pop-out button: results in their own window, or back beside the slide
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.result: PredictionResult | None = None
         self.title = big_label(1.3)
         self.title.setText("Results")
+        self.title.setWordWrap(True)  # a long slide id breaks at its hyphens
+        self.pop_out_button = QToolButton()
+        self.pop_out_button.setAutoRaise(True)
+        self.pop_out_button.clicked.connect(self.popOutRequested)
+        self.set_popped_out(False)
         self.mode_label = QLabel()
         self.mode_label.setObjectName("mode")
         self.research_label = QLabel(RESEARCH_USE_ONLY)
         self.research_label.setStyleSheet("color: #f0b450; font-weight: bold;")
+        self.research_label.setWordWrap(True)
         self.synthetic_label = QLabel("SYNTHETIC TRAINING COHORT — predictions demonstrate the software only")
         self.synthetic_label.setStyleSheet("background: #7a1f1f; color: white; font-weight: bold; padding: 3px 6px;")
         self.synthetic_label.setWordWrap(True)
@@ -219,9 +226,12 @@ class ResultsPanel(QWidget):
         self.tabs.addTab(self.class_tab, "Probabilities")
         self.tabs.addTab(self.linked, "Linked cases")
 
+        title_row = QHBoxLayout()
+        title_row.addWidget(self.title, 1)
+        title_row.addWidget(self.pop_out_button, 0, Qt.AlignmentFlag.AlignTop)
         header = QVBoxLayout()
         header.setSpacing(2)
-        header.addWidget(self.title)
+        header.addLayout(title_row)
         header.addWidget(self.mode_label)
         header.addWidget(self.research_label)
         header.addWidget(self.synthetic_label)
@@ -248,6 +258,12 @@ class ResultsPanel(QWidget):
         tasks = ", ".join(task_title(t.get("name", "?")) for t in manifest.get("tasks") or [])
         synthetic = " · <b style='color:#ff8787'>synthetic cohort</b>" if cohort.get("synthetic") else ""
         self.model_label.setText(f"Model: {name} · {tasks} · {cohort.get('n_cases', '?')} training cases{synthetic}")
+
+    def set_popped_out(self, popped_out: bool) -> None:
+        """The pop-out button's wording: the results are in their own window (``popped_out``) or docked."""
+        self.pop_out_button.setText("Dock back" if popped_out else "Pop out")
+        self.pop_out_button.setToolTip("Put the results back beside the slide (Ctrl+Shift+D)" if popped_out else
+                                       "Show the results in a large window of their own (Ctrl+Shift+D)")
 
     def set_has_slide(self, has_slide: bool) -> None:
         """The placeholder's advice: open a slide, or (one is open) analyse it."""
@@ -304,7 +320,7 @@ class ResultsPanel(QWidget):
         self.ood_label.setToolTip(a.message if a is not None else "")
         self.ood_label.setVisible(a is not None and a.flagged)
         n = len(result.coords)
-        self.meta_label.setText(f"{result.slide_id} · analysed as {result.project or 'unspecified cancer type'} · "
+        self.meta_label.setText(f"Analysed as {result.project or 'unspecified cancer type'} · "
                                 f"{n:,} patches · encoder {result.encoder.get('name', '?')}")
         self._suggested = result.suggested_project
         if result.suggested_project and result.suggested_project != result.project:

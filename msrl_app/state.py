@@ -377,6 +377,10 @@ class AppState:
     def _on_progress(self, job: Any, event: Progress) -> None:
         if job is not self._analysis:
             return
+        if event.stage == Stage.NOTICE:  # a message, not a step: the status line, for as long as it applies
+            log.info("notice: %s", event.message)
+            self.message(event.message, 120000)
+            return
         self.events.progress.emit(event)
         if event.stage == Stage.RETRY:
             self.message(event.message, 20000)

@@ -23,7 +23,7 @@ from PySide6.QtCore import QByteArray, QEventLoop, QSettings, Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
-from msrl_app import actions, dialogs
+from msrl_app import actions, dialogs, window_layout
 from msrl_app.banner import ApplicabilityBanner
 from msrl_app.analysis import DEVICES, NO_BUNDLE
 from msrl_app.controls import ModelCardDialog
@@ -80,6 +80,7 @@ class MainWindow(QMainWindow):
         actions.build_actions(self)
         actions.build_menus(self)
         actions.build_toolbar(self)
+        window_layout.install(self)  # column widths on the first show, the results' own window
         self.recent = RecentFiles(self.settings, self.recent_menu, self.open_slide)
         self._connect_viewer()
         self._connect_state()
@@ -102,17 +103,17 @@ class MainWindow(QMainWindow):
         self.overview = OverviewWidget(self.viewer)
         self.properties = SlidePropertiesPanel()
         self.overlays = OverlayPanel(self.viewer)
-        self.overview_dock = self._dock("Overview", self.overview, Qt.DockWidgetArea.LeftDockWidgetArea)
-        self.properties_dock = self._dock("Slide properties", self.properties, Qt.DockWidgetArea.LeftDockWidgetArea)
-        self.overlays_dock = self._dock("Overlays", self.overlays, Qt.DockWidgetArea.RightDockWidgetArea)
+        left = Qt.DockWidgetArea.LeftDockWidgetArea  # top to bottom: overview, overlays, slide properties
+        self.overview_dock = self._dock("Overview", self.overview, left)
+        self.overlays_dock = self._dock("Overlays", self.overlays, left)
+        self.properties_dock = self._dock("Slide properties", self.properties, left)
         from msrl_app.results_view import ResultsPanel  # after the window module: keeps start-up lean
 
         self.results = ResultsPanel()
         self.results.rerunRequested.connect(self.rerun_as)
         self.results.linked.thumbnail_for = self._case_thumbnail
         self.results_dock = self._dock("Results", self.results, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.resizeDocks([self.overview_dock, self.results_dock], [320, 520], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.overlays_dock, self.results_dock], [150, 700], Qt.Orientation.Vertical)
+        self.resizeDocks([self.overview_dock, self.overlays_dock], [200, 190], Qt.Orientation.Vertical)
 
     def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -160,9 +161,8 @@ class MainWindow(QMainWindow):
         geometry = self.settings.value("window/geometry")
         if isinstance(geometry, QByteArray):
             self.restoreGeometry(geometry)
-        state = self.settings.value("window/state")
-        if isinstance(state, QByteArray):
-            self.restoreState(state)
+        state = self.settings.value("window/state")  # an older layout's state is not restored
+        self.state_restored = isinstance(state, QByteArray) and self.restoreState(state, window_layout.STATE_VERSION)
 
     # -- state, read through (automation, tests) ------------------------------------------------------
     result = property(lambda self: self.state.result)  # the PredictionResult shown
@@ -490,7 +490,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:  # noqa: N802
         self.state.shutdown()  # cancels the analysis and waits (bounded) for every background job
         self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.setValue("window/state", self.saveState())
+        self.settings.setValue("window/state", self.saveState(window_layout.STATE_VERSION))
         self.settings.sync()
         self.viewer.shutdown()
         super().closeEvent(event)

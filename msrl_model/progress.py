@@ -44,6 +44,7 @@ class Stage(StrEnum):
     WRITE = "write"  # saving a feature file
     PREDICT = "predict"  # MSRL inference, one unit per task
     RETRY = "retry"  # an analysis restarted with a smaller batch or on the CPU
+    NOTICE = "notice"  # a message to read now, not a step (e.g. how long a foundation model will take on the CPU)
     SLIDES = "slides"  # a batch run over slides, one unit per slide
     READ_FEATURES = "read features"  # loading a cohort's feature bags
     LATENTS = "latents"  # synthetic cohort: sampling the latent factors
@@ -217,7 +218,10 @@ def drive(
                 return stop.value
             if on_event is not None:
                 on_event(event)
-            if plain is not None:
+            if event.stage == Stage.NOTICE:
+                if show:
+                    _write_line(f"note: {event.message}", stream, bar)
+            elif plain is not None:
                 plain(event)
             elif show:
                 if event.stage != stage:
@@ -238,6 +242,15 @@ def drive(
     finally:
         if bar is not None:
             bar.close()
+
+
+def _write_line(text: str, stream: TextIO, bar: Any) -> None:
+    """One line on ``stream``, above the tqdm ``bar`` when one is drawn."""
+    if bar is not None:
+        bar.write(text, file=stream)
+    else:
+        stream.write(text + "\n")
+        stream.flush()
 
 
 def exhaust(job: Job[T]) -> T:

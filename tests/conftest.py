@@ -42,3 +42,25 @@ def isolated_weights(tmp_path, monkeypatch):
         monkeypatch.delenv(name)
     monkeypatch.setattr(weights, "_cli_weights", {})
     monkeypatch.setattr(weights, "_app_weights", {})
+
+
+@pytest.fixture(scope="session")
+def write_trident():
+    """``write(bags, folder)``: feature files as TRIDENT writes them into ``folder`` (``features_<encoder>/``):
+    ``features`` in fp16, ``coords`` int64 with TRIDENT's attributes on the coords dataset. ``bags`` yields
+    ``(slide_id, FeatureFile)``."""
+    import h5py
+    import numpy as np
+
+    def write(bags, folder: Path) -> None:
+        folder.mkdir(parents=True)
+        for slide, ff in bags:
+            with h5py.File(folder / f"{slide}.h5", "w") as f:
+                d = f.create_dataset("features", data=ff.features.astype(np.float16))
+                d.attrs.update({"name": slide, "savetodir": str(folder)})
+                c = f.create_dataset("coords", data=ff.coords.astype(np.int64))
+                c.attrs.update({"patch_size": 256, "patch_size_level0": 256, "level0_magnification": 20,
+                                "target_magnification": 20, "overlap": 0, "name": slide,
+                                "level0_width": 4096, "level0_height": 4096})
+
+    return write

@@ -385,15 +385,14 @@ class _FakePredictor:
         return {"survival": np.zeros(3)}
 
 
-def test_out_of_gpu_memory_falls_back_to_smaller_batch_then_cpu(tmp_path):
+def test_out_of_gpu_memory_falls_back_to_the_cpu(tmp_path):
     calls: list = []
 
     class Cache:
         def get(self, bundle, device):
             return _FakePredictor(device, calls)
 
-    request = AnalysisRequest(slide=tmp_path / "s.svs", bundle=tmp_path / "b", device="cuda", batch_size=64,
-                              cache=tmp_path)
+    request = AnalysisRequest(slide=tmp_path / "s.svs", bundle=tmp_path / "b", device="cuda", cache=tmp_path)
     job = analysis_job(request, Cache())
     events = []
     while True:
@@ -402,10 +401,11 @@ def test_out_of_gpu_memory_falls_back_to_smaller_batch_then_cpu(tmp_path):
         except StopIteration as stop:
             assert stop.value.result == "result" and list(stop.value.cohort_risks) == ["survival"]
             break
-    assert calls == [("cuda", 64), ("cuda", 32), ("cpu", CPU_BATCH)]  # the CPU encodes in small batches (Cancel)
+    # the GPU's batch planned from its free memory (None; the pipeline halves it on out-of-memory itself), then
+    # the CPU in small batches (Cancel acts sooner)
+    assert calls == [("cuda", None), ("cpu", CPU_BATCH)]
     retries = [e.message for e in events if e.stage == "retry"]
-    assert retries == ["Out of GPU memory: retrying with a batch of 32",
-                       "Out of GPU memory: running on the CPU instead (slower)"]
+    assert retries == ["Out of GPU memory: running on the CPU instead (slower)"]
 
 
 def _run_app(args, tmp_path):

@@ -218,6 +218,10 @@ def test_job_states_and_a_result_for_a_slide_no_longer_open(state, tmp_path):
     assert state.job is JobState.ANALYSING and state.analysis_running and not state.start_analysis()
     job.yielded.emit(Progress(Stage.RETRY, 1, 2, "Out of GPU memory: running on the CPU instead (slower)"))
     assert events.values("message")[-1].text.startswith("Out of GPU memory")
+    steps = len(events.values("progress"))
+    job.yielded.emit(Progress(Stage.NOTICE, 1, 1, "a.svs: uni_v1 runs 1.9 tiles/s on the CPU: ... about 40 min"))
+    assert events.values("message")[-1].text.endswith("about 40 min")  # in the status line, long enough to read
+    assert len(events.values("progress")) == steps  # a notice is not a step of the progress bar
     state.set_slide(tmp_path / "b.svs")  # another slide: the analysis is cancelled
     assert job.quit_requested and state.job is JobState.CANCELLING
     job.returned.emit(SimpleNamespace(result=FakeResult(tmp_path / "a.svs", None), cohort_risks={}))  # arrived anyway

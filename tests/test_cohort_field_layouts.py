@@ -51,19 +51,6 @@ def _bags(synth: Path):
         yield h5.stem, read_features(h5)
 
 
-def _write_trident(synth: Path, folder: Path) -> None:
-    """TRIDENT's layout: features (fp16) and coords (int64) with its attributes on coords."""
-    folder.mkdir(parents=True)
-    for slide, ff in _bags(synth):
-        with h5py.File(folder / f"{slide}.h5", "w") as f:
-            d = f.create_dataset("features", data=ff.features.astype(np.float16))
-            d.attrs.update({"name": slide, "savetodir": str(folder)})
-            c = f.create_dataset("coords", data=ff.coords.astype(np.int64))
-            c.attrs.update({"patch_size": 256, "patch_size_level0": 256, "level0_magnification": 20,
-                            "target_magnification": 20, "overlap": 0, "name": slide,
-                            "level0_width": 4096, "level0_height": 4096})
-
-
 def _write_clam(synth: Path, folder: Path, h5: bool, pt: bool) -> None:
     """CLAM's layout: h5_files/ (features float32, coords int32) and/or pt_files/ (an fp16 tensor N×D)."""
     for slide, ff in _bags(synth):
@@ -98,9 +85,9 @@ def _train(cohort_dir: Path, out: Path, tmp_path: Path, capsys) -> None:
     assert (out / "bundle" / "manifest.json").is_file() and (out / "cv_results.csv").is_file()
 
 
-def test_trident_job_dir_named_in_config_loads_in_place_and_trains(synth, tmp_path, capsys):
+def test_trident_job_dir_named_in_config_loads_in_place_and_trains(synth, tmp_path, capsys, write_trident):
     job = tmp_path / "trident_job"
-    _write_trident(synth, job / TRIDENT_SETTING / "features_synthetic")
+    write_trident(_bags(synth), job / TRIDENT_SETTING / "features_synthetic")
     (job / TRIDENT_SETTING / "patches").mkdir()  # TRIDENT's other folders are ignored
     cohort_dir = _tables(synth, tmp_path / "cohort", features=str(job))  # absolute path
     cohort = load_cohort(cohort_dir, tasks=["survival"], require_features=True)
@@ -112,21 +99,21 @@ def test_trident_job_dir_named_in_config_loads_in_place_and_trains(synth, tmp_pa
     _train(cohort_dir, tmp_path / "run", tmp_path, capsys)
 
 
-def test_trident_features_folder_relative_and_auto_detected(synth, tmp_path):
+def test_trident_features_folder_relative_and_auto_detected(synth, tmp_path, write_trident):
     cohort_dir = _tables(synth, tmp_path / "rel", features=f"{TRIDENT_SETTING}/features_synthetic")
-    _write_trident(synth, cohort_dir / TRIDENT_SETTING / "features_synthetic")
+    write_trident(_bags(synth), cohort_dir / TRIDENT_SETTING / "features_synthetic")
     assert all(p.suffix == ".h5" for p in load_cohort(cohort_dir).feature_paths.values())
     auto = _tables(synth, tmp_path / "auto")  # no features entry, no features/: the job tree in the dir
-    _write_trident(synth, auto / TRIDENT_SETTING / "features_synthetic")
+    write_trident(_bags(synth), auto / TRIDENT_SETTING / "features_synthetic")
     cohort = load_cohort(auto, require_features=True)
     assert all(p.parent.name == "features_synthetic" for p in cohort.feature_paths.values())
     _assert_same_bags(cohort, synth)
 
 
-def test_trident_job_dir_with_several_feature_folders_is_refused_with_the_list(synth, tmp_path):
+def test_trident_job_dir_with_several_feature_folders_is_refused_with_the_list(synth, tmp_path, write_trident):
     cohort_dir = _tables(synth, tmp_path / "many")
-    _write_trident(synth, cohort_dir / TRIDENT_SETTING / "features_a")
-    _write_trident(synth, cohort_dir / "40x_256px_0px_overlap" / "features_a")
+    write_trident(_bags(synth), cohort_dir / TRIDENT_SETTING / "features_a")
+    write_trident(_bags(synth), cohort_dir / "40x_256px_0px_overlap" / "features_a")
     with pytest.raises(CohortValidationError) as err:
         load_cohort(cohort_dir)
     text = str(err.value)

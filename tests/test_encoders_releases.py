@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
+import subprocess
 import sys
 
 import pytest
@@ -149,24 +152,91 @@ def _analyze(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_uni_v1_bundle_analyzes_a_slide_and_refuses_other_weights(cmu_slide, tmp_path, monkeypatch, capsys):
-    """A tiny bundle on uni_v1 features (reduced UNI architecture, random weights) analyses the CMU slide in
-    ``msrl analyze`` with ``--weights``, and refuses a checkpoint with other weights."""
-    from msrl_model.infer.random_bundle import make_random_bundle
+TRIDENT_SETTING = "20x_256px_0px_overlap"
+
+
+def _trident_uni_cohort(tmp_path, write_trident):
+    """A 24-case synthetic cohort whose 96-d features sit where TRIDENT writes UNI's:
+    ``20x_256px_0px_overlap/features_uni_v1/<slide>.h5`` (fp16, no encoder recorded but the folder)."""
+    import shutil
+
+    from msrl_model.features.h5io import read_features
+    from msrl_model.synth.cohort import make_synth_cohort
+
+    synth, cohort = tmp_path / "synth", tmp_path / "cohort"
+    make_synth_cohort(synth, n_cases=24, n_projects=2, patches=(8, 16), feature_dim=96, seed=5)
+    cohort.mkdir()
+    for item in synth.iterdir():
+        if item.is_file() and item.name != "cohort.json":
+            shutil.copy(item, cohort / item.name)
+    config = {**json.loads((synth / "cohort.json").read_text()), "features": f"{TRIDENT_SETTING}/features_uni_v1"}
+    (cohort / "cohort.json").write_text(json.dumps(config))
+    bags = ((h5.stem, read_features(h5)) for h5 in sorted((synth / "features").glob("*.h5")))
+    write_trident(bags, cohort / TRIDENT_SETTING / "features_uni_v1")
+    return cohort
+
+
+def _app_with_reduced_uni(args: list[str], tmp_path, weights_file) -> subprocess.CompletedProcess:
+    """``msrl-app ARGS`` in a fresh process whose uni_v1 release is the reduced one (as ``_reduce``), the
+    checkpoint given as the environment gives it (MSRL_WEIGHTS_UNI_V1), a new user's settings."""
+    code = ("import dataclasses, sys\n"
+            "from msrl_model.encoders import uni_v1\n"
+            f"uni_v1.RELEASE = dataclasses.replace(uni_v1.RELEASE, model_kwargs={{**uni_v1.RELEASE.model_kwargs, "
+            f"**{REDUCED!r}}}, dim=96)\n"
+            "from msrl_app.main import main\n"
+            f"sys.exit(main({args!r}))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(weights.ENV_PREFIX)}
+    env.update(QT_QPA_PLATFORM="offscreen", MSRL_STUDIO_LOG_DIR=str(tmp_path / "logs"),
+               MSRL_STUDIO_CACHE_DIR=str(tmp_path / "cache"), HOME=str(tmp_path / "home"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"),
+               HF_HUB_CACHE=str(tmp_path / "hub"), MSRL_WEIGHTS_UNI_V1=str(weights_file))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_bundle_trained_on_trident_uni_features_analyzes_a_slide_and_refuses_other_weights(
+        cmu_slide, tmp_path, monkeypatch, capsys, write_trident):
+    """The issue's end to end: ``msrl train`` on TRIDENT ``features_uni_v1/`` with ``--weights`` pins the
+    checkpoint in the bundle; ``msrl analyze`` and ``msrl-app --analyze --export --quit`` encode the real CMU
+    slide with that (reduced, random) UNI and predict; other weights are refused in both, naming both hashes."""
+    from msrl_model.nn.config import MSRLConfig
+    from msrl_model.train import cli as train_cli
 
     rel = _reduce(monkeypatch, "uni_v1")
     good, _ = _checkpoint(tmp_path, rel, seed=3)
     other, _ = _checkpoint(tmp_path, rel, seed=4)
-    spec = build_encoder(f"uni_v1@{good}").spec()  # what the training features record → the bundle's encoder
-    bundle = make_random_bundle(tmp_path / "uni.msrl", patch_dim=rel.dim, n_cases=20, seed=1,
-                                encoder={**spec, "spec": "uni_v1"})
+    cohort = _trident_uni_cohort(tmp_path, write_trident)
+    config = tmp_path / "small.toml"
+    MSRLConfig.tiny(max_patches_train=12, pretrain_epochs=1, finetune_epochs=1, batch_size=8).to_toml(config)
+    run = tmp_path / "run"
+    assert train_cli.main(["--cohort", str(cohort), "--out", str(run), "--folds", "2", "--tasks", "survival",
+                           "--variants", "msrl", "--config", str(config), "--device", "cpu", "--quiet",
+                           "--weights", f"uni_v1={good}"]) == 0, capsys.readouterr().err
+    encoder = json.loads((run / "bundle" / "manifest.json").read_text())["encoder"]
+    sha = release.sha256_file(good)
+    assert (encoder["name"], encoder["dim"], encoder["checkpoint_sha256"]) == ("uni_v1", 96, sha)
+    assert encoder["preprocessing"]["mean"] == list(rel.mean) and encoder["version"].endswith(sha[:12])
+    assert f"pins uni_v1 to {good}" in (run / "train.log").read_text()
+
     out = tmp_path / "out"
-    assert _analyze([str(cmu_slide), "--bundle", str(bundle), "--out", str(out), "--device", "cpu", "--quiet",
-                     "--weights", f"uni_v1={good}"]) == 0
+    assert _analyze([str(cmu_slide), "--bundle", str(run / "bundle"), "--out", str(out), "--device", "cpu",
+                     "--quiet", "--weights", f"uni_v1={good}"]) == 0, capsys.readouterr().err
     result = json.loads(next(out.glob("*.json")).read_text())
-    assert result["encoder"]["name"] == "uni_v1"
+    risk = result["tasks"]["survival"]["survival"]["risk"]
+    assert result["encoder"]["name"] == "uni_v1" and len(result["coords"]) >= 20 and math.isfinite(risk)
     capsys.readouterr()
-    assert _analyze([str(cmu_slide), "--bundle", str(bundle), "--out", str(tmp_path / "out2"), "--device", "cpu",
-                     "--quiet", "--weights", f"uni_v1={other}"]) == 2
+    assert _analyze([str(cmu_slide), "--bundle", str(run / "bundle"), "--out", str(tmp_path / "out2"), "--device",
+                     "cpu", "--quiet", "--weights", f"uni_v1={other}"]) == 2
     err = capsys.readouterr().err
-    assert spec["checkpoint_sha256"] in err and release.sha256_file(other) in err and "--weights uni_v1=" in err
+    assert sha in err and release.sha256_file(other) in err and "--weights uni_v1=" in err
+
+    export = tmp_path / "app" / "result.json"
+    app_args = [str(cmu_slide), "--bundle", str(run / "bundle"), "--device", "cpu", "--analyze", "--export"]
+    done = _app_with_reduced_uni([*app_args, str(export), "--quit"], tmp_path / "app", good)
+    assert done.returncode == 0, done.stderr
+    app_result = json.loads(export.read_text())
+    assert app_result["encoder"]["name"] == "uni_v1"
+    assert app_result["coords"] == result["coords"]  # the same tissue patches as the command line
+    assert app_result["tasks"]["survival"]["survival"]["risk"] == pytest.approx(risk, abs=1e-4)
+    refused = _app_with_reduced_uni([*app_args, str(tmp_path / "app2" / "r.json"), "--quit"], tmp_path / "app2",
+                                    other)
+    assert refused.returncode == 1 and sha in refused.stderr and release.sha256_file(other) in refused.stderr

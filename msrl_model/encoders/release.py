@@ -71,27 +71,52 @@ class ClsMeanPatch(torch.nn.Module):
         return torch.cat([tokens[:, 0], tokens[:, self.prefix:].mean(1)], dim=-1)
 
 
+def release_of(name: object) -> Release | None:
+    """The :class:`Release` of the registered adapter ``name``; None when ``name`` is no release adapter."""
+    import sys
+
+    release = getattr(sys.modules.get(f"msrl_model.encoders.{name}"), "RELEASE", None)
+    return release if isinstance(release, Release) else None
+
+
 def static_spec(name: str) -> dict[str, Any] | None:
     """What the release adapter ``name`` records without its weights (dim, preprocessing, checkpoint file);
     None when ``name`` is no release adapter. For feature files that name their encoder only by folder
     (TRIDENT's ``features_<name>/``)."""
-    import sys
-
-    release = getattr(sys.modules.get(f"msrl_model.encoders.{name}"), "RELEASE", None)
-    if not isinstance(release, Release):
+    release = release_of(name)
+    if release is None:
         return None
     return {"dim": release.dim, "preprocessing": release.preprocessing(), "checkpoint_file": release.weights_file}
+
+
+def pin_checkpoint(spec: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """``(spec, log line)``: a bundle's encoder ``spec`` (from its training features) with the SHA-256 of the
+    release's checkpoint when the features record none — TRIDENT's name their encoder only by their folder —
+    as the weights resolver finds it (``--weights``, the app's setting, ``MSRL_WEIGHTS_<NAME>``,
+    ``local_ckpts.json``, the Hugging Face cache), so the bundle refuses other weights at analysis. The line
+    says what was pinned, or why nothing was (empty for specs that need no pin)."""
+    release = release_of(spec.get("name"))
+    if release is None or spec.get("checkpoint_sha256"):
+        return dict(spec), ""
+    try:
+        ckpt = resolve_checkpoint(release.name, None, release.hf_repo, release.weights_file, release.size_text)
+    except EncoderError:
+        return dict(spec), (f"the {release.name} features record no checkpoint and none was found (give "
+                            f"--weights {release.name}=PATH): the bundle will accept any {release.name} weights")
+    sha = sha256_file(ckpt)
+    pinned = {**spec, "version": f"{release.version}.ckpt-{sha[:12]}", "checkpoint_sha256": sha,
+              "checkpoint_file": release.weights_file}
+    return pinned, (f"the bundle pins {release.name} to {ckpt} (SHA-256 {sha}): the features record no "
+                    f"checkpoint, so it must be the one that made them")
 
 
 def registered_releases() -> list[Release]:
     """The :class:`Release` of every registered foundation-model adapter, in registry order (what the app's
     Settings ▸ Foundation models lists)."""
-    import sys
-
     from msrl_model.encoders import available_encoders
 
-    found = (getattr(sys.modules.get(f"msrl_model.encoders.{name}"), "RELEASE", None) for name in available_encoders())
-    return [release for release in found if isinstance(release, Release)]
+    found = (release_of(name) for name in available_encoders())
+    return [release for release in found if release is not None]
 
 
 def sha256_file(path: Path) -> str:
@@ -163,5 +188,5 @@ def release_encoder(release: Release, model: torch.nn.Module, ckpt: Path, device
 
 
 __all__ = ["ClsMeanPatch", "IMAGENET_MEAN", "IMAGENET_STD", "Release", "build_release", "create_network",
-           "registered_releases", "reject_arg", "release_encoder", "release_label", "sha256_file", "static_spec",
+           "pin_checkpoint", "registered_releases", "release_of", "reject_arg", "release_encoder", "release_label", "sha256_file", "static_spec",
            "timm_kwargs", "wrap_output"]

@@ -32,7 +32,9 @@ def add_encoding_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: the CPUs this process may use, from affinity and the "
                         "cgroup quota, less those other processes keep busy; MSRL_THREADS / OMP_NUM_THREADS "
                         "override)")
-    p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per encoder batch (default: planned from the free GPU memory on CUDA, halved on "
+                        "out-of-memory; 64 on the CPU)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,13 +79,18 @@ def tiling_of(args: argparse.Namespace) -> TilingParams:
     return TilingParams(patch_size=size, target_mpp=mpp)
 
 
+def check_positive(args: argparse.Namespace) -> None:
+    """MSRLError when ``--batch-size`` or ``--workers`` is given below 1."""
+    if any(value is not None and value < 1 for value in (args.batch_size, args.workers)):
+        raise MSRLError("--batch-size and --workers must be at least 1")
+
+
 def thread_plan(args: argparse.Namespace) -> ThreadPlan:
     """Apply the thread policy (``--threads``, ``--workers``; :mod:`msrl_model.device`): logged, and printed on
     a terminal's stderr unless ``--quiet`` (piped stderr keeps its one line per error)."""
     from msrl_model.device import apply_threads
 
-    if args.workers is not None and args.workers < 1:
-        raise MSRLError("--batch-size and --workers must be at least 1")
+    check_positive(args)
     plan = apply_threads(args.threads, readers=args.workers)
     if not args.quiet and sys.stderr.isatty():
         print(plan.line(), file=sys.stderr)
@@ -102,8 +109,6 @@ def run_extract(args: argparse.Namespace) -> int:
     use_weights(parse_weights_args(args.weights))
     args.workers = thread_plan(args).readers
     tiling = tiling_of(args)
-    if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
-        raise MSRLError("--batch-size and --workers must be at least 1")
     max_patches = DEFAULT_MAX_PATCHES if args.max_patches is None else args.max_patches
     if max_patches < 1:
         raise MSRLError("--max-patches must be at least 1")

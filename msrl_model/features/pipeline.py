@@ -43,6 +43,7 @@ import numpy as np
 
 from msrl_model.device import resolve_device
 from msrl_model.errors import EncoderError, MSRLError, OutputError
+from msrl_model.features.batching import AdaptiveBatch, auto_batch_size, cpu_estimate_note
 from msrl_model.features.h5io import FORMAT_VERSION, cache_problem, expected_size, write_features
 from msrl_model.features.partial import partial_path, read_partial, write_partial
 from msrl_model.features.reader import ParallelTileReader, ReaderConfig
@@ -53,6 +54,9 @@ from msrl_model.progress import Job, Progress, Stage
 # File extensions picked up when a directory is given (any OpenSlide/tiffslide format).
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
                     ".bif", ".dcm")
+
+
+CPU_BATCH = 64  # tiles per encoder batch on the CPU when none is given (the app uses 16: Cancel acts sooner)
 
 
 @dataclass
@@ -72,6 +76,9 @@ class ExtractStats:
     warnings: list[str] = field(default_factory=list)  # the slide's and the grid's (e.g. assumed mpp)
     sync_timing: bool = False  # True: synchronise CUDA after each stage so the split is exact
     resumed: int = 0  # tiles read back from an interrupted run's partial file (not encoded again)
+    batch_size: int = 0  # tiles per encoder batch used (given, or planned from free GPU memory)
+    batch_note: str = ""  # how the batch size was chosen
+    oom_backoffs: int = 0  # times a CUDA out-of-memory halved the batch during the run
 
 
 def _params_dict(params: Any) -> dict[str, Any]:
@@ -114,21 +121,6 @@ def _stored_warnings(path: Path, default: list[str]) -> list[str]:
     except MSRLError:
         return list(default)
     return [str(w) for w in stored] if isinstance(stored, list) else list(default)
-
-
-def _encode_batch(encoder: Any, batch: Any) -> Any:
-    """Encode a device batch (the encoder applies autocast with its precision on CUDA); on CUDA
-    out-of-memory retry in halves, down to one tile."""
-    import torch
-
-    try:
-        return encoder.encode(batch)
-    except torch.cuda.OutOfMemoryError:
-        if len(batch) == 1:
-            raise EncoderError("the GPU ran out of memory on a single tile; rerun with --device cpu") from None
-        torch.cuda.empty_cache()
-        half = len(batch) // 2
-        return torch.cat([_encode_batch(encoder, batch[:half]), _encode_batch(encoder, batch[half:])])
 
 
 def _build(encoder: Any, device: str) -> Any:
@@ -174,17 +166,26 @@ def _encode_tiles(reader: ParallelTileReader, encoder: Any, n: int, patch_size: 
     # so the previous batch's non_blocking upload has finished before the buffer is refilled.
     pinned = (torch.empty((batch_size, patch_size, patch_size, 3), dtype=torch.uint8).pin_memory()
               if cuda else None)
+    batches = AdaptiveBatch(batch_size)  # halves (and keeps halving) on CUDA out-of-memory
+    estimate_pending = not cuda and _has_weights(encoder)
     try:
         yield Progress(Stage.READ_ENCODE, finished, n, slide_id)
         for first, batch in reader:
-            _encode_into(encoder, batch, first, features, pinned, device, sync, stats)
+            encode_s = stats.encode_s
+            _encode_into(batches, encoder, batch, first, features, pinned, device, sync, stats)
             finished = first + len(batch)  # the reader delivers batches in grid order
+            if estimate_pending:  # a foundation model on the CPU: say how long the rest will take, once
+                estimate_pending = False
+                note = cpu_estimate_note(encoder.name, len(batch), stats.encode_s - encode_s, n - finished)
+                if note is not None:
+                    yield Progress(Stage.NOTICE, 1, 1, f"{slide_id}: {note}")
             yield Progress(Stage.READ_ENCODE, finished, n, slide_id)
     except BaseException:  # GeneratorExit (cancel), KeyboardInterrupt, a failure: keep what is done
         if keep_partial is not None and finished > 0:  # all n too: stopped before the write
             keep_partial(features[:finished])
         raise
     stats.read_wait_s = reader.read_wait_s
+    stats.oom_backoffs = batches.backoffs
     issues = getattr(reader, "decoder_issues", 0)
     if issues:
         stats.warnings.append(
@@ -193,8 +194,13 @@ def _encode_tiles(reader: ParallelTileReader, encoder: Any, n: int, patch_size: 
     return features
 
 
-def _encode_into(encoder: Any, batch: np.ndarray, first: int, features: np.ndarray, pinned: Any, device: str,
-                 sync: bool, stats: ExtractStats) -> None:
+def _has_weights(encoder: Any) -> bool:
+    """True for an encoder with a checkpoint (a foundation model), not the weight-free built-in one."""
+    return bool(getattr(encoder, "checkpoint_sha256", None) or getattr(encoder, "checkpoint_file", None))
+
+
+def _encode_into(batches: AdaptiveBatch, encoder: Any, batch: np.ndarray, first: int, features: np.ndarray,
+                 pinned: Any, device: str, sync: bool, stats: ExtractStats) -> None:
     """Encode one batch of tiles (B, P, P, 3) uint8 into ``features[first:first + B]``; adds its
     transfer and encode times and tile count to ``stats``."""
     import torch
@@ -209,7 +215,7 @@ def _encode_into(encoder: Any, batch: np.ndarray, first: int, features: np.ndarr
             torch.cuda.synchronize()
     t1 = time.perf_counter()
     with torch.inference_mode():
-        out_feats = _encode_batch(encoder, tensor)  # (B, D)
+        out_feats = batches.encode(encoder, tensor)  # (B, D)
         features[first:first + len(batch)] = out_feats.float().cpu().numpy()
     t2 = time.perf_counter()
     stats.transfer_s += t1 - t0
@@ -241,7 +247,7 @@ def _feature_attrs(slide: Any, grid: Any, encoder: Any, encoder_spec: Any, sha: 
 
 
 def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any = "builtin-he",
-                  device: str = "auto", workers: int | None = None, batch_size: int = 64,
+                  device: str = "auto", workers: int | None = None, batch_size: int | None = None,
                   tissue: Any = None, tiling: Any = None, stats: ExtractStats | None = None,
                   prefetch: int = 3, max_patches: int | None = DEFAULT_MAX_PATCHES) -> Job[Path]:
     """Extract patch features of one slide into ``out_dir/<slide_id>.h5`` (architecture §3 layout).
@@ -253,7 +259,9 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
             (reuse one across slides).
         device: ``auto`` | ``cpu`` | ``cuda[:N]``.
         workers: reader threads (default ``os.cpu_count()``).
-        batch_size: tiles per encoder batch.
+        batch_size: tiles per encoder batch; None: planned from the free GPU memory on CUDA
+            (:func:`~msrl_model.features.batching.auto_batch_size`), :data:`CPU_BATCH` on the CPU. Halved
+            on CUDA out-of-memory either way.
         tissue: :class:`~msrl_model.slide.TissueParams` (default: its defaults).
         tiling: :class:`~msrl_model.slide.TilingParams` (default: its defaults).
         stats: filled in with the timings and the cache flag.
@@ -296,6 +304,10 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         check_writable(out_dir, expected_size(n, int(encoder.dim)))  # free space for the feature file
         yield Progress(Stage.TISSUE, 1, 1, f"{slide.slide_id}: {n} tiles")
 
+        stats.batch_size, stats.batch_note = (
+            (batch_size, f"{batch_size} tiles per batch (given)") if batch_size is not None
+            else auto_batch_size(encoder, grid.patch_size, device, CPU_BATCH))
+        batch_size = stats.batch_size
         partial = partial_path(out)
         done = read_partial(partial, key, grid.coords, int(encoder.dim))  # tiles kept by a cancelled run
         stats.resumed = 0 if done is None else len(done)
@@ -416,7 +428,7 @@ def _write_report(report: ExtractReport) -> None:
 
 
 def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec: Any = "builtin-he",
-                 device: str = "auto", workers: int | None = None, batch_size: int = 64,
+                 device: str = "auto", workers: int | None = None, batch_size: int | None = None,
                  tissue: Any = None, tiling: Any = None,
                  shard: tuple[int, int] | None = None,
                  max_patches: int | None = DEFAULT_MAX_PATCHES) -> Job[ExtractReport]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from msrl_model.cohort.expression import ExpressionTable
-from msrl_model.features.cli import add_encoding_arguments
+from msrl_model.features.cli import add_encoding_arguments, check_positive
 from msrl_model.errors import MSRLError, OutputError
 from msrl_model.files import atomic_write, check_writable, remove_orphaned_temporaries
 from msrl_model.infer.batch import SlideOutcome, analyze_slide, clashing_ids
@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: Path, project: str | None,
-                 expression: ExpressionTable | None, *, workers: int | None = None, batch_size: int = 64,
+                 expression: ExpressionTable | None, *, workers: int | None = None, batch_size: int | None = None,
                  on_slide: Callable[[SlideOutcome], Any] | None = None,
                  max_patches: int | None = None) -> Job[AnalyzeReport]:
     """Analyse ``slides`` into ``out_dir``; yields one "slides" stage (message = the slide's own stage).
@@ -143,8 +143,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     from msrl_model.progress import drive
 
     try:
-        if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
-            raise MSRLError("--batch-size and --workers must be at least 1")
+        check_positive(args)
         if args.max_patches is not None and args.max_patches < 1:
             raise MSRLError("--max-patches must be at least 1")
         if not 0.0 < args.coverage < 1.0:

@@ -432,7 +432,7 @@ class Predictor:
 
     def predict_slide(self, slide_path: str | Path, cache_dir: str | Path, project: str | None = None,
                       expression: Mapping[str, float] | Any = None, *, workers: int | None = None,
-                      batch_size: int = 64, max_patches: int | None = None,
+                      batch_size: int | None = None, max_patches: int | None = None,
                       regions: Any = None) -> Job[PredictionResult]:
         """Extract (cached in ``cache_dir``) with the bundle's encoder, tiling and tissue parameters, then
         predict. A job: yields the extraction's Progress stages, then "predict"; returns the result.

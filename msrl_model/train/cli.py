@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sign the bundle with this Ed25519 private key (make one with: msrl keygen KEY.pem); "
                              "the signer name is the key file's name unless --signer is given")
     parser.add_argument("--signer", help="name the bundle's signature carries (with --sign-key)")
+    parser.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                        help="the foundation-model checkpoint that made the cohort's features, e.g. "
+                             "uni_v1=/data/uni/pytorch_model.bin: TRIDENT's features do not record it, so the "
+                             "bundle pins its SHA-256 and refuses other weights at analysis (else found as "
+                             "msrl analyze finds it: MSRL_WEIGHTS_<NAME>, local_ckpts.json, the HF cache)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -130,6 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
     from msrl_model.train import distributed
     from msrl_model.train.presets import cohort_scale, preset
     from msrl_model.train.settings import TrainSettings
+    from msrl_model.weights import parse_weights_args, use_weights
 
     run_preset = preset(args.preset) if args.preset else None
     out: Path = args.out
@@ -146,6 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         _read_config(args.config, (MSRLConfig.paper(), TrainSettings()))  # a bad --config: refused before any work
     _variants(args, run_preset)  # unknown variants: refused before any work
+    use_weights(parse_weights_args(args.weights))  # a malformed --weights: refused before any work
     device = distributed.setup(resolve_device(args.device))
     main_rank = distributed.is_main()
     try:
@@ -305,6 +312,7 @@ def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result
     """Rank 0's outputs of a finished run in ``args.out`` (CSV, table, Kaplan-Meier plots, model card,
     bundle); returns the CV table."""
     from msrl_model.files import atomic_write
+    from msrl_model.encoders.release import pin_checkpoint
     from msrl_model.train.export import export_bundle, feature_encoder
     from msrl_model.train.model_card import model_card
     from msrl_model.train.report import (
@@ -328,7 +336,9 @@ def _write_outputs(args: argparse.Namespace, cohort, patch_dim: int, cfg, result
             p = plot_km(result, cohort, task, v, out / f"km_{task}_{v}.png")
             if p is not None and task == "survival":
                 km[v] = p
-    encoder = feature_encoder(cohort, patch_dim)
+    encoder, pin_note = pin_checkpoint(feature_encoder(cohort, patch_dim))
+    if pin_note:
+        log.info(pin_note)
     wall = time.perf_counter() - start
     card = model_card(cohort=cohort, result=result, tasks=tasks, methods=variants, encoder=encoder,
                       config_text=(out / "config.toml").read_text(encoding="utf-8"), km_pvalues=km,
