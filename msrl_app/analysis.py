@@ -123,6 +123,7 @@ class AnalysisRequest:
     batch_size: int | None = None  # patch-encoder batch on a GPU (None: from its free memory; halved on
     # out-of-memory by the pipeline); CPU_BATCH on the CPU
     cache: Path = field(default_factory=features_dir)  # feature cache folder
+    regions: Any = None  # msrl_model.slide.regions.RegionSet choosing the patches; None: the whole tissue
 
 
 class PredictorCache:
@@ -190,7 +191,7 @@ def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Genera
         try:
             result = yield from predictor.predict_slide(
                 request.slide, request.cache, project=request.project, expression=request.expression,
-                batch_size=batch)
+                batch_size=batch, regions=request.regions)
             return AnalysisOutcome(result, predictor.cohort_risks())
         except Exception as exc:
             if not is_out_of_memory(exc) or i == len(attempts) - 1:

@@ -29,6 +29,7 @@ Events (each ``EventSignal``; the value passed is in brackets):
     error [ErrorReport]          something failed (``last_error``); the views show it
     message [StatusMessage]      a line for the status bar
     exported [Path]              a report or results file was written
+    regions.changed [RegionSet]  the open slide's regions of interest (``state.regions``, saved per slide)
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,13 @@ import numpy as np
 from msrl_app.analysis import (DEVICES, NO_BUNDLE, AnalysisOutcome, AnalysisRequest, PredictorCache, analysis_job,
                                demo_slide_job, demo_slide_path, features_dir, read_expression)
 from msrl_app.events import ErrorReport, EventSignal, InlineJob, StatusMessage, format_error
+from msrl_app.region_store import RegionStore
 from msrl_model.errors import MSRLError
 from msrl_model.progress import Progress, Stage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AppState", "ErrorReport", "EventSignal", "InlineJob", "JobState", "Region", "StateEvents",
+__all__ = ["AppState", "ErrorReport", "EventSignal", "InlineJob", "JobState", "StateEvents",
            "StatusMessage", "bundle_job", "format_error", "primary_task"]
 
 # closing the app: how long to wait for each kind of job once told to stop (a model load cannot stop
@@ -77,14 +78,6 @@ class JobState(StrEnum):
     LOADING_MODEL = "loading model"  # a bundle is being read (its warm-up), no analysis
     ANALYSING = "analysing"
     CANCELLING = "cancelling"  # the analysis was asked to stop; it does at its next step
-
-
-@dataclass(frozen=True)
-class Region:
-    """An annotated region of the slide (reserved: regions are not drawn or analysed yet)."""
-
-    name: str
-    polygon: tuple[tuple[float, float], ...]  # level-0 (x, y) vertices
 
 
 def primary_task(result: Any) -> Any:
@@ -122,7 +115,7 @@ class AppState:
         self.coverage = 0.9  # of the conformal prediction sets (Settings ▸ Prediction sets)
         self.expression: dict[str, float] | None = None  # this case's expression (MSRL_multi)
         self.expression_name = ""  # the expression file's name
-        self.regions: list[Region] = []  # annotated regions (reserved)
+        self.regions = RegionStore()  # the open slide's regions of interest (msrl_app.region_store): Analyze uses them
         self.result: Any = None  # the PredictionResult shown (msrl_model.infer.results)
         self.result_slide: Path | None = None  # the slide it belongs to
         self.cohort_risks: dict[str, np.ndarray] = {}  # survival task -> training cohort risks
@@ -221,6 +214,7 @@ class AppState:
         self.cancel_analysis()
         self.slide = Path(path) if path is not None else None
         self.slide_handle = handle
+        self.regions.open_slide(self.slide, handle)
         self.events.slide.emit(self.slide)
         if self.result is not None:
             self.set_result(None)
@@ -354,7 +348,8 @@ class AppState:
             return False
         request = AnalysisRequest(slide=self.slide, bundle=self.bundle_path, device=self.device,
                                   project=self.project, expression=self.expression, coverage=self.coverage,
-                                  cache=self.cache if self.cache is not None else features_dir())
+                                  cache=self.cache if self.cache is not None else features_dir(),
+                                  regions=self.regions.current())
         log.info("analyze %s with %s (device %s, project %s, %s)", request.slide, request.bundle,
                  request.device, request.project, "with expression" if request.expression else "slide only")
         job = self._start_job("analysis", analysis_job, request, self.predictors,
@@ -448,6 +443,14 @@ class AppState:
         from msrl_model.infer.export import write_results
 
         return self._export(Path(path), lambda target: list(write_results(target, self.result)), "results")
+
+    def export_qupath(self, path: str | os.PathLike, tissue: Any = None) -> bool:
+        """Write the shown result as QuPath GeoJSON (:mod:`msrl_model.infer.geojson`: the patches as tiles with
+        their measurements, the ``tissue`` outline (a shapely geometry, or None) and the regions as annotations)."""
+        from msrl_model.infer.geojson import write_qupath_geojson
+
+        return self._export(Path(path), lambda target: [write_qupath_geojson(
+            target, self.result, tissue=tissue, regions=self.regions.current())], "QuPath GeoJSON")
 
     def _export(self, path: Path, write: Callable[[Path], list[Path]], what: str) -> bool:
         try:

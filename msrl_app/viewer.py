@@ -81,6 +81,7 @@ class SlideViewer(NavigationMixin, QWidget):
         self._thumbnail: QImage | None = None
 
         self._layers = OverlayLayers()
+        self._tissue: tuple[np.ndarray, float] | None = None  # the tissue mask and its downsample, once detected
 
         self._drag_origin: QPointF | None = None
         self._drag_center = QPointF()
@@ -107,6 +108,7 @@ class SlideViewer(NavigationMixin, QWidget):
         self._failed.clear()
         self._thumbnail = None
         self._layers.clear()
+        self._tissue = None
         self._anim.stop()
         self.slideChanged.emit()
         self.overlaysChanged.emit()
@@ -350,7 +352,12 @@ class SlideViewer(NavigationMixin, QWidget):
     def set_tissue_mask(self, mask: np.ndarray, downsample: float) -> None:
         """Tissue mask ``mask`` (H x W bool) with ``downsample`` level-0 px per mask px."""
         self._layers.set_tissue_mask(mask, downsample)
+        self._tissue = (np.asarray(mask, dtype=bool), float(downsample))
         self._overlays_changed()
+
+    def tissue_mask(self) -> tuple[np.ndarray, float] | None:
+        """The tissue mask shown (H x W bool, level-0 px per mask px), None until detection finished."""
+        return self._tissue
 
     def tissue_fraction(self) -> float | None:
         """Fraction of the slide area that is tissue, None until detection finished."""

@@ -31,6 +31,7 @@ from msrl_app.labels import model_display_name
 from msrl_app.dialogs import APP, MAX_RECENT, SLIDE_FILTER, SLIDE_SUFFIXES, RecentFiles  # noqa: F401 - re-exported
 from msrl_app.overview import OverviewWidget
 from msrl_app.panels import OverlayPanel, SlidePropertiesPanel
+from msrl_app.regions import RegionTools
 from msrl_app.scalebar import format_magnification, position_text
 from msrl_app.state import AppState, ErrorReport, JobState, StatusMessage, primary_task
 from msrl_app.theme import apply_theme, first_size  # noqa: F401 - apply_theme re-exported (main, docs/screenshots.py)
@@ -80,6 +81,7 @@ class MainWindow(QMainWindow):
         actions.build_actions(self)
         actions.build_menus(self)
         actions.build_toolbar(self)
+        self.region_tools = RegionTools(self)  # the Regions toolbar, import/export menu entries, drawing on the viewer
         window_layout.install(self)  # column widths on the first show, the results' own window
         self.recent = RecentFiles(self.settings, self.recent_menu, self.open_slide)
         self._connect_viewer()
