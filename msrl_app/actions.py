@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QComboBox, QLabel, QMenu, QToolBar, QToolButton
 
 from msrl_app.analysis import DEVICES
 from msrl_app.controls import AnalysisProgress
-from msrl_app.dialogs import FoundationModelsDialog, apply_stored_weights
+from msrl_app.dialogs import FoundationModelsDialog, apply_stored_weights, choose_dicom_folder
 from msrl_app.panels import OverlayPanel
 from msrl_model import RESEARCH_USE_ONLY
 
@@ -57,6 +57,8 @@ def build_status_bar(w: MainWindow) -> None:
 def build_actions(w: MainWindow) -> None:
     a = _action
     w.open_action = a(w, "&Open slide…", w.choose_slide, QKeySequence.StandardKey.Open, "Open a whole-slide image")
+    w.open_dicom_action = a(w, "Open &DICOM folder…", lambda: _open_dicom_folder(w), None,
+                            "Open a DICOM whole-slide series: the folder of its .dcm files")
     w.close_action = a(w, "&Close slide", w.close_slide, QKeySequence.StandardKey.Close)
     w.quit_action = a(w, "&Quit", w.close, QKeySequence.StandardKey.Quit)
     w.fit_action = a(w, "&Fit to window", w.viewer.fit, "F", "Show the whole slide")
@@ -101,6 +103,7 @@ def build_menus(w: MainWindow) -> None:
     menu = w.menuBar()
     file_menu = menu.addMenu("&File")
     file_menu.addAction(w.open_action)
+    file_menu.addAction(w.open_dicom_action)
     w.recent_menu = file_menu.addMenu("Open &recent")
     for group in ([w.close_action], [w.open_bundle_action, w.expression_action, w.clear_expression_action],
                   [w.export_pdf_action, w.export_results_action], [w.quit_action]):
@@ -131,6 +134,13 @@ def build_menus(w: MainWindow) -> None:
     help_menu.addAction(w.model_card_action)
     help_menu.addSeparator()
     help_menu.addAction(w.about_action)
+
+
+def _open_dicom_folder(w: MainWindow) -> None:
+    """File ▸ Open DICOM folder…: a folder chosen in the dialog is opened as one slide."""
+    folder = choose_dicom_folder(w, w.settings)
+    if folder:
+        w.open_slide(folder)
 
 
 COVERAGES = (0.8, 0.9, 0.95)  # the conformal coverages offered in Settings ▸ Prediction sets

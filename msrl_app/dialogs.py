@@ -14,7 +14,8 @@ from msrl_model import RESEARCH_USE_ONLY, __version__
 
 APP = "MSRL Studio"
 SLIDE_SUFFIXES = ("svs", "tif", "tiff", "ndpi", "vms", "vmu", "scn", "mrxs", "svslide", "bif", "dcm")
-SLIDE_FILTER = (f"Whole-slide images ({' '.join('*.' + s for s in SLIDE_SUFFIXES)});;All files (*)")
+SLIDE_FILTER = (f"Whole-slide images ({' '.join('*.' + s for s in SLIDE_SUFFIXES)});;"
+                "DICOM whole-slide series, any one of its files (*.dcm);;All files (*)")
 EXPRESSION_FILTER = "Expression tables (*.csv *.txt);;All files (*)"
 MAX_RECENT = 10
 WEIGHTS_GROUP = "foundation_models"  # QSettings group: registry name -> checkpoint path
@@ -26,6 +27,13 @@ def _folder(settings: QSettings, key: str) -> str:
 
 def choose_slide(parent: QWidget, settings: QSettings) -> str | None:
     path, _ = QFileDialog.getOpenFileName(parent, "Open slide", _folder(settings, "paths/last_dir"), SLIDE_FILTER)
+    return path or None
+
+
+def choose_dicom_folder(parent: QWidget, settings: QSettings) -> str | None:
+    """A folder holding one DICOM whole-slide series (its .dcm files); opened as one slide."""
+    path = QFileDialog.getExistingDirectory(parent, "Open DICOM folder (one whole-slide series)",
+                                            _folder(settings, "paths/last_dir"))
     return path or None
 
 

@@ -51,7 +51,9 @@ SELF_TEST_SLIDE = dict(width=2048, height=1536, seed=20240612)  # the self-test'
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="msrl-app", description="MSRL Studio: view a whole-slide image (research use only).")
-    parser.add_argument("slide", nargs="?", type=Path, help="slide to open (.svs or any OpenSlide format)")
+    parser.add_argument("slide", nargs="?", type=Path,
+                        help="slide to open (.svs or any OpenSlide format; a DICOM series: its folder or one "
+                             "of its .dcm files)")
     parser.add_argument("--bundle", type=Path, help="model bundle (a bundle folder or a .msrl file)")
     parser.add_argument("--project", help="the slide's cancer type (a project of the bundle, e.g. TCGA-LUAD)")
     parser.add_argument("--expression", type=Path, help="this case's expression CSV (runs MSRL_multi)")

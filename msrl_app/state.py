@@ -190,10 +190,10 @@ class AppState:
         try:
             from msrl_model.slide import open_slide  # imported on first use: keeps start-up fast
 
-            if not path.is_file():
-                raise MSRLError(f"{path} does not exist or is not a file; it may have been moved, renamed "
-                                f"or deleted - choose it again with File ▸ Open slide…")
-            slide = open_slide(path)
+            if not path.exists():
+                raise MSRLError(f"{path} does not exist; it may have been moved, renamed or deleted - choose it "
+                                f"again with File ▸ Open slide… (or File ▸ Open DICOM folder…)")
+            slide = open_slide(path)  # a file, or a DICOM series: its folder or one of its .dcm files
         except Exception as exc:  # noqa: BLE001 - every failure becomes a dialog, never a crash
             self.report_error(f"Cannot open {path.name}", exc)
             return None
@@ -201,7 +201,7 @@ class AppState:
                  *slide.dimensions, slide.level_count, slide.mpp, slide.mpp_source)
         for warning in slide.warnings:
             log.warning(warning)
-        self.set_slide(path, slide)
+        self.set_slide(slide.path, slide)  # a DICOM series is its folder, whichever .dcm file was chosen
         if slide.warnings:
             self.message(slide.warnings[0], 15000)
         else:

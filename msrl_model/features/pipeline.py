@@ -48,13 +48,9 @@ from msrl_model.features.h5io import FORMAT_VERSION, cache_problem, expected_siz
 from msrl_model.features.partial import partial_path, read_partial, write_partial
 from msrl_model.features.reader import ParallelTileReader, ReaderConfig
 from msrl_model.files import atomic_write, check_writable, remove_orphaned_temporaries
+from msrl_model.slide.paths import slide_id_of, slide_location, slide_paths_in
 from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
 from msrl_model.progress import Job, Progress, Stage
-
-# File extensions picked up when a directory is given (any OpenSlide/tiffslide format).
-SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
-                    ".bif", ".dcm")
-
 
 CPU_BATCH = 64  # tiles per encoder batch on the CPU when none is given (the app uses 16: Cancel acts sooner)
 
@@ -405,13 +401,15 @@ def resolve_shard(shard: tuple[int, int] | None, env: dict[str, str] | None = No
 
 
 def collect_slides(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, directories expanded to their slide files (non-recursive); sorted, unique."""
+    """Files as given (a DICOM ``.dcm`` file: its series' folder), directories expanded to their slides
+    (:func:`~msrl_model.slide.paths.slide_paths_in`: slide files and DICOM-series folders, or the folder
+    itself when it is a DICOM series; non-recursive); sorted, unique."""
     found: set[Path] = set()
     for p in map(Path, paths):
         if p.is_dir():
-            found.update(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in SLIDE_EXTENSIONS)
+            found.update(slide_paths_in(p))
         elif p.exists():
-            found.add(p)
+            found.add(slide_location(p))
         else:
             raise MSRLError(f"{p}: no such file or directory")
     return sorted(found, key=lambda q: (q.name, str(q)))
@@ -453,11 +451,12 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
     for k, path in enumerate(slides):
         yield Progress(Stage.SLIDES, k, len(slides), path.name)
         t0 = time.perf_counter()
-        if path.stem in seen:
-            result = SlideResult(str(path), path.stem, "error",
-                                 f"same slide id as {seen[path.stem]}; rename one of them")
+        slide_id = slide_id_of(path)
+        if slide_id in seen:
+            result = SlideResult(str(path), slide_id, "error",
+                                 f"same slide id as {seen[slide_id]}; rename one of them")
         else:
-            seen[path.stem] = path
+            seen[slide_id] = path
             stats = ExtractStats()
             try:
                 job = extract_slide(path, out_dir, encoder, device, workers, batch_size, tissue, tiling, stats,
@@ -471,15 +470,15 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
                     output = stop.value
                 finally:
                     job.close()
-                result = SlideResult(str(path), stats.slide_id or path.stem,
+                result = SlideResult(str(path), stats.slide_id or slide_id,
                                      "cached" if stats.cached else "ok", output=str(output), tiles=stats.tiles,
                                      warnings=stats.warnings)
             except OutputError:
                 raise  # the output folder, not the slide: stop here (one line from the CLI)
             except MSRLError as err:
-                result = SlideResult(str(path), path.stem, "error", str(err))
+                result = SlideResult(str(path), slide_id, "error", str(err))
             except (OSError, ValueError, RuntimeError) as err:
-                result = SlideResult(str(path), path.stem, "error", f"{type(err).__name__}: {err}")
+                result = SlideResult(str(path), slide_id, "error", f"{type(err).__name__}: {err}")
         result.seconds = time.perf_counter() - t0
         report.slides.append(result)
         _write_report(report)

@@ -2,17 +2,21 @@
 
 ``open_slide(path)`` tries OpenSlide first (every format libopenslide knows: Aperio SVS, Hamamatsu,
 MIRAX, Leica, Philips, Ventana, DICOM, generic tiled TIFF) and falls back to tiffslide for TIFF files
-OpenSlide refuses (e.g. some OME-TIFFs). Whatever the backend, reads come back as H x W x 3 uint8
+OpenSlide refuses (e.g. some OME-TIFFs). A DICOM whole-slide series is opened by its folder or by any
+one of its ``.dcm`` files, and either way the slide is the folder (see :mod:`msrl_model.slide.paths`:
+its id is the folder's name, its cache key hashes the series' files). Whatever the backend, reads come back as H x W x 3 uint8
 RGB with any alpha composited on white, and failures come back as :mod:`msrl_model.errors` classes
 with one-line messages:
 
-* :class:`NotASlideError` - no backend recognises the file (a text file named ``.svs``, a PNG, ...);
+* :class:`NotASlideError` - no backend recognises the file (a text file named ``.svs``, a PNG, ...),
+  or a folder holds no DICOM whole-slide file;
 * :class:`CorruptSlideError` - the file is a TIFF / recognised slide format but is truncated or
   damaged. TIFF files are checked at open: every tile of every page must lie inside the file, and a
-  probe read of the first and last tile of level 0 and of the lowest level must decode;
+  probe read of the first and last tile of level 0 and of the lowest level must decode (DICOM too;
+  every whole-slide ``.dcm`` file of a series must open);
 * :class:`UnreadableTileError` - a later read failed; the message names the region;
 * :class:`SlideError` - a readable file MSRL Studio does not analyse: not 8-bit (e.g. a float32 or
-  16-bit TIFF), or declaring an absurd size (more than :data:`MAX_LEVEL0_PIXELS` px, or a TIFF page
+  16-bit TIFF), a folder holding several DICOM series (several slides), or declaring an absurd size (more than :data:`MAX_LEVEL0_PIXELS` px, or a TIFF page
   holding fewer tiles than its declared size needs - a few KB claiming 10⁶ × 10⁶ px). These checks
   read only the file's directory, so nothing proportional to the declared size is ever allocated.
 
@@ -23,7 +27,6 @@ add a line to ``Slide.warnings`` and ``mpp_source`` says which applied.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -33,6 +36,7 @@ from typing import Literal
 import numpy as np
 
 from msrl_model.errors import CorruptSlideError, NotASlideError, SlideError, UnreadableTileError
+from msrl_model.slide.paths import dicom_files, sha256_head, slide_id_of, slide_location
 
 __all__ = ["Slide", "open_slide", "Backend", "MppSource", "ASSUMED_MPP"]
 
@@ -41,7 +45,6 @@ MppSource = Literal["metadata", "objective-power", "assumed"]
 
 ASSUMED_MPP = 0.25  # µm/px assumed when neither mpp nor objective power is recorded (a 40x scan)
 _MPP_RANGE = (0.01, 100.0)  # plausible level-0 µm/px; values outside are treated as missing
-_HASH_HEAD_BYTES = 1 << 20  # sha256_head hashes the first MiB
 MAX_LEVEL0_PIXELS = 10**11  # level-0 area refused above this (the largest 80x scans are ~6e10 px)
 MAX_LEVEL0_SIDE = 1_000_000  # level-0 width/height refused above this
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -156,9 +159,10 @@ class Slide:
     ``H x W x 3`` uint8 RGB. Reads are safe from several threads (both backends allow it).
     """
 
-    def __init__(self, path: Path, backend: Backend, handle) -> None:
-        self.path: Path = path
-        self.slide_id: str = path.stem
+    def __init__(self, path: Path, backend: Backend, handle, files: list[Path] | None = None) -> None:
+        self.path: Path = path  # the slide file, or the folder of a DICOM series
+        self.files: list[Path] = files or [path]  # what the slide is read from (a series: its .dcm files)
+        self.slide_id: str = slide_id_of(path)
         self.backend: Backend = backend
         self._handle = handle
         self._lock = threading.Lock()
@@ -258,7 +262,7 @@ class Slide:
 
         with self._lock:
             try:
-                old, self._handle = self._handle, openslide.OpenSlide(str(self.path))
+                old, self._handle = self._handle, openslide.OpenSlide(str(self.files[0]))
                 old.close()
             except Exception:  # keep the old handle; the next read reports its own error
                 pass
@@ -286,10 +290,13 @@ class Slide:
         return np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BOX))
 
     def sha256_head(self) -> str:
-        """Hex sha256 of the file's first MiB followed by its size in bytes as decimal text (a cache key)."""
-        digest = hashlib.sha256(_head(self.path, _HASH_HEAD_BYTES))
-        digest.update(str(self.path.stat().st_size).encode())
-        return digest.hexdigest()
+        """The slide's cache key: hex sha256 of the file's first MiB followed by its size in bytes as
+        decimal text; for a DICOM series, of the files' such digests (:func:`~msrl_model.slide.paths.sha256_head`)."""
+        return sha256_head(self.files)
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the slide's files (a DICOM series: all its files)."""
+        return sum(f.stat().st_size for f in self.files)
 
     # -- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -330,8 +337,72 @@ def _open_backend(path: Path, backend: Backend):
     return tiffslide.TiffSlide(str(path))
 
 
+def _checked(slide: Slide) -> Slide:
+    """``slide`` once its declared size is plausible and its probe reads decode; else closed and raised."""
+    try:
+        _check_declared_size(slide.path, *slide.dimensions)
+        slide._probe()
+    except SlideError:
+        slide.close()
+        raise
+    return slide
+
+
+def _dicom_series_uid(path: Path) -> str:
+    """The SeriesInstanceUID of a DICOM whole-slide file (OpenSlide opens its series to read it)."""
+    import openslide
+
+    with openslide.OpenSlide(str(path)) as handle:
+        return str(handle.properties.get("dicom.SeriesInstanceUID", ""))
+
+
+def _open_dicom_series(folder: Path) -> Slide:
+    """The DICOM whole-slide series in ``folder`` as one slide (OpenSlide; see :mod:`msrl_model.slide.paths`).
+
+    Every ``.dcm`` file is asked for its series: OpenSlide opens a series from any one of its files
+    and silently skips files it cannot read or of another series, so without this a damaged level
+    or a second slide in the folder would go unnoticed. Other DICOM objects (a CT image, a report:
+    the ``DICM`` marker at byte 128 but not a whole-slide image) are ignored.
+    """
+    import openslide
+
+    files = dicom_files(folder)
+    if not files:
+        raise NotASlideError(f"{folder} is a folder without DICOM (.dcm) files; a folder opens as a slide only "
+                             "when it holds a DICOM whole-slide series - choose a slide file or such a folder")
+    series: dict[str, list[Path]] = {}
+    failures: list[str] = []
+    for file in files:
+        if openslide.OpenSlide.detect_format(str(file)) != "dicom":
+            if _head(file, 132)[128:] != b"DICM":  # not even a DICOM file: truncated, or misnamed
+                failures.append(f"{file.name} is not a readable DICOM file")
+            continue
+        try:
+            series.setdefault(_dicom_series_uid(file), []).append(file)
+        except Exception as exc:  # OpenSlide raises assorted types on bad input
+            failures.append(f"{file.name}: {_short(exc)}")
+    if failures:
+        raise CorruptSlideError(f"{folder}: {len(failures)} of its {len(files)} .dcm files cannot be read "
+                                f"({failures[0]}); the series may be truncated or damaged - copy or export it again")
+    if not series:
+        raise NotASlideError(f"{folder}: none of its {len(files)} .dcm files is a DICOM whole-slide image "
+                             "(VL Whole Slide Microscopy); choose the folder of a whole-slide series")
+    if len(series) > 1:
+        raise SlideError(f"{folder} holds {len(series)} DICOM series, i.e. {len(series)} slides; put each "
+                         "series' .dcm files in a folder of its own and open one folder at a time")
+    members = next(iter(series.values()))
+    try:
+        slide = Slide(folder, "openslide", _open_backend(members[0], "openslide"), files=members)
+    except Exception as exc:
+        raise CorruptSlideError(f"{folder}: OpenSlide cannot open the DICOM series ({_short(exc)}); it may be "
+                                "damaged - copy or export it again") from exc
+    return _checked(slide)
+
+
 def open_slide(path: str | Path, backend: Literal["auto", "openslide", "tiffslide"] = "auto") -> Slide:
     """Open a whole-slide image. ``backend="auto"`` tries OpenSlide, then tiffslide for TIFF files.
+
+    ``path`` may be a DICOM series: its folder or any one of its ``.dcm`` files (OpenSlide only).
 
     Raises SlideError (missing file), NotASlideError (no backend recognises it) or CorruptSlideError
     (a TIFF or recognised slide format that is truncated or damaged).
@@ -339,6 +410,11 @@ def open_slide(path: str | Path, backend: Literal["auto", "openslide", "tiffslid
     if backend not in ("auto", "openslide", "tiffslide"):
         raise ValueError(f"backend must be 'auto', 'openslide' or 'tiffslide', got {backend!r}")
     path = Path(path).expanduser()
+    series = slide_location(path)
+    if series.is_dir():
+        if backend == "tiffslide":
+            raise NotASlideError(f"{path}: tiffslide does not read DICOM; open it with backend 'openslide'")
+        return _open_dicom_series(series)
     if not path.is_file():
         raise SlideError(f"{path}: no such file; check the path")
     size = path.stat().st_size
@@ -371,13 +447,7 @@ def open_slide(path: str | Path, backend: Literal["auto", "openslide", "tiffslid
             handle.close()
             failures.append(f"{name}: {_short(exc)}")
             continue
-        try:
-            _check_declared_size(path, *slide.dimensions)
-            slide._probe()
-        except SlideError:
-            slide.close()
-            raise
-        return slide
+        return _checked(slide)
 
     if is_tiff or detected:
         kind = f"{detected} slide" if detected else "TIFF file"
@@ -388,4 +458,4 @@ def open_slide(path: str | Path, backend: Literal["auto", "openslide", "tiffslid
     what = f"a plain {plain} image, not a whole-slide image" if plain else \
         "not a whole-slide image OpenSlide or tiffslide can read"
     raise NotASlideError(f"{path} is {what}; choose a whole-slide file (.svs, .tif, .ndpi, .mrxs, .scn, "
-                         ".vms, .bif, DICOM)")
+                         ".vms, .bif, or a DICOM series: its folder or one of its .dcm files)")
