@@ -240,3 +240,26 @@ def test_bundle_trained_on_trident_uni_features_analyzes_a_slide_and_refuses_oth
     refused = _app_with_reduced_uni([*app_args, str(tmp_path / "app2" / "r.json"), "--quit"], tmp_path / "app2",
                                     other)
     assert refused.returncode == 1 and sha in refused.stderr and release.sha256_file(other) in refused.stderr
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_each_adapter_analyzes_the_cmu_slide_with_a_bundle_of_its_features(name, cmu_slide, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Build item 5 (c) for every timm-based release: a tiny bundle whose encoder is the adapter's spec (as its
+    feature files record it) analyses the real slide through ``msrl analyze``, encoding with the adapter."""
+    from msrl_model.infer.random_bundle import make_random_bundle
+
+    rel = _reduce(monkeypatch, name)
+    ckpt, _ = _checkpoint(tmp_path, rel, seed=7)
+    spec = build_encoder(f"{name}@{ckpt}").spec()
+    bundle = make_random_bundle(tmp_path / f"{name}.msrl", patch_dim=rel.dim, n_cases=20, seed=2,
+                                encoder={**spec, "spec": name})
+    out = tmp_path / "out"
+    assert _analyze([str(cmu_slide), "--bundle", str(bundle), "--out", str(out), "--device", "cpu", "--quiet",
+                     "--cache", str(tmp_path / "cache"), "--weights", f"{name}={ckpt}"]) == 0, capsys.readouterr().err
+    result = json.loads(next(out.glob("*.json")).read_text())
+    assert result["encoder"]["name"] == name and result["encoder"]["dim"] == rel.dim
+    from msrl_model.features.h5io import read_features
+
+    cached = read_features(next((tmp_path / "cache").glob("*.h5")))
+    assert cached.features.shape == (len(result["coords"]), rel.dim)  # the adapter's features, one row a patch
