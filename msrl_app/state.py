@@ -205,7 +205,7 @@ class AppState:
         if slide.warnings:
             self.message(slide.warnings[0], 15000)
         else:
-            self.message(f"Opened {path.name}", 5000)
+            self.message(f"Opened {slide.path.name}", 5000)
         return slide
 
     def set_slide(self, path: Path | None, handle: Any = None) -> None:
