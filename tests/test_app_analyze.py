@@ -372,7 +372,7 @@ class _FakePredictor:
     def __init__(self, device, failures):
         self.device, self.failures = device, failures
 
-    def predict_slide(self, slide, cache, project=None, expression=None, batch_size=64):
+    def predict_slide(self, slide, cache, project=None, expression=None, batch_size=64, regions=None):
         import torch
 
         self.failures.append((self.device, batch_size))

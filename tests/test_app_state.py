@@ -53,7 +53,7 @@ class FakePredictor:
         self.bundle = SimpleNamespace(manifest={"cohort": {"projects": ["TCGA-BRCA", "TCGA-LUAD"]}, "tasks": []},
                                       model_card="# Fake card")
 
-    def predict_slide(self, slide, cache, project=None, expression=None, batch_size=64):
+    def predict_slide(self, slide, cache, project=None, expression=None, batch_size=64, regions=None):
         try:
             yield Progress(Stage.READ_ENCODE, 1, 2)
             if self.fail is not None:

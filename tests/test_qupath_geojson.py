@@ -240,3 +240,46 @@ def read_regions_from(doc: dict, folder) -> RegionSet:
     path = folder / "annotations.geojson"
     path.write_text(json.dumps(doc))
     return read_regions(path)
+
+
+def test_msrl_analyze_with_regions_and_geojson(cmu_slide, he_bundle, tmp_path, capsys):
+    """``msrl analyze --regions FILE --region-class CLASS=MODE --geojson`` on the CMU slide: the regions
+    choose the patches, are saved beside the result, a change of regions re-analyses, and the QuPath
+    file passes QuPath's rules."""
+    import argparse
+
+    from msrl_model.infer.cli import register
+    from msrl_model.infer.results import PredictionResult
+
+    def run(*argv: str) -> int:
+        parser = argparse.ArgumentParser(prog="msrl")
+        register(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(["analyze", str(cmu_slide), "--bundle", str(he_bundle), "--out", str(out),
+                                  "--device", "cpu", "--workers", "1", "--quiet", *argv])
+        return args.func(args)
+
+    out = tmp_path / "out"
+    annotations = tmp_path / "annotations.geojson"
+    annotations.write_text(json.dumps(qupath_annotations(2220, 2967)))
+    assert run("--regions", str(annotations), "--region-class", "=skip", "--geojson") == 0
+    result = PredictionResult.from_json((out / "cmu_small_region.json").read_text())
+    regions = read_regions(out / "cmu_small_region.regions.geojson")
+    assert [r.classification for r in regions.regions] == ["Tumor", "Ignore*"]  # the unclassified one skipped
+    assert result.regions["sha256"] == regions.fingerprint() and result.regions["include"] == 1
+    (h5,) = (out / "features").glob("*.h5")
+    from msrl_model.features.h5io import read_features
+
+    full = read_features(h5).coords
+    assert result.coords == full[regions.select(full, result.patch_size_level0)].tolist()
+    doc = json.loads((out / "cmu_small_region.geojson").read_text())
+    assert qupath_rule_violations(doc, 2220, 2967) == []
+    assert sum(f["properties"]["objectType"] == "tile" for f in doc["features"]) == len(result.coords)
+    capsys.readouterr()
+    assert run("--regions", str(annotations), "--region-class", "=skip") == 0  # same regions: up to date
+    assert "skipped:" in capsys.readouterr().out
+    assert run("--regions", str(annotations), "--region-class", "Tumor=exclude", "--region-class", "=skip") == 0
+    assert "ok:" in capsys.readouterr().out  # other regions: analysed again
+    again = PredictionResult.from_json((out / "cmu_small_region.json").read_text())
+    assert again.regions["include"] == 0 and again.regions["exclude"] == 2
+    assert run("--region-class", "Tumor=maybe") == 2
+    assert "CLASS=include" in capsys.readouterr().err

@@ -68,8 +68,9 @@ def clashing_ids(slides: list[Path]) -> dict[Path, str]:
     return clashes
 
 
-def up_to_date(out: Path, slide: Path, bundle_sha: str) -> PredictionResult | None:
-    """The existing result when it matches the slide's bytes and the bundle, else None."""
+def up_to_date(out: Path, slide: Path, bundle_sha: str, regions_sha: str | None = None) -> PredictionResult | None:
+    """The existing result when it matches the slide's bytes, the bundle and the regions (their fingerprint;
+    None: the whole tissue), else None."""
     from msrl_model.slide import open_slide
 
     if not all(path.is_file() for path in result_paths(out)):
@@ -78,7 +79,7 @@ def up_to_date(out: Path, slide: Path, bundle_sha: str) -> PredictionResult | No
         previous = PredictionResult.from_json(out.read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError, OSError):
         return None  # damaged or old result: analyse again
-    if previous.bundle_sha256 != bundle_sha:
+    if previous.bundle_sha256 != bundle_sha or (previous.regions or {}).get("sha256") != regions_sha:
         return None
     with open_slide(slide) as s:
         if previous.slide_sha256_head != s.sha256_head():
@@ -89,25 +90,32 @@ def up_to_date(out: Path, slide: Path, bundle_sha: str) -> PredictionResult | No
 def analyze_slide(predictor: Any, path: Path, out_dir: Path, cache_dir: Path, project: str | None = None,
                   expression: Any = None, *, position: tuple[int, int] = (0, 1), single: bool = False,
                   workers: int | None = None, batch_size: int = 64,
-                  max_patches: int | None = None) -> Job[SlideAnalysis]:
+                  max_patches: int | None = None, regions: Any = None, geojson: bool = False) -> Job[SlideAnalysis]:
     """Analyse one slide into ``out_dir`` (see the module docstring); yields ``Progress("slides", k, n,
     "<slide>: <its own stage> done/total")`` with ``(k, n) = position`` in the batch.
 
     ``expression``: an :class:`~msrl_model.cohort.expression.ExpressionTable` (its row for this slide,
-    ``single``: the only slide of the run, runs MSRL_multi) or None."""
+    ``single``: the only slide of the run, runs MSRL_multi) or None. ``regions``: the slide's
+    :class:`~msrl_model.slide.regions.RegionSet` (only the patches they select are analysed; saved as
+    ``<slide_id>.regions.geojson``); ``geojson``: also write the QuPath export ``<slide_id>.geojson``
+    (:func:`~msrl_model.infer.geojson.write_beside_result`)."""
+    from msrl_model.infer.geojson import write_beside_result
+
     k, n = position
     t0 = time.perf_counter()
     out = result_file(out_dir, path)
     result: PredictionResult | None = None
     try:
-        result = up_to_date(out, path, predictor.bundle.fingerprint)
+        result = up_to_date(out, path, predictor.bundle.fingerprint, regions.fingerprint() if regions else None)
         if result is not None:
+            write_beside_result(out, result, regions=regions, tissue_params=predictor.bundle.tissue,
+                                geojson=geojson and not out.with_suffix(".geojson").is_file())
             outcome = SlideOutcome(str(path), path.stem, "skipped", "result is up to date", str(out),
                                    summary=result.summary())
         else:
             expr = expression.for_slide(path.stem, single=single) if expression is not None else None
             job = predictor.predict_slide(path, cache_dir, project, expr, workers=workers, batch_size=batch_size,
-                                          max_patches=max_patches)
+                                          max_patches=max_patches, regions=regions)
             try:
                 while True:
                     ev = next(job)
@@ -119,6 +127,7 @@ def analyze_slide(predictor: Any, path: Path, out_dir: Path, cache_dir: Path, pr
             if expression is not None and expr is None:
                 result.warnings.append(f"no expression row matches {path.stem}; analysed from the slide only")
             _write(out, result)
+            write_beside_result(out, result, regions=regions, geojson=geojson, tissue_params=predictor.bundle.tissue)
             outcome = SlideOutcome(str(path), result.slide_id, "ok", "; ".join(result.warnings), str(out),
                                    summary=result.summary())
     except OutputError:

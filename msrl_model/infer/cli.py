@@ -26,6 +26,7 @@ from msrl_model.errors import MSRLError, OutputError
 from msrl_model.files import atomic_write, check_writable, remove_orphaned_temporaries
 from msrl_model.infer.batch import SlideOutcome, analyze_slide, clashing_ids
 from msrl_model.progress import Job, Progress, Stage
+from msrl_model.slide.regions import parse_class_modes, regions_for_slides
 
 REPORT_NAME = "analyze_report.json"
 
@@ -44,6 +45,11 @@ outputs:
   OUT/<slide_id>-linked-cases.csv   every task's linked training cases
                              (the same three files as the app's File > Export results)
   OUT/analyze_report.json    one entry per slide: status ok | skipped | error, message, seconds
+  OUT/<slide_id>.regions.geojson   with --regions: the regions that chose the patches (QuPath GeoJSON;
+                             a result made with other regions is analysed again)
+  OUT/<slide_id>.geojson     with --geojson: QuPath GeoJSON (File > Import objects): one tile per analysed
+                             patch with "<task>: attention" and "<task>: attention percentile", the tissue
+                             outline and the regions as annotations, level-0 pixel coordinates
   --json                     one JSON line per slide on stdout: slide, slide_id, status, output,
                              message and the headline numbers (summary)
   warnings                   printed on stderr as "warning: SLIDE: …", first of all a slide unlike
@@ -96,6 +102,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="coverage of the conformal prediction sets (classes; survival time bins) (default 0.9 = 90 %%; "
                         "needs a bundle with out-of-fold calibration scores)")
     add_encoding_arguments(p)
+    p.add_argument("--regions", default=None, metavar="GEOJSON_OR_DIR",
+                   help="regions of interest as QuPath GeoJSON annotations: a file (one slide) or a folder of "
+                        "<slide_id>.geojson; only the patches whose centre is inside the include regions and "
+                        "outside the exclude ones are analysed (QuPath classes Ignore*, Exclude, Artefact*... "
+                        "exclude, others include; saved as OUT/<slide_id>.regions.geojson)")
+    p.add_argument("--region-class", action="append", default=[], metavar="CLASS=MODE",
+                   help="how a QuPath class of --regions is used: include, exclude or skip (repeatable)")
+    p.add_argument("--geojson", action="store_true",
+                   help="also write OUT/<slide_id>.geojson for QuPath (File > Import objects): a tile per analysed "
+                        "patch with its attention per task, the tissue outline and the regions")
     p.add_argument("--max-patches", type=int, default=None, metavar="N",
                    help="refuse slides (and feature files) with more than N patches (default 100000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -108,11 +124,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: Path, project: str | None,
                  expression: ExpressionTable | None, *, workers: int | None = None, batch_size: int | None = None,
                  on_slide: Callable[[SlideOutcome], Any] | None = None,
-                 max_patches: int | None = None) -> Job[AnalyzeReport]:
+                 max_patches: int | None = None, regions: dict[Path, Any] | None = None,
+                 geojson: bool = False) -> Job[AnalyzeReport]:
     """Analyse ``slides`` into ``out_dir``; yields one "slides" stage (message = the slide's own stage).
 
     An :class:`OutputError` (read-only folder, disk full) is raised, not recorded: it is no fault of
-    the slide. ``max_patches`` (None: the default cap) bounds the patches per slide."""
+    the slide. ``max_patches`` (None: the default cap) bounds the patches per slide; ``regions`` (slide ->
+    RegionSet or None) and ``geojson`` as in :func:`~msrl_model.infer.batch.analyze_slide`."""
     from msrl_model.slide.tiling import DEFAULT_MAX_PATCHES
 
     max_patches = DEFAULT_MAX_PATCHES if max_patches is None else max_patches
@@ -125,7 +143,8 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
         else:
             outcome = (yield from analyze_slide(
                 predictor, path, out_dir, cache_dir, project, expression, position=(k, len(slides)),
-                single=len(slides) == 1, workers=workers, batch_size=batch_size, max_patches=max_patches)).outcome
+                single=len(slides) == 1, workers=workers, batch_size=batch_size, max_patches=max_patches,
+                regions=(regions or {}).get(path), geojson=geojson)).outcome
         report.slides.append(outcome)
         report.write()
         if on_slide is not None:
@@ -153,6 +172,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         if not slides:
             raise MSRLError(f"no slide files found in {' '.join(args.inputs)}")
         expression = ExpressionTable(Path(args.expression)) if args.expression else None
+        regions = regions_for_slides(slides, args.regions, parse_class_modes(args.region_class))
         use_weights(parse_weights_args(args.weights))  # the bundle's foundation-model checkpoint, if any
         predictor = Predictor.from_bundle(args.bundle, device=args.device)
         predictor.coverage = args.coverage
@@ -181,7 +201,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     try:
         report = drive(analyze_many(predictor, slides, out_dir, cache_dir, args.project, expression,
                                     workers=args.workers, batch_size=args.batch_size, on_slide=on_slide,
-                                    max_patches=args.max_patches), show=show)
+                                    max_patches=args.max_patches, regions=regions, geojson=args.geojson), show=show)
     except OutputError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -36,7 +36,8 @@ from msrl_model.files import atomic_write
 from msrl_model.infer.results import PredictionResult
 from msrl_model.slide.regions import TISSUE_ROLE, ROLE_KEY, RegionSet, geometry_feature
 
-__all__ = ["PATCH_CLASS", "TISSUE_CLASS", "qupath_geojson", "tissue_outline", "write_qupath_geojson"]
+__all__ = ["PATCH_CLASS", "TISSUE_CLASS", "qupath_geojson", "tissue_outline", "write_beside_result",
+           "write_qupath_geojson"]
 
 PATCH_CLASS = ("MSRL patch", (80, 200, 255))  # classification of the tile objects (name, RGB)
 TISSUE_CLASS = ("Tissue", (60, 220, 120))  # classification of the tissue outline
@@ -107,3 +108,20 @@ def write_qupath_geojson(path: str | os.PathLike, result: PredictionResult, *, t
     """Write :func:`qupath_geojson` to ``path`` atomically (strict JSON: no NaN); returns ``path``."""
     doc = qupath_geojson(result, tissue=tissue, regions=regions)
     return atomic_write(Path(path), json.dumps(doc, allow_nan=False, separators=(",", ":")) + "\n")
+
+
+def write_beside_result(result_json: Path, result: PredictionResult, *, regions: RegionSet | None = None,
+                        geojson: bool = False, tissue_params: Any = None) -> list[Path]:
+    """What ``msrl analyze`` writes next to ``OUT/<slide_id>.json``: the regions that chose the patches
+    (``<slide_id>.regions.geojson``, reloadable as regions) and, with ``geojson``, the QuPath export
+    ``<slide_id>.geojson`` (tissue outline with ``tissue_params``, from the result's slide file)."""
+    from msrl_model.slide.regions import write_regions
+
+    stem = Path(result_json).with_suffix("")
+    written = []
+    if regions:
+        written.append(write_regions(stem.with_name(f"{stem.name}.regions.geojson"), regions))
+    if geojson:
+        tissue = tissue_outline(result.slide_path, tissue_params) if result.slide_path else None
+        written.append(write_qupath_geojson(stem.with_suffix(".geojson"), result, tissue=tissue, regions=regions))
+    return written

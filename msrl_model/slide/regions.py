@@ -48,8 +48,8 @@ from msrl_model.errors import MSRLError
 from msrl_model.files import atomic_write
 
 __all__ = ["EXCLUDE", "INCLUDE", "MODES", "SKIP", "Region", "RegionSet", "brush_geometry", "classifications",
-           "default_mode", "geometry_feature", "geometry_json", "mask_geometry", "polygon_geometry", "read_regions", "regions_from_geojson",
-           "write_regions"]
+           "default_mode", "geometry_feature", "geometry_json", "mask_geometry", "parse_class_modes", "polygon_geometry",
+           "read_regions", "regions_for_slides", "regions_from_geojson", "write_regions"]
 
 INCLUDE, EXCLUDE, SKIP = "include", "exclude", "skip"
 MODES = (INCLUDE, EXCLUDE)
@@ -371,3 +371,40 @@ def read_regions(path: str | os.PathLike, modes: Mapping[str, str] | None = None
 def write_regions(path: str | os.PathLike, regions: RegionSet) -> Path:
     """Write ``regions`` as QuPath GeoJSON (atomically); returns the path."""
     return atomic_write(Path(path), json.dumps(regions.to_geojson(), indent=1, allow_nan=False) + "\n")
+
+
+def parse_class_modes(items: Iterable[str]) -> dict[str, str]:
+    """``["Tumor=include", "Necrosis=exclude", "Other=skip"]`` (``msrl analyze --region-class``) as a dict;
+    MSRLError on a malformed item."""
+    modes: dict[str, str] = {}
+    for item in items:
+        name, sep, mode = str(item).rpartition("=")
+        if not sep or mode.strip().lower() not in (*MODES, SKIP):
+            raise MSRLError(f"--region-class {item!r}: write CLASS=include, CLASS=exclude or CLASS=skip "
+                            "(CLASS as QuPath names it, e.g. Tumor=include)")
+        modes[name.strip()] = mode.strip().lower()
+    return modes
+
+
+def regions_for_slides(slides: list[Path], source: str | os.PathLike | None,
+                       modes: Mapping[str, str] | None = None) -> dict[Path, RegionSet | None]:
+    """The regions of each slide (``msrl analyze --regions``): ``source`` a GeoJSON file (only with one
+    slide: regions belong to a slide) or a folder holding ``<slide_id>.geojson`` (or
+    ``<slide_id>.regions.geojson``) per slide; a slide without one, or ``source`` None, gets None (its
+    whole tissue). MSRLError when a file cannot be used."""
+    if source is None:
+        return {s: None for s in slides}
+    source = Path(source)
+    if source.is_file():
+        if len(slides) != 1:
+            raise MSRLError(f"--regions {source.name} is one slide's regions but {len(slides)} slides are analysed; "
+                            "give a folder of <slide_id>.geojson files instead")
+        return {slides[0]: read_regions(source, modes)}
+    if not source.is_dir():
+        raise MSRLError(f"--regions {source}: no such file or folder")
+    found: dict[Path, RegionSet | None] = {}
+    for slide in slides:
+        candidates = [source / f"{slide.stem}.geojson", source / f"{slide.stem}.regions.geojson"]
+        path = next((c for c in candidates if c.is_file()), None)
+        found[slide] = read_regions(path, modes) if path is not None else None
+    return found
