@@ -1,8 +1,10 @@
 """Take the README's screenshots of the main window before and after Analyze, in a real X window.
 
 Run under Xvfb (see FIELD-NOTES): ``Xvfb :99 -screen 0 1600x1000x24 -nolisten tcp &`` then
-``DISPLAY=:99 python docs/screenshots.py SLIDE BUNDLE docs/img [WIDTHxHEIGHT]`` (default 1600x1000;
-another size is added to the file names, e.g. ``main-window-after-1366x768.png``). The screen is captured with
+``DISPLAY=:99 python docs/screenshots.py SLIDE BUNDLE docs/img [WIDTHxHEIGHT [NAME]]`` (default 1600x1000;
+another size is added to the file names, e.g. ``main-window-after-1366x768.png``; NAME replaces
+``main-window``, e.g. ``cmu-window`` for another slide). Besides before/after Analyze, the probabilities
+and the linked cases, it takes the results popped out into their own window (``…-results-window…``). The screen is captured with
 Pillow's ``ImageGrab`` from the X display, i.e. exactly what a user would see. Without a display,
 ``QT_QPA_PLATFORM=offscreen python docs/screenshots.py …`` grabs the window itself (``window.grab()``).
 """
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import QEventLoop, QSettings, QTimer
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 
 from msrl_app.window import MainWindow, apply_theme
 
@@ -37,7 +39,7 @@ def _settle(app: QApplication, seconds: float = 1.5) -> None:
     _wait(app, lambda end=time.monotonic() + seconds: time.monotonic() > end)
 
 
-def _shot(window: MainWindow, path: Path) -> None:
+def _shot(window: QWidget, path: Path) -> None:
     """The X screen under Xvfb, else (offscreen) the window as Qt renders it."""
     if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
         window.grab().save(str(path))
@@ -49,7 +51,7 @@ def _shot(window: MainWindow, path: Path) -> None:
                    xdisplay=os.environ["DISPLAY"]).save(path)
 
 
-def main(slide: str, bundle: str, out_dir: str, size: str = "1600x1000") -> None:
+def main(slide: str, bundle: str, out_dir: str, size: str = "1600x1000", name: str = "main-window") -> None:
     out = Path(out_dir)
     width, height = (int(v) for v in size.lower().split("x"))
     tag = "" if size == "1600x1000" else f"-{size}"
@@ -68,22 +70,26 @@ def main(slide: str, bundle: str, out_dir: str, size: str = "1600x1000") -> None
     window.open_slide(slide)
     _wait(app, lambda: window.viewer.thumbnail() is not None and window.bundle_manifest is not None)
     _settle(app)
-    _shot(window, out / f"main-window-before{tag}.png")
+    _shot(window, out / f"{name}-before{tag}.png")
     if window.analyze_and_wait() != "done":
         raise SystemExit(f"analysis failed: {window.last_error}")
     _settle(app, 3.0)
-    _shot(window, out / f"main-window-after{tag}.png")
+    _shot(window, out / f"{name}-after{tag}.png")
     window.results.tabs.setCurrentIndex(1)  # class probabilities with their conformal sets
     _settle(app)
-    _shot(window, out / f"main-window-probabilities{tag}.png")
+    _shot(window, out / f"{name}-probabilities{tag}.png")
     window.results.tabs.setCurrentIndex(2)  # the linked training cases
     _settle(app)
-    _shot(window, out / f"main-window-linked-cases{tag}.png")
+    _shot(window, out / f"{name}-linked-cases{tag}.png")
+    window.pop_out_results_action.trigger()  # the results in a large window of their own
+    _settle(app)
+    _shot(window.results_dock, out / f"{name}-results-window{tag}.png")
+    window.pop_out_results_action.trigger()
     window.close()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (4, 5) or ("DISPLAY" not in os.environ and os.environ.get("QT_QPA_PLATFORM") != "offscreen"):
+    if len(sys.argv) not in (4, 5, 6) or ("DISPLAY" not in os.environ and os.environ.get("QT_QPA_PLATFORM") != "offscreen"):
         raise SystemExit("usage: DISPLAY=:99 (or QT_QPA_PLATFORM=offscreen) python docs/screenshots.py "
-                         "SLIDE BUNDLE OUT_DIR [WIDTHxHEIGHT]")
+                         "SLIDE BUNDLE OUT_DIR [WIDTHxHEIGHT [NAME]]")
     main(*sys.argv[1:])

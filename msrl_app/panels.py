@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QModelIndex, QRect, QSize, Qt
 from PySide6.QtGui import QBrush, QColor
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QGridLayout, QHeaderView, QLabel, QSlider, QTreeWidget,
-                               QTreeWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QGridLayout, QHeaderView, QLabel, QSlider,
+                               QStyledItemDelegate, QStyleOptionViewItem, QTreeWidget, QTreeWidgetItem,
+                               QVBoxLayout, QWidget)
 
 from msrl_app.overlays import COLORMAPS
 from msrl_app.overview import ColorLegend
@@ -26,6 +28,15 @@ MPP_SOURCE_TIP = {
     "objective-power": "Not in the metadata: derived from the objective power (10 / magnification)",
     "assumed": "Neither microns per pixel nor objective power in the file: a value was assumed",
 }
+
+
+ZWSP = "\u200b"  # zero-width space: a line may break there
+
+
+def breakable(text: str) -> str:
+    """``text`` with a zero-width space after each separator (``/ \\ . _ -``) of its long unspaced runs
+    (a folder, a property key), where the tree's word wrap could not otherwise break them."""
+    return re.sub(r"\S{16,}", lambda run: re.sub(r"([/\\._-])", "\\1" + ZWSP, run.group()), text)
 
 
 def slide_summary(slide: Slide) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -60,20 +71,53 @@ def report_facts(slide: Slide) -> list[tuple[str, str]]:
                                    "Objective power") if k in rows]
 
 
+class _WrappingDelegate(QStyledItemDelegate):
+    """Row heights for wrapped text: the tree asks its delegate for a row's height without the column's
+    width (Qt's shortcut), so the text would never wrap; this gives the width."""
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:  # noqa: N802
+        tree = self.parent()
+        width = tree.columnWidth(index.column())
+        if index.column() == 0:  # less the indentation of the item's depth (the root decorated)
+            depth, parent = 1, index.parent()
+            while parent.isValid():
+                depth, parent = depth + 1, parent.parent()
+            width -= depth * tree.indentation()
+        sized = QStyleOptionViewItem(option)
+        sized.rect = QRect(0, 0, max(1, width), option.fontMetrics.height())
+        return super().sizeHint(sized, index)
+
+
 class SlidePropertiesPanel(QTreeWidget):
-    """Two-column tree of the open slide's metadata; all raw properties in a collapsed section."""
+    """Two-column tree of the open slide's metadata; all raw properties in a collapsed section. In a narrow
+    column the names take at most ``NAME_SHARE`` of the width and long names and values wrap (never cut)."""
+
+    NAME_SHARE = 0.5
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setColumnCount(2)
         self.setHeaderLabels(["Property", "Value"])
         self.setRootIsDecorated(True)
+        self.setIndentation(12)  # room for the names in a narrow column
         self.setAlternatingRowColors(True)
-        self.setUniformRowHeights(True)
-        self.setWordWrap(False)
-        self.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        self.setUniformRowHeights(False)
+        self.setWordWrap(True)
+        self.setTextElideMode(Qt.TextElideMode.ElideNone)
+        self.setItemDelegate(_WrappingDelegate(self))
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         self.header().setStretchLastSection(True)
         self.set_slide(None)
+
+    def fit_columns(self) -> None:
+        """The names as wide as they need up to ``NAME_SHARE`` of the width; rows re-wrapped to the widths."""
+        self.setColumnWidth(0, min(self.sizeHintForColumn(0), round(self.NAME_SHARE * self.viewport().width())))
+        self.scheduleDelayedItemsLayout()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self.fit_columns()
 
     def set_slide(self, slide: Slide | None) -> None:
         self.clear()
@@ -86,7 +130,7 @@ class SlidePropertiesPanel(QTreeWidget):
             font.setBold(True)
             top.setFont(0, font)
             for name, value in rows:
-                item = QTreeWidgetItem(top, [name, value])
+                item = QTreeWidgetItem(top, [name, breakable(value)])
                 item.setToolTip(1, MPP_SOURCE_TIP.get(slide.mpp_source, value)
                                 if name == "Microns per pixel" else value)
                 if section == "Warnings" or (name == "Microns per pixel" and slide.mpp_source != "metadata"):
@@ -94,8 +138,9 @@ class SlidePropertiesPanel(QTreeWidget):
             top.setExpanded(True)
         raw = QTreeWidgetItem(self, [f"All properties ({len(slide.properties)})", ""])
         for key in sorted(slide.properties):
-            item = QTreeWidgetItem(raw, [key, slide.properties[key]])
+            item = QTreeWidgetItem(raw, [breakable(key), breakable(slide.properties[key])])
             item.setToolTip(1, slide.properties[key])
+        self.fit_columns()
 
     def value(self, section: str, name: str) -> str | None:
         """The displayed value of a row (tests and copy actions)."""
@@ -103,8 +148,8 @@ class SlidePropertiesPanel(QTreeWidget):
             top = self.topLevelItem(i)
             if top.text(0) == section:
                 for j in range(top.childCount()):
-                    if top.child(j).text(0) == name:
-                        return top.child(j).text(1)
+                    if top.child(j).text(0).replace(ZWSP, "") == name:
+                        return top.child(j).text(1).replace(ZWSP, "")
         return None
 
 

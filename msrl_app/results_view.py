@@ -236,16 +236,27 @@ class ResultsPanel(QWidget):
         header.addWidget(self.research_label)
         header.addWidget(self.synthetic_label)
         header.addWidget(self.ood_label)
-        header.addWidget(self.meta_label)
-        header.addWidget(self.model_label)
+        self.details = QWidget()  # how it was analysed, the model, the suggestion: folded on the Linked cases tab
+        details = QVBoxLayout(self.details)
+        details.setContentsMargins(0, 0, 0, 0)
+        details.setSpacing(2)
+        details.addWidget(self.meta_label)
+        details.addWidget(self.model_label)
+        details.addWidget(self.suggest_frame)
+        header.addWidget(self.details)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(header)
-        layout.addWidget(self.suggest_frame)
         layout.addWidget(self.warnings_label)
         layout.addWidget(self.placeholder, 1)
         layout.addWidget(self.tabs, 3)
+        self.tabs.currentChanged.connect(self._fold_details)
         self.set_result(None)
+
+    def _fold_details(self) -> None:
+        """The Linked cases tab gives its table the header's detail lines (the research-use, synthetic-cohort
+        and applicability banners stay); the other tabs and no result show them."""
+        self.details.setVisible(self.result is None or self.tabs.currentWidget() is not self.linked)
 
     def set_model(self, manifest: dict[str, Any] | None, name: str = "", loading: Path | None = None) -> None:
         """The model bundle line of the header: ``manifest`` None means none yet — being read from
@@ -301,6 +312,7 @@ class ResultsPanel(QWidget):
         self.placeholder.setVisible(not has)
         self.suggest_frame.setVisible(False)
         self.warnings_label.setVisible(False)
+        self._fold_details()
         if result is None:
             self.title.setText("Results")
             self.mode_label.setText("")

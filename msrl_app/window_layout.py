@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QEvent, QObject, QRect, Qt
+from PySide6.QtCore import QEvent, QObject, QRect, Qt, QTimer
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ def set_results_popped_out(window: MainWindow, popped_out: bool) -> None:
         dock.raise_()
         dock.activateWindow()
     else:
-        arrange_columns(window)
+        dock.raise_()  # the current tab of its column again (it may share it with the worklist)
+        QTimer.singleShot(0, lambda: arrange_columns(window))  # once the dock is back in its column
 
 
 class _FirstShow(QObject):

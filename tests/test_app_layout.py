@@ -179,3 +179,17 @@ def test_a_saved_layout_stands_and_an_older_one_is_ignored(qtbot, tmp_path):
     third = shown_window(qtbot, settings)
     fresh = shown_window(qtbot, QSettings(str(tmp_path / "fresh.ini"), QSettings.Format.IniFormat))
     assert not third.state_restored and third.results_dock.width() == fresh.results_dock.width() != 300
+
+
+def test_slide_properties_wrap_in_a_narrow_column(qtbot, tmp_path, cmu_slide):
+    window = shown_window(qtbot, QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    assert window.open_slide(cmu_slide)
+    QTest.qWait(50)
+    tree = window.properties
+    rows = {tree.topLevelItem(0).child(j).text(0): tree.topLevelItem(0).child(j)
+            for j in range(tree.topLevelItem(0).childCount())}
+    folder, vendor = (tree.visualItemRect(rows[name]) for name in ("Folder", "Vendor"))
+    assert tree.columnWidth(0) <= tree.NAME_SHARE * tree.viewport().width() + 1
+    assert not tree.horizontalScrollBar().isVisible()
+    assert len(str(cmu_slide.parent)) * 5 > tree.columnWidth(1)  # the folder cannot fit on one line…
+    assert folder.height() >= 2 * vendor.height()  # … so it wraps onto more
