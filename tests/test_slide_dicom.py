@@ -245,7 +245,11 @@ def test_app_opens_the_dicom_folder_from_the_menu_a_file_and_a_drop(qtbot, windo
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(dicom_cmu))
     assert window.open_dicom_action in window.menuBar().actions()[0].menu().actions()
     window.open_dicom_action.trigger()  # File ▸ Open DICOM folder…
-    assert window.viewer.slide is not None and window.viewer.slide.path == dicom_cmu
+    viewer = window.viewer
+    assert viewer.slide is not None and viewer.slide.path == dicom_cmu
+    qtbot.waitUntil(lambda: viewer.thumbnail() is not None and viewer.visible_tiles() and
+                    viewer.visible_tiles() <= viewer.cached_tiles(),
+                    timeout=15000)  # the overview and every visible tile decoded from the series
     assert window.properties.value("Slide", "Vendor") == "dicom"
     assert window.properties.value("Resolution", "Dimensions") == "2,220 × 2,967 px"
     assert window.properties.value("Resolution", "Microns per pixel").startswith("0.499 µm/px")
