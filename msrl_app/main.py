@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--export", type=Path, metavar="OUT",
                         help="after --analyze, write the report (OUT.pdf) or the results (OUT.json + CSVs)")
     parser.add_argument("--no-demo", action="store_true", help="do not open the demo slide when no slide is given")
+    parser.add_argument("--worklist", type=Path, metavar="DIR",
+                        help="open a folder of slides (or a text file listing them) as the worklist")
     parser.add_argument("--quit", action="store_true",
                         help="quit when done: after opening the slide, or after --analyze/--export "
                              "(smoke tests, batch); exit status 1 and the message on stderr on any error")
@@ -155,11 +157,13 @@ def run_startup(window, args: argparse.Namespace) -> int:
     bundle = args.bundle or _remembered_bundle(window)
     if bundle is not None:
         window.set_bundle(bundle, remember=args.bundle is not None and not args.quit)
+    if args.worklist is not None and not window.worklist.open(args.worklist):
+        return 1
     if args.slide is None:
         if args.analyze:
             print("error: --analyze needs a slide", file=sys.stderr)
             return 1
-        if not args.quit and not args.no_demo:
+        if not args.quit and not args.no_demo and args.worklist is None:
             state.open_demo_slide()
         return 0
     if not window.open_slide(args.slide):

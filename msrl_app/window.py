@@ -23,7 +23,7 @@ from PySide6.QtCore import QByteArray, QEventLoop, QSettings, Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
-from msrl_app import actions, dialogs, window_layout
+from msrl_app import actions, dialogs, window_layout, worklist
 from msrl_app.banner import ApplicabilityBanner
 from msrl_app.analysis import DEVICES, NO_BUNDLE
 from msrl_app.controls import ModelCardDialog
@@ -81,6 +81,7 @@ class MainWindow(QMainWindow):
         actions.build_actions(self)
         actions.build_menus(self)
         actions.build_toolbar(self)
+        worklist.install(self)  # the Worklist dock, File ▸ Open worklist folder…
         self.region_tools = RegionTools(self)  # the Regions toolbar, import/export menu entries, drawing on the viewer
         window_layout.install(self)  # column widths on the first show, the results' own window
         self.recent = RecentFiles(self.settings, self.recent_menu, self.open_slide)
