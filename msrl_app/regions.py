@@ -163,6 +163,7 @@ class RegionTools(QObject):
         self.mode = INCLUDE
         self.overlay = RegionOverlay(self.viewer)
         self.store.changed.connect(self._on_regions)
+        window.state.events.result.connect(lambda _: self._on_regions(self.store.regions))
         self.viewer.installEventFilter(self)
         self._build_toolbar()
         self._build_menu()
@@ -235,11 +236,19 @@ class RegionTools(QObject):
 
     def _on_regions(self, regions: RegionSet) -> None:
         self.overlay.set_regions(regions)
-        n_in, n_out = len(regions.of_mode(INCLUDE)), len(regions.of_mode(EXCLUDE))
-        self.summary_label.setText(
-            f"{n_in} include, {n_out} exclude — Analyze uses the patches inside" if regions
-            else "none — Analyze uses all the tissue")
+        self.summary_label.setText(self.summary(regions, self.window.state.result))
         self.clear_action.setEnabled(bool(regions))
+
+    @staticmethod
+    def summary(regions: RegionSet, result) -> str:
+        """The toolbar's line: the regions, and what the shown result analysed when it used these regions."""
+        if not regions:
+            return "none — Analyze uses all the tissue"
+        text = f"{len(regions.of_mode(INCLUDE))} include, {len(regions.of_mode(EXCLUDE))} exclude"
+        chosen = getattr(result, "regions", None) or {}
+        if chosen.get("sha256") == regions.fingerprint():
+            return f"{text} — {chosen['patches_selected']:,} of {chosen['patches_on_tissue']:,} tissue patches analysed"
+        return f"{text} — Analyze uses the patches inside"
 
     # -- tools --------------------------------------------------------------------------------------
     def set_tool(self, tool: str) -> None:

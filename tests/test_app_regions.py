@@ -77,6 +77,8 @@ def test_regions_restrict_the_analysed_patches(qtbot, window, tiny_bundle, cmu_s
     assert 0 < len(coords) < len(every)
     assert {tuple(c) for c in every[ring]} <= {tuple(c) for c in coords.tolist()}
     assert len(coords) == window.result.regions["patches_selected"] and window.result.regions["exclude"] == 1
+    assert window.region_tools.summary_label.text() == (
+        f"1 include, 1 exclude — {len(coords)} of {len(every)} tissue patches analysed")
     inside = window.state.regions.regions.select(every, size)
     np.testing.assert_array_equal(coords, every[inside])
     assert window.viewer.heatmap_value_at(*(coords[0] + size / 2)) is not None
