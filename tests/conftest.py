@@ -64,3 +64,15 @@ def write_trident():
                                 "level0_width": 4096, "level0_height": 4096})
 
     return write
+
+
+@pytest.fixture(scope="session")
+def builtin_he_bundle(tmp_path_factory) -> Path:
+    """A tiny random-weight bundle (msrl_model/infer/random_bundle.py) for the built-in H&E encoder's features:
+    what app and worklist tests analyse real slides with."""
+    from msrl_model.encoders import build_encoder
+    from msrl_model.infer.random_bundle import make_random_bundle
+
+    enc = build_encoder("builtin-he")
+    return make_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", patch_dim=enc.dim,
+                              encoder={"name": enc.name, "version": enc.version, "dim": enc.dim})

@@ -4,10 +4,8 @@ second run skips the done slide; clicking a row opens that slide with its result
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMessageBox
@@ -17,32 +15,14 @@ from msrl_app.labels import task_title
 from msrl_app.main import parse_args, run_startup
 from msrl_app.window import MainWindow
 from msrl_app.worklist import NO_CALL
+from test_worklist_model import case_folder
 
 TIMEOUT_MS = 180_000
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    from msrl_model.encoders import build_encoder
-    from msrl_model.infer.random_bundle import make_random_bundle
-
-    enc = build_encoder("builtin-he")
-    return make_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", patch_dim=enc.dim,
-                              encoder={"name": enc.name, "version": enc.version, "dim": enc.dim})
-
-
 @pytest.fixture
 def cases(tmp_path, cmu_slide) -> Path:
-    from PIL import Image
-
-    from msrl_model.synth.slides import make_slide
-
-    folder = tmp_path / "cases"
-    folder.mkdir()
-    shutil.copy(cmu_slide, folder / "cmu.svs")
-    make_slide(folder / "blank.svs", 768, 768, seed=3, kind="blank")
-    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(folder / "photo.png")
-    return folder
+    return case_folder(tmp_path / "cases", cmu_slide)
 
 
 @pytest.fixture
@@ -54,7 +34,7 @@ def dialogs(monkeypatch):
 
 
 @pytest.fixture
-def window(qtbot, tmp_path, monkeypatch, dialogs, tiny_bundle):
+def window(qtbot, tmp_path, monkeypatch, dialogs, builtin_he_bundle):
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "user"))
     monkeypatch.setenv("MSRL_STUDIO_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.setenv("MSRL_STUDIO_CACHE_DIR", str(tmp_path / "cache"))
@@ -65,7 +45,7 @@ def window(qtbot, tmp_path, monkeypatch, dialogs, tiny_bundle):
     w.show()
     qtbot.waitExposed(w)
     with qtbot.waitSignal(w.bundleLoaded, timeout=TIMEOUT_MS):
-        w.set_bundle(tiny_bundle)
+        w.set_bundle(builtin_he_bundle)
     yield w
     w.close()
 

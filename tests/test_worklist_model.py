@@ -10,21 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from msrl_app.state import AppState
 from msrl_app.worklist_model import WorklistModel
 from msrl_model.infer.worklist import SlideStatus, Worklist, WorklistEntry, scan_source
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    from msrl_model.encoders import build_encoder
-    from msrl_model.infer.random_bundle import make_random_bundle
-
-    enc = build_encoder("builtin-he")
-    return make_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", patch_dim=enc.dim,
-                              encoder={"name": enc.name, "version": enc.version, "dim": enc.dim})
 
 
 def case_folder(folder: Path, cmu_slide: Path) -> Path:
@@ -64,12 +53,12 @@ def test_scan_folder_list_file_and_dicom_series(tmp_path):
     assert scan_source(listing) == [tmp_path / "b.svs", series]
 
 
-def test_analyze_all_statuses_findings_resume(tmp_path, cmu_slide, tiny_bundle, monkeypatch):
+def test_analyze_all_statuses_findings_resume(tmp_path, cmu_slide, builtin_he_bundle, monkeypatch):
     monkeypatch.setenv("MSRL_STUDIO_CACHE_DIR", str(tmp_path / "cache"))
     folder = case_folder(tmp_path / "cases", cmu_slide)
     state = AppState()
     state.device = "cpu"
-    state.set_bundle(tiny_bundle)  # InlineJob: loaded here
+    state.set_bundle(builtin_he_bundle)  # InlineJob: loaded here
     model = WorklistModel(state)
     seen: list[tuple[int, str]] = []
     model.events.entry.connect(lambda i: seen.append((i, model.entries[i].status)))
@@ -121,12 +110,12 @@ def test_analyze_all_statuses_findings_resume(tmp_path, cmu_slide, tiny_bundle, 
     assert set(state.cohort_risks) == {"survival"} and len(state.cohort_risks["survival"]) > 0
 
 
-def test_cancel_keeps_finished_slides_and_resumes(tmp_path, cmu_slide, tiny_bundle, monkeypatch):
+def test_cancel_keeps_finished_slides_and_resumes(tmp_path, cmu_slide, builtin_he_bundle, monkeypatch):
     monkeypatch.setenv("MSRL_STUDIO_CACHE_DIR", str(tmp_path / "cache"))
     folder = case_folder(tmp_path / "cases", cmu_slide)
     state = AppState()
     state.device = "cpu"
-    state.set_bundle(tiny_bundle)
+    state.set_bundle(builtin_he_bundle)
     model = WorklistModel(state)
     assert model.open(folder)
 
