@@ -1,5 +1,5 @@
-"""``msrl-app [SLIDE] [--bundle PATH] [--analyze] [--export OUT.pdf|OUT.json] [--quit] [--self-test]``:
-start MSRL Studio.
+"""``msrl-app [SLIDE] [--worklist DIR] [--bundle PATH] [--analyze] [--export OUT.pdf|OUT.json] [--quit]
+[--self-test]``: start MSRL Studio.
 
 Start-up imports only Qt, numpy and the light ``msrl_model`` modules; torch and torch_geometric
 are imported when a model is first needed (the bundle is loaded on a worker thread once the window

@@ -99,7 +99,7 @@ def worklist_job(predictors: Any, bundle: Path, device: str, coverage: float, en
     predictor.coverage = coverage
     cuda = str(getattr(predictor, "device_name", device)).startswith("cuda")
     failed = yield from analyze_worklist(predictor, entries, out_dir, cache, project,
-                                         batch_size=64 if cuda else CPU_BATCH)
+                                         batch_size=None if cuda else CPU_BATCH)  # None: planned from GPU memory
     return failed, predictor.bundle.fingerprint, predictor.cohort_risks()
 
 

@@ -225,11 +225,12 @@ class WorklistTick(Progress):
 
 def analyze_worklist(predictor: Any, entries: list[WorklistEntry], out_dir: Path, cache_dir: Path,
                      project: str | None = None, *, workers: int | None = None,
-                     batch_size: int = 64) -> Job[int]:
+                     batch_size: int | None = None) -> Job[int]:
     """Analyse every entry with :func:`~msrl_model.infer.batch.analyze_slide` (results in ``out_dir``,
-    features cached in ``cache_dir``); returns how many entries failed. Yields a :class:`WorklistTick`
-    with the entry's new state when a slide starts and when it ends, and the slide's own progress
-    between (Progress "slides" k/n, its stage in the message)."""
+    features cached in ``cache_dir``, ``batch_size`` tiles per encoder batch, None: the pipeline's choice);
+    returns how many entries failed. Yields a :class:`WorklistTick` with the entry's new state when a slide
+    starts and when it ends, and the slide's own progress between (Progress "slides" k/n, its stage in the
+    message)."""
     paths = [Path(e.path) for e in entries]
     clashes = clashing_ids(paths)
     n, failed = len(entries), 0
