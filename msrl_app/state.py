@@ -57,7 +57,7 @@ __all__ = ["AppState", "ErrorReport", "EventSignal", "InlineJob", "JobState", "S
 
 # closing the app: how long to wait for each kind of job once told to stop (a model load cannot stop
 # inside torch's import)
-WAIT_MS = {"analysis": 10_000, "demo": 10_000, "bundle": 120_000}
+WAIT_MS = {"analysis": 10_000, "demo": 10_000, "bundle": 120_000, "export": 60_000}
 
 
 class StateEvents:
@@ -446,11 +446,20 @@ class AppState:
 
     def export_qupath(self, path: str | os.PathLike, tissue: Any = None) -> bool:
         """Write the shown result as QuPath GeoJSON (:mod:`msrl_model.infer.geojson`: the patches as tiles with
-        their measurements, the ``tissue`` outline (a shapely geometry, or None) and the regions as annotations)."""
-        from msrl_model.infer.geojson import write_qupath_geojson
+        their measurements, the ``tissue`` outline (a shapely geometry, or None) and the regions as annotations)
+        in a background job (60,000 tiles take seconds): ``exported`` follows, or an error. False when there
+        is no result to export."""
+        from msrl_model.infer.geojson import write_qupath_job
 
-        return self._export(Path(path), lambda target: [write_qupath_geojson(
-            target, self.result, tissue=tissue, regions=self.regions.current())], "QuPath GeoJSON")
+        path = Path(path)
+        if self.result is None:
+            return self._export(path, lambda _: [], "QuPath GeoJSON")  # says there is nothing to export
+        job = self._start_job(
+            "export", write_qupath_job, path, self.result, tissue, self.regions.current(),
+            returned=lambda _, written: self._export(path, lambda _: [written], "QuPath GeoJSON"),
+            errored=lambda _, exc: self.report_error(f"Cannot write {path.name}", exc, "Choose a folder you can write to."))
+        job.start()
+        return True
 
     def _export(self, path: Path, write: Callable[[Path], list[Path]], what: str) -> bool:
         try:
@@ -462,6 +471,6 @@ class AppState:
             return False
         log.info("%s written: %s", what, ", ".join(map(str, written)))
         names = str(written[0]) if len(written) == 1 else ", ".join(p.name for p in written)
-        self.message(f"{what.capitalize()} written: {names}", 8000)
+        self.message(f"{what[:1].upper()}{what[1:]} written: {names}", 8000)
         self.events.exported.emit(path)
         return True

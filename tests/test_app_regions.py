@@ -94,7 +94,9 @@ def test_qupath_round_trip(qtbot, window, tiny_bundle, cmu_slide, tmp_path):
     assert analyze(qtbot, window) == "done", window.last_error
     qtbot.waitUntil(lambda: window.viewer.tissue_mask() is not None, timeout=30_000)
     out = tmp_path / "cmu.geojson"
-    assert window.region_tools.export(out)
+    assert window.region_tools.export(out)  # written by a background job
+    qtbot.waitUntil(lambda: out.is_file() and window.statusBar().currentMessage().startswith("QuPath GeoJSON written"),
+                    timeout=30_000)
     doc = json.loads(out.read_text())
     assert qupath_rule_violations(doc, *CMU_SIZE) == []
     kinds = [f["properties"]["objectType"] for f in doc["features"]]

@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from msrl_model.files import atomic_write
 from msrl_model.infer.results import PredictionResult
+from msrl_model.progress import Job, Progress, Stage
 from msrl_model.slide.regions import TISSUE_ROLE, ROLE_KEY, RegionSet, geometry_feature
 
 __all__ = ["PATCH_CLASS", "TISSUE_CLASS", "qupath_geojson", "tissue_outline", "write_beside_result",
-           "write_qupath_geojson"]
+           "write_qupath_geojson", "write_qupath_job"]
 
 PATCH_CLASS = ("MSRL patch", (80, 200, 255))  # classification of the tile objects (name, RGB)
 TISSUE_CLASS = ("Tissue", (60, 220, 120))  # classification of the tissue outline
@@ -74,12 +74,15 @@ def qupath_geojson(result: PredictionResult, *, tissue: BaseGeometry | None = No
     size = int(result.patch_size_level0)
     seed = result.slide_sha256_head or result.slide_id
     names, values = tile_measurements(result)
-    features = []
-    for i, (x, y) in enumerate(result.coords):
-        square = box(x, y, x + size, y + size)
-        features.append(geometry_feature(
-            square, "tile", feature_id=str(uuid.uuid5(_NAMESPACE, f"{seed}:{x}:{y}")),
-            classification=PATCH_CLASS, measurements=dict(zip(names, values[i].tolist()))))
+    classification = {"name": PATCH_CLASS[0], "color": list(PATCH_CLASS[1])}
+    features = []  # the tiles as geometry_feature writes them, built directly: 60k patches in well under a second
+    for (x, y), row in zip(result.coords, values.tolist()):
+        x, y = int(x), int(y)
+        ring = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
+        features.append({"type": "Feature", "id": str(uuid.uuid5(_NAMESPACE, f"{seed}:{x}:{y}")),
+                         "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"objectType": "tile", "classification": classification,
+                                        "measurements": dict(zip(names, row))}})
     if tissue is not None and not tissue.is_empty:
         features.append(geometry_feature(tissue, "annotation", feature_id=str(uuid.uuid5(_NAMESPACE, f"{seed}:tissue")),
                                          name="Tissue (MSRL Studio)", classification=TISSUE_CLASS,
@@ -108,6 +111,13 @@ def write_qupath_geojson(path: str | os.PathLike, result: PredictionResult, *, t
     """Write :func:`qupath_geojson` to ``path`` atomically (strict JSON: no NaN); returns ``path``."""
     doc = qupath_geojson(result, tissue=tissue, regions=regions)
     return atomic_write(Path(path), json.dumps(doc, allow_nan=False, separators=(",", ":")) + "\n")
+
+
+def write_qupath_job(path: str | os.PathLike, result: PredictionResult, tissue: BaseGeometry | None = None,
+                     regions: RegionSet | None = None) -> Job[Path]:
+    """:func:`write_qupath_geojson` as a one-step job (for a worker thread); returns the path."""
+    yield Progress(Stage.WRITE, 0, 1, Path(path).name)
+    return write_qupath_geojson(path, result, tissue=tissue, regions=regions)
 
 
 def write_beside_result(result_json: Path, result: PredictionResult, *, regions: RegionSet | None = None,
