@@ -42,12 +42,13 @@ def test_worklist_model_never_imports_qt_or_torch():
 def test_scan_folder_list_file_and_dicom_series(tmp_path):
     for name in ("b.svs", "a.TIF", "scan.jpg", "readme.md"):
         (tmp_path / name).write_bytes(b"x")
-    series = tmp_path / "dicom-case"
+    series = tmp_path / "dicom-case.1"  # a series is named by its whole folder name
     series.mkdir()
     (series / "level-0.dcm").write_bytes(b"x")
     (tmp_path / "empty-folder").mkdir()
-    assert [p.name for p in scan_source(tmp_path)] == ["a.TIF", "b.svs", "dicom-case", "scan.jpg"]
+    assert [p.name for p in scan_source(tmp_path)] == ["a.TIF", "b.svs", "dicom-case.1", "scan.jpg"]
     assert scan_source(series) == [series]  # a folder of .dcm files is one slide
+    assert [e.slide_id for e in Worklist.open(tmp_path, tmp_path / "out").entries] == ["a", "b", "dicom-case.1", "scan"]
     listing = tmp_path / "cases.txt"
     listing.write_text(f"# my cases\nb.svs\n\n{series}\n")
     assert scan_source(listing) == [tmp_path / "b.svs", series]

@@ -27,6 +27,7 @@ from msrl_model.errors import MSRLError, OutputError
 from msrl_model.infer.export import result_paths, write_results
 from msrl_model.infer.results import PredictionResult
 from msrl_model.progress import Job, Progress, Stage
+from msrl_model.slide.paths import slide_id_of
 
 
 @dataclass
@@ -34,7 +35,7 @@ class SlideOutcome:
     """One slide of an analyze run."""
 
     slide: str  # the slide file
-    slide_id: str  # its stem
+    slide_id: str  # its id (slide_id_of: a file's stem, a DICOM series' folder name)
     status: str  # "ok" | "skipped" | "error"
     message: str = ""  # one-line error, or warnings joined by "; "
     output: str | None = None  # the result JSON
@@ -52,19 +53,20 @@ class SlideAnalysis:
 
 def result_file(out_dir: Path, slide: Path) -> Path:
     """Where the result of ``slide`` goes: ``OUT/<slide_id>.json`` (its CSVs beside it)."""
-    return Path(out_dir) / f"{Path(slide).stem}.json"
+    return Path(out_dir) / f"{slide_id_of(slide)}.json"
 
 
 def clashing_ids(slides: list[Path]) -> dict[Path, str]:
-    """The slides whose id (file stem) an earlier slide of the list already has, each with the message
-    saying so: both would write the same result files."""
+    """The slides whose id (:func:`~msrl_model.slide.paths.slide_id_of`) an earlier slide of the list already
+    has, each with the message saying so: both would write the same result files."""
     seen: dict[str, Path] = {}
     clashes: dict[Path, str] = {}
     for path in slides:
-        if path.stem in seen:
-            clashes[path] = f"same slide id as {seen[path.stem]}; rename one of them"
+        slide_id = slide_id_of(path)
+        if slide_id in seen:
+            clashes[path] = f"same slide id as {seen[slide_id]}; rename one of them"
         else:
-            seen[path.stem] = path
+            seen[slide_id] = path
     return clashes
 
 
@@ -102,6 +104,7 @@ def analyze_slide(predictor: Any, path: Path, out_dir: Path, cache_dir: Path, pr
     from msrl_model.infer.geojson import write_beside_result
 
     k, n = position
+    slide_id = slide_id_of(path)
     t0 = time.perf_counter()
     out = result_file(out_dir, path)
     result: PredictionResult | None = None
@@ -110,10 +113,10 @@ def analyze_slide(predictor: Any, path: Path, out_dir: Path, cache_dir: Path, pr
         if result is not None:
             write_beside_result(out, result, regions=regions, tissue_params=predictor.bundle.tissue,
                                 geojson=geojson and not out.with_suffix(".geojson").is_file())
-            outcome = SlideOutcome(str(path), path.stem, "skipped", "result is up to date", str(out),
+            outcome = SlideOutcome(str(path), slide_id, "skipped", "result is up to date", str(out),
                                    summary=result.summary())
         else:
-            expr = expression.for_slide(path.stem, single=single) if expression is not None else None
+            expr = expression.for_slide(slide_id, single=single) if expression is not None else None
             job = predictor.predict_slide(path, cache_dir, project, expr, workers=workers, batch_size=batch_size,
                                           max_patches=max_patches, regions=regions)
             try:
@@ -125,7 +128,7 @@ def analyze_slide(predictor: Any, path: Path, out_dir: Path, cache_dir: Path, pr
             finally:
                 job.close()
             if expression is not None and expr is None:
-                result.warnings.append(f"no expression row matches {path.stem}; analysed from the slide only")
+                result.warnings.append(f"no expression row matches {slide_id}; analysed from the slide only")
             _write(out, result)
             write_beside_result(out, result, regions=regions, geojson=geojson, tissue_params=predictor.bundle.tissue)
             outcome = SlideOutcome(str(path), result.slide_id, "ok", "; ".join(result.warnings), str(out),
@@ -133,9 +136,9 @@ def analyze_slide(predictor: Any, path: Path, out_dir: Path, cache_dir: Path, pr
     except OutputError:
         raise
     except MSRLError as err:
-        result, outcome = None, SlideOutcome(str(path), path.stem, "error", str(err))
+        result, outcome = None, SlideOutcome(str(path), slide_id, "error", str(err))
     except (OSError, ValueError, RuntimeError) as err:
-        result, outcome = None, SlideOutcome(str(path), path.stem, "error", f"{type(err).__name__}: {err}")
+        result, outcome = None, SlideOutcome(str(path), slide_id, "error", f"{type(err).__name__}: {err}")
     outcome.seconds = round(time.perf_counter() - t0, 3)
     return SlideAnalysis(outcome, result)
 

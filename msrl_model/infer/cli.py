@@ -25,6 +25,7 @@ from msrl_model.features.cli import add_encoding_arguments, check_positive
 from msrl_model.errors import MSRLError, OutputError
 from msrl_model.files import atomic_write, check_writable, remove_orphaned_temporaries
 from msrl_model.infer.batch import SlideOutcome, analyze_slide, clashing_ids
+from msrl_model.slide.paths import slide_id_of
 from msrl_model.progress import Job, Progress, Stage
 from msrl_model.slide.regions import parse_class_modes, regions_for_slides
 
@@ -139,7 +140,7 @@ def analyze_many(predictor: Any, slides: list[Path], out_dir: Path, cache_dir: P
     for k, path in enumerate(slides):
         yield Progress(Stage.SLIDES, k, len(slides), path.name)
         if path in clashes:
-            outcome = SlideOutcome(str(path), path.stem, "error", clashes[path])
+            outcome = SlideOutcome(str(path), slide_id_of(path), "error", clashes[path])
         else:
             outcome = (yield from analyze_slide(
                 predictor, path, out_dir, cache_dir, project, expression, position=(k, len(slides)),

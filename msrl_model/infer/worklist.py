@@ -44,6 +44,7 @@ from msrl_model.errors import MSRLError
 from msrl_model.files import atomic_write
 from msrl_model.infer.batch import SlideAnalysis, SlideOutcome, analyze_slide, clashing_ids
 from msrl_model.progress import Job, Progress, Stage
+from msrl_model.slide.paths import is_dicom_series, slide_id_of, slide_paths_in
 
 WORKLIST_NAME = "worklist.json"
 WORKLIST_FORMAT_VERSION = 1
@@ -76,7 +77,7 @@ class WorklistEntry:
     """One slide of the worklist."""
 
     path: str  # the slide file (or DICOM folder), absolute
-    slide_id: str  # its stem: the result is OUT/<slide_id>.json
+    slide_id: str  # its id (a file's stem, a DICOM series' folder name): the result is OUT/<slide_id>.json
     status: str = SlideStatus.NOT_ANALYSED  # a SlideStatus value
     message: str = ""  # failed: the reason; done: the result's warnings; else a note ("" when none)
     result: str = ""  # the result JSON (done)
@@ -127,8 +128,6 @@ def entry_after(entry: WorklistEntry, analysis: SlideAnalysis) -> WorklistEntry:
 def scan_source(source: str | Path) -> list[Path]:
     """The slides of a folder or a list file (see the module docstring), absolute, in name order for a
     folder and in line order for a list. Raises MSRLError when ``source`` is neither."""
-    from msrl_model.slide.paths import is_dicom_series, slide_paths_in
-
     source = Path(source).expanduser().absolute()
     if source.is_file():
         try:
@@ -203,12 +202,12 @@ class Worklist:
 def _reopened(saved: WorklistEntry | None, path: Path) -> WorklistEntry:
     """The entry for ``path`` on opening: the saved one when it is still true, else a fresh one."""
     if saved is None:
-        return WorklistEntry(str(path), path.stem)
-    entry = replace(saved, path=str(path), slide_id=path.stem)
+        return WorklistEntry(str(path), slide_id_of(path))
+    entry = replace(saved, path=str(path), slide_id=slide_id_of(path))
     if entry.status in (SlideStatus.RUNNING, SlideStatus.QUEUED):
         return replace(entry, status=SlideStatus.NOT_ANALYSED, message=RESUME_NOTE)
     if entry.status == SlideStatus.DONE and not Path(entry.result).is_file():
-        return WorklistEntry(str(path), path.stem)
+        return WorklistEntry(str(path), slide_id_of(path))
     return entry
 
 
@@ -237,7 +236,7 @@ def analyze_worklist(predictor: Any, entries: list[WorklistEntry], out_dir: Path
     for k, (entry, path) in enumerate(zip(entries, paths)):
         yield WorklistTick(Stage.SLIDES, k, n, path.name, k, replace(entry, status=SlideStatus.RUNNING, message=""))
         if path in clashes:
-            analysis = SlideAnalysis(SlideOutcome(str(path), path.stem, "error", clashes[path]), None)
+            analysis = SlideAnalysis(SlideOutcome(str(path), slide_id_of(path), "error", clashes[path]), None)
         else:
             analysis = yield from analyze_slide(predictor, path, out_dir, cache_dir, project, position=(k, n),
                                                 workers=workers, batch_size=batch_size)
