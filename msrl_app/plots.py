@@ -247,7 +247,7 @@ class BarsPlot(_ThemedPlot):
         self.legend.setVisible(k > 1)
         pad = (0.12 if self.x_range else 0.25) * ((hi - lo) or 1.0)  # room for the value labels
         self.setXRange(lo - (pad if lo < 0 else 0), hi + pad, padding=0)
-        top = n - 0.4 + (0.7 * k if k > 1 else 0)  # room above the bars for the legend
+        top = n - 0.4 + (1.0 * k if k > 1 else 0)  # room above the bars for the legend (one row per entry)
         self.setYRange(-0.6, top, padding=0)
         self.setFixedHeight(int(44 + self.ROW_PX * (top + 0.6) * (1.25 if k > 1 else 1)))
 def render_plot(plot: pg.PlotWidget, width: int, height: int) -> QImage:

@@ -310,6 +310,8 @@ class ResultsPanel(QWidget):
         has = result is not None
         self.tabs.setVisible(has)
         self.placeholder.setVisible(not has)
+        self.mode_label.setVisible(has)  # no empty lines in the header before a result
+        self.meta_label.setVisible(has)
         self.suggest_frame.setVisible(False)
         self.warnings_label.setVisible(False)
         self._fold_details()

@@ -12,7 +12,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QAbstractScrollArea, QApplication, QLabel, QWidget
 
-from msrl_app.linked_cases import TABLE_ROWS
+from msrl_app.linked_cases import DETAIL_MIN_WIDTH_PX, TABLE_ROWS, WIDE_PX
 from msrl_app.window import MainWindow
 from msrl_app.window_layout import STATE_VERSION, column_widths, popped_out_geometry
 
@@ -147,6 +147,23 @@ def test_results_pop_out_and_dock_back(analysed):
     assert not dock.isFloating() and analysed.results.pop_out_button.text() == "Pop out"
     assert analysed.viewer.width() >= analysed.width() / 2
     assert dock.width() == pytest.approx(column_widths(analysed.width())[1], abs=8)
+
+
+def test_a_wide_results_window_puts_the_case_detail_beside_the_whole_table(analysed):
+    dock, linked = analysed.results_dock, analysed.results.linked
+    show_tab(analysed, 2)
+    analysed.pop_out_results_action.trigger()
+    dock.resize(WIDE_PX + 400, 700)  # the user enlarges the results' own window
+    QTest.qWait(50)
+    try:
+        assert linked.splitter.orientation() == Qt.Orientation.Horizontal
+        assert not linked.table.horizontalScrollBar().isVisible()  # every column whole
+        assert linked.detail_scroll.width() >= DETAIL_MIN_WIDTH_PX and linked.detail_title.isVisible()
+        assert cut_labels(analysed.results) == []
+    finally:
+        analysed.pop_out_results_action.trigger()
+        QTest.qWait(50)
+    assert linked.splitter.orientation() == Qt.Orientation.Vertical
 
 
 def test_column_widths_leave_the_viewer_half_of_common_screens():
