@@ -19,6 +19,8 @@ Events (each an :class:`~msrl_app.events.EventSignal`; the value passed in brack
 Where the results go: ``default_results_dir(source)`` when it is writable, else
 ``<cache>/worklists/<hash of the source path>`` (a read-only slide share still gets a worklist).
 Features go to the app's feature cache, so opening an analysed slide and clicking Analyze reuses them.
+A slide with regions of interest drawn or imported in the main window (saved by
+:mod:`msrl_app.region_store`) is analysed inside them, as Analyze would.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,16 +92,39 @@ def thumbnails_job(paths: list[Path], size: int = THUMBNAIL_PX) -> Generator[Pro
         yield ThumbnailTick(Stage.OPEN, k + 1, len(paths), path.name, k, image)
 
 
+def saved_regions(folder: Path) -> Callable[[Path], Any]:
+    """``regions(slide)``: the regions of interest the main window saved for ``slide`` in ``folder``
+    (:mod:`msrl_app.region_store`), None when it has none or they cannot be read: Analyze all analyses a
+    slide as Analyze would."""
+    def regions(slide: Path) -> Any:
+        from msrl_app.region_store import regions_file
+        from msrl_model.slide import open_slide
+        from msrl_model.slide.regions import read_regions
+
+        try:
+            with open_slide(slide) as handle:
+                path = regions_file(folder, slide, handle.sha256_head())
+            return (read_regions(path) or None) if path.is_file() else None
+        except Exception as exc:  # noqa: BLE001 - no slide, damaged regions: the analysis reports the slide itself
+            log.debug("no saved regions for %s: %s", slide, exc)
+            return None
+
+    return regions
+
+
 def worklist_job(predictors: Any, bundle: Path, device: str, coverage: float, entries: list[WorklistEntry],
-                 out_dir: Path, cache: Path, project: str | None) -> Generator[Progress, None, tuple[int, str, dict]]:
-    """Load the model (cached) and run :func:`~msrl_model.infer.worklist.analyze_worklist`; returns (failed
-    entries, the bundle's fingerprint, the cohort risks per survival task), computed on the worker thread."""
+                 out_dir: Path, cache: Path, project: str | None,
+                 regions_folder: Path) -> Generator[Progress, None, tuple[int, str, dict]]:
+    """Load the model (cached) and run :func:`~msrl_model.infer.worklist.analyze_worklist` with each slide's
+    saved regions (:func:`saved_regions` in ``regions_folder``); returns (failed entries, the bundle's
+    fingerprint, the cohort risks per survival task), computed on the worker thread."""
     yield Progress(Stage.LOAD_MODEL, 0, 1, Path(bundle).name)
     predictor = predictors.get(bundle, device)
     predictor.coverage = coverage
     cuda = str(getattr(predictor, "device_name", device)).startswith("cuda")
     failed = yield from analyze_worklist(predictor, entries, out_dir, cache, project,
-                                         batch_size=None if cuda else CPU_BATCH)  # None: planned from GPU memory
+                                         batch_size=None if cuda else CPU_BATCH,  # None: planned from GPU memory
+                                         regions_for=saved_regions(regions_folder))
     return failed, predictor.bundle.fingerprint, predictor.cohort_risks()
 
 
@@ -186,7 +211,7 @@ class WorklistModel:
         cache = state.cache if state.cache is not None else features_dir()
         job = state._start_job(
             "analysis", worklist_job, state.predictors, state.bundle_path, state.device, state.coverage,
-            list(worklist.entries), Path(worklist.out_dir), cache, state.project,
+            list(worklist.entries), Path(worklist.out_dir), cache, state.project, state.regions._folder(),
             yielded=self._on_tick, returned=self._on_returned, errored=self._on_error, aborted=self._on_aborted,
             finished=self._on_finished)
         self._job, self._cancelling, self._outcome, self.last_progress = job, False, "", None

@@ -156,3 +156,24 @@ def test_reopened_entries_left_running_read_not_analysed(tmp_path):
     assert [e.status for e in reopened.entries] == ["not analysed", "not analysed"]
     assert reopened.entries[0].message.startswith("interrupted") and reopened.entries[1].message == ""
 
+
+
+def test_analyze_all_uses_the_regions_saved_for_a_slide(tmp_path, cmu_slide, builtin_he_bundle, monkeypatch):
+    import shapely
+
+    monkeypatch.setenv("MSRL_STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    slide = Path(shutil.copy(cmu_slide, folder / "cmu.svs"))
+    state = AppState()
+    state.device = "cpu"
+    state.set_bundle(builtin_he_bundle)
+    assert state.open_slide(slide) is not None
+    assert state.regions.add(shapely.box(0, 0, 1100, 1500), "include")  # the top-left quarter, saved for the slide
+    state.close_slide()
+    model = WorklistModel(state)
+    assert model.open(folder) and model.analyze_all()
+    entry = model.entries[0]
+    assert entry.status == "done"
+    coords = np.asarray(json.loads(Path(entry.result).read_text())["coords"])
+    assert len(coords) > 0 and (coords[:, 0] < 1100).all() and (coords[:, 1] < 1500).all()

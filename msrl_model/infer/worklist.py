@@ -35,6 +35,7 @@ owner to apply on its own thread. Closing the job at a yield is the cancel.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -223,10 +224,11 @@ class WorklistTick(Progress):
 
 
 def analyze_worklist(predictor: Any, entries: list[WorklistEntry], out_dir: Path, cache_dir: Path,
-                     project: str | None = None, *, workers: int | None = None,
-                     batch_size: int | None = None) -> Job[int]:
+                     project: str | None = None, *, workers: int | None = None, batch_size: int | None = None,
+                     regions_for: Callable[[Path], Any] | None = None) -> Job[int]:
     """Analyse every entry with :func:`~msrl_model.infer.batch.analyze_slide` (results in ``out_dir``,
-    features cached in ``cache_dir``, ``batch_size`` tiles per encoder batch, None: the pipeline's choice);
+    features cached in ``cache_dir``, ``batch_size`` tiles per encoder batch, None: the pipeline's choice;
+    ``regions_for(slide)``: the slide's :class:`~msrl_model.slide.regions.RegionSet`, None: the whole tissue);
     returns how many entries failed. Yields a :class:`WorklistTick` with the entry's new state when a slide
     starts and when it ends, and the slide's own progress between (Progress "slides" k/n, its stage in the
     message)."""
@@ -238,8 +240,9 @@ def analyze_worklist(predictor: Any, entries: list[WorklistEntry], out_dir: Path
         if path in clashes:
             analysis = SlideAnalysis(SlideOutcome(str(path), slide_id_of(path), "error", clashes[path]), None)
         else:
+            regions = regions_for(path) if regions_for is not None else None
             analysis = yield from analyze_slide(predictor, path, out_dir, cache_dir, project, position=(k, n),
-                                                workers=workers, batch_size=batch_size)
+                                                workers=workers, batch_size=batch_size, regions=regions)
         done = entry_after(entry, analysis)
         failed += done.status == SlideStatus.FAILED
         yield WorklistTick(Stage.SLIDES, k + 1, n, path.name, k, done)
