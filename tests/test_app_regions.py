@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QEvent, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMenu
 from shapely.geometry import Point
 
 from msrl_model.slide.regions import EXCLUDE, INCLUDE, read_regions
@@ -112,3 +112,26 @@ def test_qupath_round_trip(qtbot, window, tiny_bundle, cmu_slide, tmp_path):
     again = read_regions(out)
     assert again.fingerprint() == window.state.regions.regions.fingerprint()
     assert sorted(again.notes) == ["skipped 1 tissue outlines", f"skipped {len(tiles)} tile objects"]
+
+
+def test_import_dialog_defaults_and_region_menu(qtbot, window, cmu_slide):
+    from msrl_app.regions import ClassModesDialog
+
+    dialog = ClassModesDialog({"Tumor": 2, "Ignore*": 1, "": 3})
+    qtbot.addWidget(dialog)
+    assert dialog.modes() == {"": INCLUDE, "Ignore*": EXCLUDE, "Tumor": INCLUDE}
+    dialog.combos["Tumor"].setCurrentIndex(2)  # the user skips the tumour annotations
+    assert dialog.modes()["Tumor"] == "skip"
+    # with Pan, a right click on a region opens its menu: switch it to exclude, then delete it
+    assert window.open_slide(cmu_slide)
+    store = window.state.regions
+    assert store.add(Point(1000, 1000).buffer(300), INCLUDE)
+    send(window.viewer, QEvent.Type.MouseButtonPress, (1000, 1000), button=Qt.MouseButton.RightButton,
+         buttons=Qt.MouseButton.RightButton)
+    menu = window.viewer.findChild(QMenu)
+    qtbot.waitUntil(lambda: menu is not None and menu.isVisible())
+    texts = {a.text(): a for a in menu.actions()}
+    texts["Exclude"].trigger()
+    assert [r.mode for r in store.regions.regions] == [EXCLUDE]
+    texts["Delete"].trigger()
+    assert not store.regions and store.path is not None and not store.path.exists()  # no regions: no file
