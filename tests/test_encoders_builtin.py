@@ -139,3 +139,60 @@ def test_rejects_non_uint8(encoder):
 def test_noise_has_more_fine_texture_than_smooth_stroma(encoder, tiles):
     out = encoder.encode(tiles)
     assert (out[4, FINE] > out[1, FINE]).all()
+
+
+# ---- equal to the straightforward v1.0 implementation (tests/builtin_he_reference.py) ---------------
+
+# Features read through a threshold or a local maximum: histograms, joint histogram, tissue and dark
+# fractions, H fractions, blob densities; the optimised encoder computes their inputs with the v1.0
+# operations in the v1.0 order, so these must be bit-identical, not merely close.
+THRESHOLDED = [*range(19, 59), 60, 61, *range(62, 70)]
+EDGE_FRACTIONS = [84 + 15 * k + 6 for k in range(12)]  # [6] of every (channel, level) filter-bank block
+
+
+def _assert_equals_reference(out: torch.Tensor, tiles_uint8: torch.Tensor) -> None:
+    from builtin_he_reference import reference_features
+
+    expected = reference_features(tiles_uint8.permute(0, 3, 1, 2).float())
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-6)
+    exact = THRESHOLDED + EDGE_FRACTIONS
+    assert torch.equal(out[:, exact], expected[:, exact])
+
+
+def _cmu_tiles(path, n: int, seed: int) -> torch.Tensor:
+    """(n, 256, 256, 3) uint8 tiles at random level-0 positions of the real CMU slide."""
+    from msrl_model.slide import open_slide
+
+    rng = np.random.default_rng(seed)
+    with open_slide(path) as slide:
+        w, h = slide.dimensions
+        xs, ys = rng.integers(0, w - 256, n), rng.integers(0, h - 256, n)
+        return torch.from_numpy(np.stack([slide.read_region((int(x), int(y)), 0, (256, 256)) for x, y in zip(xs, ys)]))
+
+
+def test_equals_v1_reference_on_synthetic_noise_and_blank_tiles(encoder, tiles):
+    rng = np.random.default_rng(3)
+    smooth = np.clip(rng.normal(200, 25, (4, 32, 32, 3)), 0, 255).repeat(8, 1).repeat(8, 2).astype(np.uint8)
+    batch = torch.cat([tiles, torch.from_numpy(smooth), torch.zeros(1, 256, 256, 3, dtype=torch.uint8)])
+    _assert_equals_reference(encoder.encode(batch), batch)
+
+
+def test_equals_v1_reference_on_real_cmu_tiles(encoder, cmu_slide):
+    batch = _cmu_tiles(cmu_slide, 24, seed=0)
+    _assert_equals_reference(encoder.encode(batch), batch)
+
+
+def test_float_input_path_equals_the_uint8_lookup_path(encoder, tiles):
+    """Resized tiles reach the model as float and take the logarithm; 256² uint8 tiles go through the
+    byte-pair lookup tables. On the same pixels both give identical features."""
+    x = builtin_he.tile_transform(tiles)
+    assert x.dtype == torch.uint8
+    with torch.inference_mode():
+        assert torch.equal(encoder.model(x), encoder.model(x.float()))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_chunk_size_changes_nothing(tiles, chunk):
+    x = builtin_he.tile_transform(tiles)
+    with torch.inference_mode():
+        torch.testing.assert_close(builtin_he.BuiltinHE(chunk=chunk)(x), builtin_he.BuiltinHE()(x), rtol=1e-5, atol=1e-6)

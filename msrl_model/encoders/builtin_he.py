@@ -62,17 +62,32 @@ slice     count meaning
 A blank white tile has OD = 0 everywhere, so every stain, nuclear and texture feature is exactly 0;
 only grey Y mean (17) and the histogram bins holding 0 (20, 32, 43) are 1.
 
-Cost per 256² tile (a multiply-add counts 2 FLOP): logarithm and Haar step on 3 x 65 536 OD values
-≈ 1.5 MFLOP; deconvolution and colour statistics on 4 x 16 384 level-1 values ≈ 1 MFLOP; the
-filter bank on 3 channels over ≈ 21 800 pixels (16 384 + 4 096 + 1 024 + 256 per channel): blur
-10, Sobel 14, derivatives/steering/LoG/anisotropy 25, statistics ≈ 25 -> ≈ 75 FLOP per pixel per
-channel ≈ 5 MFLOP. Total ≈ 8 MFLOP per tile (a ResNet-50 at 224² is ≈ 8 GFLOP). It is memory-bound
-on CPU: ``python -m msrl_model.bench encoder --threads 1`` measured 110-210 tiles per
-CPU-second (one core) on the shared 2-core build machine while other jobs ran (load 4-7), i.e.
-≈ 400 tiles/s from two single-threaded workers on idle cores. Prefer one torch thread per worker:
-intra-op threading of these small ops collapses when cores are oversubscribed. Tiles are processed
-in chunks of 4 so the intermediates stay in cache. Every operation is elementwise, a
-shift-add, or a per-tile reduction, so a tile's features do not depend on the rest of its batch.
+How it is computed (same values as the maths above, far fewer passes over memory):
+
+* 256² uint8 tiles never go through a float logarithm: every 2 horizontally adjacent bytes of a
+  channel form a 16-bit index into lookup tables of (OD(left) ± OD(right))/4 and (left + right)/4,
+  built once with the very float32 operations of step 1. The Haar step is then 5 row-pair adds.
+  Other tile sizes are resized in float and take the logarithm; both give the same pair sums.
+* Colour statistics run on one (b, 8, 128²) map stack (OD r,g,b, H, E, ODm, D, Y): one centring,
+  one square. Histograms are counts of ``x >= edge`` (float compares, summed: exact integers), the
+  joint H x E histogram their 4x4 cross-counts (one batched matmul of the 0/1 maps), differenced.
+* The filter bank keeps the blur unscaled (256·G) and folds the power-of-two factors of the blur,
+  Sobel, gxy and steering into the statistics, which is exact in float32. Means of |x| are sums of
+  ``abs``, standard deviations of band, |∇g| and LoG use E[x²] - E[x]² (their means are small against
+  their spread), that of G is centred.
+* Levels 0-1 run in chunks of tiles (cache), levels 2-4 on the whole batch (fewer, larger ops).
+
+Everything that a threshold or a local maximum reads (H, E, ODm, Y, |∇g| and its mean, the LoG of H
+at the blob levels) is computed with the v1.0 operations in the v1.0 order, so thresholded counts
+are identical; the other statistics agree with v1.0 to float32 rounding (tests/test_encoders_builtin.py
+compares against the straightforward v1.0 implementation on random and real tiles).
+
+Cost per 256² tile ≈ 8 MFLOP of elementwise work (a ResNet-50 at 224² is ≈ 8 GFLOP); on CPU it is
+bound by passes over memory, which is what the restructuring cut (``python -m msrl_model.bench
+encoder --mode patch`` measures it). Prefer one torch thread per worker on a busy machine: intra-op
+threading of these small ops collapses when cores are oversubscribed (msrl_model.device). Every
+operation is elementwise, a shift-add, a table lookup or a per-tile reduction, so a tile's features do
+not depend on the rest of its batch.
 
 Precision: float32 everywhere, also on CUDA. The logarithm of (I+1)/256 near 1, the thresholded
 counts and the higher moments are not safe in half precision, and the encoder costs far less than
@@ -82,6 +97,7 @@ reading the tiles, so autocast would buy nothing.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -109,45 +125,46 @@ _COLOUR_DIM = 62
 _NUCLEAR_DIM = 10
 _FINE_DIM = 4 * _TEXTURE_CHANNELS
 DIM = _COLOUR_DIM + _NUCLEAR_DIM + _FINE_DIM + _TEXTURE_CHANNELS * len(_LEVELS) * _TEXTURE_STATS  # 264
-_CHUNK_CPU = 4  # tiles per chunk on CPU: intermediates (~1 MB each) stay in cache
+_CHUNK_CPU = 8  # tiles per chunk of level-0/1 work on CPU: its maps (~0.2 MB per tile) stay in cache
+_BLUR_SCALE = 256.0  # the binomial blur is kept unscaled: sum of the 5x5 [1 4 6 4 1]ᵀ[1 4 6 4 1] taps
+# Level-1 map stack of the colour statistics: OD r, g, b, then the texture channels H, E, ODm (adjacent,
+# so the filter bank reads them as one view), then D and grey Y.
+_OD, _H, _E, _ODM, _D, _Y = slice(0, 3), 3, 4, 5, 6, 7
+_MAPS = 8
 
 
-def _mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over the last two dims: (..., h, w) -> (...) float32 (bool maps give fractions)."""
-    total = x.sum(dim=(-2, -1), dtype=torch.float32) if x.dtype == torch.bool else x.sum(dim=(-2, -1))
-    return total / (x.shape[-2] * x.shape[-1])
+def _optical_density(x: torch.Tensor) -> torch.Tensor:
+    """OD = -ln((I + 1) / 256) of float I in [0, 255], elementwise (the v1.0 operations)."""
+    return torch.log(x + 1.0).neg_().add_(math.log(256.0))
 
 
-def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population std over the last two dims: (..., h, w) -> (...), (...)."""
-    mean = _mean(x)
-    centred = x - mean[..., None, None]
-    return mean, _mean(centred * centred).sqrt()
+def _pair_tables() -> torch.Tensor:
+    """(3, 65536) float32 lookup tables of two horizontally adjacent bytes (left, right) of one channel.
+
+    Indexed by the native 16-bit word of the byte pair: rows (OD(left) + OD(right))/4,
+    (OD(left) - OD(right))/4 and (left + right)/4, each computed with the float32 operations the
+    float path uses, so both paths give bit-identical pair sums.
+    """
+    values = torch.arange(256, dtype=torch.float32)
+    od = _optical_density(values)
+    word = torch.arange(65536)
+    low, high = word % 256, word // 256  # the first byte in memory is the low byte on little-endian CPUs
+    left, right = (low, high) if sys.byteorder == "little" else (high, low)
+    return torch.stack([(od[left] + od[right]) * 0.25, (od[left] - od[right]) * 0.25,
+                        (values[left] + values[right]) * 0.25])
 
 
-def _binomial_blur(g: torch.Tensor) -> torch.Tensor:
-    """Valid 5x5 binomial blur [1 4 6 4 1]/16 per axis (σ = 1 px): (..., h, w) -> (..., h-4, w-4).
+def _binomial_sum(g: torch.Tensor) -> torch.Tensor:
+    """Valid 5x5 binomial filter [1 4 6 4 1] per axis, unscaled: (..., h, w) -> 256·G (..., h-4, w-4).
 
-    Built from four [1 1] passes per axis (shifted adds, no padding); exact per element, so
-    results never depend on the batch size.
+    Four [1 1] passes per axis (shifted adds, no padding); G = the σ = 1 px blur. Exact per element,
+    so results never depend on the batch size, and the 1/256 is a power of two: callers fold it.
     """
     for _ in range(4):
         g = g[..., 1:] + g[..., :-1]
     for _ in range(4):
         g = g[..., 1:, :] + g[..., :-1, :]
-    return g * (1.0 / 256.0)
-
-
-def _haar(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One 2x2 Haar step (..., 2h, 2w) -> LL, LH, HL, HH each (..., h, w), all with weight 1/4.
-
-    For a block [[a, b], [c, d]]: LL = (a+b+c+d)/4 (block mean), LH = (a-b+c-d)/4 (left-right),
-    HL = (a+b-c-d)/4 (top-bottom), HH = (a-b-c+d)/4 (diagonal).
-    """
-    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
-    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
-    s1, d1, s2, d2 = a + b, a - b, c + d, c - d
-    return (s1 + s2) * 0.25, (d1 + d2) * 0.25, (s1 - s2) * 0.25, (d1 - d2) * 0.25
+    return g
 
 
 def _local_max(x: torch.Tensor) -> torch.Tensor:
@@ -157,20 +174,40 @@ def _local_max(x: torch.Tensor) -> torch.Tensor:
     return x[..., 1:-1, 1:-1] >= box
 
 
-def _mix(x: torch.Tensor, weights: list[list[float]]) -> torch.Tensor:
-    """Per-pixel linear map of channels: x (b,3,h,w), weights[i][j] from input i to output j -> (b,J,h,w).
+def _sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last two dims: (..., h, w) -> (...)."""
+    return x.sum(dim=(-2, -1))
 
-    Written as scalar multiply-adds so every element is computed the same way whatever the batch size.
-    """
-    outs = [x[:, 0] * w0 + x[:, 1] * w1 + x[:, 2] * w2 for w0, w1, w2 in zip(*weights)]
-    return torch.stack(outs, 1)
+
+def _count_ge(x: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Indicator maps x >= edge as float: x (b, n), edges (k,) -> (b, k, n) of exact 0/1."""
+    out = x.new_empty(x.shape[0], edges.shape[0], x.shape[1])
+    return torch.ge(x[:, None, :], edges[:, None], out=out)
+
+
+def _bins_from_cumulative(at_least: torch.Tensor, n: int) -> torch.Tensor:
+    """Counts of x >= edges[i] (b, k), edges ascending -> fractions per bin (b, k+1): below edges[0],
+    each [edges[i-1], edges[i]), from edges[-1] (``torch.bucketize(right=True)``'s bins)."""
+    total = at_least.new_full((at_least.shape[0], 1), float(n))
+    padded = torch.cat([total, at_least, torch.zeros_like(total)], 1)
+    return (padded[:, :-1] - padded[:, 1:]) / n
+
+
+def _mix_into(out: torch.Tensor, x: torch.Tensor, weights: list[list[float]]) -> None:
+    """out[:, j] = per-pixel linear map of x's 3 channels, weights[i][j] from input i to output j.
+
+    Written as scalar multiply-adds in a fixed order so every element is computed the same way
+    whatever the batch size (thresholds read these maps)."""
+    for j, (w0, w1, w2) in enumerate(zip(*weights)):
+        torch.add(x[:, 0] * w0 + x[:, 1] * w1, x[:, 2] * w2, out=out[:, j])
 
 
 class BuiltinHE(torch.nn.Module):
-    """H&E stain/texture features: (B, 3, 256, 256) float RGB in [0,255] -> (B, 264) float32.
+    """H&E stain/texture features: (B, 3, 256, 256) RGB in [0,255] -> (B, 264) float32.
 
+    The input is uint8 (read through the pair lookup tables) or float (other tile sizes, resized).
     See the module docstring for the maths and the output layout. No learnable parameters; the
-    stain matrix is a buffer so ``.to(device)`` moves the module.
+    stain matrix and the lookup tables are buffers so ``.to(device)`` moves the module.
     """
 
     def __init__(self, chunk: int | None = None) -> None:
@@ -179,152 +216,215 @@ class BuiltinHE(torch.nn.Module):
         rgb_from_hed = rgb_from_hed / rgb_from_hed.norm(dim=1, keepdim=True)
         hed_from_rgb = torch.linalg.inv(rgb_from_hed)  # (3 OD r,g,b; 3 stains H,E,D)
         od_mean = torch.full((3, 1), 1.0 / 3.0, dtype=torch.float64)
-        # OD (r,g,b) -> (H, E, D, ODm): the deconvolution plus the OD mean, one linear map.
-        self.register_buffer("od_to_channels", torch.cat([hed_from_rgb, od_mean], 1).float())  # (3, 4)
-        self.chunk = chunk  # tiles per chunk; None -> 4 on CPU, the whole batch on CUDA
+        # OD (r,g,b) -> (H, E, ODm, D): the deconvolution plus the OD mean, one linear map.
+        weights = torch.cat([hed_from_rgb[:, :2], od_mean, hed_from_rgb[:, 2:]], 1).float()  # (3, 4)
+        self.register_buffer("od_to_channels", weights)
+        self.register_buffer("pair_tables", _pair_tables(), persistent=False)
+        self.register_buffer("h_edges", torch.tensor(_JOINT_H_EDGES + _H_EDGES), persistent=False)
+        self.register_buffer("e_edges", torch.tensor(_JOINT_E_EDGES + _E_EDGES), persistent=False)
+        self.register_buffer("h_fraction_thresholds", torch.tensor(_H_FRACTION_THRESHOLDS), persistent=False)
+        self.chunk = chunk  # tiles per chunk of level-0/1 work; None -> 8 on CPU, the whole batch on CUDA
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B,3,256,256) float in [0,255] -> (B, DIM) float32."""
-        x = x.float()
-        if x.shape[0] == 0:
-            return x.new_zeros(0, DIM)
-        chunk = self.chunk or (x.shape[0] if x.is_cuda else _CHUNK_CPU)
-        return torch.cat([self._features(part) for part in x.split(chunk)])
+        """x (B,3,256,256) uint8, or float in [0,255] -> (B, DIM) float32."""
+        if x.dtype != torch.uint8:
+            x = x.float()
+        b = x.shape[0]
+        if b == 0:
+            return torch.zeros(0, DIM, device=x.device)
+        chunk = self.chunk or (b if x.is_cuda else _CHUNK_CPU)
+        fine_level = INPUT_SIZE // 2
+        level2 = (fine_level - 4) // 2  # side of the level-2 grid: valid blur, then every other pixel
+        colour = x.new_empty(b, _COLOUR_DIM, dtype=torch.float32)
+        fractions = x.new_empty(b, len(_H_FRACTION_THRESHOLDS), dtype=torch.float32)
+        fine = x.new_empty(b, _FINE_DIM, dtype=torch.float32)
+        bank = x.new_empty(b, _TEXTURE_CHANNELS, len(_LEVELS), _TEXTURE_STATS, dtype=torch.float32)
+        g = x.new_empty(b, _TEXTURE_CHANNELS, level2, level2, dtype=torch.float32)
+        for i in range(0, b, chunk):
+            part = slice(i, i + chunk)
+            maps = self._level1(x[part], colour[part], fractions[part], fine[part])
+            bank[part, :, 0], blur = _texture_level(maps[:, _H:_ODM + 1])
+            torch.mul(blur[..., ::2, ::2], 1.0 / _BLUR_SCALE, out=g[part])  # Gaussian pyramid: next level
+        nuclear = [fractions]
+        for k, level in enumerate(_LEVELS[1:], 1):
+            stats_blob = _texture_level(g, blob=level in _BLOB_LEVELS)
+            bank[:, :, k] = stats_blob[0]
+            if level in _BLOB_LEVELS:
+                nuclear.append(stats_blob[2])
+            if level < _LEVELS[-1]:
+                g = stats_blob[1][..., ::2, ::2] * (1.0 / _BLUR_SCALE)
+        density = torch.cat([n[:, :len(_BLOB_THRESHOLDS)] for n in nuclear[1:]], 1)
+        strength = torch.cat([n[:, len(_BLOB_THRESHOLDS):] for n in nuclear[1:]], 1)
+        return torch.cat([colour, fractions, density, strength, fine, bank.flatten(1)], 1)
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """x (b,3,256,256) -> (b, DIM)."""
+    def _pair_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b,3,H,W) -> (3, b, 3, H, W/2): OD pair sums /4, OD pair differences /4, raw pair sums /4
+        of horizontally adjacent pixels (columns 2j, 2j+1)."""
+        if x.dtype == torch.uint8:  # one 16-bit word per byte pair, three table lookups
+            words = x.contiguous().view(torch.uint16).int().flatten()
+            out = self.pair_tables.new_empty(3, words.numel())
+            for k in range(3):
+                torch.index_select(self.pair_tables[k], 0, words, out=out[k])
+            return out.view(3, *x.shape[:-1], x.shape[-1] // 2)
+        od = _optical_density(x)
+        left, right = od[..., 0::2], od[..., 1::2]
+        return torch.stack([(left + right) * 0.25, (left - right) * 0.25, (x[..., 0::2] + x[..., 1::2]) * 0.25])
+
+    def _level1(self, x: torch.Tensor, colour: torch.Tensor, fractions: torch.Tensor,
+                fine: torch.Tensor) -> torch.Tensor:
+        """Tiles x (b,3,256,256) -> the level-1 map stack (b, 8, 128, 128) (see ``_MAPS``); fills the
+        colour (b, 62), H-fraction (b, 4) and finest-texture (b, 12) features in place."""
+        sums, diffs, raw = self._pair_sums(x)  # each (b,3,256,128)
+        top, bottom = slice(0, None, 2), slice(1, None, 2)  # rows 2i and 2i+1
+        b, _, h, w = sums.shape[0], sums.shape[1], sums.shape[2] // 2, sums.shape[3]
+        maps = sums.new_empty(b, _MAPS, h, w)
+        od = torch.add(sums[..., top, :], sums[..., bottom, :], out=maps[:, _OD])  # Haar LL: block means
         weights = self.od_to_channels.tolist()
-        od = torch.log(x + 1.0).neg_().add_(math.log(256.0))  # -ln((I+1)/256), (b,3,H,W)
-        # All channels are linear in OD, so deconvolving the Haar bands of OD equals Haar-transforming
-        # the deconvolved channels: only the OD itself is touched at full resolution.
-        od_ll, *od_details = _haar(od)  # each (b,3,128,128)
-        chans = _mix(od_ll, weights)  # (b,4,128,128): H, E, D, ODm block means
-        grey_ll = (x[..., 0::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) * 0.25
-        grey = (grey_ll[:, 0] * 0.299 + grey_ll[:, 1] * 0.587 + grey_ll[:, 2] * 0.114) * (1.0 / 255.0)
-        tex_w = [row[:2] + row[3:] for row in weights]  # OD -> (H, E, ODm)
-        fine = torch.stack([_mix(band, tex_w) for band in od_details], 2)  # (b,3 ch,3 bands,128,128)
-        fine_abs = _mean(fine.abs())  # (b,3,3)
-        fine_rms = _mean(fine * fine).sum(2).sqrt()  # (b,3)
-        fine_feats = torch.cat([fine_abs, fine_rms[..., None]], 2).flatten(1)  # (b, 3 ch x 4)
-        nuclear, texture = self._nuclear_and_texture(chans[:, [0, 1, 3]])
-        return torch.cat([self._colour(od_ll, chans, grey), nuclear, fine_feats, texture], 1)
+        _mix_into(maps[:, _H:_D + 1], od, weights)  # H, E, ODm, D
+        grey = raw[..., top, :] + raw[..., bottom, :]  # (b,3,h,w) block means of R, G, B
+        torch.mul(grey[:, 0] * 0.299 + grey[:, 1] * 0.587 + grey[:, 2] * 0.114, 1.0 / 255.0, out=maps[:, _Y])
+        details = sums.new_empty(b, 3, 3, h, w)  # (b, band LH/HL/HH, OD channel, h, w)
+        torch.add(diffs[..., top, :], diffs[..., bottom, :], out=details[:, 0])
+        torch.sub(sums[..., top, :], sums[..., bottom, :], out=details[:, 1])
+        torch.sub(diffs[..., top, :], diffs[..., bottom, :], out=details[:, 2])
+        texture_w = self.od_to_channels[:, :_TEXTURE_CHANNELS].T  # OD -> (H, E, ODm)
+        bands = torch.matmul(texture_w, details.flatten(3))  # (b, 3 bands, 3 channels, h·w)
+        n = h * w
+        fine_abs = bands.abs().sum(-1).transpose(1, 2) / n  # (b, 3 channels, 3 bands)
+        fine_rms = ((bands * bands).sum(-1).sum(1) / n).sqrt()  # (b, 3 channels)
+        fine.copy_(torch.cat([fine_abs, fine_rms[..., None]], 2).flatten(1))
+        flat = maps.flatten(2)
+        above = flat.new_empty(b, len(_H_FRACTION_THRESHOLDS), n)
+        fractions.copy_(torch.gt(flat[:, _H, None], self.h_fraction_thresholds[:, None], out=above).sum(-1) / n)
+        colour.copy_(self._colour(flat, n))
+        return maps
 
-    def _colour(self, od: torch.Tensor, chans: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
-        """Block-mean maps od (b,3,h,w), chans (b,4,h,w) H,E,D,ODm, grey (b,h,w) -> (b, 62)."""
-        b = od.shape[0]
-        od_mean, od_std = _moments(od)  # (b,3)
-        mean, std = _moments(chans)  # (b,4)
-        grey_mean, grey_std = _moments(grey)  # (b,)
-        z = (chans[:, :3] - mean[:, :3, None, None]) / std[:, :3, None, None].clamp_min(1e-6)
-        skew = _mean(z * z * z)  # (b,3)
-        h, e = chans[:, 0].contiguous(), chans[:, 1].contiguous()  # (b,h,w)
-        hb = _bin_index(h, _JOINT_H_EDGES)  # (b,h,w) in 0..3
-        eb = _bin_index(e, _JOINT_E_EDGES)
-        joint = _bin_fractions(hb * 4 + eb, 16)  # (b,16), row-major over H bins
-        cov = _mean((h - mean[:, 0, None, None]) * (e - mean[:, 1, None, None]))
-        denom = std[:, 0] * std[:, 1]
+    def _colour(self, maps: torch.Tensor, n: int) -> torch.Tensor:
+        """Level-1 map stack maps (b, 8, n) -> the 62 colour features (b, 62)."""
+        b = maps.shape[0]
+        mean = maps.sum(-1) / n  # (b, 8)
+        centred = maps - mean[..., None]
+        squares = centred * centred
+        std = (squares.sum(-1) / n).sqrt()  # (b, 8)
+        stains = [_H, _E, _D]
+        cubes = (squares[:, stains] * centred[:, stains]).sum(-1) / n
+        skew = cubes / std[:, stains].clamp_min(1e-6) ** 3  # (b, 3): mean z³
+        cov = (centred[:, _H] * centred[:, _E]).sum(-1) / n
+        denom = std[:, _H] * std[:, _E]
         corr = torch.where(denom > 1e-6, cov / denom.clamp_min(1e-6), torch.zeros_like(cov))
+        h_at_least = _count_ge(maps[:, _H], self.h_edges)  # (b, 3 joint + 11 histogram edges, n)
+        e_at_least = _count_ge(maps[:, _E], self.e_edges)
+        h_counts, e_counts = h_at_least.sum(-1), e_at_least.sum(-1)  # (b, 14): exact integers
+        joint_at_least = torch.bmm(h_at_least[:, :3], e_at_least[:, :3].transpose(1, 2))  # (b, 3, 3)
+        cumulative = torch.cat([torch.cat([h_counts.new_full((b, 1), float(n)), e_counts[:, :3]], 1)[:, None],
+                                torch.cat([h_counts[:, :3, None], joint_at_least], 2)], 1)  # (b, 4, 4)
+        padded = F.pad(cumulative, (0, 1, 0, 1))  # #(H >= edge i and E >= edge j), 0 past the last edge
+        joint = padded[:, :-1, :-1] - padded[:, 1:, :-1] - padded[:, :-1, 1:] + padded[:, 1:, 1:]
+        tissue = torch.gt(maps[:, _ODM], _TISSUE_OD, out=torch.empty_like(maps[:, _ODM])).sum(-1) / n
+        dark = torch.lt(maps[:, _Y], _DARK_Y, out=torch.empty_like(maps[:, _Y])).sum(-1) / n
         feats = [
-            torch.stack([od_mean, od_std], -1).reshape(b, 6),  # (b,3,2) -> R mean, R std, G mean, ...
-            torch.stack([mean[:, :3], std[:, :3], skew], -1).reshape(b, 9),  # (b,3,3) -> H mean, std, skew, E ...
-            torch.stack([mean[:, 3], std[:, 3], grey_mean, grey_std], -1),
-            _bin_fractions(_bin_index(h, _H_EDGES), len(_H_EDGES) + 1),
-            _bin_fractions(_bin_index(e, _E_EDGES), len(_E_EDGES) + 1),
-            joint,
+            torch.stack([mean[:, _OD], std[:, _OD]], -1).reshape(b, 6),  # R mean, R std, G mean, ...
+            torch.stack([mean[:, stains], std[:, stains], skew], -1).reshape(b, 9),  # H mean, std, skew, E ...
+            torch.stack([mean[:, _ODM], std[:, _ODM], mean[:, _Y], std[:, _Y]], -1),
+            _bins_from_cumulative(h_counts[:, 3:], n),
+            _bins_from_cumulative(e_counts[:, 3:], n),
+            joint.reshape(b, 16) / n,  # row-major over H bins
             corr[:, None],
-            _mean(chans[:, 3] > _TISSUE_OD)[:, None],
-            _mean(grey < _DARK_Y)[:, None],
+            tissue[:, None],
+            dark[:, None],
         ]
         return torch.cat(feats, 1)
 
-    def _nuclear_and_texture(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Level-1 maps t (b,3,128,128) of H, E, ODm -> nuclear (b,10), filter-bank texture (b,180)."""
-        b = t.shape[0]
-        nuclear = [_mean(t[:, 0] > thr) for thr in _H_FRACTION_THRESHOLDS]
-        density, strength = [], []
-        texture = []  # per level: (b,3,15)
-        g = t
-        for level in _LEVELS:
-            stats, blob = _texture_level(g)
-            texture.append(stats)
-            if level in _BLOB_LEVELS:
-                peak = _local_max(blob)  # (b,h-2,w-2)
-                inner = blob[..., 1:-1, 1:-1]
-                per_1e4 = 1e4 / (INPUT_SIZE * INPUT_SIZE)  # count per 10⁴ px of the 256² tile
-                for thr in _BLOB_THRESHOLDS:
-                    density.append((peak & (inner > thr)).flatten(1).sum(1).float() * per_1e4)
-                peaks = (peak & (inner > _BLOB_THRESHOLDS[0])).float()
-                strength.append((inner * peaks).flatten(1).sum(1) / peaks.flatten(1).sum(1).clamp_min(1.0))
-            if level < _LEVELS[-1]:
-                g = _binomial_blur(g)[..., ::2, ::2].contiguous()  # Gaussian pyramid: next level, half size
-        nuclear_feats = torch.stack(nuclear + density + strength, -1)  # (b,10)
-        texture_feats = torch.stack(texture, 2).reshape(b, -1)  # (b,3 ch,4 levels,15) channel-major
-        return nuclear_feats, texture_feats
 
+def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, ...]:
+    """One pyramid level g (b,C,n,n) -> 15 stats per channel (b,C,15) and the unscaled blur 256·G
+    (b,C,n-4,n-4); with ``blob``, also the H blob features (b, 4): densities at the two thresholds,
+    then the mean strength.
 
-def _texture_level(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pyramid level g (b,C,n,n) -> 15 stats per channel (b,C,15) and H blob strength relu(-LoG) (b,n-6,n-6)."""
-    blur = _binomial_blur(g)  # (b,C,n-4,n-4), σ = 1 level px
-    band = g[..., 2:-2, 2:-2] - blur  # fine band-pass (difference of Gaussians σ 0 -> 1)
+    Unscaled maps (exact powers of two of the documented ones): S = 256·G, X = 256·gxx, Y = 256·gyy,
+    L = X + Y = 256·LoG, Q = 1024·gxy, 1024·R_45 = 2L + Q, -1024·R_135 = 2L - Q, 8·|∇g| = sqrt(sx² + sy²)
+    with the Sobel sums sx, sy; 256·anisotropy = hypot(X - Y, Q/2).
+    """
+    s = _binomial_sum(g)  # (b,C,n-4,n-4)
+    band = torch.add(g[..., 2:-2, 2:-2], s, alpha=-1.0 / _BLUR_SCALE)  # g - G
+    n_band = band.shape[-1] * band.shape[-2]
+    s_mean = _sum(s) / n_band
+    s_centred = s - s_mean[..., None, None]
+    band_mean = _sum(band) / n_band
+    band_abs = _sum(band.abs()) / n_band
+    band_var = _sum(band * band) / n_band - band_mean * band_mean
 
     dx = g[..., 2:] - g[..., :-2]  # (b,C,n,n-2)
     sx = (dx[..., :-2, :] + dx[..., 1:-1, :]) + (dx[..., 1:-1, :] + dx[..., 2:, :])  # Sobel x * 8, (n-2,n-2)
     dy = g[..., 2:, :] - g[..., :-2, :]  # (b,C,n-2,n)
     sy = (dy[..., :-2] + dy[..., 1:-1]) + (dy[..., 1:-1] + dy[..., 2:])  # Sobel y * 8
-    grad = (sx * sx + sy * sy).sqrt_().mul_(0.125)
+    grad = sx * sx + sy * sy
+    n_grad = grad.shape[-1] * grad.shape[-2]
+    grad_square_mean = _sum(grad) / n_grad  # mean (8|∇g|)²
+    grad.sqrt_()  # 8|∇g|, the v1.0 operations (the edge threshold reads it)
+    grad_mean = _sum(grad) / n_grad
+    edges = torch.gt(grad, 2 * grad_mean[..., None, None], out=sx)
+    edge_fraction = _sum(edges) / n_grad
 
-    c2 = blur[..., 1:-1, 1:-1] * 2  # (b,C,n-6,n-6)
-    gxx = (blur[..., 1:-1, 2:] + blur[..., 1:-1, :-2]) - c2
-    gyy = (blur[..., 2:, 1:-1] + blur[..., :-2, 1:-1]) - c2
-    gxy = ((blur[..., 2:, 2:] + blur[..., :-2, :-2]) - (blur[..., 2:, :-2] + blur[..., :-2, 2:])) * 0.25
-    log = gxx + gyy  # σ²∇²G with σ = 1 level px (scale-normalised LoG)
-    half = log * 0.5
-    diff = gxx - gyy
-    aniso = (diff * diff + gxy * gxy * 4).sqrt_()  # λ1 - λ2 = max_θ R_θ - min_θ R_θ
-
-    band_mean, band_std = _moments(band)
-    band_abs = _mean(band.abs())
-    grad_mean, grad_std = _moments(grad)
-    log_mean, log_std = _moments(log)
-    log_abs = _mean(log.abs())
-    stats = [
-        _moments(blur)[1],
-        band_std,
+    centre = s[..., 1:-1, 1:-1]
+    xx = torch.add(s[..., 1:-1, 2:] + s[..., 1:-1, :-2], centre, alpha=-2.0)  # (b,C,n-6,n-6)
+    yy = torch.add(s[..., 2:, 1:-1] + s[..., :-2, 1:-1], centre, alpha=-2.0)
+    xy = (s[..., 2:, 2:] + s[..., :-2, :-2]) - (s[..., 2:, :-2] + s[..., :-2, 2:])
+    log = xx + yy
+    n_log = log.shape[-1] * log.shape[-2]
+    aniso = torch.hypot(xx - yy, xy * 0.5)
+    steer = 1024.0  # R_θ scale
+    stats = torch.stack([
+        (_sum(s_centred * s_centred) / n_band).sqrt() / _BLUR_SCALE,
+        band_var.clamp_min(0).sqrt(),
         (band_abs + band_mean) / 2,
         (band_abs - band_mean) / 2,
-        grad_mean,
-        grad_std,
-        _mean(grad > 2 * grad_mean[..., None, None]),
-        _mean(gxx.abs()),
-        _mean((half + gxy).abs()),
-        _mean(gyy.abs()),
-        _mean((half - gxy).abs()),
-        _mean(aniso),
-        log_std,
-        (log_abs - log_mean) / 2,
-        (log_abs + log_mean) / 2,
-    ]
-    return torch.stack(stats, -1), torch.relu(-log[:, 0])
+        grad_mean / 8,
+        (grad_square_mean - grad_mean * grad_mean).clamp_min(0).sqrt() / 8,
+        edge_fraction,
+        _sum(xx.abs()) / (n_log * _BLUR_SCALE),
+        _sum(torch.add(xy, log, alpha=2.0).abs_()) / (n_log * steer),
+        _sum(yy.abs()) / (n_log * _BLUR_SCALE),
+        _sum(torch.sub(xy, log, alpha=2.0).abs_()) / (n_log * steer),
+        _sum(aniso) / (n_log * _BLUR_SCALE),
+        *_log_stats(log, n_log),
+    ], -1)
+    if not blob:
+        return stats, s
+    return stats, s, _blob_features(log[:, 0])
 
 
-def _bin_index(x: torch.Tensor, edges: tuple[float, ...]) -> torch.Tensor:
-    """Bin of each element (int64): 0 below edges[0], i for edges[i-1] <= x < edges[i], len(edges) from the last edge."""
-    return torch.bucketize(x, torch.tensor(edges, dtype=x.dtype, device=x.device), right=True)
+def _log_stats(log: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Unscaled L = 256·LoG (b,C,h,w), n = h·w -> std LoG, mean relu(-LoG), mean relu(LoG), each (b,C)."""
+    mean = _sum(log) / n
+    absolute = _sum(log.abs()) / n
+    var = _sum(log * log) / n - mean * mean
+    return [var.clamp_min(0).sqrt() / _BLUR_SCALE, (absolute - mean) / (2 * _BLUR_SCALE),
+            (absolute + mean) / (2 * _BLUR_SCALE)]
 
 
-def _bin_fractions(idx: torch.Tensor, bins: int) -> torch.Tensor:
-    """Bin indices idx (b,h,w) in [0, bins) -> (b, bins) fraction of pixels per bin (exact integer counts)."""
-    b = idx.shape[0]
-    offset = torch.arange(b, device=idx.device)[:, None] * bins  # (b,1): tile i uses bins [i·bins, (i+1)·bins)
-    counts = torch.bincount((idx.flatten(1) + offset).flatten(), minlength=b * bins)
-    return counts.reshape(b, bins).float() / (idx.shape[-2] * idx.shape[-1])
+def _blob_features(log_h: torch.Tensor) -> torch.Tensor:
+    """Unscaled LoG of H (b,h,w) -> (b, 4): local maxima of B = relu(-LoG) per 10⁴ px above each of
+    the two thresholds, then mean B at the maxima above the first (0 if none)."""
+    blob = torch.relu(-log_h)
+    peak = _local_max(blob)  # (b,h-2,w-2)
+    inner = blob[..., 1:-1, 1:-1]
+    per_1e4 = 1e4 / (INPUT_SIZE * INPUT_SIZE)  # count per 10⁴ px of the 256² tile
+    # float32 thresholds times 256 are exact, so the comparisons equal B > threshold
+    above = [peak & (inner > float(torch.tensor(t, dtype=torch.float32)) * _BLUR_SCALE) for t in _BLOB_THRESHOLDS]
+    density = [a.flatten(1).sum(1).float() * per_1e4 for a in above]
+    peaks = above[0].float()
+    strength = (inner * peaks).flatten(1).sum(1) / (peaks.flatten(1).sum(1).clamp_min(1.0) * _BLUR_SCALE)
+    return torch.stack([*density, strength], 1)
 
 
 def tile_transform(batch_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B,H,W,3) -> float32 (B,3,256,256) in [0,255]; other sizes are resized (bilinear, antialiased)."""
-    x = batch_uint8.permute(0, 3, 1, 2).float()  # (B,3,H,W)
+    """uint8 (B,H,W,3) -> (B,3,256,256): 256² tiles stay uint8 (a channels-last view, read through the
+    lookup tables); other sizes are resized (bilinear, antialiased) to float32 in [0,255]."""
+    x = batch_uint8.permute(0, 3, 1, 2)  # (B,3,H,W)
     if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True,
+                          align_corners=False)
         x = x.clamp(0.0, 255.0)
     return x
 
