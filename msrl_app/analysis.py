@@ -27,12 +27,12 @@ import numpy as np
 from msrl_model.cohort.expression import read_expression  # noqa: F401 - re-exported for the app's state
 from msrl_model.errors import MSRLError
 from msrl_model.progress import Progress, Stage
+from msrl_model.synth import DEMO_SLIDE
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "MSRL_STUDIO_CACHE_DIR"
 DEVICES = ("auto", "cpu", "cuda")  # the Settings ▸ Device choices
-DEMO_SLIDE = dict(width=4096, height=3072, seed=20240611)  # the demo slide: deterministic
 DEMO_NAME = "msrl-demo-slide.svs"
 NO_BUNDLE = ("No model bundle is loaded: open one with File ▸ Open model bundle… (a bundle directory "
              "or a .msrl file), or start msrl-app with --bundle PATH")
@@ -62,25 +62,11 @@ def features_dir() -> Path:
     return cache_dir() / "features"
 
 
-def resource_dirs() -> list[Path]:
-    """Where shipped resources may be: a frozen app's bundle folder, the package, the source tree."""
-    here = Path(__file__).resolve().parent
-    dirs = [here / "resources", here.parent / "resources"]
-    frozen = getattr(sys, "_MEIPASS", None)
-    if frozen:
-        dirs.insert(0, Path(frozen) / "resources")
-    return dirs
-
-
 def default_bundle() -> Path | None:
-    """The bundle shipped with the app: ``resources/bundle`` (a directory) or ``resources/*.msrl``."""
-    for folder in resource_dirs():
-        if (folder / "bundle" / "manifest.json").is_file():
-            return folder / "bundle"
-        shipped = sorted(folder.glob("*.msrl")) if folder.is_dir() else []
-        if shipped:
-            return shipped[0]
-    return None
+    """The bundle shipped with the app (:func:`msrl_model.resources.shipped_bundle`, torch-free)."""
+    from msrl_model.resources import shipped_bundle
+
+    return shipped_bundle()
 
 
 def demo_slide_path() -> Path:

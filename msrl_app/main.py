@@ -1,8 +1,8 @@
 """``msrl-app [SLIDE] [--worklist DIR] [--bundle PATH] [--analyze] [--export OUT.pdf|OUT.json] [--quit]
 [--self-test]``: start MSRL Studio.
 
-Start-up imports only Qt, numpy and the light ``msrl_model`` modules; torch and torch_geometric
-are imported when a model is first needed (the bundle is loaded on a worker thread once the window
+Start-up imports only Qt, numpy and the light ``msrl_model`` modules; torch is imported when a model is
+first needed (the bundle is loaded on a worker thread once the window
 is shown), so the window shows in well under two seconds.
 
 Model bundle: ``--bundle PATH``, else the one chosen last (File ▸ Open model bundle…), else the

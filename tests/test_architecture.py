@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first. Packages of one layer are independent of each other.
 LAYERS: list[list[str]] = [
     ["msrl_model.errors"],
-    ["msrl_model.progress", "msrl_model.files", "msrl_model.device", "msrl_model.weights"],
+    ["msrl_model.progress", "msrl_model.files", "msrl_model.device", "msrl_model.weights", "msrl_model.resources"],
     ["msrl_model.slide", "msrl_model.encoders", "msrl_model.stats", "msrl_model.nn"],
     ["msrl_model.features"],
     ["msrl_model.cohort"],

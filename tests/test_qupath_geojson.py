@@ -271,6 +271,8 @@ def test_msrl_analyze_with_regions_and_geojson(cmu_slide, he_bundle, tmp_path, c
 
     full = read_features(h5).coords
     assert result.coords == full[regions.select(full, result.patch_size_level0)].tolist()
+    keys = (out / "cmu_small_region.csv").read_text()
+    assert f"slide,regions_patches_selected,{len(result.coords)}" in keys and "slide,regions_include,1" in keys
     doc = json.loads((out / "cmu_small_region.geojson").read_text())
     assert qupath_rule_violations(doc, 2220, 2967) == []
     assert sum(f["properties"]["objectType"] == "tile" for f in doc["features"]) == len(result.coords)

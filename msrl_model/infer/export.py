@@ -7,7 +7,8 @@ Files written by :func:`write_results` for ``OUT/<name>.json``:
 * ``<name>.csv`` — one row per (task, quantity): ``slide_id, mode, task, key, value``; first the
   result's flags and the slide's applicability (task ``slide``: ``research_use_only``,
   ``synthetic_training_cohort``, ``applicability_p``, ``applicability_flagged``,
-  ``applicability_message``), then per task whether it is ``informative`` in cross-validation (with
+  ``applicability_message``; with regions of interest ``regions_include``, ``regions_exclude``,
+  ``regions_rule``, ``regions_patches_selected``, ``regions_patches_on_tissue``, ``regions_sha256``), then per task whether it is ``informative`` in cross-validation (with
   ``informative_note``), whether its linked cases improved it in cross-validation
   (``graph_evidence``, ``graph_evidence_note``) and, besides the prediction (classes by their readable names: ``p(mutant)``;
   a classification task's conformal ``prediction_set`` "II or III" at ``set_coverage``, a survival
@@ -55,6 +56,8 @@ def key_values(result: PredictionResult) -> list[dict[str, Any]]:
         add("slide", "applicability_p", a.p_value)
         add("slide", "applicability_flagged", a.flagged)
         add("slide", "applicability_message", a.message)
+    for key, value in (result.regions or {}).items():  # the regions of interest that chose the patches
+        add("slide", f"regions_{key}", value)
     for name, task in result.tasks.items():
         add(name, "informative", task.informative)
         add(name, "informative_note", task.informative_note)

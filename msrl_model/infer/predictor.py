@@ -83,8 +83,9 @@ class _TaskRuntime:
 
     def __init__(self, bundle: Bundle, task: TaskBundle, device: torch.device) -> None:
         self.task = task
-        self.net = MSRLNet(bundle.config, task.spec, task.variant)  # type: ignore[arg-type]
-        self.net.load_state_dict(task.state_dict)
+        with torch.device("meta"):  # shapes only: every weight comes from the bundle, no random init to discard
+            self.net = MSRLNet(bundle.config, task.spec, task.variant)  # type: ignore[arg-type]
+        self.net.load_state_dict(task.state_dict, assign=True)  # the bundle's tensors become the parameters
         self.net.to(device).eval()
         self.device = device
         self.k = bundle.config.k

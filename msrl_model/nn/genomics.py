@@ -41,7 +41,11 @@ class SNNBlock(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.linear.weight, mean=0.0, std=1.0 / math.sqrt(self.linear.in_features))
+        """SELU-style init: W ~ N(0, 1/in_dim), b = 0. Nothing is drawn on the meta device (a shape-only
+        build, e.g. a bundle's expected parameter shapes): torch's meta ``normal_`` imports ``torch._dynamo``,
+        seconds of the app's time to a ready model."""
+        if not self.linear.weight.is_meta:
+            nn.init.normal_(self.linear.weight, mean=0.0, std=1.0 / math.sqrt(self.linear.in_features))
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:

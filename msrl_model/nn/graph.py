@@ -38,7 +38,6 @@ through a fixed graph.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -316,32 +315,40 @@ KNN_GRAPHS: dict[str, Callable[[Tensor, int], tuple[Tensor, Tensor]]] = {
 """Graph mode -> builder ``(x (N, D), k) -> (edge_index, edge_weight)`` of the fixed kNN graphs."""
 
 
-_TEMPLATE_LOCK = threading.Lock()
+class GCNLayer(nn.Module):
+    r"""One graph convolution over a given, already normalised adjacency :math:`A` (self loops included):
 
+    .. math::
+        Z = A\,(X W) + b, \qquad Z_i = \sum_{(j \to i)} a_{ji}\,(X W)_j + b
 
-def _gcn_convs(shapes: list[tuple[int, int]]) -> list[nn.Module]:
-    """GCNConv layers ``(in, out)`` built so that torch_geometric leaves no file behind.
+    Shapes: X (N, in_dim), edge_index (2, M) with row 0 the source j and row 1 the target i, edge_weight
+    (M,) the :math:`a_{ji}`, Z (N, out_dim). The parameters are named and initialised as
+    torch_geometric's ``GCNConv(normalize=False, add_self_loops=False)`` (``lin.weight`` (out, in), glorot
+    uniform; ``bias`` (out,), zeros), so bundles written with it load unchanged; this layer needs no
+    torch_geometric (its import costs seconds at start-up and pulls in ``torch._dynamo``).
 
-    A MessagePassing layer renders its ``propagate`` from a jinja template, once per process, into
-    ``tempfile.NamedTemporaryFile(delete=False)`` in the system temp folder and imports it from
-    there (``torch_geometric/template.py``), leaving a ``GCNConv_propagate_*.py`` per process. Here
-    that file goes into a private temporary directory, removed as soon as the module is imported;
-    the generated code, and so every number, is the library's own.
+    Args:
+        in_dim: input width.
+        out_dim: output width.
     """
-    import tempfile
-    import types
 
-    import torch_geometric.template as pyg_template
-    from torch_geometric.nn import GCNConv  # lazy: importing torch_geometric costs seconds
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_dim, out_dim, bias=False)
+        self.bias = nn.Parameter(torch.empty(out_dim))
+        self.reset_parameters()
 
-    with _TEMPLATE_LOCK, tempfile.TemporaryDirectory(prefix="msrl-pyg-") as private:
-        real = pyg_template.tempfile
-        pyg_template.tempfile = types.SimpleNamespace(
-            NamedTemporaryFile=lambda *a, **k: real.NamedTemporaryFile(*a, **{**k, "dir": private}))
-        try:
-            return [GCNConv(a, b, normalize=False, add_self_loops=False, cached=False) for a, b in shapes]
-        finally:
-            pyg_template.tempfile = real
+    def reset_parameters(self) -> None:
+        """Glorot-uniform weight (:math:`U(\pm\sqrt{6 / (in + out)})`), zero bias."""
+        nn.init.xavier_uniform_(self.lin.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+        """Z (N, out_dim) from x (N, in_dim) and the sparse adjacency (edge_index (2, M), edge_weight (M,))."""
+        h = self.lin(x)  # (N, out)
+        source, target = edge_index[0], edge_index[1]
+        messages = h.index_select(0, source) * edge_weight.unsqueeze(1)  # (M, out)
+        return torch.zeros_like(h).index_add_(0, target, messages) + self.bias
 
 
 class GCN(nn.Module):
@@ -351,9 +358,9 @@ class GCN(nn.Module):
         H^{(0)} = X,\quad H^{(l)} = \operatorname{dropout}\big(\operatorname{ReLU}(A H^{(l-1)} W_l
         + b_l)\big)\ (l < L),\quad Z = A H^{(L-1)} W_L + b_L
 
-    Shapes: X (N, in_dim), hidden widths ``hidden``, Z (N, out_dim). The sparse path uses
-    ``torch_geometric`` GCNConv with ``normalize=False, add_self_loops=False`` (A is already
-    normalised and has its self loops); :meth:`forward_dense` computes the same numbers with a dense A.
+    Shapes: X (N, in_dim), hidden widths ``hidden``, Z (N, out_dim). The sparse path is a stack of
+    :class:`GCNLayer` (A is already normalised and has its self loops); :meth:`forward_dense` computes
+    the same numbers with a dense A.
 
     Args:
         in_dim: input feature dimension.
@@ -369,7 +376,7 @@ class GCN(nn.Module):
         if layers < 1:
             raise ValueError(f"GCN needs at least one layer (got {layers})")
         dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
-        self.convs = nn.ModuleList(_gcn_convs(list(zip(dims[:-1], dims[1:]))))
+        self.convs = nn.ModuleList(GCNLayer(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.dropout = dropout
 
     def reset_parameters(self) -> None:

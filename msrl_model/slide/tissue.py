@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from msrl_model.errors import SlideError
 from msrl_model.slide.reader import Slide
@@ -139,6 +138,8 @@ def _disc(radius_px: float) -> np.ndarray | None:
 
 def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
     """Set to True every background component not touching the border with area <= max_area_px."""
+    from scipy import ndimage
+
     labels, n = ndimage.label(~mask)
     if n == 0:
         return mask
@@ -151,6 +152,8 @@ def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
 
 
 def _drop_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
+    from scipy import ndimage
+
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask
@@ -161,7 +164,10 @@ def _drop_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
 
 
 def tissue_mask(slide: Slide, params: TissueParams = TissueParams()) -> TissueMask:
-    """Detect tissue on ``slide`` (see the module docstring for the method)."""
+    """Detect tissue on ``slide`` (see the module docstring for the method). scipy and scikit-image are
+    imported here, not with the module: loading a model bundle (which reads the tissue parameters) stays
+    free of them."""
+    from scipy import ndimage
     from skimage.filters import threshold_otsu
 
     rgb, downsample, level = _low_resolution(slide, params.mask_mpp)

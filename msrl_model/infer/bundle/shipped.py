@@ -14,26 +14,14 @@ to ``sha256sum resources/bundle/manifest.json``; ``tests/test_bundle_security.py
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from msrl_model.errors import BundleError
+from msrl_model.resources import resource_dirs
 
 # sha256sum resources/bundle/manifest.json, as committed (the demo bundle rebuilt for issues 9, 11 and 12).
 SHIPPED_MANIFEST_SHA256 = "8553a4cbd0982d2d2c5012ef4c2c04d1b7bed6f2d472c178427feb7bcf475594"
 SHIPPED_PROVENANCE = "shipped with MSRL Studio (pinned fingerprint verified)"
-
-_ROOT = Path(__file__).resolve().parents[3]  # the folder holding msrl_model/ (source tree or site-packages)
-
-
-def resource_dirs() -> list[Path]:
-    """Where shipped resources may be: a frozen app's folder, ``msrl_app/resources``, the source tree's
-    ``resources`` (the same places ``msrl_app.analysis.resource_dirs`` searches)."""
-    dirs = [_ROOT / "msrl_app" / "resources", _ROOT / "resources"]
-    frozen = getattr(sys, "_MEIPASS", None)
-    if frozen:
-        dirs.insert(0, Path(frozen) / "resources")
-    return dirs
 
 
 def is_shipped_location(path: str | Path) -> bool:
