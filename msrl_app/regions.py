@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QEvent, QObject, QPointF, Qt
-from PySide6.QtGui import QAction, QActionGroup, QBrush, QColor, QKeyEvent, QMouseEvent, QPainter, QPainterPath, QPen, QTransform
+from PySide6.QtGui import (QAction, QActionGroup, QBrush, QColor, QKeyEvent, QMouseEvent, QPainter, QPainterPath, QPen,
+                           QTransform)
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QMenu, QSpinBox,
                                QToolBar, QWidget)
 

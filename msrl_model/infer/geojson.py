@@ -75,7 +75,7 @@ def qupath_geojson(result: PredictionResult, *, tissue: BaseGeometry | None = No
     seed = result.slide_sha256_head or result.slide_id
     names, values = tile_measurements(result)
     classification = {"name": PATCH_CLASS[0], "color": list(PATCH_CLASS[1])}
-    features = []  # the tiles as geometry_feature writes them, built directly: 60k patches in well under a second
+    features = []  # the tiles as geometry_feature writes them, built directly (60k: ~1.5 s here, ~7 s through shapely)
     for (x, y), row in zip(result.coords, values.tolist()):
         x, y = int(x), int(y)
         ring = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
