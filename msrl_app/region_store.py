@@ -44,7 +44,8 @@ class RegionStore:
         self.path: Path | None = None  # the file of the open slide's regions; None: no slide
         self.bounds: BaseGeometry | None = None  # the slide's rectangle (level-0 px): regions are clipped to it
 
-    def _folder(self) -> Path:
+    def results_folder(self) -> Path:
+        """The folder of the saved regions (``folder``, else ``<cache>/results``)."""
         from msrl_app.analysis import cache_dir
 
         return self.folder if self.folder is not None else cache_dir() / "results"
@@ -57,7 +58,7 @@ class RegionStore:
             self.bounds = shapely.box(0, 0, *handle.dimensions)
         if slide is not None and callable(getattr(handle, "sha256_head", None)):
             try:
-                self.path = regions_file(self._folder(), slide, handle.sha256_head())
+                self.path = regions_file(self.results_folder(), slide, handle.sha256_head())
                 if self.path.is_file():
                     regions = read_regions(self.path)
             except Exception as exc:  # noqa: BLE001 - a damaged file never stops a slide from opening

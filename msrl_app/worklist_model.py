@@ -211,7 +211,7 @@ class WorklistModel:
         cache = state.cache if state.cache is not None else features_dir()
         job = state._start_job(
             "analysis", worklist_job, state.predictors, state.bundle_path, state.device, state.coverage,
-            list(worklist.entries), Path(worklist.out_dir), cache, state.project, state.regions._folder(),
+            list(worklist.entries), Path(worklist.out_dir), cache, state.project, state.regions.results_folder(),
             yielded=self._on_tick, returned=self._on_returned, errored=self._on_error, aborted=self._on_aborted,
             finished=self._on_finished)
         self._job, self._cancelling, self._outcome, self.last_progress = job, False, "", None
