@@ -107,7 +107,7 @@ class AnalysisRequest:
     expression: dict[str, float] | None = None  # this case's expression: runs MSRL_multi
     coverage: float = 0.9  # of the conformal prediction sets (classes, survival time bins)
     batch_size: int | None = None  # patch-encoder batch on a GPU (None: from its free memory; halved on
-    # out-of-memory by the pipeline); CPU_BATCH on the CPU
+    # out-of-memory by the pipeline); on the CPU cpu_batch(the bundle's encoder)
     cache: Path = field(default_factory=features_dir)  # feature cache folder
     regions: Any = None  # msrl_model.slide.regions.RegionSet choosing the patches; None: the whole tissue
 
@@ -151,8 +151,18 @@ class AnalysisOutcome:
 
 
 CPU_BATCH = 16
-"""Tiles per encoder batch on the CPU. Cancel acts between batches: 64 builtin-he tiles take 1 s on
-a quiet core and 2–3 s on a busy one, 16 take a quarter of that, at the same tiles per second."""
+"""Tiles per encoder batch of the built-in encoder on the CPU. Cancel acts between batches: 16 builtin-he
+tiles take well under a second, on a busy core too."""
+FOUNDATION_CPU_BATCH = 2
+"""Tiles per encoder batch of a foundation model on the CPU: a ViT-L takes ~0.3–1 s per tile on 2 cores,
+so Cancel acts within about a second (larger batches gain nothing on the CPU)."""
+
+
+def cpu_batch(encoder: dict[str, Any]) -> int:
+    """Tiles per CPU batch for a bundle's encoder spec: :data:`FOUNDATION_CPU_BATCH` for a named encoder other
+    than the weight-free ``builtin-he``, else :data:`CPU_BATCH`."""
+    name = encoder.get("name")
+    return FOUNDATION_CPU_BATCH if name and name != "builtin-he" else CPU_BATCH
 
 
 def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Generator[Progress, None, AnalysisOutcome]:
@@ -173,7 +183,8 @@ def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Genera
         yield Progress(Stage.LOAD_MODEL, 1, 1, Path(request.bundle).name)
         predictor.coverage = request.coverage
         if not str(getattr(predictor, "device_name", device)).startswith("cuda"):
-            batch = CPU_BATCH if batch is None else min(batch, CPU_BATCH)
+            small = cpu_batch(getattr(getattr(predictor, "bundle", None), "encoder", None) or {})
+            batch = small if batch is None else min(batch, small)
         try:
             result = yield from predictor.predict_slide(
                 request.slide, request.cache, project=request.project, expression=request.expression,

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -406,6 +407,27 @@ def test_out_of_gpu_memory_falls_back_to_the_cpu(tmp_path):
     assert calls == [("cuda", None), ("cpu", CPU_BATCH)]
     retries = [e.message for e in events if e.stage == "retry"]
     assert retries == ["Out of GPU memory: running on the CPU instead (slower)"]
+
+
+@pytest.mark.parametrize("encoder, expected", [({"name": "builtin-he"}, CPU_BATCH), ({"name": "uni_v1"}, 2), ({}, CPU_BATCH)])
+def test_cpu_batches_are_small_for_a_foundation_model(tmp_path, encoder, expected):
+    """Cancel acts between batches: on the CPU a ViT (~1 s a tile) encodes 2 tiles a batch, the built-in 16."""
+    calls: list = []
+
+    class Cache:
+        def get(self, bundle, device):
+            predictor = _FakePredictor(device, calls)
+            predictor.bundle = SimpleNamespace(encoder=encoder)
+            return predictor
+
+    job = analysis_job(AnalysisRequest(slide=tmp_path / "s.svs", bundle=tmp_path / "b", device="cpu",
+                                       cache=tmp_path), Cache())
+    while True:
+        try:
+            next(job)
+        except StopIteration:
+            break
+    assert calls == [("cpu", expected)]
 
 
 def _run_app(args, tmp_path):
