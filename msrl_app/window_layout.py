@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QEvent, QObject, QRect, Qt, QTimer
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 
+from msrl_app.theme import first_size
+
 if TYPE_CHECKING:
     from msrl_app.window import MainWindow
 
@@ -73,7 +75,8 @@ def set_results_popped_out(window: MainWindow, popped_out: bool) -> None:
 
 class _FirstShow(QObject):
     """Arranges the columns once, when the window is first shown at its real size, unless a saved
-    window state already placed the docks."""
+    window state already placed the docks; a first window as large as a small screen (a laptop's
+    1366x768) is maximized, so that its title bar does not push the status bar below the screen."""
 
     def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
@@ -84,6 +87,10 @@ class _FirstShow(QObject):
             self.window.removeEventFilter(self)
             if not getattr(self.window, "state_restored", False):
                 arrange_columns(self.window)
+                screen = self.window.screen() or QGuiApplication.primaryScreen()
+                fitted = first_size(screen)
+                if self.window.size() == fitted and fitted != first_size(None):
+                    QTimer.singleShot(0, self.window.showMaximized)
         return False
 
 

@@ -1,7 +1,7 @@
-"""The main window's layout measured, not looked at: at 1366x768 and 1920x1080, after an Analyze (tiny
-random bundle, small synthetic slide), the viewer gets at least half of the width, no results tab
-scrolls sideways, no label of the results is cut, the linked-cases table shows TABLE_ROWS whole rows,
-and the results pop out into a large window of their own and dock back."""
+"""The main window's layout measured, not looked at: at 1366x768, 1600x1000 and 1920x1080, after an
+Analyze (tiny random bundle, small synthetic slide), the viewer gets at least half of the width, no
+results tab scrolls sideways, no label of the results is cut, the linked-cases table shows TABLE_ROWS
+whole rows, and the results pop out into a large window of their own and dock back."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QAbstractScrollArea, QApplication, QLabel, QWidget
 
 from msrl_app.linked_cases import DETAIL_MIN_WIDTH_PX, TABLE_ROWS, WIDE_PX
+from msrl_app.theme import first_size
 from msrl_app.window import MainWindow
 from msrl_app.window_layout import STATE_VERSION, column_widths, popped_out_geometry
 
-SIZES = [(1366, 768), (1920, 1080)]
+SIZES = [(1366, 768), (1600, 1000), (1920, 1080)]
 TIMEOUT_S = 120.0
 
 
@@ -210,3 +211,11 @@ def test_slide_properties_wrap_in_a_narrow_column(qtbot, tmp_path, cmu_slide):
     assert not tree.horizontalScrollBar().isVisible()
     assert len(str(cmu_slide.parent)) * 5 > tree.columnWidth(1)  # the folder cannot fit on one line…
     assert folder.height() >= 2 * vendor.height()  # … so it wraps onto more
+
+
+def test_a_first_window_as_large_as_a_small_screen_is_maximized(qtbot, tmp_path):
+    window = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(window)
+    assert window.size() == first_size(window.screen())  # the offscreen screen (800x800) is smaller than 1400x900
+    window.show()
+    qtbot.waitUntil(window.isMaximized)
