@@ -157,7 +157,7 @@ class ExactEngine:
 
     def __init__(self, gsl: GSL, gcn: GCN, buffer: Tensor | RowSource, k: int, *,
                  head: nn.Module | None = None, buffer_knn: tuple[Tensor, Tensor] | None = None,
-                 block_size: int = 2048, chunk_rows: int = 65536, screen: str = "fp32") -> None:
+                 block_size: int = 2048, chunk_rows: int = 8192, screen: str = "fp32") -> None:
         if screen not in SCREENS:
             raise ValueError(f"screen must be one of {SCREENS}, got {screen!r}")
         p = next(gsl.parameters())
@@ -176,6 +176,14 @@ class ExactEngine:
         k1 = min(k, n - 1) + 1
         keep_fp32 = screen == "fp32" or buffer_knn is None  # the all-pairs pass needs E_b in full
         with torch.no_grad():
+            if buffer_knn is not None:  # the graph first: its transient peak then never adds to codes and P_1
+                idx, sim = (t.to(self.device) for t in buffer_knn)
+                if idx.shape != sim.shape or idx.shape[0] != n or idx.shape[1] not in (k1, k1 + 1 if k1 < n else k1) \
+                        or not torch.equal(idx[:, 0], torch.arange(n, device=self.device)):
+                    raise ValueError(f"buffer_knn must be (idx, sim) of shape ({n}, {k1}) with self first"
+                                     + (f", or ({n}, {k1 + 1}) with the next neighbour last" if k1 < n else ""))
+                self._keep_lists(idx, sim.to(self.dtype), k1)
+                del idx, sim
             self.emb: Tensor | None = (torch.empty(n, dim, dtype=self.dtype, device=self.device)
                                        if keep_fp32 else None)  # E_b (N, D)
             self.p1 = torch.empty(n, w1.shape[1], dtype=self.dtype, device=self.device)  # X_b W_1
@@ -188,24 +196,22 @@ class ExactEngine:
                 if self.emb is not None:
                     self.emb[start:stop] = e
                 self._screen_rows.store(start, e)
-                self.p1[start:stop] = x @ w1
+                torch.matmul(x, w1, out=self.p1[start:stop])
                 del x, e
             if buffer_knn is None:
-                idx, sim = self._lists(k1 + 1 if k1 < n else k1, block_size)
+                self._keep_lists(*self._lists(k1 + 1 if k1 < n else k1, block_size), k1)
                 if screen != "fp32":
                     self.emb = None  # rows are re-embedded from the buffer when a query needs them exactly
-            else:
-                idx, sim = (t.to(self.device) for t in buffer_knn)
-                sim = sim.to(self.dtype)
-                if idx.shape != sim.shape or idx.shape[0] != n or idx.shape[1] not in (k1, k1 + 1 if k1 < n else k1) \
-                        or not torch.equal(idx[:, 0], torch.arange(n, device=self.device)):
-                    raise ValueError(f"buffer_knn must be (idx, sim) of shape ({n}, {k1}) with self first"
-                                     + (f", or ({n}, {k1 + 1}) with the next neighbour last" if k1 < n else ""))
-            self.knn_idx, self.knn_sim = idx[:, :k1].contiguous(), sim[:, :k1].contiguous()
-            # each row's next neighbour n_j and s(j, n_j): None when the lists hold every row (K >= N - 1)
-            # or the caller's lists do not carry it
-            self.next_idx, self.next_sim = (idx[:, k1], sim[:, k1]) if idx.shape[1] > k1 else (None, None)
-            self._build_csr(self.knn_idx, self.knn_sim)
+            # the K-th similarity of each row, less the tie band: the bound the "enters" screen compares with
+            self._thr_band = self.knn_sim[:, -1].to(torch.float64) - self.tol
+
+    def _keep_lists(self, idx: Tensor, sim: Tensor, k1: int) -> None:
+        """Keep the buffer's lists (N, K'+1) (+ the next neighbour as a last column, when given) and their graph."""
+        self.knn_idx, self.knn_sim = idx[:, :k1].contiguous(), sim[:, :k1].contiguous()
+        # each row's next neighbour n_j and s(j, n_j): None when the lists hold every row (K >= N - 1)
+        # or the caller's lists do not carry it
+        self.next_idx, self.next_sim = (idx[:, k1].clone(), sim[:, k1].clone()) if idx.shape[1] > k1 else (None, None)
+        self._build_csr(self.knn_idx, self.knn_sim)
 
     def _lists(self, width: int, block_size: int) -> tuple[Tensor, Tensor]:
         """(idx, sim), each (N, width): the first K'+1 columns are every row's list under the selection
@@ -235,18 +241,29 @@ class ExactEngine:
         return idx, sim
 
     def _build_csr(self, idx: Tensor, sim: Tensor) -> None:
-        """CSR of S_b = (R + Rᵀ)/2 stored as its two directed halves, and the degrees."""
+        """CSR of S_b = (R + Rᵀ)/2 stored as its two directed halves, and the degrees.
+
+        Columns are int32 (N < 2^31); the build's transient memory is ≈ 40 bytes per list entry (N·(K'+1)),
+        one sort of the 2·N·(K'+1) entry keys."""
         n, k1 = idx.shape
-        rows = torch.arange(n, device=self.device).repeat_interleave(k1)  # (N·k1,)
         cols = idx.reshape(-1)
+        keys = torch.arange(n, device=self.device).repeat_interleave(k1) * n  # (N·k1,) r·N
+        keys = torch.cat([keys + cols, cols * n + keys // n])  # (r, c) for r's list, then the mirrored (c, r)
+        keys, order = torch.sort(keys)
+        first = torch.ones_like(keys, dtype=torch.bool)
+        first[1:] = keys[1:] != keys[:-1]
+        slot = torch.cumsum(first, 0) - 1  # each entry's position among the distinct keys
+        keys = keys[first]
+        del first
         half = F.relu(sim.reshape(-1)) / 2
-        zero = torch.zeros_like(half)
-        keys, inverse = torch.unique(torch.cat([rows * n + cols, cols * n + rows]), return_inverse=True)
+        mirrored = order >= cols.shape[0]
         self.fwd = torch.zeros(keys.shape[0], dtype=self.dtype, device=self.device).index_add_(
-            0, inverse, torch.cat([half, zero]))  # R[r, c] / 2: r keeps c
-        self.bwd = torch.zeros_like(self.fwd).index_add_(0, inverse, torch.cat([zero, half]))  # R[c, r] / 2
+            0, slot[~mirrored], half[order[~mirrored]])  # R[r, c] / 2: r keeps c
+        self.bwd = torch.zeros_like(self.fwd).index_add_(
+            0, slot[mirrored], half[order[mirrored] - cols.shape[0]])  # R[c, r] / 2
+        del order, slot, mirrored
         owner = keys // n
-        self.col = keys % n
+        self.col = (keys - owner * n).to(torch.int32)
         self.rowptr = torch.zeros(n + 1, dtype=torch.long, device=self.device)
         self.rowptr[1:] = torch.cumsum(torch.bincount(owner, minlength=n), 0)
         self.deg = torch.zeros(n, dtype=self.dtype, device=self.device).index_add_(0, owner, self.fwd + self.bwd)
@@ -256,10 +273,9 @@ class ExactEngine:
         """One :class:`QueryResult` per row of ``queries`` (Q, D); each query on [buffer; that query]."""
         x = queries.to(self.device, self.dtype)
         e_q = self.gsl(x)  # (Q, D)
-        sims, margins = self._screen_rows.screen(e_q, self.emb)  # (N, Q) each: one pass over the buffer
+        low, high = self._screen_rows.bounds(e_q, self.emb)  # (Q, N) each: one pass over the buffer
         p1_q = x @ self.params[0][0]  # (Q, hidden)
-        return [self._one(sims[:, i].contiguous(), margins[:, i].contiguous(), e_q[i], p1_q[i])
-                for i in range(x.shape[0])]
+        return [self._one(low[i], high[i], e_q[i], p1_q[i]) for i in range(x.shape[0])]
 
     @torch.no_grad()
     def explain(self, query: Tensor, rows: Tensor | None = None) -> Explanation:
@@ -271,24 +287,23 @@ class ExactEngine:
         given with K'+1 columns and K < N - 1)."""
         x = query.reshape(1, -1).to(self.device, self.dtype)
         e_q = self.gsl(x)[0]  # (D,)
-        sims, margins = self._screen_rows.screen(e_q[None], self.emb)
-        s, m = sims[:, 0].contiguous(), margins[:, 0].contiguous()  # (N,) screened similarities, bounds
+        low, high = (b[0] for b in self._screen_rows.bounds(e_q[None], self.emb))  # (N,) bounds on similarities
         p1_q = x[0] @ self.params[0][0]  # (hidden,)
-        full = self._one(s, m, e_q, p1_q)
+        full = self._one(low, high, e_q, p1_q)
         rows = full.linked if rows is None else rows.to(self.device, torch.long).reshape(-1)
         if rows.numel() and 0 < self.k < self.n - 1 and self.next_idx is None:
             raise ValueError("removing a buffer row needs each row's next neighbour: pass buffer_knn with "
                              f"{min(self.k, self.n - 1) + 2} columns (or let the engine compute the lists)")
         without = []
         for r in rows.tolist():
-            masked = s.clone()
-            masked[r] = -math.inf  # r is no candidate of the query's list and takes nobody in
-            without.append(self._one(masked, m, e_q, p1_q, self._removal(r)))
+            low_r, high_r = low.clone(), high.clone()
+            low_r[r] = high_r[r] = -math.inf  # r is no candidate of the query's list and takes nobody in
+            without.append(self._one(low_r, high_r, e_q, p1_q, self._removal(r)))
         return Explanation(full, self._alone(e_q, p1_q), rows, without)
 
     def _removal(self, r: int) -> _Removal:
         """The buffer graph without row ``r`` (module docstring), relative to the stored one."""
-        near = self.col[self.rowptr[r]:self.rowptr[r + 1]]  # every row sharing an entry with r
+        near = self.col[self.rowptr[r]:self.rowptr[r + 1]].long()  # every row sharing an entry with r
         near = near[near != r]
         holders = near[(self.knn_idx[near, 1:] == r).any(1)]  # the rows whose list holds r, ascending
         own = self.knn_idx[r]  # r's list, itself first
@@ -348,32 +363,31 @@ class ExactEngine:
                 enter[b] = bool(v[0] > v[1])
         return cand[enter]
 
-    def _one(self, s: Tensor, m: Tensor, e_q: Tensor, p1_q: Tensor, removal: _Removal | None = None) -> QueryResult:
-        r"""The query with screened similarities ``s`` (N,) float64 (-inf at a removed row) within ``m`` (N,)
-        of the exact ones, embedding ``e_q`` and ``p1_q`` = x_q W_1, on the buffer graph without
-        ``removal``'s row when given.
+    def _one(self, low: Tensor, high: Tensor, e_q: Tensor, p1_q: Tensor, removal: _Removal | None = None) -> QueryResult:
+        r"""The query with exact similarities within the bounds ``low`` ≤ ŝ ≤ ``high`` (N,) float64 (both -inf at a
+        removed row), embedding ``e_q`` and ``p1_q`` = x_q W_1, on the buffer graph without ``removal``'s row
+        when given.
 
         Decisive rows (module docstring, "Screening"): when K < rows left, those that may be in the query's
-        top-K', :math:`\tilde s_j + m_j \ge \tau - tol` with τ the K'-th largest lower bound
-        :math:`\tilde s_j - m_j`, and those that may enter, :math:`\tilde s_j + m_j \ge t_j - tol`; else
-        every row left. Only they get exact similarities; every other row is -inf below."""
+        top-K' or its tie band, :math:`u_j \ge \tau - tol` with τ the K'-th largest lower bound :math:`\ell_j`,
+        and those that may enter, :math:`u_j \ge t_j - tol`; else every row left. Only they get exact
+        similarities, in one gather of C rows."""
         n, k = self.n, self.k
         rows_left = n - (removal is not None)
         k_top = min(k, rows_left)
-        thr, last = (self.knn_sim[:, -1], self.knn_idx[:, -1]) if removal is None else (removal.thr, removal.last)
-        if k >= rows_left:  # every list holds every row: every row left is decisive
-            cand = torch.nonzero(torch.isfinite(s)).flatten()
+        if removal is None:
+            thr, last, band = self.knn_sim[:, -1], self.knn_idx[:, -1], self._thr_band
         else:
-            hi = s + m
-            tau = torch.topk(s - m, k_top).values[-1] if k_top else math.inf
-            need = hi >= tau - self.tol
-            if k > 0:
-                need |= hi >= thr.to(torch.float64) - self.tol
-            cand = torch.nonzero(need).flatten()
+            thr, last, band = removal.thr, removal.last, removal.thr.to(torch.float64) - self.tol
+        if k >= rows_left:  # every list holds every row: every row left is decisive
+            cand = torch.nonzero(torch.isfinite(low)).flatten()
+        elif k == 0:
+            cand = torch.zeros(0, dtype=torch.long, device=self.device)
+        else:
+            tau = float(torch.topk(low, k_top).values[-1]) - self.tol
+            cand = torch.nonzero(high >= band.clamp(max=tau)).flatten()  # u_j >= min(τ, t_j) - tol
         e_c = self._embeddings(cand)  # (C, D)
         s_c = canonical_dots(e_q, e_c)  # (C,) the exact similarities
-        s_exact = torch.full((n,), -math.inf, dtype=self.dtype, device=self.device)
-        s_exact[cand] = s_c
         s_qq = e_q @ e_q
         top = self._query_top(cand, s_c, e_c, s_qq, e_q, k_top)
         if k == 0 or rows_left == 0:
@@ -382,13 +396,14 @@ class ExactEngine:
             enter = cand
         else:
             enter = self._enters(cand, s_c, e_c, e_q, thr, last)
-        patch = self._patch(s_exact, top, enter, F.relu(s_qq), removal)
+        patch = self._patch(cand, s_c, top, enter, F.relu(s_qq), removal)
         z = self._local_gcn(patch, p1_q)
         d_hop1 = self._degrees(patch.hop1, patch)
         links, weights = sorted_links(patch.hop1, patch.w_q * patch.d_q.rsqrt() * d_hop1.rsqrt())
         self_weight = (patch.self_w / patch.d_q if patch.self_w > 0
                        else torch.zeros((), dtype=self.dtype, device=self.device))
-        return QueryResult(z, apply_head(self.head, z), links, weights, self_weight, top, s_exact[top])
+        return QueryResult(z, apply_head(self.head, z), links, weights, self_weight, top,
+                           s_c[torch.searchsorted(cand, top)])
 
     def _query_top(self, cand: Tensor, s_c: Tensor, e_c: Tensor, s_qq: Tensor, e_q: Tensor, k_top: int) -> Tensor:
         """The query's own list without itself: its top-``k_top`` buffer rows, in selection order, selected
@@ -403,10 +418,11 @@ class ExactEngine:
         return nodes[select_neighbours(row[None], torch.tensor([cand.shape[0]], device=self.device), k_top + 1, dots,
                                        self.tol)[0, 1:]]
 
-    def _patch(self, s: Tensor, top: Tensor, enter: Tensor, self_w: Tensor, removal: _Removal | None) -> _Patch:
-        """The query's edges S'[q, ·] from exact similarities ``s`` at ``top`` and ``enter`` (the rows that
-        take it in, dropping their K-th entry when full), the removal's dropped and added entries, and the
-        new degrees of every buffer row whose row changed."""
+    def _patch(self, cand: Tensor, s_c: Tensor, top: Tensor, enter: Tensor, self_w: Tensor,
+               removal: _Removal | None) -> _Patch:
+        """The query's edges S'[q, ·] from the exact similarities ``s_c`` of the sorted decisive rows ``cand``,
+        at ``top`` and ``enter`` (the rows that take it in, dropping their K-th entry when full), the removal's
+        dropped and added entries, and the new degrees of every buffer row whose row changed."""
         n, k, dev = self.n, self.k, self.device
         rows_left = n - (removal is not None)
         empty = torch.zeros(0, dtype=torch.long, device=dev)
@@ -423,11 +439,11 @@ class ExactEngine:
         if removal is not None:
             drop_rows = torch.cat([drop_rows, removal.drop_rows])
             drop_cols = torch.cat([drop_cols, removal.drop_cols])
-        cand = torch.unique(torch.cat([top, enter]))
-        half = F.relu(s[cand]) / 2
-        w = half * torch.isin(cand, top) + half * torch.isin(cand, enter)  # S'[q, cand]
+        linked = torch.unique(torch.cat([top, enter]))
+        half = F.relu(s_c[torch.searchsorted(cand, linked)]) / 2
+        w = half * torch.isin(linked, top) + half * torch.isin(linked, enter)  # S'[q, linked]
         nz = w != 0
-        patch = _Patch(n, cand[nz], w[nz], drop_rows, drop_cols, add_rows, add_cols, add_half, self_w)
+        patch = _Patch(n, linked[nz], w[nz], drop_rows, drop_cols, add_rows, add_cols, add_half, self_w)
         owner, _, w_delta = self._rows(patch.delta, patch)
         patch.d_delta = torch.zeros(patch.delta.shape[0], dtype=self.dtype, device=dev).index_add_(0, owner, w_delta)
         return patch
@@ -468,7 +484,7 @@ class ExactEngine:
         owner = torch.repeat_interleave(torch.arange(nodes.shape[0], device=self.device), counts)
         first = torch.cumsum(counts, 0) - counts  # offset of each row's first entry in the gather
         pos = starts[owner] + torch.arange(owner.shape[0], device=self.device) - first[owner]
-        nbr = self.col[pos]
+        nbr = self.col[pos].long()
         fwd, bwd = self.fwd[pos], self.bwd[pos]
         key = nodes[owner] * self.n + nbr
         fwd = torch.where(torch.isin(key, patch.drop_fwd), torch.zeros_like(fwd), fwd)
