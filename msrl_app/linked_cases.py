@@ -221,6 +221,8 @@ class LinkedCasesSection(QWidget):
         self.splitter.setCollapsible(0, False)
         self.splitter.setStretchFactor(1, 1)  # a taller tab grows the detail; the table keeps its rows
         self.splitter.splitterMoved.connect(self._on_splitter_moved)
+        self.splitter.handle(1).setToolTip("Drag to share the space between the table and the selected case's "
+                                           "detail (Pop out, top right, gives the results a window of their own)")
         self.table.setMinimumHeight(self.table_height(3))
         self._user_sized = False  # the user moved the splitter: their sizes stand
         layout = QVBoxLayout(self)
