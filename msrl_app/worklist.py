@@ -193,6 +193,7 @@ class WorklistPanel(QWidget):
         events.entry.connect(lambda _: self._refresh())
         events.running.connect(self._on_running)
         events.progress.connect(self._on_progress)
+        model.state.events.bundle_loaded.connect(lambda _: self._refresh())  # the model the rows were made with
         self._on_running(False)
         self._refresh()
 
@@ -231,8 +232,11 @@ class WorklistPanel(QWidget):
         self.source_label.setToolTip(f"{worklist.source}\nResults: {worklist.out_dir}")
         counts = worklist.counts()
         parts = [f"{n} {status}" for status, n in counts.items() if n]
-        self.summary_label.setText(f"{len(worklist.entries)} slides: {', '.join(parts)}" if worklist.entries
-                                   else "No slides in this folder (slide files, DICOM folders, pictures).")
+        summary = (f"{len(worklist.entries)} slides: {', '.join(parts)}" if worklist.entries
+                   else "No slides in this folder (slide files, DICOM folders, pictures).")
+        if self.model.other_model and counts[SlideStatus.DONE.value]:
+            summary += " · done with another model: Analyze all renews them"
+        self.summary_label.setText(summary)
         self.analyze_button.setEnabled(not self.model.running and bool(worklist.entries))
 
 

@@ -159,6 +159,14 @@ class WorklistModel:
     def entries(self) -> list[WorklistEntry]:
         return self.worklist.entries if self.worklist is not None else []
 
+    @property
+    def other_model(self) -> bool:
+        """True when the last Analyze all of this list used another model than the one loaded now: its done
+        rows are that model's results until Analyze all renews them."""
+        predictor = self.state.predictors.current()
+        last = self.worklist.bundle_sha256 if self.worklist is not None else ""
+        return bool(last) and predictor is not None and predictor.bundle.fingerprint != last
+
     # -- open ---------------------------------------------------------------------------------------
     def open(self, source: str | os.PathLike) -> bool:
         """Open the slides of a folder or list file as the worklist; False (and an error) when it cannot."""

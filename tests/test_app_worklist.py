@@ -120,3 +120,19 @@ def test_command_line_opens_a_worklist(qtbot, window, cases):
     assert [e.name for e in window.worklist.entries] == ["blank.svs", "cmu.svs", "photo.png"]
     assert window.state.slide is None  # no demo slide over the worklist
     assert window.worklist_dock.isVisible()
+
+
+def test_closing_the_window_stops_analyze_all(qtbot, window, cases):
+    from msrl_model.infer.worklist import Worklist
+
+    model = window.worklist
+    assert model.open(cases)
+    messages: list[str] = []
+    model.events.progress.connect(lambda tick: messages.append(tick.message))
+    assert model.analyze_all()
+    job = model._job
+    qtbot.waitUntil(lambda: any(": read+encode" in m for m in messages), timeout=TIMEOUT_MS)  # encoding a slide
+    window.close()  # the app state stops every job and waits (bounded) for its thread
+    assert job.abort_requested and job.wait(0)  # told to stop, and its work is over
+    statuses = [e.status for e in Worklist.open(cases, model.worklist.out_dir).entries]
+    assert "running" not in statuses and "queued" not in statuses  # reopened: what was cut off reads not analysed

@@ -110,6 +110,16 @@ def test_analyze_all_statuses_findings_resume(tmp_path, cmu_slide, builtin_he_bu
     assert state.slide == folder / "cmu.svs" and state.result.slide_id == "cmu"
     assert set(state.cohort_risks) == {"survival"} and len(state.cohort_risks["survival"]) > 0
 
+    # another model loaded: the done rows say they are that model's until Analyze all renews them
+    from msrl_model.encoders import build_encoder
+    from msrl_model.infer.random_bundle import make_random_bundle
+
+    assert not again.other_model
+    enc = build_encoder("builtin-he")
+    state.set_bundle(make_random_bundle(tmp_path / "other", patch_dim=enc.dim, seed=7,
+                                        encoder={"name": enc.name, "version": enc.version, "dim": enc.dim}))
+    assert again.other_model
+
 
 def test_cancel_keeps_finished_slides_and_resumes(tmp_path, cmu_slide, builtin_he_bundle, monkeypatch):
     monkeypatch.setenv("MSRL_STUDIO_CACHE_DIR", str(tmp_path / "cache"))
