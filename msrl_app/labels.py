@@ -17,6 +17,22 @@ def mode_title(mode: str) -> str:
     return MODE_TITLES.get(mode, mode)
 
 
+def patches_text(result: Any) -> str:
+    """How many patches the prediction read: ``"39 patches"``, or with regions of interest
+    ``"32 of 39 tissue patches (inside 1 include region, outside 1 exclude region)"``."""
+    n = len(result.coords)
+    regions = getattr(result, "regions", None)
+    if not regions:
+        return f"{n:,} patches"
+    parts = []
+    for key, where in (("include", "inside"), ("exclude", "outside")):
+        count = int(regions.get(key) or 0)
+        if count:
+            parts.append(f"{where} {count} {key} region{'s' if count != 1 else ''}")
+    total = int(regions.get("patches_on_tissue") or n)
+    return f"{n:,} of {total:,} tissue patches" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def task_title(name: str) -> str:
     """'EGFR_mut' -> 'EGFR mutation', 'HER2_status' -> 'HER2 status', 'stage' -> 'Stage'."""
     if name.endswith("_mut"):

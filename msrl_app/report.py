@@ -25,7 +25,7 @@ from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainte
 
 from msrl_app.overlays import colormap_lut, heatmap_raster
 from msrl_app.plots import RISK_GROUP_COLORS, BarsPlot, RiskHistogram, SurvivalPlot, render_plot
-from msrl_app.labels import metrics_line, mode_title, survival_curves, task_title
+from msrl_app.labels import metrics_line, mode_title, patches_text, survival_curves, task_title
 from msrl_app.linked_cases import (event_status, format_influence, format_months, format_value, graph_summary,
                                    influence_tip, influence_title, influence_value, label_columns,
                                    neighbours_summary, paired_pathways)
@@ -250,7 +250,8 @@ def _draw_header(lay: _Layout, result: PredictionResult) -> None:
     lay.text(f"Mode: {mode_title(result.mode)}  ·  Model bundle: {bundle} "
              f"(SHA-256 {result.bundle_sha256[:16]}…)  ·  "
              f"Encoder: {result.encoder.get('name')} {result.encoder.get('version')}  ·  "
-             f"Cancer type: {result.project or 'not specified'}", 8.5, color="#4b5563")
+             f"Cancer type: {result.project or 'not specified'}  ·  Analysed: {patches_text(result)}", 8.5,
+             color="#4b5563")
 
 
 def _draw_slide_and_key_results(lay: _Layout, inputs: ReportInputs) -> None:

@@ -18,7 +18,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QFrame, QGridLayout, QHBoxLayout, QLabel, QPushButton, QScrollArea, QTabWidget,
                                QToolButton, QVBoxLayout, QWidget)
 
-from msrl_app.labels import MODE_TITLES, big_label, metrics_line, mode_title, survival_curves, task_title
+from msrl_app.labels import MODE_TITLES, big_label, metrics_line, mode_title, patches_text, survival_curves, task_title
 from msrl_app.labels import heading as _heading
 from msrl_app.labels import muted as _muted
 from msrl_app.linked_cases import (CaseSortProxy, LinkedCasesModel, LinkedCasesSection, event_status,  # noqa: F401
@@ -333,9 +333,8 @@ class ResultsPanel(QWidget):
                                if a is not None and a.flagged else "")
         self.ood_label.setToolTip(a.message if a is not None else "")
         self.ood_label.setVisible(a is not None and a.flagged)
-        n = len(result.coords)
         self.meta_label.setText(f"Analysed as {result.project or 'unspecified cancer type'} · "
-                                f"{n:,} patches · encoder {result.encoder.get('name', '?')}")
+                                f"{patches_text(result)} · encoder {result.encoder.get('name', '?')}")
         self._suggested = result.suggested_project
         if result.suggested_project and result.suggested_project != result.project:
             self.suggest_label.setText(f"The slide's graph neighbours are mostly <b>{result.suggested_project}</b> "

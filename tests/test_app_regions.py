@@ -79,6 +79,8 @@ def test_regions_restrict_the_analysed_patches(qtbot, window, tiny_bundle, cmu_s
     assert len(coords) == window.result.regions["patches_selected"] and window.result.regions["exclude"] == 1
     assert window.region_tools.summary_label.text() == (
         f"1 include, 1 exclude — {len(coords)} of {len(every)} tissue patches analysed")
+    restricted = f"{len(coords)} of {len(every)} tissue patches (inside 1 include region, outside 1 exclude region)"
+    assert restricted in window.results.meta_label.text()  # the results say the prediction read only those
     inside = window.state.regions.regions.select(every, size)
     np.testing.assert_array_equal(coords, every[inside])
     assert window.viewer.heatmap_value_at(*(coords[0] + size / 2)) is not None
