@@ -50,8 +50,8 @@ def test_scan_folder_list_file_and_dicom_series(tmp_path):
     assert scan_source(series) == [series]  # a folder of .dcm files is one slide
     assert [e.slide_id for e in Worklist.open(tmp_path, tmp_path / "out").entries] == ["a", "b", "dicom-case.1", "scan"]
     listing = tmp_path / "cases.txt"
-    listing.write_text(f"# my cases\nb.svs\n\n{series}\n")
-    assert scan_source(listing) == [tmp_path / "b.svs", series]
+    listing.write_text(f"# my cases\nb.svs\n\n{series / 'level-0.dcm'}\n")
+    assert scan_source(listing) == [tmp_path / "b.svs", series]  # a listed .dcm file stands for its series
 
 
 def test_analyze_all_statuses_findings_resume(tmp_path, cmu_slide, builtin_he_bundle, monkeypatch):

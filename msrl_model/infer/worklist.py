@@ -8,8 +8,8 @@ headline findings, kept as ``worklist.json`` beside the results. Qt-free; the ap
   sub-folder holding ``.dcm`` files, a DICOM series, as one slide; a folder that is itself a series is
   one slide) and its plain images (``.png``, ``.jpg``…: listed so that a picture put there by mistake
   shows why it cannot be analysed). Hidden files and anything else are left out; not recursive.
-* a list file: one slide path per line (relative paths from the list file's folder); blank lines and
-  lines starting with ``#`` are ignored.
+* a list file: one slide path per line (relative paths from the list file's folder; a ``.dcm`` file
+  stands for its series); blank lines and lines starting with ``#`` are ignored.
 
 **Results** go where ``msrl analyze SOURCE --out OUT`` puts them, with the same engine
 (:func:`msrl_model.infer.batch.analyze_slide`): ``OUT/<slide_id>.json`` and its two CSVs, so either
@@ -45,7 +45,7 @@ from msrl_model.errors import MSRLError
 from msrl_model.files import atomic_write
 from msrl_model.infer.batch import SlideAnalysis, SlideOutcome, analyze_slide, clashing_ids
 from msrl_model.progress import Job, Progress, Stage
-from msrl_model.slide.paths import is_dicom_series, slide_id_of, slide_paths_in
+from msrl_model.slide.paths import is_dicom_series, slide_id_of, slide_location, slide_paths_in
 
 WORKLIST_NAME = "worklist.json"
 WORKLIST_FORMAT_VERSION = 1
@@ -104,8 +104,8 @@ def findings_of(result: Any) -> tuple[str | None, float | None, list[Finding]]:
     for name, task in result.tasks.items():
         c = task.classification
         if c is not None:
-            best = max(range(len(c.probabilities)), key=c.probabilities.__getitem__)
-            findings.append(Finding(name, c.names[best], float(c.probabilities[best]), task.informative))
+            p = float(c.probabilities[c.classes.index(c.predicted)])
+            findings.append(Finding(name, c.predicted_name, p, task.informative))
     if survival is None:
         return None, None, findings
     return survival.risk_group, survival.percentile, findings
@@ -137,7 +137,7 @@ def scan_source(source: str | Path) -> list[Path]:
             raise MSRLError(f"cannot read the list file {source} ({err}); a list is a text file with one "
                             "slide path per line") from None
         paths = [Path(line.strip()).expanduser() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        return [p if p.is_absolute() else source.parent / p for p in paths]
+        return [slide_location(p if p.is_absolute() else source.parent / p) for p in paths]  # a .dcm: its series
     if not source.is_dir():
         raise MSRLError(f"{source} does not exist; choose a folder of slides or a list file")
     if is_dicom_series(source):
