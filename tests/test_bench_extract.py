@@ -23,14 +23,39 @@ def test_extract_json_reports_stages(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(msrl_model.encoders, "build_encoder", lambda spec, device="cpu": PatchEncoder(
         name="test-mean", version="1", dim=3, model=_Mean(), transform=lambda b: b.permute(0, 3, 1, 2).float(),
         precision=torch.float32, input_size=256))
-    code = main(["extract", "--json", "--width", "1536", "--height", "1024", "--device", "cpu", "--workers", "2"])
-    assert code == 0
+    code = main(["extract", "--json", "--width", "1536", "--height", "1024", "--device", "cpu", "--workers", "2",
+                 "--no-compare-threads"])
+    assert code == 0  # a stand-in encoder has no encode target, and no thread comparison ran
     record = json.loads(capsys.readouterr().out.strip())
     assert record["device"] == "cpu" and record["tiles"] > 0
     for key in ("tiles_per_s", "read_tiles_per_s", "transfer_tiles_per_s", "encode_tiles_per_s", "read_wait_s"):
         assert record[key] >= 0, key
     assert record["gflop_per_tile"] == 0  # channel means: no matmul / convolution
     assert record["encode_gflop_per_s"] == 0
+    assert "thread_policy" not in record and record["targets_failed"] == []
+
+
+def test_extract_json_compares_thread_counts_quiet_and_loaded(tmp_path, monkeypatch, capsys):
+    from msrl_model.device import available_cpus
+
+    monkeypatch.setenv("MSRL_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(msrl_model.encoders, "build_encoder", lambda spec, device="cpu": PatchEncoder(
+        name="test-mean", version="1", dim=3, model=_Mean(), transform=lambda b: b.permute(0, 3, 1, 2).float(),
+        precision=torch.float32, input_size=256))
+    code = main(["extract", "--json", "--width", "1536", "--height", "1024", "--device", "cpu", "--repeats", "1"])
+    out = capsys.readouterr()
+    record = json.loads(out.out.strip())
+    conditions = record["thread_policy"]
+    assert [c["condition"].split()[0] for c in conditions] == ["quiet", "loaded"]
+    counts = {str(t) for t in range(1, available_cpus()[0] + 2)}
+    for c in conditions:
+        assert counts <= set(c["tiles_per_s"]) and set(c["tiles_per_s"]) == set(c["encode_tiles_per_s"])
+        rates = c["tiles_per_s"]
+        assert c["best_threads"] == max(map(int, rates), key=lambda t: rates[str(t)])
+        assert c["default_over_best"] == round(rates[str(c["default_threads"])] / rates[str(c["best_threads"])], 3)
+    assert record["targets_failed"] == [line for line in record["targets_failed"] if "default" in line]
+    assert code == (1 if record["targets_failed"] else 0)
+    assert out.err.count("target failed") == len(record["targets_failed"])
 
 
 def test_tile_gflop_counts_the_forward_exactly():
