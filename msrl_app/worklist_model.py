@@ -143,7 +143,6 @@ class WorklistModel:
         self.events = WorklistEvents()
         self.worklist: Worklist | None = None
         self.thumbnails: dict[int, np.ndarray] = {}  # entry index -> RGB thumbnail
-        self.last_progress: Progress | None = None  # the latest tick of Analyze all
         self.cohort_risks: dict[str, np.ndarray] = {}  # of the model with fingerprint risks_bundle
         self.risks_bundle = ""
         self._job: Any = None  # the running Analyze all
@@ -222,7 +221,7 @@ class WorklistModel:
             list(worklist.entries), Path(worklist.out_dir), cache, state.project, state.regions.results_folder(),
             yielded=self._on_tick, returned=self._on_returned, errored=self._on_error, aborted=self._on_aborted,
             finished=self._on_finished)
-        self._job, self._cancelling, self._outcome, self.last_progress = job, False, "", None
+        self._job, self._cancelling, self._outcome = job, False, ""
         log.info("worklist: analyze all %d slides of %s", len(worklist.entries), worklist.source)
         self.events.running.emit(True)
         job.start()
@@ -238,7 +237,6 @@ class WorklistModel:
     def _on_tick(self, job: Any, tick: Progress) -> None:
         if job is not self._job:
             return
-        self.last_progress = tick
         if isinstance(tick, WorklistTick) and tick.entry is not None:
             self._set_entry(tick.index, tick.entry)
             if tick.entry.status in (SlideStatus.DONE, SlideStatus.FAILED):
