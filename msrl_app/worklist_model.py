@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from msrl_app.analysis import CPU_BATCH, NO_BUNDLE, cache_dir, features_dir
+from msrl_app.analysis import NO_BUNDLE, cache_dir, cpu_batch, features_dir
 from msrl_app.events import EventSignal
 from msrl_model.errors import MSRLError, OutputError
 from msrl_model.infer.worklist import (RESUME_NOTE, SlideStatus, Worklist, WorklistEntry, WorklistTick,
@@ -123,7 +123,8 @@ def worklist_job(predictors: Any, bundle: Path, device: str, coverage: float, en
     predictor.coverage = coverage
     cuda = str(getattr(predictor, "device_name", device)).startswith("cuda")
     failed = yield from analyze_worklist(predictor, entries, out_dir, cache, project,
-                                         batch_size=None if cuda else CPU_BATCH,  # None: planned from GPU memory
+                                         # None: planned from GPU memory; on the CPU small batches (Cancel)
+                                         batch_size=None if cuda else cpu_batch(predictor.bundle.encoder),
                                          regions_for=saved_regions(regions_folder))
     return failed, predictor.bundle.fingerprint, predictor.cohort_risks()
 
