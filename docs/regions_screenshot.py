@@ -7,19 +7,15 @@ to include, a brush stroke to exclude; coordinates fit the CMU slide, 2220 x 296
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QPointF, QSettings, Qt
+from PySide6.QtCore import QEvent, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication
 
 sys.path.insert(0, str(Path(__file__).parent))
-from screenshots import _settle, _shot, _wait  # noqa: E402 - the README screenshots' helpers
-
-from msrl_app.window import MainWindow, apply_theme  # noqa: E402
+from screenshots import _settle, _shot, _wait, open_window  # noqa: E402 - the README screenshots' helpers
 
 INCLUDE_OUTLINE = [(500, 300), (1900, 250), (2000, 1500), (1700, 2700), (700, 2800), (450, 1600)]
 EXCLUDE_STROKE = [(900, 1200), (1100, 1350), (1300, 1450), (1500, 1500)]
@@ -33,17 +29,7 @@ def _mouse(viewer, kind: QEvent.Type, level0: tuple[float, float], pressed: bool
 
 
 def main(slide: str, bundle: str, out: str, size: str = "1366x768") -> None:
-    width, height = (int(v) for v in size.lower().split("x"))
-    scratch = Path(tempfile.mkdtemp(prefix="msrl-regions-"))
-    os.environ["MSRL_STUDIO_CACHE_DIR"] = str(scratch / "cache")
-    os.environ["MSRL_STUDIO_LOG_DIR"] = str(scratch / "logs")
-    app = QApplication([])
-    apply_theme(app)
-    window = MainWindow(settings=QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat))
-    window.show_dialogs = False
-    window.setGeometry(0, 0, width, height)
-    window.show()
-    window.set_bundle(bundle)
+    app, window, _ = open_window(size, bundle)
     window.open_slide(slide)
     _wait(app, lambda: window.viewer.thumbnail() is not None and window.bundle_manifest is not None)
     _settle(app)

@@ -11,15 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSettings
-from PySide6.QtWidgets import QApplication
-
-from msrl_app.window import MainWindow, apply_theme
-from screenshots import _settle, _shot, _wait  # docs/screenshots.py, beside this script
+from screenshots import _settle, _shot, _wait, open_window  # docs/screenshots.py, beside this script
 
 
 def case_folder(folder: Path, cmu_slide: Path) -> Path:
@@ -39,18 +34,8 @@ def case_folder(folder: Path, cmu_slide: Path) -> Path:
 def main(cmu_slide: str, bundle: str, out_dir: str, size: str = "1366x768") -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    width, height = (int(v) for v in size.lower().split("x"))
-    scratch = Path(tempfile.mkdtemp(prefix="msrl-worklist-shot-"))
-    os.environ["MSRL_STUDIO_CACHE_DIR"] = str(scratch / "cache")
-    os.environ["MSRL_STUDIO_LOG_DIR"] = str(scratch / "logs")
+    app, window, scratch = open_window(size, bundle)
     folder = case_folder(scratch / "cases", Path(cmu_slide))
-    app = QApplication([])
-    apply_theme(app)
-    window = MainWindow(settings=QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat))
-    window.show_dialogs = False
-    window.setGeometry(0, 0, width, height)
-    window.show()
-    window.set_bundle(bundle)
     _wait(app, lambda: window.bundle_manifest is not None)
     window.worklist.open(folder)
     ended: list[str] = []

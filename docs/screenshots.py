@@ -51,22 +51,28 @@ def _shot(window: QWidget, path: Path) -> None:
                    xdisplay=os.environ["DISPLAY"]).save(path)
 
 
-def main(slide: str, bundle: str, out_dir: str, size: str = "1600x1000", name: str = "main-window") -> None:
-    out = Path(out_dir)
+def open_window(size: str, bundle: str) -> tuple[QApplication, MainWindow, Path]:
+    """A new user's main window of ``size`` (``WIDTHxHEIGHT``) with ``bundle`` set, its cache, log and
+    settings in a scratch folder (returned too)."""
     width, height = (int(v) for v in size.lower().split("x"))
-    tag = "" if size == "1600x1000" else f"-{size}"
-    out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="msrl-shots-"))
     os.environ["MSRL_STUDIO_CACHE_DIR"] = str(scratch / "cache")
     os.environ["MSRL_STUDIO_LOG_DIR"] = str(scratch / "logs")
     app = QApplication([])
     apply_theme(app)
-    settings = QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat)
-    window = MainWindow(settings=settings)
+    window = MainWindow(settings=QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat))
     window.show_dialogs = False
     window.setGeometry(0, 0, width, height)
     window.show()
     window.set_bundle(bundle)
+    return app, window, scratch
+
+
+def main(slide: str, bundle: str, out_dir: str, size: str = "1600x1000", name: str = "main-window") -> None:
+    out = Path(out_dir)
+    tag = "" if size == "1600x1000" else f"-{size}"
+    out.mkdir(parents=True, exist_ok=True)
+    app, window, _ = open_window(size, bundle)
     window.open_slide(slide)
     _wait(app, lambda: window.viewer.thumbnail() is not None and window.bundle_manifest is not None)
     _settle(app)

@@ -31,6 +31,7 @@ STATUS_COLOURS = {SlideStatus.DONE: "#7fd08a", SlideStatus.FAILED: "#ff8a80", Sl
 ICON_PX = THUMBNAIL_PX // 2  # the thumbnail as a row shows it
 ROW_PX = ICON_PX + 8  # the least row height
 NO_CALL = "no informative call"  # every classification task is at chance level in cross-validation
+UNRELIABLE_COLOUR = "#ffb74d"  # the findings of a slide unlike the training cohort (amber, as the banner warns)
 LIST_FILTER = "Slide lists (*.txt *.lst *.csv);;All files (*)"
 
 
@@ -43,10 +44,15 @@ def risk_line(entry: WorklistEntry) -> str:
     return f"{entry.risk_group.capitalize()} risk{pct}"
 
 
+UNLIKE_TRAINING = "⚠ Unlike the training cohort: unreliable"
+
+
 def findings_text(entry: WorklistEntry, informative_only: bool = True) -> str:
     """The risk line, then one line per call, 'Stage: II 62%'; tasks not better than chance in
-    cross-validation are left out (``informative_only``; :data:`NO_CALL` when that leaves none) or marked."""
-    lines = [risk_line(entry)] if entry.risk_group is not None else []
+    cross-validation are left out (``informative_only``; :data:`NO_CALL` when that leaves none) or marked.
+    A slide the applicability check flagged starts with :data:`UNLIKE_TRAINING`, as its result's banner does."""
+    lines = [UNLIKE_TRAINING] if entry.unlike_training else []
+    lines += [risk_line(entry)] if entry.risk_group is not None else []
     calls = [f"{task_title(f.task)}: {f.call} {f.probability:.0%}" + (" (not informative)" if f.informative is False else "")
              for f in entry.findings if not (informative_only and f.informative is False)]
     if entry.findings and not calls:
@@ -118,6 +124,8 @@ class WorklistTableModel(QAbstractTableModel):
             return self._pixmaps.get(index.row())
         if role == Qt.ItemDataRole.ForegroundRole and column == 2:
             return QColor(STATUS_COLOURS.get(entry.status, "#e3e5e8"))
+        if role == Qt.ItemDataRole.ForegroundRole and column == 3 and entry.unlike_training:
+            return QColor(UNRELIABLE_COLOUR)
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(entry)
         return None

@@ -7,9 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from msrl_app.state import AppState
 from msrl_app.worklist_model import WorklistModel
@@ -187,3 +189,23 @@ def test_analyze_all_uses_the_regions_saved_for_a_slide(tmp_path, cmu_slide, bui
     assert entry.status == "done"
     coords = np.asarray(json.loads(Path(entry.result).read_text())["coords"])
     assert len(coords) > 0 and (coords[:, 0] < 1100).all() and (coords[:, 1] < 1500).all()
+
+
+@pytest.mark.parametrize("flagged", [True, False])
+def test_a_slide_unlike_the_training_cohort_says_so_in_its_row(flagged):
+    """The applicability check's verdict reaches the row (and worklist.json), as the result's banner shows it."""
+    from types import SimpleNamespace
+
+    from msrl_app.worklist import UNLIKE_TRAINING, findings_text
+    from msrl_model.infer.batch import SlideAnalysis, SlideOutcome
+    from msrl_model.infer.worklist import WorklistEntry, entry_after
+
+    survival = SimpleNamespace(risk_group="low", percentile=12.0)
+    result = SimpleNamespace(tasks={"survival": SimpleNamespace(survival=survival, classification=None)},
+                             warnings=[], applicability=SimpleNamespace(flagged=flagged))
+    entry = entry_after(WorklistEntry(path="/s/a.svs", slide_id="a"),
+                        SlideAnalysis(SlideOutcome("/s/a.svs", "a", "ok", output="/o/a.json"), result))
+    assert entry.unlike_training is flagged
+    assert findings_text(entry).startswith(UNLIKE_TRAINING) is flagged
+    assert "Low risk, percentile 12" in findings_text(entry)
+    assert WorklistEntry.from_dict(json.loads(json.dumps(asdict(entry)))) == entry  # survives worklist.json

@@ -86,6 +86,7 @@ class WorklistEntry:
     risk_percentile: float | None = None  # its percentile among the training cases
     findings: list[Finding] = field(default_factory=list)  # the classification calls, task order
     seconds: float | None = None  # the last run's wall time for this slide
+    unlike_training: bool = False  # the applicability check flagged the slide: its predictions are unreliable
 
     @property
     def name(self) -> str:
@@ -117,10 +118,12 @@ def entry_after(entry: WorklistEntry, analysis: SlideAnalysis) -> WorklistEntry:
     if outcome.status == "error" or result is None:
         reason = outcome.message.replace(entry.path, entry.name)  # the row names the slide already
         return replace(entry, status=SlideStatus.FAILED, message=reason, result="", risk_group=None,
-                       risk_percentile=None, findings=[], seconds=outcome.seconds)
+                       risk_percentile=None, findings=[], seconds=outcome.seconds, unlike_training=False)
     group, percentile, findings = findings_of(result)
+    flagged = result.applicability is not None and bool(result.applicability.flagged)
     return replace(entry, status=SlideStatus.DONE, message="; ".join(result.warnings), result=outcome.output or "",
-                   risk_group=group, risk_percentile=percentile, findings=findings, seconds=outcome.seconds)
+                   risk_group=group, risk_percentile=percentile, findings=findings, seconds=outcome.seconds,
+                   unlike_training=flagged)
 
 
 # ---- sources --------------------------------------------------------------------------------------
