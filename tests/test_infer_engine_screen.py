@@ -91,7 +91,7 @@ def test_rows_sharing_codes_are_told_apart_by_the_exact_rerank() -> None:
     gsl, gcn = models(k, dtype)
     int8 = ExactEngine(gsl, gcn, buffer, k, screen="int8")
     fp32 = ExactEngine(gsl, gcn, buffer, k)
-    assert int8._screen_rows.codes[:60].unique(dim=0).shape[0] < 60  # some twins share their codes
+    assert int8.screen_rows.codes[:60].unique(dim=0).shape[0] < 60  # some twins share their codes
     q = v[None]
     for a, b, c in zip(int8.predict(q), fp32.predict(q), DenseReference(gsl, gcn, buffer, k).predict(q)):
         assert_identical(a, b)
@@ -106,7 +106,7 @@ def test_margins_bound_the_screen_error(dtype: torch.dtype) -> None:
     engine = ExactEngine(gsl, gcn, buffer, 4, screen="int8")
     with torch.no_grad():
         e_q = gsl(torch.randn(6, DIM, generator=g, dtype=dtype))
-        low, high = engine._screen_rows.bounds(e_q, None)
+        low, high = engine.screen_rows.bounds(e_q, None)
         exact = (gsl(buffer)[None, :, :] * e_q[:, None]).sum(-1).to(torch.float64)  # canonical dots, (Q, N)
     assert bool(((low <= exact) & (exact <= high)).all())
     err, margin = (exact - (low + high) / 2).abs(), (high - low) / 2
@@ -146,3 +146,60 @@ def test_unknown_screen_is_refused() -> None:
     gsl, gcn = models(3, torch.float32)
     with pytest.raises(ValueError, match="screen"):
         ExactEngine(gsl, gcn, torch.rand(5, DIM), 3, screen="fp16")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_norm_bounds_hold_where_squares_underflow(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(6)
+    tiny = torch.finfo(dtype).tiny
+    rows = torch.rand(6, DIM, generator=g, dtype=torch.float64)
+    rows[1] *= tiny ** 0.5 / 4  # every square below the smallest normal
+    rows[2, :3] *= 1e30 if dtype == torch.float64 else 1e15  # three large coordinates beside small ones
+    rows[3] = 0
+    rows[4, 0] = tiny  # one subnormal-square coordinate alone
+    rows[5] = torch.nextafter(rows[5], torch.ones_like(rows[5]))
+    x = rows.to(dtype)
+    screen = ExactEngine(*models(2, dtype), x, 2, screen="int8").screen_rows
+    exact = torch.linalg.vector_norm(x.to(torch.float64), dim=1)  # x is exactly representable in float64
+    bound = screen._norm_up(x)
+    assert bool((exact <= bound).all())
+    assert float(((bound - exact) / exact.clamp(min=1e-300))[[0, 2, 5]].max()) < 1e-3  # not vacuous on normal rows
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_zero_rows_and_zero_query(k: int) -> None:
+    buffer, queries = adversarial_buffer(48, torch.float32, 7)
+    buffer[[4, 9, 30]] = 0  # zero embeddings: similarity exactly 0 to everything, a zero int8 scale
+    queries = torch.cat([queries, torch.zeros(1, DIM)])
+    gsl, gcn = models(k, torch.float32)
+    int8 = ExactEngine(gsl, gcn, buffer, k, screen="int8").predict(queries)
+    fp32 = ExactEngine(gsl, gcn, buffer, k).predict(queries)
+    for a, b, c in zip(int8, fp32, DenseReference(gsl, gcn, buffer, k).predict(queries)):
+        assert_identical(a, b)
+        assert_close(a, c)
+
+
+def test_near_ties_at_the_screen_margin_are_reranked() -> None:
+    # rows whose exact similarities to the query sit inside one screen margin of the K-th one (and of each
+    # other's thresholds): the screen cannot order them, the exact re-rank must, as the fp32 engine does
+    dtype, k = torch.float32, 4
+    g = torch.Generator().manual_seed(8)
+    v = torch.rand(DIM, generator=g, dtype=dtype) + 0.5
+    gsl, gcn = models(k, dtype)
+    with torch.no_grad():
+        engine = ExactEngine(gsl, gcn, v[None].repeat(2, 1), k, screen="int8")
+        width = float(engine.screen_rows.bounds(gsl(v[None]), None)[1][0, 0] - 1)  # ≈ one margin
+    shifts = torch.linspace(-2, 2, 40, dtype=dtype)[:, None] * width * (torch.rand(40, DIM, generator=g) - 0.5)
+    buffer = torch.cat([v + shifts, torch.rand(100, DIM, generator=g, dtype=dtype)])
+    queries = torch.stack([v, v + shifts[3], buffer[50]])
+    int8 = ExactEngine(gsl, gcn, buffer, k, screen="int8")
+    fp32 = ExactEngine(gsl, gcn, buffer, k)
+    with torch.no_grad():
+        e_q = gsl(queries[:1])
+        low, high = int8.screen_rows.bounds(e_q, None)
+        kth = torch.sort((gsl(buffer) * e_q).sum(1), descending=True).values[k - 1]
+    assert int(((low <= kth) & (kth <= high)).sum()) > 2 * k  # the screen alone cannot tell the top-K
+    dense = DenseReference(gsl, gcn, buffer, k).predict(queries)
+    for a, b, c in zip(int8.predict(queries), fp32.predict(queries), dense):
+        assert_identical(a, b)
+        assert_close(a, c)

@@ -23,13 +23,27 @@ Every node of B_{L-1} (L >= 2) is q, a neighbour of q, or a neighbour of a neigh
 neighbours of q are in Δ — so every H_l needed has a changed normalised neighbourhood: no buffer-only
 layer output can be reused, and the only query-independent products worth keeping are
 :math:`P_1 = X_b W_1` (N × hidden) and the degrees of the buffer graph. The engine therefore keeps:
-GSL embeddings E_b (N × D), every row's ordered neighbour list and similarities, the symmetrised
-unnormalised buffer graph as CSR with its two directed halves, degrees, and P_1.
+GSL embeddings E_b (N × D; with the int8 screen only its codes, E_b rows being re-embedded from the
+buffer when a query needs them exactly), every row's ordered neighbour list and similarities, the
+symmetrised unnormalised buffer graph as CSR with its two directed halves, degrees, and P_1.
 
-**Cost per query** (N buffer rows, D dims, K neighbours, h hidden width, L = 3): the similarity
-:math:`E_b e_q` is 2·N·D flops reading 4·N·D bytes (N = 10^6, D = 1536: 3.1 GFLOP, 6.1 GB — the
-memory-bound bottleneck, ~0.4 s at ~15 GB/s); the threshold test and the query's top-K read 4·N bytes
-three times; the local GCN touches |B_2| ≲ (2K+2)^2 rows of ≲ 2K+2 edges, i.e. ≲ 2·(2K+2)^3·h
+**Screening** (:mod:`msrl_model.infer.screen`). One pass over a compact copy of E_b gives every row j an
+interval :math:`\ell_j \le \hat s_j \le u_j` around its exact similarity (canonical dots in the working
+dtype); the bound (int8 codes with a per-row scale, the query quantised too, Cauchy–Schwarz on both
+residuals plus the rounding of every step) is derived there. Only the decisive rows get exact
+similarities (one gather of their C rows, C canonical dots): with τ the K'-th largest :math:`\ell_j`
+(τ ≤ the K'-th largest exact similarity), a row can be in the query's top-K' or in its tie band only if
+:math:`u_j \ge \tau - tol`, and it can take the query in (``s_j > t_j``, or within the tie band of
+:meth:`ExactEngine._enters`) only if :math:`u_j \ge t_j - tol`: one comparison
+:math:`u_j \ge \min(\tau, t_j) - tol` per row selects both. Every other row is provably outside both
+decisions, so lists, weights and z are those of the fp32 engine over all N rows, bit for bit (the tests
+compare them with ``torch.equal`` on exact ties, near-ties an ulp or a fraction of a quantisation step
+apart, duplicated rows, rows sharing their codes, queries equal to a buffer row, and removals).
+
+**Cost per query** (N buffer rows, D dims, K neighbours, h hidden width, L = 3): the screen reads N·D
+bytes of int8 codes (4·N·D with the fp32 screen: N = 10^6, D = 1536: 1.5 GB, or 6.1 GB — the
+bottleneck), then five float64 passes over N values for the bounds, one top-K' of the lower bounds and
+one comparison; the local GCN touches |B_2| ≲ (2K+2)^2 rows of ≲ 2K+2 edges, i.e. ≲ 2·(2K+2)^3·h
 ≈ 2·10^7 flops at K = 12, h = 256: negligible. The dense reference costs 2·N²·D for S plus
 2·L·N²·h for the GCN (1.5·10^12 + 0.7·10^12 at N = 21,700) and N² memory.
 
@@ -73,8 +87,11 @@ buffer's neighbour lists (``buffer_knn``, e.g. stored at training time), plus 2�
 pass also keeps each row's next neighbour (the (K+1)-th other, for removals) by a second selection over
 each similarity block (measured +75 % over the lists alone at N = 10,000, D = 256 on one thread, where
 the selection dominates; less at larger D, where the block product does).
-Memory: E_b (4·N·D bytes) + P_1 (4·N·h) + CSR (≤ 2·N·(K+1) edges × 16 bytes); the buffer features
-themselves are read in row chunks (pass a :class:`RowSource` to avoid holding them at all).
+Memory: E_b (4·N·D bytes; int8 screen: N·D bytes of codes + 24·N of per-row bound constants, E_b not
+kept when ``buffer_knn`` is given) + P_1 (4·N·h) + CSR (≤ 2·N·(K+1) edges × 12 bytes); the buffer
+features themselves are read in row chunks (pass a :class:`RowSource` to avoid holding them at all).
+Given lists, the CSR is built first, so its sort (≈ 40 bytes per list entry, transient) never adds to
+the codes and P_1.
 """
 
 from __future__ import annotations
@@ -187,7 +204,7 @@ class ExactEngine:
             self.emb: Tensor | None = (torch.empty(n, dim, dtype=self.dtype, device=self.device)
                                        if keep_fp32 else None)  # E_b (N, D)
             self.p1 = torch.empty(n, w1.shape[1], dtype=self.dtype, device=self.device)  # X_b W_1
-            self._screen_rows: ScreenRows = ScreenRows(n, dim, screen, self.dtype, self.device)
+            self.screen_rows: ScreenRows = ScreenRows(n, dim, screen, self.dtype, self.device)
             for start in range(0, n, chunk_rows):
                 stop = min(start + chunk_rows, n)
                 x = (buffer.rows(start, stop) if isinstance(buffer, RowSource) else buffer[start:stop])
@@ -195,7 +212,7 @@ class ExactEngine:
                 e = gsl(x)
                 if self.emb is not None:
                     self.emb[start:stop] = e
-                self._screen_rows.store(start, e)
+                self.screen_rows.store(start, e)
                 torch.matmul(x, w1, out=self.p1[start:stop])
                 del x, e
             if buffer_knn is None:
@@ -273,7 +290,7 @@ class ExactEngine:
         """One :class:`QueryResult` per row of ``queries`` (Q, D); each query on [buffer; that query]."""
         x = queries.to(self.device, self.dtype)
         e_q = self.gsl(x)  # (Q, D)
-        low, high = self._screen_rows.bounds(e_q, self.emb)  # (Q, N) each: one pass over the buffer
+        low, high = self.screen_rows.bounds(e_q, self.emb)  # (Q, N) each: one pass over the buffer
         p1_q = x @ self.params[0][0]  # (Q, hidden)
         return [self._one(low[i], high[i], e_q[i], p1_q[i]) for i in range(x.shape[0])]
 
@@ -287,7 +304,7 @@ class ExactEngine:
         given with K'+1 columns and K < N - 1)."""
         x = query.reshape(1, -1).to(self.device, self.dtype)
         e_q = self.gsl(x)[0]  # (D,)
-        low, high = (b[0] for b in self._screen_rows.bounds(e_q[None], self.emb))  # (N,) bounds on similarities
+        low, high = (b[0] for b in self.screen_rows.bounds(e_q[None], self.emb))  # (N,) bounds on similarities
         p1_q = x[0] @ self.params[0][0]  # (hidden,)
         full = self._one(low, high, e_q, p1_q)
         rows = full.linked if rows is None else rows.to(self.device, torch.long).reshape(-1)
