@@ -362,59 +362,60 @@ def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, .
     s = _binomial_sum(g)  # (b,C,n-4,n-4)
     band = torch.add(g[..., 2:-2, 2:-2], s, alpha=-1.0 / _BLUR_SCALE)  # g - G
     n_band = band.shape[-1] * band.shape[-2]
-    s_mean = _sum(s) / n_band
-    s_centred = s - s_mean[..., None, None]
-    band_mean = _sum(band) / n_band
-    band_abs = _sum(band.abs()) / n_band
-    band_var = _sum(band * band) / n_band - band_mean * band_mean
+    scratch = torch.abs(band)  # one buffer reused for every |x|, x² and centred map of this size
+    band_mean, band_abs = _sum(band) / n_band, _sum(scratch) / n_band
+    band_var = _sum(torch.mul(band, band, out=scratch)) / n_band - band_mean * band_mean
+    torch.sub(s, (_sum(s) / n_band)[..., None, None], out=scratch)
+    s_std = (_sum(scratch.mul_(scratch)) / n_band).sqrt()
 
     dx = g[..., 2:] - g[..., :-2]  # (b,C,n,n-2)
     dx = dx[..., 1:, :] + dx[..., :-1, :]  # row pairs, shared: (d0 + d1) + (d1 + d2) as in v1.0
-    sx = dx[..., 1:, :] + dx[..., :-1, :]  # Sobel x * 8, (n-2,n-2)
+    grad = dx[..., 1:, :] + dx[..., :-1, :]  # Sobel x * 8, (n-2,n-2)
     dy = g[..., 2:, :] - g[..., :-2, :]  # (b,C,n-2,n)
     dy = dy[..., 1:] + dy[..., :-1]
     sy = dy[..., 1:] + dy[..., :-1]  # Sobel y * 8
-    grad = sx * sx + sy * sy
+    grad.mul_(grad).add_(sy.mul_(sy))  # sx² + sy², each square rounded as in v1.0
     n_grad = grad.shape[-1] * grad.shape[-2]
     grad_square_mean = _sum(grad) / n_grad  # mean (8|∇g|)²
     grad.sqrt_()  # 8|∇g|, the v1.0 operations (the edge threshold reads it)
     grad_mean = _sum(grad) / n_grad
-    edges = torch.gt(grad, 2 * grad_mean[..., None, None], out=sx)
-    edge_fraction = _sum(edges) / n_grad
+    edge_fraction = _sum(torch.gt(grad, 2 * grad_mean[..., None, None], out=sy)) / n_grad
 
     centre = s[..., 1:-1, 1:-1]
-    xx = torch.add(s[..., 1:-1, 2:] + s[..., 1:-1, :-2], centre, alpha=-2.0)  # (b,C,n-6,n-6)
-    yy = torch.add(s[..., 2:, 1:-1] + s[..., :-2, 1:-1], centre, alpha=-2.0)
-    xy = (s[..., 2:, 2:] + s[..., :-2, :-2]) - (s[..., 2:, :-2] + s[..., :-2, 2:])
+    xx = (s[..., 1:-1, 2:] + s[..., 1:-1, :-2]).add_(centre, alpha=-2.0)  # (b,C,n-6,n-6)
+    yy = (s[..., 2:, 1:-1] + s[..., :-2, 1:-1]).add_(centre, alpha=-2.0)
+    scratch = s[..., 2:, :-2] + s[..., :-2, 2:]
+    xy = (s[..., 2:, 2:] + s[..., :-2, :-2]).sub_(scratch)
     log = xx + yy
     n_log = log.shape[-1] * log.shape[-2]
-    aniso = torch.hypot(xx - yy, xy * 0.5)
     steer = 1024.0  # R_θ scale
+    r_0 = _sum(torch.abs(xx, out=scratch)) / (n_log * _BLUR_SCALE)
+    r_90 = _sum(torch.abs(yy, out=scratch)) / (n_log * _BLUR_SCALE)
+    r_45 = _sum(torch.add(xy, log, alpha=2.0, out=scratch).abs_()) / (n_log * steer)
+    r_135 = _sum(torch.sub(xy, log, alpha=2.0, out=scratch).abs_()) / (n_log * steer)
+    aniso = _sum(torch.hypot(xx.sub_(yy), xy.mul_(0.5), out=scratch)) / (n_log * _BLUR_SCALE)
     stats = torch.stack([
-        (_sum(s_centred * s_centred) / n_band).sqrt() / _BLUR_SCALE,
+        s_std / _BLUR_SCALE,
         band_var.clamp_min(0).sqrt(),
         (band_abs + band_mean) / 2,
         (band_abs - band_mean) / 2,
         grad_mean / 8,
         (grad_square_mean - grad_mean * grad_mean).clamp_min(0).sqrt() / 8,
         edge_fraction,
-        _sum(xx.abs()) / (n_log * _BLUR_SCALE),
-        _sum(torch.add(xy, log, alpha=2.0).abs_()) / (n_log * steer),
-        _sum(yy.abs()) / (n_log * _BLUR_SCALE),
-        _sum(torch.sub(xy, log, alpha=2.0).abs_()) / (n_log * steer),
-        _sum(aniso) / (n_log * _BLUR_SCALE),
-        *_log_stats(log, n_log),
+        r_0, r_45, r_90, r_135, aniso,
+        *_log_stats(log, n_log, scratch),
     ], -1)
     if not blob:
         return stats, s
     return stats, s, _blob_features(log[:, 0])
 
 
-def _log_stats(log: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """Unscaled L = 256·LoG (b,C,h,w), n = h·w -> std LoG, mean relu(-LoG), mean relu(LoG), each (b,C)."""
+def _log_stats(log: torch.Tensor, n: int, scratch: torch.Tensor) -> list[torch.Tensor]:
+    """Unscaled L = 256·LoG (b,C,h,w), n = h·w, a buffer of its shape -> std LoG, mean relu(-LoG),
+    mean relu(LoG), each (b,C)."""
     mean = _sum(log) / n
-    absolute = _sum(log.abs()) / n
-    var = _sum(log * log) / n - mean * mean
+    absolute = _sum(torch.abs(log, out=scratch)) / n
+    var = _sum(torch.mul(log, log, out=scratch)) / n - mean * mean
     return [var.clamp_min(0).sqrt() / _BLUR_SCALE, (absolute - mean) / (2 * _BLUR_SCALE),
             (absolute + mean) / (2 * _BLUR_SCALE)]
 
