@@ -206,10 +206,12 @@ def _bins_from_cumulative(at_least: torch.Tensor, n: int) -> torch.Tensor:
 def _mix_into(out: torch.Tensor, x: torch.Tensor, weights: list[list[float]]) -> None:
     """out[:, j] = per-pixel linear map of x's 3 channels, weights[i][j] from input i to output j.
 
-    Written as scalar multiply-adds in a fixed order so every element is computed the same way
-    whatever the batch size (thresholds read these maps)."""
+    Written as scalar multiplies and adds, each rounded, in a fixed order ((x0·w0 + x1·w1) + x2·w2) so
+    every element is computed the same way whatever the batch size (thresholds read these maps)."""
+    term = torch.empty_like(x[:, 0])
     for j, (w0, w1, w2) in enumerate(zip(*weights)):
-        torch.add(x[:, 0] * w0 + x[:, 1] * w1, x[:, 2] * w2, out=out[:, j])
+        mixed = torch.mul(x[:, 0], w0, out=out[:, j])
+        mixed.add_(torch.mul(x[:, 1], w1, out=term)).add_(torch.mul(x[:, 2], w2, out=term))
 
 
 class BuiltinHE(torch.nn.Module):
@@ -296,7 +298,8 @@ class BuiltinHE(torch.nn.Module):
         weights = self.od_to_channels.tolist()
         _mix_into(maps[:, _H:_D + 1], od, weights)  # H, E, ODm, D
         grey = raw[..., top, :] + raw[..., bottom, :]  # (b,3,h,w) block means of R, G, B
-        torch.mul(grey[:, 0] * 0.299 + grey[:, 1] * 0.587 + grey[:, 2] * 0.114, 1.0 / 255.0, out=maps[:, _Y])
+        _mix_into(maps[:, _Y:], grey, [[0.299], [0.587], [0.114]])
+        maps[:, _Y].mul_(1.0 / 255.0)
         details = sums.new_empty(b, 3, 3, h, w)  # (b, band LH/HL/HH, OD channel, h, w)
         torch.add(diffs[..., top, :], diffs[..., bottom, :], out=details[:, 0])
         torch.sub(sums[..., top, :], sums[..., bottom, :], out=details[:, 1])
@@ -305,7 +308,7 @@ class BuiltinHE(torch.nn.Module):
         bands = torch.matmul(texture_w, details.flatten(3))  # (b, 3 bands, 3 channels, h·w)
         n = h * w
         fine_abs = bands.abs().sum(-1).transpose(1, 2) / n  # (b, 3 channels, 3 bands)
-        fine_rms = ((bands * bands).sum(-1).sum(1) / n).sqrt()  # (b, 3 channels)
+        fine_rms = (bands.mul_(bands).sum(-1).sum(1) / n).sqrt()  # (b, 3 channels)
         fine.copy_(torch.cat([fine_abs, fine_rms[..., None]], 2).flatten(1))
         flat = maps.flatten(2)
         above = flat.new_empty(b, len(_H_FRACTION_THRESHOLDS), n)
@@ -318,12 +321,12 @@ class BuiltinHE(torch.nn.Module):
         b = maps.shape[0]
         mean = maps.sum(-1) / n  # (b, 8)
         centred = maps - mean[..., None]
-        squares = centred * centred
-        std = (squares.sum(-1) / n).sqrt()  # (b, 8)
+        powers = centred * centred
+        std = (powers.sum(-1) / n).sqrt()  # (b, 8)
         stains = [_H, _E, _D]
-        cubes = (squares * centred).sum(-1)[:, stains] / n  # all 8 maps: one contiguous pass beats a gather
+        cubes = powers.mul_(centred).sum(-1)[:, stains] / n  # all 8 maps: one contiguous pass beats a gather
         skew = cubes / std[:, stains].clamp_min(1e-6) ** 3  # (b, 3): mean z³
-        cov = (centred[:, _H] * centred[:, _E]).sum(-1) / n
+        cov = torch.mul(centred[:, _H], centred[:, _E], out=powers[:, 0]).sum(-1) / n
         denom = std[:, _H] * std[:, _E]
         corr = torch.where(denom > 1e-6, cov / denom.clamp_min(1e-6), torch.zeros_like(cov))
         h_at_least = _count_ge(maps[:, _H], self.h_edges)  # (b, 3 joint + other histogram edges, n)
