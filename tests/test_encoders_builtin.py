@@ -213,3 +213,23 @@ def test_cpu_encoder_reuses_freed_memory(encoder, tiles):
     encoder.encode(batch)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 200 * batch.shape[0]
+
+
+@pytest.mark.parametrize("edges, per_unit, cells", [
+    (builtin_he._H_EDGES + builtin_he._JOINT_H_EDGES, builtin_he._H_PER_UNIT, builtin_he._H_CELLS),
+    (builtin_he._E_EDGES + builtin_he._JOINT_E_EDGES, builtin_he._E_PER_UNIT, builtin_he._E_CELLS)])
+def test_grid_cells_split_exactly_at_every_edge(edges, per_unit, cells):
+    """The histograms count pixels by grid cell; for every float32 within 20,000 ulps of each H / E edge
+    (and ±0 and the subnormals around an edge at 0), cell >= the edge's first cell exactly when x >= edge."""
+    span = np.arange(-20_000, 20_000, dtype=np.int64)
+    for edge in edges:
+        bits = np.float32(edge).view(np.int32).astype(np.int64)
+        if edge == 0:
+            tiny = np.arange(20_000, dtype=np.int32).view(np.float32)
+            values = np.concatenate([tiny, -tiny])
+        else:
+            values = (bits + span).astype(np.int32).view(np.float32)
+        x = torch.from_numpy(values)
+        cell = builtin_he.grid_cell(x, per_unit, cells)
+        assert torch.equal(cell >= builtin_he._cell_of(edge, per_unit), x >= float(np.float32(edge))), edge
+        assert cell.min() >= 0 and cell.max() <= cells - 1

@@ -69,8 +69,10 @@ How it is computed (same values as the maths above, far fewer passes over memory
   built once with the very float32 operations of step 1. The Haar step is then 5 row-pair adds.
   Other tile sizes are resized in float and take the logarithm; both give the same pair sums.
 * Colour statistics run on one (b, 8, 128²) map stack (OD r,g,b, H, E, ODm, D, Y): one centring,
-  one square. Histograms are counts of ``x >= edge`` (float compares, summed: exact integers), the
-  joint H x E histogram their 4x4 cross-counts (one batched matmul of the 0/1 maps), differenced.
+  one square. Every H edge is a multiple of 0.1 and every E edge of 0.05, so each pixel gets an
+  (H cell, E cell) of those grids (``floor`` of one product, which splits exactly at each float32
+  edge: tested) and one bincount per batch gives the 22 x 22 joint cell counts; the H and E
+  histograms and the joint histogram are differences of their suffix sums (exact integers).
 * The filter bank keeps the blur unscaled (256·G) and folds the power-of-two factors of the blur,
   Sobel, gxy and steering into the statistics, which is exact in float32. Means of |x| are sums of
   ``abs``, standard deviations of band, |∇g| and LoG use E[x²] - E[x]² (their means are small against
@@ -133,6 +135,9 @@ _BLUR_SCALE = 256.0  # the binomial blur is kept unscaled: sum of the 5x5 [1 4 6
 # so the filter bank reads them as one view), then D and grey Y.
 _OD, _H, _E, _ODM, _D, _Y = slice(0, 3), 3, 4, 5, 6, 7
 _MAPS = 8
+# Histogram grids: every H edge (histogram and joint) is a multiple of 1/10, every E edge of 1/20.
+_H_PER_UNIT, _E_PER_UNIT = 10.0, 20.0
+_H_CELLS, _E_CELLS = 22, 22  # below 0, 20 cells over [0, 2) / [0, 1), from the top edge on
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (malloc.h)
 _RETAIN_BLOCK, _RETAIN_TOP = 32 << 20, 256 << 20  # bytes: largest block kept in the heap, free heap top kept
 
@@ -183,16 +188,20 @@ def _sum(x: torch.Tensor) -> torch.Tensor:
     return x.sum(dim=(-2, -1))
 
 
-def _count_ge(x: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Indicator maps x >= edge as float: x (b, n), edges (k,) -> (b, k, n) of exact 0/1."""
-    out = x.new_empty(x.shape[0], edges.shape[0], x.shape[1])
-    return torch.ge(x[:, None, :], edges[:, None], out=out)
+def grid_cell(x: torch.Tensor, per_unit: float, cells: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Cell of a 1/``per_unit`` grid from 0, as float (into ``out``): 0 below 0, k for
+    [(k-1)/per_unit, k/per_unit), ``cells`` - 1 from (cells - 2)/per_unit.
+
+    For every H / E edge ``e`` of the features, ``x >= float32(e)`` holds exactly when the cell is at
+    least ``_cell_of(e)`` (``floor`` of one rounded product; tests/test_encoders_builtin.py checks
+    every float32 within 20,000 ulps of each edge), so counts by cell are the v1.0 counts by compare.
+    """
+    return torch.mul(x, per_unit, out=out).floor_().clamp_(-1, cells - 2).add_(1)
 
 
-def _edge_rows(first: tuple[float, ...], edges: tuple[float, ...]) -> tuple[torch.Tensor, list[int]]:
-    """Edges ``first`` then those of ``edges`` not among them, as float32 (k,), and the row of each of ``edges``."""
-    rows = list(first) + [e for e in edges if e not in first]
-    return torch.tensor(rows), [rows.index(e) for e in edges]
+def _cell_of(edge: float, per_unit: float) -> int:
+    """The first grid cell (:func:`grid_cell`) of the values >= ``edge``."""
+    return round(edge * per_unit) + 1
 
 
 def _bins_from_cumulative(at_least: torch.Tensor, n: int) -> torch.Tensor:
@@ -232,12 +241,6 @@ class BuiltinHE(torch.nn.Module):
         weights = torch.cat([hed_from_rgb[:, :2], od_mean, hed_from_rgb[:, 2:]], 1).float()  # (3, 4)
         self.register_buffer("od_to_channels", weights)
         self.register_buffer("pair_tables", _pair_tables(), persistent=False)
-        # Edges compared once per pixel: the joint-histogram ones first (their 0/1 maps feed the joint
-        # counts), then the histogram edges not already among them; *_rows: each histogram edge's row.
-        h_edges, self.h_rows = _edge_rows(_JOINT_H_EDGES, _H_EDGES)
-        e_edges, self.e_rows = _edge_rows(_JOINT_E_EDGES, _E_EDGES)
-        self.register_buffer("h_edges", h_edges, persistent=False)
-        self.register_buffer("e_edges", e_edges, persistent=False)
         self.register_buffer("h_fraction_thresholds", torch.tensor(_H_FRACTION_THRESHOLDS), persistent=False)
         self.chunk = chunk  # tiles per chunk of level-0/1 work; None -> 8 on CPU, the whole batch on CUDA
 
@@ -329,13 +332,10 @@ class BuiltinHE(torch.nn.Module):
         cov = torch.mul(centred[:, _H], centred[:, _E], out=powers[:, 0]).sum(-1) / n
         denom = std[:, _H] * std[:, _E]
         corr = torch.where(denom > 1e-6, cov / denom.clamp_min(1e-6), torch.zeros_like(cov))
-        h_at_least = _count_ge(maps[:, _H], self.h_edges)  # (b, 3 joint + other histogram edges, n)
-        e_at_least = _count_ge(maps[:, _E], self.e_edges)
-        h_counts, e_counts = h_at_least.sum(-1), e_at_least.sum(-1)  # (b, edges): exact integers
-        joint_at_least = torch.bmm(h_at_least[:, :3], e_at_least[:, :3].transpose(1, 2))  # (b, 3, 3)
-        cumulative = torch.cat([torch.cat([h_counts.new_full((b, 1), float(n)), e_counts[:, :3]], 1)[:, None],
-                                torch.cat([h_counts[:, :3, None], joint_at_least], 2)], 1)  # (b, 4, 4)
-        padded = F.pad(cumulative, (0, 1, 0, 1))  # #(H >= edge i and E >= edge j), 0 past the last edge
+        at_least = _joint_cell_counts(maps[:, _H], maps[:, _E], powers[:, 0])  # (b, H cells, E cells)
+        h_rows = [0] + [_cell_of(e, _H_PER_UNIT) for e in _JOINT_H_EDGES]
+        e_rows = [0] + [_cell_of(e, _E_PER_UNIT) for e in _JOINT_E_EDGES]
+        padded = F.pad(at_least[:, h_rows][:, :, e_rows], (0, 1, 0, 1))  # 0 past the last edge
         joint = padded[:, :-1, :-1] - padded[:, 1:, :-1] - padded[:, :-1, 1:] + padded[:, 1:, 1:]
         tissue = torch.gt(maps[:, _ODM], _TISSUE_OD, out=torch.empty_like(maps[:, _ODM])).sum(-1) / n
         dark = torch.lt(maps[:, _Y], _DARK_Y, out=torch.empty_like(maps[:, _Y])).sum(-1) / n
@@ -343,14 +343,25 @@ class BuiltinHE(torch.nn.Module):
             torch.stack([mean[:, _OD], std[:, _OD]], -1).reshape(b, 6),  # R mean, R std, G mean, ...
             torch.stack([mean[:, stains], std[:, stains], skew], -1).reshape(b, 9),  # H mean, std, skew, E ...
             torch.stack([mean[:, _ODM], std[:, _ODM], mean[:, _Y], std[:, _Y]], -1),
-            _bins_from_cumulative(h_counts[:, self.h_rows], n),
-            _bins_from_cumulative(e_counts[:, self.e_rows], n),
+            _bins_from_cumulative(at_least[:, [_cell_of(e, _H_PER_UNIT) for e in _H_EDGES], 0], n),
+            _bins_from_cumulative(at_least[:, 0, [_cell_of(e, _E_PER_UNIT) for e in _E_EDGES]], n),
             joint.reshape(b, 16) / n,  # row-major over H bins
             corr[:, None],
             tissue[:, None],
             dark[:, None],
         ]
         return torch.cat(feats, 1)
+
+
+def _joint_cell_counts(h: torch.Tensor, e: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """H and E maps (b, n), a (b, n) float buffer -> (b, H cells, E cells) float counts of the pixels with
+    H cell >= i and E cell >= j (:func:`grid_cell`; exact integers): one bincount per batch."""
+    b = h.shape[0]
+    cells = _H_CELLS * _E_CELLS
+    index = grid_cell(e, _E_PER_UNIT, _E_CELLS, out=scratch).add_(grid_cell(h, _H_PER_UNIT, _H_CELLS), alpha=_E_CELLS)
+    index += torch.arange(0, b * cells, cells, device=h.device, dtype=h.dtype)[:, None]  # tile i: its own bins
+    counts = torch.bincount(index.flatten().long(), minlength=b * cells).view(b, _H_CELLS, _E_CELLS)
+    return counts.flip((1, 2)).cumsum(1).cumsum(2).flip((1, 2)).float()  # suffix sums: "at least"
 
 
 def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, ...]:
