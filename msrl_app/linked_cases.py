@@ -22,7 +22,7 @@ from msrl_app.case_wording import (  # noqa: F401 - re-exported (results view, r
 from msrl_app.labels import heading as _heading
 from msrl_app.labels import muted as _muted
 from msrl_app.labels import task_title
-from msrl_app.plots import BarsPlot
+from msrl_app.plots import PATHWAY_AXIS, BarsPlot
 from msrl_model.infer.results import LinkedCase, PredictionResult, TaskResult, readable_label
 
 TABLE_ROWS = 12  # rows the linked-cases table shows before the case detail below it gets the rest of the tab
@@ -191,7 +191,7 @@ class LinkedCasesSection(QWidget):
         self.thumbnail.setStyleSheet("background: #1b1d21; border: 1px solid #3a3e45; color: #6b7079;")
         self.pathway_title = _heading("Hallmark pathway activity")
         self.pathway_note = _muted()
-        self.pathway_plot = BarsPlot(value_format="{:+.2f}", x_range=None)
+        self.pathway_plot = BarsPlot(value_format="{:+.2f}", x_range=None, axis_label=PATHWAY_AXIS)
         self.pathway_plot.setVisible(False)
         fields_row = QHBoxLayout()
         fields_row.addWidget(self.detail_fields, 1)

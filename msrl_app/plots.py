@@ -177,6 +177,9 @@ class RiskHistogram(_ThemedPlot):
         self.setYRange(0, max(1, counts.max()) * 1.15, padding=0)
 
 
+PATHWAY_AXIS = "Pathway activity (mean z-score of its genes)"  # the x axis of the pathway bar charts
+
+
 class PercentAxis(pg.AxisItem):
     """Tick labels as percentages (probabilities)."""
 
@@ -190,13 +193,15 @@ class BarsPlot(_ThemedPlot):
     ROW_PX = 26  # height of one bar row in pixels
 
     def __init__(self, theme: str = "dark", parent: QWidget | None = None, value_format: str = "{:.0%}",
-                 x_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
+                 x_range: tuple[float, float] | None = (0.0, 1.0), axis_label: str = "Probability") -> None:
         super().__init__(theme, parent)
         if value_format.endswith("%}"):
             self.getPlotItem().setAxisItems({"bottom": PercentAxis("bottom")})
             axis = self.getPlotItem().getAxis("bottom")
             axis.setPen(_pen(self.theme.foreground, 1))
             axis.setTextPen(_pen(self.theme.foreground, 1))
+        self._label("bottom", axis_label)  # what the bars measure: every chart says it (app and PDF)
+        self.getPlotItem().getAxis("bottom").enableAutoSIPrefix(False)  # ticks in the values' own units
         self.value_format = value_format
         self.x_range = x_range
         self.getPlotItem().showGrid(x=True, y=False, alpha=self.theme.grid_alpha)
@@ -249,7 +254,7 @@ class BarsPlot(_ThemedPlot):
         self.setXRange(lo - (pad if lo < 0 else 0), hi + pad, padding=0)
         top = n - 0.4 + (1.0 * k if k > 1 else 0)  # room above the bars for the legend (one row per entry)
         self.setYRange(-0.6, top, padding=0)
-        self.setFixedHeight(int(44 + self.ROW_PX * (top + 0.6) * (1.25 if k > 1 else 1)))
+        self.setFixedHeight(int(62 + self.ROW_PX * (top + 0.6) * (1.25 if k > 1 else 1)))  # 18 px: the axis title
 def render_plot(plot: pg.PlotWidget, width: int, height: int) -> QImage:
     """Draw ``plot`` (shown or not) into a ``width`` x ``height`` image (``QWidget.grab``)."""
     plot.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)

@@ -24,7 +24,7 @@ from PySide6.QtCore import QMarginsF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QPen
 
 from msrl_app.overlays import colormap_lut, heatmap_raster
-from msrl_app.plots import RISK_GROUP_COLORS, BarsPlot, RiskHistogram, SurvivalPlot, render_plot
+from msrl_app.plots import PATHWAY_AXIS, RISK_GROUP_COLORS, BarsPlot, RiskHistogram, SurvivalPlot, render_plot
 from msrl_app.labels import metrics_line, mode_title, patches_text, survival_curves, task_title
 from msrl_app.linked_cases import (event_status, format_influence, format_months, format_value, graph_summary,
                                    influence_tip, influence_title, influence_value, label_columns,
@@ -33,7 +33,7 @@ from msrl_app.state import primary_task
 from msrl_model import RESEARCH_USE_ONLY as DISCLAIMER
 from msrl_model import __version__
 from msrl_model.files import atomic_path
-from msrl_model.infer.results import PredictionResult
+from msrl_model.infer.results import PredictionResult, readable_label
 
 TOP_CASES = 15  # linked cases listed in the report
 DPI = 300  # PDF device resolution (px per inch) used for layout and plot images
@@ -315,30 +315,30 @@ def _draw_survival(lay: _Layout, inputs: ReportInputs) -> None:
 def _draw_classes(lay: _Layout, result: PredictionResult) -> None:
     mm = lay.mm
     classes = [(n, t) for n, t in result.tasks.items() if t.classification is not None]
-    if classes:
-        lay.heading("Class probabilities", keep=mm(30))
-        for name, task in classes:
-            c = task.classification
-            series = [("this slide (model)", np.asarray(c.probabilities))]
-            if c.neighbours_distribution is not None:
-                series.append(("linked cases (edge-weighted labels)", np.asarray(c.neighbours_distribution)))
-            h = mm(12 + 7 * len(c.classes)) if len(series) == 1 else mm(18 + 11 * len(c.classes))
-            lay.room(h + mm(32))  # title, chart and what the linked cases say on one page
-            if task.informative is False:  # greyed, as text: no chart that reads as a finding
-                lay.text(f"{task_title(name)} — not informative in cross-validation", 9.5, True, color="#6b7280")
-                note = task.informative_note.split(": ", 1)[-1]
-                lay.text(f"{note[:1].upper()}{note[1:]}. Model output (not a finding): "
-                         + ", ".join(f"{n} {p:.0%}" for n, p in zip(c.names, c.probabilities)) + ".",
-                         8.5, color="#6b7280")
-                _draw_neighbours_say(lay, task)
-                continue
-            in_set = f" · conformal set: {c.set_text}" if c.set_text else ""
-            lay.text(f"{task_title(name)} — most likely {c.predicted_name}{in_set}", 9.5, True)
-            bars = BarsPlot("light")
-            bars.set_bars(c.names, series, highlight=int(np.argmax(c.probabilities)))
-            lay.image(_plot_image(bars, int(lay.width * 0.8), h), lay.width * 0.8, h)
+    for i, (name, task) in enumerate(classes):
+        c = task.classification
+        series = [("this slide (model)", np.asarray(c.probabilities))]
+        if c.neighbours_distribution is not None:
+            series.append(("linked cases (edge-weighted labels)", np.asarray(c.neighbours_distribution)))
+        h = mm(16 + 7 * len(c.classes)) if len(series) == 1 else mm(22 + 11 * len(c.classes))
+        if i == 0:  # the heading stays with the first task's title, chart and what the linked cases say
+            lay.heading("Class probabilities", keep=h + mm(32))
+        lay.room(h + mm(32))  # title, chart and what the linked cases say on one page
+        if task.informative is False:  # greyed, as text: no chart that reads as a finding
+            lay.text(f"{task_title(name)} — not informative in cross-validation", 9.5, True, color="#6b7280")
+            note = task.informative_note.split(": ", 1)[-1]
+            lay.text(f"{note[:1].upper()}{note[1:]}. Model output (not a finding): "
+                     + ", ".join(f"{n} {p:.0%}" for n, p in zip(c.names, c.probabilities)) + ".",
+                     8.5, color="#6b7280")
             _draw_neighbours_say(lay, task)
-            lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
+            continue
+        in_set = f" · conformal set: {c.set_text}" if c.set_text else ""
+        lay.text(f"{task_title(name)} — most likely {c.predicted_name}{in_set}", 9.5, True)
+        bars = BarsPlot("light")
+        bars.set_bars(c.names, series, highlight=int(np.argmax(c.probabilities)))
+        lay.image(_plot_image(bars, int(lay.width * 0.8), h), lay.width * 0.8, h)
+        _draw_neighbours_say(lay, task)
+        lay.text(_metrics_line(task.metrics), 8, color="#4b5563")
 
 
 def _draw_linked_cases(lay: _Layout, result: PredictionResult) -> None:
@@ -346,19 +346,20 @@ def _draw_linked_cases(lay: _Layout, result: PredictionResult) -> None:
     mm = lay.mm
     task = primary_task(result)
     lay.heading(f"Linked training cases ({task_title(task.name)} graph, top {min(TOP_CASES, len(task.linked_cases))} "
-                f"of {len(task.linked_cases)})", keep=mm(22))
+                f"of {len(task.linked_cases)})", keep=mm(60))  # its notes and the first rows of the table
     cases = task.linked_cases[:TOP_CASES]
     extra = label_columns(cases)[:3]
     if task.graph_evidence_note:  # what cross-validation measured of the linked cases' value
         lay.text(task.graph_evidence_note, 8.5, task.graph_evidence is False,
                  color="#92400e" if task.graph_evidence is False else "#166534", gap=0.6)
     lay.text(f"Influence column — {influence_title(task)}: {influence_tip(task)}", 8, color="#4b5563")
-    headers = ["Case", "Weight", "Influence", "Project", "Survival, mo", "Status", "Stage"] + extra
+    names = result.label_names()  # TP53_mut "0" reads "wild-type", as in the app
+    headers = ["Case", "Weight", "Influence", "Project", "Survival, mo", "Status", "Stage"] + [task_title(k) for k in extra]
     rows = [[str(c.case.get("case_id", "")), f"{c.weight:.3f}", format_influence(task, influence_value(task, c)),
              format_value(c.case.get("project")), format_months(c.case.get("survival_months")),
              event_status(c.case) or "—", format_value(c.case.get("stage"))]
-            + [format_value(c.case.get(k)) for k in extra] for c in cases]
-    base = [0.14, 0.08, 0.10, 0.12, 0.13, 0.10, 0.07]
+            + [format_value(readable_label(names, k, c.case.get(k))) for k in extra] for c in cases]
+    base = [0.11, 0.08, 0.10, 0.11, 0.13, 0.09, 0.07]  # the label columns get the rest: readable headers whole
     rest = (1 - sum(base)) / max(1, len(extra))
     lay.table(headers, rows, base + [rest] * len(extra), right={1, 2, 4})
     if task.pathways is not None:
@@ -367,9 +368,9 @@ def _draw_linked_cases(lay: _Layout, result: PredictionResult) -> None:
         lay.heading("Hallmark pathway activity", keep=mm(16 + 7.5 * len(names)) + mm(8))
         lay.text("Reconstructed for this slide from the graph vs the edge-weighted mean of the linked cases' "
                  "authentic (measured) activity.", 8.5, color="#4b5563")
-        bars = BarsPlot("light", value_format="{:+.2f}", x_range=None)
+        bars = BarsPlot("light", value_format="{:+.2f}", x_range=None, axis_label=PATHWAY_AXIS)
         bars.set_bars(names, [("this slide (reconstructed)", recon), ("linked cases (authentic, mean)", mean)])
-        h = mm(16 + 7.5 * len(names))
+        h = mm(20 + 7.5 * len(names))
         lay.image(_plot_image(bars, int(lay.width), h), lay.width, h)
 
 

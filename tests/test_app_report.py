@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtGui import QFontMetrics
 
 from msrl_app.linked_cases import format_months
-from msrl_app.plots import BarsPlot, RiskHistogram
+from msrl_app.plots import PATHWAY_AXIS, BarsPlot, RiskHistogram
 from msrl_app.report import _first_paragraph
 
 
@@ -21,6 +21,20 @@ def test_bar_chart_axis_fits_its_longest_category_name(qtbot, labels):
     axis = plot.getPlotItem().getAxis("left")
     metrics = QFontMetrics(axis.style.get("tickFont") or plot.font())
     assert axis.minimumWidth() >= max(metrics.horizontalAdvance(label) for label in labels)  # laid out so
+
+
+@pytest.mark.parametrize("kwargs, title", [({}, "Probability"),
+                                           ({"value_format": "{:+.2f}", "x_range": None, "axis_label": PATHWAY_AXIS},
+                                            PATHWAY_AXIS)])
+def test_bar_charts_name_their_value_axis_in_its_own_units(qtbot, kwargs, title):
+    """Every bar chart says what its bars measure, and its ticks are the values themselves (pyqtgraph would
+    otherwise rescale ±0.6 to ±600 with a '(x0.001)' on the title)."""
+    plot = BarsPlot("light", **kwargs)
+    qtbot.addWidget(plot)
+    plot.set_bars(["a", "b"], [("this slide", np.array([0.6, -0.4]))])
+    axis = plot.getPlotItem().getAxis("bottom")
+    assert axis.labelText == title and axis.style["showValues"]
+    assert axis.autoSIPrefixScale == 1.0 and "x0.001" not in axis.labelString()
 
 
 def test_risk_histogram_names_its_y_axis(qtbot):
