@@ -129,7 +129,7 @@ _COLOUR_DIM = 62
 _NUCLEAR_DIM = 10
 _FINE_DIM = 4 * _TEXTURE_CHANNELS
 DIM = _COLOUR_DIM + _NUCLEAR_DIM + _FINE_DIM + _TEXTURE_CHANNELS * len(_LEVELS) * _TEXTURE_STATS  # 264
-_CHUNK_CPU = 8  # tiles per chunk of level-0/1 work on CPU: its maps (~0.2 MB per tile) stay in cache
+_CHUNK_PER_THREAD = 8  # CPU tiles per chunk of level-0/1 work and torch thread: fewer, larger ops vs cache
 _BLUR_SCALE = 256.0  # the binomial blur is kept unscaled: sum of the 5x5 [1 4 6 4 1]ᵀ[1 4 6 4 1] taps
 # Level-1 map stack of the colour statistics: OD r, g, b, then the texture channels H, E, ODm (adjacent,
 # so the filter bank reads them as one view), then D and grey Y.
@@ -242,7 +242,7 @@ class BuiltinHE(torch.nn.Module):
         self.register_buffer("od_to_channels", weights)
         self.register_buffer("pair_tables", _pair_tables(), persistent=False)
         self.register_buffer("h_fraction_thresholds", torch.tensor(_H_FRACTION_THRESHOLDS), persistent=False)
-        self.chunk = chunk  # tiles per chunk of level-0/1 work; None -> 8 on CPU, the whole batch on CUDA
+        self.chunk = chunk  # tiles per chunk of level-0/1 work; None -> 8 per torch thread on CPU, all on CUDA
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B,3,256,256) uint8, or float in [0,255] -> (B, DIM) float32."""
@@ -251,7 +251,7 @@ class BuiltinHE(torch.nn.Module):
         b = x.shape[0]
         if b == 0:
             return torch.zeros(0, DIM, device=x.device)
-        chunk = self.chunk or (b if x.is_cuda else _CHUNK_CPU)
+        chunk = self.chunk or (b if x.is_cuda else _CHUNK_PER_THREAD * torch.get_num_threads())
         fine_level = INPUT_SIZE // 2
         level2 = (fine_level - 4) // 2  # side of the level-2 grid: valid blur, then every other pixel
         colour = x.new_empty(b, _COLOUR_DIM, dtype=torch.float32)
@@ -262,18 +262,16 @@ class BuiltinHE(torch.nn.Module):
         for i in range(0, b, chunk):
             part = slice(i, i + chunk)
             maps = self._level1(x[part], colour[part], fractions[part], fine[part])
-            bank[part, :, 0], blur = _texture_level(maps[:, _H:_ODM + 1])
+            bank[part, :, 0], blur, _ = _texture_level(maps[:, _H:_ODM + 1])
             torch.mul(blur[..., ::2, ::2], 1.0 / _BLUR_SCALE, out=g[part])  # Gaussian pyramid: next level
-        nuclear = [fractions]
-        for k, level in enumerate(_LEVELS[1:], 1):
-            stats_blob = _texture_level(g, blob=level in _BLOB_LEVELS)
-            bank[:, :, k] = stats_blob[0]
-            if level in _BLOB_LEVELS:
-                nuclear.append(stats_blob[2])
+        blobs = []  # per blob level (b, 3): densities at the two thresholds, mean strength
+        for k, level in enumerate(_LEVELS[1:], 1):  # the small levels on the whole batch: fewer, larger ops
+            bank[:, :, k], blur, blob = _texture_level(g, blob=level in _BLOB_LEVELS)
+            blobs += [] if blob is None else [blob]
             if level < _LEVELS[-1]:
-                g = stats_blob[1][..., ::2, ::2] * (1.0 / _BLUR_SCALE)
-        density = torch.cat([n[:, :len(_BLOB_THRESHOLDS)] for n in nuclear[1:]], 1)
-        strength = torch.cat([n[:, len(_BLOB_THRESHOLDS):] for n in nuclear[1:]], 1)
+                g = blur[..., ::2, ::2] * (1.0 / _BLUR_SCALE)
+        blob_feats = torch.stack(blobs, 1)  # (b, 2 levels, 3)
+        density, strength = blob_feats[..., :len(_BLOB_THRESHOLDS)].flatten(1), blob_feats[..., -1]
         return torch.cat([colour, fractions, density, strength, fine, bank.flatten(1)], 1)
 
     def _pair_sums(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,10 +362,10 @@ def _joint_cell_counts(h: torch.Tensor, e: torch.Tensor, scratch: torch.Tensor) 
     return counts.flip((1, 2)).cumsum(1).cumsum(2).flip((1, 2)).float()  # suffix sums: "at least"
 
 
-def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, ...]:
-    """One pyramid level g (b,C,n,n) -> 15 stats per channel (b,C,15) and the unscaled blur 256·G
-    (b,C,n-4,n-4); with ``blob``, also the H blob features (b, 4): densities at the two thresholds,
-    then the mean strength.
+def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One pyramid level g (b,C,n,n) -> 15 stats per channel (b,C,15), the unscaled blur 256·G
+    (b,C,n-4,n-4) and, with ``blob``, the H blob features (b, 3): densities at the two thresholds,
+    then the mean strength (else None).
 
     Unscaled maps (exact powers of two of the documented ones): S = 256·G, X = 256·gxx, Y = 256·gyy,
     L = X + Y = 256·LoG, Q = 1024·gxy, 1024·R_45 = 2L + Q, -1024·R_135 = 2L - Q, 8·|∇g| = sqrt(sx² + sy²)
@@ -419,9 +417,7 @@ def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, .
         r_0, r_45, r_90, r_135, aniso,
         *_log_stats(log, n_log, scratch),
     ], -1)
-    if not blob:
-        return stats, s
-    return stats, s, _blob_features(log[:, 0])
+    return stats, s, _blob_features(log[:, 0]) if blob else None
 
 
 def _log_stats(log: torch.Tensor, n: int, scratch: torch.Tensor) -> list[torch.Tensor]:
@@ -435,7 +431,7 @@ def _log_stats(log: torch.Tensor, n: int, scratch: torch.Tensor) -> list[torch.T
 
 
 def _blob_features(log_h: torch.Tensor) -> torch.Tensor:
-    """Unscaled LoG of H (b,h,w) -> (b, 4): local maxima of B = relu(-LoG) per 10⁴ px above each of
+    """Unscaled LoG of H (b,h,w) -> (b, 3): local maxima of B = relu(-LoG) per 10⁴ px above each of
     the two thresholds, then mean B at the maxima above the first (0 if none)."""
     blob = torch.relu(-log_h)
     peak = _local_max(blob)  # (b,h-2,w-2)
