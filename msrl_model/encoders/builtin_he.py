@@ -77,7 +77,10 @@ How it is computed (same values as the maths above, far fewer passes over memory
   Sobel, gxy and steering into the statistics, which is exact in float32. Means of |x| are sums of
   ``abs``, standard deviations of band, |∇g| and LoG use E[x²] - E[x]² (their means are small against
   their spread), that of G is centred.
-* Levels 0-1 run in chunks of tiles (cache), levels 2-4 on the whole batch (fewer, larger ops).
+* Intermediates are reused in place (one scratch map per size for every |x|, x² and centred map).
+  Levels 0-1 run in chunks of 8 tiles per torch thread (cache), levels 2-4 on the whole batch (fewer,
+  larger ops). On glibc, :func:`keep_freed_memory` stops the chunks' maps from being page-faulted
+  back in on every call.
 
 Everything that a threshold or a local maximum reads (H, E, ODm, Y, |∇g| and its mean, the LoG of H
 at the blob levels) is computed with the v1.0 operations in the v1.0 order, so thresholded counts
@@ -86,10 +89,9 @@ compares against the straightforward v1.0 implementation on random and real tile
 
 Cost per 256² tile ≈ 8 MFLOP of elementwise work (a ResNet-50 at 224² is ≈ 8 GFLOP); on CPU it is
 bound by passes over memory, which is what the restructuring cut (``python -m msrl_model.bench
-encoder --mode patch`` measures it). Prefer one torch thread per worker on a busy machine: intra-op
-threading of these small ops collapses when cores are oversubscribed (msrl_model.device). Every
-operation is elementwise, a shift-add, a table lookup or a per-tile reduction, so a tile's features do
-not depend on the rest of its batch.
+encoder --mode patch`` measures it alone, ``bench extract`` in the pipeline and against every thread
+count). Every operation is elementwise, a shift-add, a table lookup, a per-tile reduction or a
+per-tile count, so a tile's features do not depend on the rest of its batch.
 
 Precision: float32 everywhere, also on CUDA. The logarithm of (I+1)/256 near 1, the thresholded
 counts and the higher moments are not safe in half precision, and the encoder costs far less than
