@@ -15,11 +15,11 @@ again while N busy processes run (``loadedN_ms``...). ``failed`` names each miss
 At 1,000,000 cases the dense N×N graph does not fit and the engine's own all-pairs top-K precompute
 is 2·N²·D ≈ 3·10^15 flops (hours on 2 cores), so the buffer is built from 128 clusters of
 non-negative features on disjoint 12-coordinate supports (still 1,536-d rows to the engine: its int8
-screen reads 1.5 GB of codes per query, the fp32 one 6.1 GB): similarities across clusters are exactly 0, so each cluster's exact
-neighbour lists are computed within the cluster and handed to the engine (``buffer_knn``), and the
-query's output is checked against the dense reference over its own cluster (its connected
-component). ``dense_ms`` is null there; ``lists_s`` is the time of those per-cluster lists (bench set-up,
-not the engine's precompute).
+screen reads 1.5 GB of codes per query, the fp32 one 6.1 GB): similarities across clusters are exactly
+0, so each cluster's exact neighbour lists are computed within the cluster and handed to the engine
+(``buffer_knn``), and the query's output is checked against the dense reference over its own cluster
+(its connected component). ``dense_ms`` is null there; ``lists_s`` is the time of those per-cluster lists
+(bench set-up, not the engine's precompute).
 
 Run: ``python -m msrl_model.bench.infer [--json] [--device cpu|cuda] [--sizes 434 4340 ...]``.
 """
@@ -222,15 +222,10 @@ def bench_size(n: int, cfg: BenchConfig, device: torch.device, queries: int, scr
     record.update(_timing("exact", exact_ms))
     record["screen_ms"] = round(sum(screen_ms) / len(screen_ms), 3)  # the one pass over the buffer, of exact_ms
     if competitors:
-        from msrl_model.bench.threads import _competitors
+        from msrl_model.bench.threads import busy_processes
 
-        procs = _competitors(competitors)
-        try:
+        with busy_processes(competitors):
             record.update(_timing(f"loaded{competitors}", _time_queries(engine, qs, device)[1]))
-        finally:
-            for proc in procs:
-                proc.kill()
-                proc.wait()
     dense_ms, diffs = [], []
     if n <= DENSE_LIMIT:
         dense = DenseReference(gsl, gcn, buffer, cfg.k)

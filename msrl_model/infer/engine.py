@@ -380,7 +380,8 @@ class ExactEngine:
                 enter[b] = bool(v[0] > v[1])
         return cand[enter]
 
-    def _one(self, low: Tensor, high: Tensor, e_q: Tensor, p1_q: Tensor, removal: _Removal | None = None) -> QueryResult:
+    def _one(self, low: Tensor, high: Tensor, e_q: Tensor, p1_q: Tensor,
+             removal: _Removal | None = None) -> QueryResult:
         r"""The query with exact similarities within the bounds ``low`` ≤ ŝ ≤ ``high`` (N,) float64 (both -inf at a
         removed row), embedding ``e_q`` and ``p1_q`` = x_q W_1, on the buffer graph without ``removal``'s row
         when given.

@@ -11,7 +11,8 @@ working dtype, :math:`\gamma = \gamma_{D+2} = (D+2)u / (1-(D+2)u)`.
 * int8 rows: :math:`e_j = a_j c_j + \delta_j` with :math:`a_j = \max_i |e_{ji}| / 127` (rounded, stored exactly
   in float64), :math:`c_j \in [-127, 127]^D` and the residual :math:`\delta_j` (exact, real). The query is
   quantised the same way in float64: :math:`q = b\,d + \delta_q`. The screened similarity is
-  :math:`\tilde s_j = a_j b\,(c_j \cdot d)`, with :math:`c_j \cdot d` exact in int32 (:math:`|\cdot| \le 127^2 D < 2^{31}`).
+  :math:`\tilde s_j = a_j b\,(c_j \cdot d)`, with :math:`c_j \cdot d` exact in int32
+  (:math:`|\cdot| \le 127^2 D < 2^{31}`).
   Then :math:`e_j \cdot q - \tilde s_j = \delta_j \cdot q + a_j c_j \cdot \delta_q`, and the canonical dot is
   within :math:`\gamma_D \lVert e_j\rVert \lVert q\rVert` of :math:`e_j \cdot q`, so by Cauchy–Schwarz
 
