@@ -102,7 +102,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-import platform
+import os
 import sys
 
 import torch
@@ -467,7 +467,11 @@ def keep_freed_memory() -> bool:
     2-core machine. Fixed thresholds (blocks up to 32 MB from the heap, up to 256 MB of free heap top
     kept) make them reused. Process-wide and idempotent; memory is still released by ``malloc_trim``.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows) or no such name (not glibc)
+        glibc = ""
+    if not glibc.startswith("glibc"):
         return False
     libc = ctypes.CDLL(None)  # the C library already loaded into this process
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, _RETAIN_BLOCK)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _RETAIN_TOP))
