@@ -15,6 +15,7 @@ from msrl_model.encoders.builtin_he import (
     _BLOB_LEVELS, _BLOB_THRESHOLDS, _DARK_Y, _E_EDGES, _H_EDGES, _H_FRACTION_THRESHOLDS, _JOINT_E_EDGES,
     _JOINT_H_EDGES, _LEVELS, _RGB_FROM_HED, _TISSUE_OD, DIM, INPUT_SIZE)
 
+
 def _mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over the last two dims: (..., h, w) -> (...) float32 (bool maps give fractions)."""
     total = x.sum(dim=(-2, -1), dtype=torch.float32) if x.dtype == torch.bool else x.sum(dim=(-2, -1))

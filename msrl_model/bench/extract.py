@@ -133,7 +133,8 @@ def thread_policy(args: argparse.Namespace, path: Path) -> list[dict[str, Any]]:
     def measure_at(threads: int) -> dict[str, float]:
         plan = apply_threads(threads, readers=args.workers)
         stats = extract_once(path, args.encoder, "cpu", plan.readers, max(1, args.batch_size))
-        return {"tiles_per_s": _rate(stats.tiles, stats.total_s), "encode_tiles_per_s": _rate(stats.tiles, stats.encode_s)}
+        return {"tiles_per_s": _rate(stats.tiles, stats.total_s),
+                "encode_tiles_per_s": _rate(stats.tiles, stats.encode_s)}
 
     return quiet_and_loaded(measure_at, "tiles_per_s", args.competitors, repeats=args.repeats)
 
