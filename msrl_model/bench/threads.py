@@ -2,7 +2,8 @@
 
 For each condition — quiet, then with a CPU-bound competitor process this benchmark starts itself (one
 busy Python loop per ``--competitors``) — it times ``builtin-he`` encoding on a random (batch, 256, 256, 3)
-batch (:func:`msrl_model.bench.encoder.measure_patch_encoder`) at 1..``--max-threads`` threads and
+batch (:func:`msrl_model.bench.encoder.measure_patch_encoder`) at 1..``--max-threads`` threads (best
+of ``--repeats``, the counts interleaved) and
 compares the default plan of :mod:`msrl_model.device`, planned afresh in each condition (the policy
 leaves CPUs that other processes keep busy to them), with the best count: ``default_over_best`` =
 tiles/s(default) / tiles/s(best); architecture §9 asks ≥ 0.9 in both conditions. "Quiet" means no
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default="builtin-he", help="encoder spec")
     p.add_argument("--batch", type=int, default=16, help="tiles per batch")
     p.add_argument("--seconds", type=float, default=2.0, help="seconds per measurement")
+    p.add_argument("--repeats", type=int, default=2, help="measurements per thread count, the best counts")
     p.add_argument("--max-threads", type=int, default=None, help="largest thread count tried (default: CPUs + 1)")
     p.add_argument("--competitors", type=int, default=1, help="busy processes in the loaded condition")
     p.add_argument("--json", action="store_true", help="one JSON object per condition")
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         record = measure_patch_encoder(args.encoder, "cpu", threads, args.batch, args.seconds)
         return {"tiles_per_s": record["tiles_per_s"]}
 
-    records = quiet_and_loaded(measure_at, "tiles_per_s", args.competitors, args.max_threads)
+    records = quiet_and_loaded(measure_at, "tiles_per_s", args.competitors, args.max_threads, args.repeats)
     for rec in records:
         emit({"benchmark": "threads", "encoder": args.encoder, **rec}, args.json)
     for line in failed_conditions(records):
