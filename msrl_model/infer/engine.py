@@ -27,25 +27,22 @@ GSL embeddings E_b (N × D; with the int8 screen only its codes, E_b rows being 
 buffer when a query needs them exactly), every row's ordered neighbour list and similarities, the
 symmetrised unnormalised buffer graph as CSR with its two directed halves, degrees, and P_1.
 
-**Screening** (:mod:`msrl_model.infer.screen`). One pass over a compact copy of E_b gives every row j an
-interval :math:`\ell_j \le \hat s_j \le u_j` around its exact similarity (canonical dots in the working
-dtype); the bound (int8 codes with a per-row scale, the query quantised too, Cauchy–Schwarz on both
-residuals plus the rounding of every step) is derived there. Only the decisive rows get exact
-similarities (one gather of their C rows, C canonical dots): with τ the K'-th largest :math:`\ell_j`
-(τ ≤ the K'-th largest exact similarity), a row can be in the query's top-K' or in its tie band only if
-:math:`u_j \ge \tau - tol`, and it can take the query in (``s_j > t_j``, or within the tie band of
-:meth:`ExactEngine._enters`) only if :math:`u_j \ge t_j - tol`: one comparison
-:math:`u_j \ge \min(\tau, t_j) - tol` per row selects both. Every other row is provably outside both
-decisions, so lists, weights and z are those of the fp32 engine over all N rows, bit for bit (the tests
-compare them with ``torch.equal`` on exact ties, near-ties an ulp or a fraction of a quantisation step
-apart, duplicated rows, rows sharing their codes, queries equal to a buffer row, and removals).
+**Screening** (:mod:`msrl_model.infer.screen`, where the bound is derived). One pass over a compact copy
+of E_b (int8 codes with per-row scales) gives each row j an interval :math:`\ell_j \le \hat s_j \le u_j`
+around its exact similarity. With τ the K'-th largest :math:`\ell_j`, a row can be in the query's top-K'
+(or its tie band) only if :math:`u_j \ge \tau - tol`, and take the query in only if
+:math:`u_j \ge t_j - tol`; only those decisive rows get exact similarities, so lists, weights and z are
+the fp32 engine's over all N rows, bit for bit (tested with ``torch.equal`` on ties, near-ties, duplicated
+rows, rows sharing their codes, queries equal to a buffer row, and removals).
 
 **Cost per query** (N buffer rows, D dims, K neighbours, h hidden width, L = 3): the screen reads N·D
 bytes of int8 codes (4·N·D with the fp32 screen: N = 10^6, D = 1536: 1.5 GB, or 6.1 GB — the
 bottleneck), then five float64 passes over N values for the bounds, one top-K' of the lower bounds and
 one comparison; the local GCN touches |B_2| ≲ (2K+2)^2 rows of ≲ 2K+2 edges, i.e. ≲ 2·(2K+2)^3·h
 ≈ 2·10^7 flops at K = 12, h = 256: negligible. The dense reference costs 2·N²·D for S plus
-2·L·N²·h for the GCN (1.5·10^12 + 0.7·10^12 at N = 21,700) and N² memory.
+2·L·N²·h for the GCN (1.5·10^12 + 0.7·10^12 at N = 21,700) and N² memory. Measured (``bench infer``,
+N = 10^6, D = 1,536, K = 12, one thread, shared 2-core machine): 151 ms per query, 141 of it the screen
+(oneDNN's s8 GEMM, ≈ 11 GB/s; ≈ 80 ms on two quiet threads), 185 ms beside one busy process.
 
 **Influence: the query with one buffer row removed** (:meth:`ExactEngine.explain`). "Case r absent
 from the buffer" means the graph over [buffer \ {r}; query] built from scratch by the same rule (the
@@ -91,7 +88,8 @@ Memory: E_b (4·N·D bytes; int8 screen: N·D bytes of codes + 24·N of per-row 
 kept when ``buffer_knn`` is given) + P_1 (4·N·h) + CSR (≤ 2·N·(K+1) edges × 12 bytes); the buffer
 features themselves are read in row chunks (pass a :class:`RowSource` to avoid holding them at all).
 Given lists, the CSR is built first, so its sort (≈ 40 bytes per list entry, transient) never adds to
-the codes and P_1.
+the codes and P_1. Measured at N = 10^6 (D = 1,536, h = 256, lists given, one thread): 31 s, peak RSS
+3.3 GB.
 """
 
 from __future__ import annotations
@@ -104,6 +102,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msrl_model.infer.dense_reference import DenseReference  # noqa: F401 - the reference, importable from here too
+from msrl_model.infer.graph_patch import GraphPatch, Removal
 from msrl_model.infer.query import Explanation, QueryResult, apply_head, sorted_links
 from msrl_model.infer.screen import SCREENS, ScreenRows
 from msrl_model.nn.graph import GCN, GSL, canonical_dots, select_neighbours, tie_tolerance
@@ -119,40 +118,6 @@ class RowSource(Protocol):
     def rows(self, start: int, stop: int) -> Tensor:
         """Rows start..stop-1 as a (stop - start, D) tensor."""
         ...
-
-
-class _Patch:
-    """The per-query changes of the buffer graph, and the degrees they change.
-
-    Directed entries R[j, c] are dropped (``drop_rows`` j, ``drop_cols`` c) or added (``add_rows``,
-    ``add_cols``, halves ``add_half`` = ReLU(R[j, c]) / 2); the symmetrised S' gets the half of each on
-    (j, c) and on (c, j)."""
-
-    def __init__(self, n: int, hop1: Tensor, w_q: Tensor, drop_rows: Tensor, drop_cols: Tensor, add_rows: Tensor,
-                 add_cols: Tensor, add_half: Tensor, self_w: Tensor) -> None:
-        self.hop1 = hop1  # (M,) sorted buffer rows with a nonzero edge to the query
-        self.w_q = w_q  # (M,) unnormalised S'[q, hop1]
-        self.drop_fwd = drop_rows * n + drop_cols  # keys (j, c): j no longer keeps c
-        self.drop_bwd = drop_cols * n + drop_rows  # keys (c, j): the mirrored half
-        self.add_src = torch.cat([add_rows, add_cols])  # added halves as (owner, neighbour, weight)
-        self.add_nbr = torch.cat([add_cols, add_rows])
-        self.add_w = torch.cat([add_half, add_half])
-        self.self_w = self_w  # () unnormalised self loop S'[q, q]
-        self.d_q = self_w + w_q.sum()  # () degree of the query
-        self.delta = torch.unique(torch.cat([hop1, drop_rows, drop_cols, add_rows, add_cols]))  # rows whose row changed
-        self.d_delta = torch.zeros(0)  # their new degrees, filled in by ExactEngine._patch
-
-
-class _Removal:
-    """The buffer graph without row ``r`` (module docstring): its dropped entries, the rows that kept r
-    with their next neighbours, and the thresholds and K-th neighbours the query is tested against."""
-
-    def __init__(self, r: int, holders: Tensor, drop_rows: Tensor, drop_cols: Tensor, thr: Tensor,
-                 last: Tensor) -> None:
-        self.r = r
-        self.holders = holders  # (H,) sorted rows j != r whose list holds r
-        self.drop_rows, self.drop_cols = drop_rows, drop_cols  # R[j, r] for the holders, R[r, c] for r's list
-        self.thr, self.last = thr, last  # (N,) t'_j and m'_j of the graph without r (used when K < N - 1)
 
 
 class ExactEngine:
@@ -318,7 +283,7 @@ class ExactEngine:
             without.append(self._one(low_r, high_r, e_q, p1_q, self._removal(r)))
         return Explanation(full, self._alone(e_q, p1_q), rows, without)
 
-    def _removal(self, r: int) -> _Removal:
+    def _removal(self, r: int) -> Removal:
         """The buffer graph without row ``r`` (module docstring), relative to the stored one."""
         near = self.col[self.rowptr[r]:self.rowptr[r + 1]].long()  # every row sharing an entry with r
         near = near[near != r]
@@ -330,7 +295,7 @@ class ExactEngine:
         if 0 < self.k < self.n - 1:  # full lists: the holders' new K-th neighbours are their next ones
             thr, last = thr.clone(), last.clone()
             thr[holders], last[holders] = self.next_sim[holders], self.next_idx[holders]
-        return _Removal(r, holders, drop_rows, drop_cols, thr, last)
+        return Removal(r, holders, drop_rows, drop_cols, thr, last)
 
     def _alone(self, e_q: Tensor, p1_q: Tensor) -> QueryResult:
         """The query on the one-node graph [query]: A = 1 when e_q·e_q > 0 (else 0), z = the GCN on it."""
@@ -381,7 +346,7 @@ class ExactEngine:
         return cand[enter]
 
     def _one(self, low: Tensor, high: Tensor, e_q: Tensor, p1_q: Tensor,
-             removal: _Removal | None = None) -> QueryResult:
+             removal: Removal | None = None) -> QueryResult:
         r"""The query with exact similarities within the bounds ``low`` ≤ ŝ ≤ ``high`` (N,) float64 (both -inf at a
         removed row), embedding ``e_q`` and ``p1_q`` = x_q W_1, on the buffer graph without ``removal``'s row
         when given.
@@ -437,7 +402,7 @@ class ExactEngine:
                                        self.tol)[0, 1:]]
 
     def _patch(self, cand: Tensor, s_c: Tensor, top: Tensor, enter: Tensor, self_w: Tensor,
-               removal: _Removal | None) -> _Patch:
+               removal: Removal | None) -> GraphPatch:
         """The query's edges S'[q, ·] from the exact similarities ``s_c`` of the sorted decisive rows ``cand``,
         at ``top`` and ``enter`` (the rows that take it in, dropping their K-th entry when full), the removal's
         dropped and added entries, and the new degrees of every buffer row whose row changed."""
@@ -461,12 +426,12 @@ class ExactEngine:
         half = F.relu(s_c[torch.searchsorted(cand, linked)]) / 2
         w = half * torch.isin(linked, top) + half * torch.isin(linked, enter)  # S'[q, linked]
         nz = w != 0
-        patch = _Patch(n, linked[nz], w[nz], drop_rows, drop_cols, add_rows, add_cols, add_half, self_w)
+        patch = GraphPatch(n, linked[nz], w[nz], drop_rows, drop_cols, add_rows, add_cols, add_half, self_w)
         owner, _, w_delta = self._rows(patch.delta, patch)
         patch.d_delta = torch.zeros(patch.delta.shape[0], dtype=self.dtype, device=dev).index_add_(0, owner, w_delta)
         return patch
 
-    def _local_gcn(self, patch: _Patch, p1_q: Tensor) -> Tensor:
+    def _local_gcn(self, patch: GraphPatch, p1_q: Tensor) -> Tensor:
         """z = H_L[q]: the GCN over the balls B_0 = {q} ⊂ B_1 ⊂ ... ⊂ B_L of the new graph only."""
         n, dev = self.n, self.device
         n_layers = len(self.params)
@@ -495,7 +460,7 @@ class ExactEngine:
             h_in_nodes = targets
         return h[0]
 
-    def _rows(self, nodes: Tensor, patch: _Patch) -> tuple[Tensor, Tensor, Tensor]:
+    def _rows(self, nodes: Tensor, patch: GraphPatch) -> tuple[Tensor, Tensor, Tensor]:
         """Patched rows of sorted buffer ``nodes``: (owner position in nodes, neighbour, S' weight)."""
         starts = self.rowptr[nodes]
         counts = self.rowptr[nodes + 1] - starts
@@ -521,7 +486,7 @@ class ExactEngine:
         keep = w != 0
         return owner[keep], nbr[keep], w[keep]
 
-    def _rows_with_query(self, nodes: Tensor, patch: _Patch) -> tuple[Tensor, Tensor, Tensor]:
+    def _rows_with_query(self, nodes: Tensor, patch: GraphPatch) -> tuple[Tensor, Tensor, Tensor]:
         """Patched rows of sorted global ``nodes`` (the query, index N, last): (node, neighbour, S' weight)."""
         buf = nodes[nodes < self.n]
         owner, nbr, w = self._rows(buf, patch)
@@ -534,7 +499,7 @@ class ExactEngine:
             nbr, w = torch.cat([nbr, q_nbr[keep]]), torch.cat([w, q_w[keep]])
         return src, nbr, w
 
-    def _degrees(self, nodes: Tensor, patch: _Patch) -> Tensor:
+    def _degrees(self, nodes: Tensor, patch: GraphPatch) -> Tensor:
         """Degrees in the new graph of global ``nodes``: buffer degrees, patched ones for Δ and q."""
         deg = self.deg[nodes.clamp(max=self.n - 1)].clone()
         delta = patch.delta
