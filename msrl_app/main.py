@@ -112,7 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args)
 
 
+def _warm_model_imports() -> None:
+    """Import torch and the inference stack on a background thread while the window is built: the model's
+    warm-up job then finds them loaded (~1-2 s of the time to a ready model). A failure is left to the job,
+    which reports it."""
+    def load() -> None:
+        try:
+            import msrl_model.infer.predictor  # noqa: F401 - imports torch
+        except Exception:  # noqa: BLE001 - the warm-up job imports it again and reports what fails
+            log.debug("background import of the inference stack failed", exc_info=True)
+
+    threading.Thread(target=load, name="msrl-warm-imports", daemon=True).start()
+
+
 def _run(args: argparse.Namespace) -> int:
+    _warm_model_imports()
     from msrl_app.applog import setup_logging
     from msrl_app.window import APP, ORG, MainWindow, apply_theme
 
@@ -134,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.device:
         window.set_device(args.device, remember=False)
     window.show()
+    log.info("window shown")
     status = {"code": 0}
 
     def start() -> None:
