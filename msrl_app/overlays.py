@@ -143,6 +143,7 @@ class OverlayLayers:
         self.opacity = {"tissue": 0.6, "patches": 0.9, "heatmap": 0.55}
         self.heat_label = ""
         self.colormap = DEFAULT_COLORMAP
+        self.smooth_heatmap = False  # bilinear between patch centres instead of one flat square per patch
         self.clear()
 
     def clear(self) -> None:
@@ -195,6 +196,12 @@ class OverlayLayers:
             self.heat = heatmap_raster(coords, size, values, self.heat_normalization, name)
         return changed
 
+    def set_smooth_heatmap(self, smooth: bool) -> bool:
+        """Draw the heat-map interpolated between patch centres (a smoothed map) or as squares; True when
+        this changed it. Hover values stay per patch either way."""
+        changed, self.smooth_heatmap = self.smooth_heatmap != bool(smooth), bool(smooth)
+        return changed
+
     def value_at(self, x: float, y: float) -> PatchValue | None:
         """The heat-map patch containing the level-0 point (x, y), its value and rank; None outside."""
         if self._heat_args is None:
@@ -232,10 +239,11 @@ class OverlayLayers:
             painter.setOpacity(self.opacity["tissue"])
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             painter.drawImage(self.tissue_rect, self.tissue_image)
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
         if self.visible["heatmap"] and self.heat is not None:
             painter.setOpacity(self.opacity["heatmap"])
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.smooth_heatmap)
             painter.drawImage(self.heat.rect, self.heat.image)
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
         if self.visible["patches"] and self.patch_raster is not None:
             painter.setOpacity(self.opacity["patches"])
             self._paint_patches(painter, scale, view)

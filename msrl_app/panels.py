@@ -188,6 +188,10 @@ class OverlayPanel(QWidget):
                                        "Turbo is a rainbow)")
         self.colormap_combo.currentIndexChanged.connect(
             lambda _: self.viewer.set_heatmap_colormap(self.colormap_combo.currentData()))
+        self.smooth_check = QCheckBox("Smooth heat-map")
+        self.smooth_check.setToolTip("Interpolate the heat-map between patch centres instead of one square per "
+                                     "patch (hovering still names the patch and its value)")
+        self.smooth_check.toggled.connect(viewer.set_heatmap_smooth)
         self.tissue_label = QLabel()
         self.tissue_label.setStyleSheet("color: #9aa0a8;")
         layout = QVBoxLayout(self)
@@ -195,6 +199,7 @@ class OverlayPanel(QWidget):
         layout.addWidget(self.tissue_label)
         layout.addWidget(self.legend)
         layout.addWidget(self.colormap_combo)
+        layout.addWidget(self.smooth_check)
         layout.addStretch(1)
         viewer.overlaysChanged.connect(self.refresh)
         self.refresh()
@@ -220,4 +225,8 @@ class OverlayPanel(QWidget):
             self.colormap_combo.blockSignals(True)
             self.colormap_combo.setCurrentIndex(max(0, self.colormap_combo.findData(legend.colormap)))
             self.colormap_combo.blockSignals(False)
+            self.smooth_check.blockSignals(True)
+            self.smooth_check.setChecked(self.viewer.heatmap_smooth())
+            self.smooth_check.blockSignals(False)
         self.colormap_combo.setVisible(legend is not None)
+        self.smooth_check.setVisible(legend is not None)

@@ -403,6 +403,14 @@ class SlideViewer(NavigationMixin, QWidget):
         if self._layers.set_colormap(name):
             self._overlays_changed()
 
+    def heatmap_smooth(self) -> bool:
+        return self._layers.smooth_heatmap
+
+    def set_heatmap_smooth(self, smooth: bool) -> None:
+        """Draw the heat-map smoothed (interpolated between patch centres) or as one square per patch."""
+        if self._layers.set_smooth_heatmap(smooth):
+            self._overlays_changed()
+
     def overlay_available(self, name: str) -> bool:
         return self._layers.available(name)
 

@@ -314,6 +314,30 @@ def test_heatmap_and_patches_are_drawn_and_toggle(qtbot, viewer):
         viewer.set_heatmap(coords, 256, values[:3])
 
 
+def test_smoothed_heatmap_blends_between_patch_centres(qtbot, viewer):
+    """Smooth heat-map: across the border of two patches the colour changes gradually (bilinear between their
+    centres) instead of in one step; hovering still names one patch."""
+    qtbot.waitUntil(lambda: _settled(viewer), timeout=10000)
+    viewer.set_overlay_opacity("heatmap", 1.0)
+    coords = np.array([[0, 0], [1024, 0]])  # two patches side by side, lowest and highest rank
+    viewer.set_heatmap(coords, 1024, np.array([0.0, 1.0]), label="Attention")
+    left, right = (viewer.map_from_level0(QPointF(x, 512)) for x in (512, 1536))
+
+    def row() -> list[tuple[int, int, int]]:
+        y = int(left.y())
+        return [_pixel(viewer, x, y) for x in range(int(left.x()) + 1, int(right.x()))]
+
+    flat = row()
+    assert not viewer.heatmap_smooth() and len(set(flat)) <= 3  # two colours (and an anti-aliased seam)
+    viewer.set_heatmap_smooth(True)
+    smooth = row()
+    assert viewer.heatmap_smooth() and len(set(smooth)) > 10  # a gradient between the two patch colours
+    assert smooth[0] == pytest.approx(flat[0], abs=12) and smooth[-1] == pytest.approx(flat[-1], abs=12)
+    assert viewer.heatmap_value_at(1023, 512).index == 0  # hover still reads one patch
+    viewer.set_heatmap_smooth(False)
+    assert row() == flat
+
+
 def test_overview_click_moves_the_view(qtbot, viewer):
     overview = OverviewWidget(viewer)
     qtbot.addWidget(overview)
