@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtCore import QAbstractTableModel, QEvent, QModelIndex, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QColor, QImage, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
                                QScrollArea, QSplitter, QTableView, QVBoxLayout, QWidget)
@@ -29,9 +29,11 @@ TABLE_ROWS = 12  # rows the linked-cases table shows before the case detail belo
 DETAIL_MIN_PX = 110  # a case detail pane lower than this starts collapsed (drag the splitter handle up)
 WIDE_PX = 900  # a tab at least this wide (the results in their own window) puts the detail beside the table
 DETAIL_MIN_WIDTH_PX = 380  # the detail's least width beside the table
-FIXED_COLUMNS = [  # (key, header) of the linked-cases table; label columns follow ("influence": per task)
-    ("case_id", "Case"), ("weight", "Edge weight"), ("influence", "Influence"), ("project", "Project"),
-    ("survival_months", "Survival (mo)"), ("status", "Status"), ("stage", "Stage"),
+FIXED_COLUMNS = [  # (key, header) of the linked-cases table; label columns follow ("influence": per task).
+    # In this order a narrow (docked) table keeps what matters first: the case, its edge weight and influence,
+    # its outcome (survival, event or censored), then stage and project.
+    ("case_id", "Case"), ("weight", "Weight"), ("influence", "Influence"), ("survival_months", "Months"),
+    ("status", "Status"), ("stage", "Stage"), ("project", "Project"),
 ]
 RISK_UP, RISK_DOWN = "#ff8787", "#69db7c"  # an influence that raises / lowers the risk
 
@@ -54,8 +56,7 @@ class LinkedCasesModel(QAbstractTableModel):
         self.beginResetModel()
         self.task = task
         self.cases = list(task.linked_cases) if task is not None else []
-        fixed = [(k, influence_title(task) if k == "influence" and task is not None else h) for k, h in FIXED_COLUMNS]
-        self.columns = fixed + [(k, k) for k in label_columns(self.cases)]
+        self.columns = list(FIXED_COLUMNS) + [(k, k) for k in label_columns(self.cases)]
         self.endResetModel()
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
@@ -71,8 +72,9 @@ class LinkedCasesModel(QAbstractTableModel):
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
             key = self.columns[section][0]
             if key == "influence" and self.task is not None:
-                return influence_tip(self.task)
+                return f"{influence_title(self.task)}. {influence_tip(self.task)}"
             return {"weight": "Normalised graph edge weight between this slide and the training case",
+                    "survival_months": "Survival or follow-up time of the training case, in months",
                     "status": "event = death observed; censored = alive at last follow-up"}.get(key)
         return None
 
@@ -169,6 +171,9 @@ class LinkedCasesSection(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 4)  # compact rows
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
+        # never sideways: the columns that do not fit are hidden (show_columns_that_fit), not scrolled to
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.installEventFilter(self)  # its resizes re-fit the columns
         self.table.selectionModel().currentRowChanged.connect(self._on_row)
         self.summary_label = _muted()
         self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -238,12 +243,44 @@ class LinkedCasesSection(QWidget):
         return (t.horizontalHeader().sizeHint().height() + rows * t.verticalHeader().defaultSectionSize()
                 + 2 * t.frameWidth() + t.horizontalScrollBar().sizeHint().height())
 
+    def column_width(self, column: int) -> int:
+        """The width column ``column`` needs to show its header and its cells whole."""
+        return max(self.table.sizeHintForColumn(column), self.table.horizontalHeader().sectionSizeHint(column))
+
     def table_width(self) -> int:
         """The table's width showing every column whole: the columns, frame and a vertical scroll bar."""
         t = self.table
-        columns = sum(max(t.sizeHintForColumn(c), t.horizontalHeader().sectionSizeHint(c))
-                      for c in range(self.proxy.columnCount()))
+        hidden = [c for c in range(self.proxy.columnCount()) if t.isColumnHidden(c)]
+        for c in hidden:  # a hidden column's header has no size hint
+            t.setColumnHidden(c, False)
+        columns = sum(self.column_width(c) for c in range(self.proxy.columnCount()))
+        for c in hidden:
+            t.setColumnHidden(c, True)
         return columns + 2 * t.frameWidth() + t.verticalScrollBar().sizeHint().width()
+
+    def show_columns_that_fit(self) -> None:
+        """Show the columns, in their order (case, weight, influence, project, …), as long as they fit the
+        table whole; hide the rest rather than scroll sideways. They come back in a wider table (Pop out); the
+        selected case's detail lists every field, and the header's tooltip names the hidden columns."""
+        t = self.table
+        room = t.width() - 2 * t.frameWidth() - t.verticalScrollBar().sizeHint().width()
+        used, hidden = 0, []
+        for column in range(self.proxy.columnCount()):  # a hidden column's header has no size hint
+            t.setColumnHidden(column, False)
+        for column in range(self.proxy.columnCount()):
+            used += self.column_width(column)
+            fits = column == 0 or (not hidden and used <= room)
+            t.setColumnHidden(column, not fits)
+            if not fits:
+                hidden.append(str(self.proxy.headerData(column, Qt.Orientation.Horizontal)))
+        t.horizontalHeader().setToolTip(
+            f"Not shown at this width: {', '.join(hidden)} — Pop out (top right) for every column, or select a "
+            "case: its detail lists every field" if hidden else "")
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt override
+        if watched is self.table and event.type() == QEvent.Type.Resize:
+            self.show_columns_that_fit()
+        return super().eventFilter(watched, event)
 
     def fit_table(self) -> None:
         """A wide tab (``WIDE_PX``) puts the detail beside the table, which gets the width of its columns;
@@ -292,6 +329,7 @@ class LinkedCasesSection(QWidget):
     def _on_task(self) -> None:
         task = self.current_task()
         self.model.set_task(task)
+        self.show_columns_that_fit()
         self.proxy.sort(1, Qt.SortOrder.DescendingOrder)
         self.table.horizontalHeader().setSortIndicator(1, Qt.SortOrder.DescendingOrder)
         if task is not None:

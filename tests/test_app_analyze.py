@@ -112,9 +112,11 @@ def test_analyze_fills_every_panel(qtbot, window, tiny_bundle, slide):
     task = linked.current_task()
     assert linked.proxy.rowCount() == len(task.linked_cases) > 0
     assert task.linked_cases[0].case["case_id"] in linked.detail_title.text()
-    # the influence column (sortable, named after the task) and the case's prediction without it
+    # the influence column (sortable, its tooltip names what it moves) and the case's prediction without it
     headers = [linked.model.headerData(c, Qt.Orientation.Horizontal) for c in range(linked.model.columnCount())]
-    col = headers.index("Influence on risk")
+    col = headers.index("Influence")
+    assert linked.model.headerData(col, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole).startswith(
+        "Influence on risk.")
     shown = [linked.proxy.index(r, col).data() for r in range(linked.proxy.rowCount())]
     assert shown == [f"{c.influence_risk:+.3f}" for c in task.linked_cases]  # by weight, as linked
     first = task.linked_cases[0]
@@ -126,7 +128,8 @@ def test_analyze_fills_every_panel(qtbot, window, tiny_bundle, slide):
     linked.task_combo.setCurrentIndex(1)  # the classification task: influence on P(predicted)
     egfr = result.tasks["EGFR_mut"]
     c = egfr.classification
-    assert linked.model.headerData(2, Qt.Orientation.Horizontal) == f"Influence on P({c.predicted})"
+    tip = linked.model.headerData(2, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+    assert tip.startswith(f"Influence on P({c.predicted}).")
     i = c.classes.index(c.predicted)
     assert linked.proxy.index(0, 2).data() == f"{100 * egfr.linked_cases[0].influence_probabilities[i]:+.1f} pp"
     assert "without" in linked.influence_label.text() and "pp" in linked.influence_label.text()
@@ -261,21 +264,21 @@ def test_linked_cases_sort_numerically(qtbot):
     proxy = CaseSortProxy()
     proxy.setSourceModel(model)
     headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
-    assert headers[:7] == ["Case", "Edge weight", "Influence on risk", "Project", "Survival (mo)", "Status", "Stage"]
+    assert headers[:7] == ["Case", "Weight", "Influence", "Months", "Status", "Stage", "Project"]
     assert "TP53_mut" in headers
     tip = model.headerData(2, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
-    assert "minus the risk with this case removed" in tip and "exactly" in tip
+    assert tip.startswith("Influence on risk.") and "minus the risk with this case removed" in tip and "exactly" in tip
 
     def column(name):
         c = headers.index(name)
         return [proxy.index(r, c).data() for r in range(proxy.rowCount())]
 
-    proxy.sort(headers.index("Edge weight"), Qt.SortOrder.DescendingOrder)
+    proxy.sort(headers.index("Weight"), Qt.SortOrder.DescendingOrder)
     assert column("Case") == ["C3", "C0", "C2", "C1"]
-    proxy.sort(headers.index("Influence on risk"), Qt.SortOrder.DescendingOrder)  # signed, numeric
-    assert column("Influence on risk") == ["+0.020", "+0.003", "-0.000", "-0.100"]
-    proxy.sort(headers.index("Survival (mo)"), Qt.SortOrder.AscendingOrder)
-    assert column("Survival (mo)") == ["9.0", "10.0", "100.0", "—"]  # numeric, not text; missing last
+    proxy.sort(headers.index("Influence"), Qt.SortOrder.DescendingOrder)  # signed, numeric
+    assert column("Influence") == ["+0.020", "+0.003", "-0.000", "-0.100"]
+    proxy.sort(headers.index("Months"), Qt.SortOrder.AscendingOrder)
+    assert column("Months") == ["9.0", "10.0", "100.0", "—"]  # numeric, not text; missing last
     assert column("Case") == ["C0", "C2", "C1", "C3"]
     assert column("Status") == ["event", "event", "censored", "censored"]  # censorship 0 = event
     proxy.setFilterFixedString("C2")

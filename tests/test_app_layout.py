@@ -113,8 +113,7 @@ def test_no_results_tab_scrolls_sideways_or_cuts_a_label(analysed, tab):
     show_tab(analysed, tab)
     areas = [a for a in analysed.results.findChildren(QAbstractScrollArea) if a.isVisible()]
     assert areas
-    sideways = [type(a).__name__ for a in areas if a.horizontalScrollBar().isVisible()
-                and a is not analysed.results.linked.table]  # the table's many label columns may scroll
+    sideways = [type(a).__name__ for a in areas if a.horizontalScrollBar().isVisible()]
     assert sideways == []
     assert cut_labels(analysed.results) == []
 
@@ -123,6 +122,23 @@ def test_side_panels_cut_no_label(analysed):
     assert cut_labels(analysed.overlays) == []
     legend = analysed.overlays.legend
     assert legend.isVisible() and legend.height() >= legend.heightForWidth(legend.width())
+
+
+def test_linked_cases_table_shows_whole_columns_and_names_the_others(analysed):
+    """Docked, the table shows the columns that fit whole, in order, never a sideways scroll; its header's
+    tooltip names the ones left out. A wide table shows them all again."""
+    show_tab(analysed, 2)
+    linked = analysed.results.linked
+    table, header = linked.table, linked.table.horizontalHeader()
+    shown = [c for c in range(table.model().columnCount()) if not table.isColumnHidden(c)]
+    assert shown == list(range(len(shown))) and len(shown) >= 5  # case, weight, influence, survival, status
+    assert sum(header.sectionSize(c) for c in shown) <= table.viewport().width() + 1
+    for c in shown[:-1]:  # the last one stretches
+        assert header.sectionSize(c) >= linked.column_width(c)
+    if len(shown) < table.model().columnCount():
+        assert "Not shown at this width" in header.toolTip()
+    linked.table.resize(linked.table_width() + 10, linked.table.height())
+    assert not any(table.isColumnHidden(c) for c in range(table.model().columnCount()))
 
 
 def test_linked_cases_table_shows_its_rows(analysed):

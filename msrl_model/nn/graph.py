@@ -339,7 +339,7 @@ class GCNLayer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Glorot-uniform weight (:math:`U(\pm\sqrt{6 / (in + out)})`), zero bias."""
+        r"""Glorot-uniform weight (:math:`U(\pm\sqrt{6 / (in + out)})`), zero bias."""
         nn.init.xavier_uniform_(self.lin.weight)
         nn.init.zeros_(self.bias)
 
