@@ -207,7 +207,7 @@ def test_cancel_on_first_event_leaves_the_app_usable(qtbot, window, tiny_bundle,
 
 def test_cancel_during_encoding_keeps_the_patches_and_analyze_continues_from_them(qtbot, window, tiny_bundle,
                                                                                    slide, dialogs, monkeypatch):
-    """Cancel when the encoding starts: the job stops at its next yield, after one batch; the next
+    """Cancel after the first encoded batch: the job stops at its next yield; the next
     Analyze starts its encoding bar where the first stopped (the kept patches are not encoded again),
     and the message says so, once."""
     gate = threading.Event()
@@ -223,8 +223,9 @@ def test_cancel_during_encoding_keeps_the_patches_and_analyze_continues_from_the
                 except StopIteration as stop:
                     return stop.value
                 yield event
-                if event.stage == "read+encode" and not gate.is_set():
+                if event.stage == "read+encode" and event.done > 0 and not gate.is_set():
                     assert gate.wait(30)
+                    yield event  # the worker meets the cancel request here, before the real job's next batch
         finally:
             job.close()  # a cancel closes this job: the real one stops (and keeps its patches) too
 
@@ -234,7 +235,7 @@ def test_cancel_during_encoding_keeps_the_patches_and_analyze_continues_from_the
 
     def cancel_after_first_batch(event):
         first.append(event)
-        if event.stage == "read+encode" and not gate.is_set():
+        if event.stage == "read+encode" and event.done > 0 and not gate.is_set():  # the first batch is in
             window.cancel_analysis()
             gate.set()
 
