@@ -223,6 +223,9 @@ class WorklistPanel(QWidget):
             self.stage_label.setText("Loading the model…")
 
     def _on_progress(self, tick: Progress) -> None:
+        if tick.stage == "notice":  # e.g. how long a foundation model will take on the CPU: the status line
+            self.model.state.message(tick.message, 120000)
+            return
         if tick.stage != "slides" or not tick.total:
             return
         self.bar.setRange(0, tick.total)

@@ -110,3 +110,22 @@ def test_given_batch_size_is_used_and_recorded(cmu_slide, tmp_path):
                             batch_size=given, stats=stats), show=False, on_event=events.append)
         done = [e.done for e in events if e.stage == Stage.READ_ENCODE]
         assert stats.batch_size == expected and np.diff(done)[:-1].tolist() == [expected] * (len(done) - 2)
+
+
+def test_batch_runs_pass_the_notice_through(cmu_slide, tmp_path, monkeypatch):
+    """``msrl extract`` over many slides and ``msrl analyze`` (infer/batch.analyze_slide) wrap each slide's
+    events in their 'slides' stage; a notice stays a notice, so its 'note:' line is printed."""
+    import shutil
+
+    from msrl_model.features.pipeline import extract_many
+
+    monkeypatch.setattr(batching, "CPU_NOTE_SECONDS", 0.0)
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copy(cmu_slide, folder / "a.svs")
+    events: list[Progress] = []
+    stream = io.StringIO()
+    drive(extract_many([folder], tmp_path / "out", _foundation_like("pytorch_model.bin"), "cpu", workers=1,
+                       batch_size=8), stream=stream, on_event=events.append)
+    assert [e.stage for e in events if e.stage == Stage.NOTICE] == [Stage.NOTICE]
+    assert "note: a: fm-test runs" in stream.getvalue()

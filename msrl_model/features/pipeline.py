@@ -463,9 +463,9 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
                                     max_patches=max_patches)
                 try:
                     while True:
-                        ev = next(job)
-                        yield Progress(Stage.SLIDES, k, len(slides),
-                                       f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
+                        ev = next(job)  # a notice passes through as it is
+                        yield ev if ev.stage == Stage.NOTICE else Progress(
+                            Stage.SLIDES, k, len(slides), f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
                 except StopIteration as stop:
                     output = stop.value
                 finally:

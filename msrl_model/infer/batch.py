@@ -121,8 +121,9 @@ def analyze_slide(predictor: Any, path: Path, out_dir: Path, cache_dir: Path, pr
                                           max_patches=max_patches, regions=regions)
             try:
                 while True:
-                    ev = next(job)
-                    yield Progress(Stage.SLIDES, k, n, f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
+                    ev = next(job)  # a notice (e.g. the CPU time of a foundation model) passes through as it is
+                    yield ev if ev.stage == Stage.NOTICE else Progress(
+                        Stage.SLIDES, k, n, f"{path.name}: {ev.stage} {ev.done}/{ev.total or '?'}")
             except StopIteration as stop:
                 result = stop.value
             finally:
