@@ -15,8 +15,10 @@ from msrl_model.errors import BundleError
 from msrl_model.progress import Progress, Stage
 
 
-def test_state_module_never_imports_qt():
-    code = ("import msrl_app.state, sys\n"
+@pytest.mark.parametrize("module", ["msrl_app.state", "msrl_app.worklist_model"])
+def test_app_models_never_import_qt_or_torch(module):
+    """The app's Qt-free models (the window's state, the worklist's) import neither Qt nor torch."""
+    code = (f"import {module}, sys\n"
             "qt = sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'superqt', 'qtpy', 'torch'))\n"
             "assert not qt, qt\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -48,6 +48,17 @@ def assert_close(a: QueryResult, b: QueryResult, atol: float = 1e-6) -> None:
                           atol=atol)
 
 
+def assert_screens_agree(gsl, gcn, buffer: torch.Tensor, k: int, queries: torch.Tensor,
+                         int8: ExactEngine | None = None, fp32: ExactEngine | None = None, **engine: object) -> None:
+    """The int8-screened engine's results are the fp32 engine's, bit for bit, and the dense reference's (atol)."""
+    int8 = ExactEngine(gsl, gcn, buffer, k, screen="int8", **engine) if int8 is None else int8
+    fp32 = ExactEngine(gsl, gcn, buffer, k, **engine) if fp32 is None else fp32
+    dense = DenseReference(gsl, gcn, buffer, k)
+    for a, b, c in zip(int8.predict(queries), fp32.predict(queries), dense.predict(queries)):
+        assert_identical(a, b)
+        assert_close(a, c)
+
+
 def adversarial_buffer(n: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(buffer, queries): random rows, exact duplicates, near-duplicates a fraction of a quantisation
     step (and one ulp) apart, and queries equal to / a hair away from buffer rows."""
@@ -71,12 +82,7 @@ def test_int8_screen_is_the_fp32_engine_and_the_dense_reference(dtype: torch.dty
                                                                  seed: int) -> None:
     buffer, queries = adversarial_buffer(n, dtype, seed)
     gsl, gcn = models(k, dtype, seed)
-    fp32 = ExactEngine(gsl, gcn, buffer, k, block_size=7).predict(queries)
-    int8 = ExactEngine(gsl, gcn, buffer, k, block_size=7, screen="int8").predict(queries)
-    dense = DenseReference(gsl, gcn, buffer, k).predict(queries)
-    for a, b, c in zip(int8, fp32, dense):
-        assert_identical(a, b)
-        assert_close(a, c)
+    assert_screens_agree(gsl, gcn, buffer, k, queries, block_size=7)
 
 
 def test_rows_sharing_codes_are_told_apart_by_the_exact_rerank() -> None:
@@ -92,10 +98,7 @@ def test_rows_sharing_codes_are_told_apart_by_the_exact_rerank() -> None:
     int8 = ExactEngine(gsl, gcn, buffer, k, screen="int8")
     fp32 = ExactEngine(gsl, gcn, buffer, k)
     assert int8.screen_rows.codes[:60].unique(dim=0).shape[0] < 60  # some twins share their codes
-    q = v[None]
-    for a, b, c in zip(int8.predict(q), fp32.predict(q), DenseReference(gsl, gcn, buffer, k).predict(q)):
-        assert_identical(a, b)
-        assert_close(a, c)
+    assert_screens_agree(gsl, gcn, buffer, k, v[None], int8, fp32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -172,11 +175,7 @@ def test_zero_rows_and_zero_query(k: int) -> None:
     buffer[[4, 9, 30]] = 0  # zero embeddings: similarity exactly 0 to everything, a zero int8 scale
     queries = torch.cat([queries, torch.zeros(1, DIM)])
     gsl, gcn = models(k, torch.float32)
-    int8 = ExactEngine(gsl, gcn, buffer, k, screen="int8").predict(queries)
-    fp32 = ExactEngine(gsl, gcn, buffer, k).predict(queries)
-    for a, b, c in zip(int8, fp32, DenseReference(gsl, gcn, buffer, k).predict(queries)):
-        assert_identical(a, b)
-        assert_close(a, c)
+    assert_screens_agree(gsl, gcn, buffer, k, queries)
 
 
 def test_near_ties_at_the_screen_margin_are_reranked() -> None:
@@ -199,7 +198,4 @@ def test_near_ties_at_the_screen_margin_are_reranked() -> None:
         low, high = int8.screen_rows.bounds(e_q, None)
         kth = torch.sort((gsl(buffer) * e_q).sum(1), descending=True).values[k - 1]
     assert int(((low <= kth) & (kth <= high)).sum()) > 2 * k  # the screen alone cannot tell the top-K
-    dense = DenseReference(gsl, gcn, buffer, k).predict(queries)
-    for a, b, c in zip(int8.predict(queries), fp32.predict(queries), dense):
-        assert_identical(a, b)
-        assert_close(a, c)
+    assert_screens_agree(gsl, gcn, buffer, k, queries, int8, fp32)
