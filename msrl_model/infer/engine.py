@@ -44,27 +44,9 @@ one comparison; the local GCN touches |B_2| ≲ (2K+2)^2 rows of ≲ 2K+2 edges,
 N = 10^6, D = 1,536, K = 12, one thread, shared 2-core machine): 151 ms per query, 141 of it the screen
 (oneDNN's s8 GEMM, ≈ 11 GB/s; ≈ 80 ms on two quiet threads), 185 ms beside one busy process.
 
-**Influence: the query with one buffer row removed** (:meth:`ExactEngine.explain`). "Case r absent
-from the buffer" means the graph over [buffer \ {r}; query] built from scratch by the same rule (the
-buffer has N - 1 rows; relative order, hence every tie-break, is unchanged, so rows keep their
-numbering and r is simply absent). Relative to the stored buffer graph:
-
-* r's own list goes: the entries R[r, c] for c in r's list (its self loop included) are dropped;
-* a row j that kept r (r in its list; found among r's CSR neighbours) loses R[j, r]; when its list was
-  full (K < N - 1) it takes in its next neighbour n_j, the first row after its K-th in the selection
-  order (stored at precompute: one more column of the same top-K pass), so R[j, n_j] = s(j, n_j) is
-  added and its new K-th neighbour and threshold are (n_j, s(j, n_j)); otherwise (K >= N - 1) it keeps
-  everyone left and nothing is added;
-* the query then joins that graph by the rules above with N - 1 rows and r excluded (s_r = -inf): its
-  top-K' among the rows left (K' = min(K, N - 1)); a full row j (K < N - 1) takes it iff s_j > t'_j
-  and drops its new K-th m'_j — for a row that kept r that is n_j, i.e. the added entry is not added;
-  when K >= N - 1 every row left takes the query in without dropping anything;
-* changed degrees: Δ plus r's list and the rows that kept r and their n_j.
-
-The local GCN is the same computation over the patched rows (added entries are extra CSR entries;
-r has no edge left, so no ball reaches it). Rows not linked to the query can move it too (through 2-
-and 3-hop paths, or by shifting the query's top-K when it kept them at weight 0); :meth:`explain`
-removes the rows asked for, by default the linked ones.
+**Influence: the query with one buffer row removed** (:meth:`ExactEngine.explain`): the graph over
+[buffer \ {r}; query] built from scratch by the same rule, computed as a patch of the stored buffer graph;
+the rules are in :mod:`msrl_model.infer.graph_patch`, beside :class:`Removal`.
 
 **The query alone** ("linked only to itself"): the graph of the single node q, S = ReLU(e_q·e_q),
 A = 1 (0 for a zero embedding), so z = GCN on one node: H_l = ReLU(A H_{l-1} W_l + b_l).
@@ -284,7 +266,7 @@ class ExactEngine:
         return Explanation(full, self._alone(e_q, p1_q), rows, without)
 
     def _removal(self, r: int) -> Removal:
-        """The buffer graph without row ``r`` (module docstring), relative to the stored one."""
+        """The buffer graph without row ``r`` (:mod:`~msrl_model.infer.graph_patch`), relative to the stored one."""
         near = self.col[self.rowptr[r]:self.rowptr[r + 1]].long()  # every row sharing an entry with r
         near = near[near != r]
         holders = near[(self.knn_idx[near, 1:] == r).any(1)]  # the rows whose list holds r, ascending

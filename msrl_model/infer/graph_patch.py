@@ -1,5 +1,28 @@
-"""The per-query changes of the exact engine's buffer graph (:mod:`msrl_model.infer.engine`): the entries a
-query adds and drops, and the buffer graph without one row (for influence)."""
+r"""The per-query changes of the exact engine's buffer graph (:mod:`msrl_model.infer.engine`): the entries a
+query adds and drops, and the buffer graph without one row (for influence).
+
+**Influence: the query with one buffer row removed**
+(:meth:`~msrl_model.infer.engine.ExactEngine.explain`). "Case r absent from the buffer" means the graph over [buffer \ {r}; query] built from scratch by the same rule (the
+buffer has N - 1 rows; relative order, hence every tie-break, is unchanged, so rows keep their
+numbering and r is simply absent). Relative to the stored buffer graph:
+
+* r's own list goes: the entries R[r, c] for c in r's list (its self loop included) are dropped;
+* a row j that kept r (r in its list; found among r's CSR neighbours) loses R[j, r]; when its list was
+  full (K < N - 1) it takes in its next neighbour n_j, the first row after its K-th in the selection
+  order (stored at precompute: one more column of the same top-K pass), so R[j, n_j] = s(j, n_j) is
+  added and its new K-th neighbour and threshold are (n_j, s(j, n_j)); otherwise (K >= N - 1) it keeps
+  everyone left and nothing is added;
+* the query then joins that graph by the engine's rules (its module docstring) with N - 1 rows and r excluded (s_r = -inf): its
+  top-K' among the rows left (K' = min(K, N - 1)); a full row j (K < N - 1) takes it iff s_j > t'_j
+  and drops its new K-th m'_j — for a row that kept r that is n_j, i.e. the added entry is not added;
+  when K >= N - 1 every row left takes the query in without dropping anything;
+* changed degrees: Δ plus r's list and the rows that kept r and their n_j.
+
+The local GCN is the same computation over the patched rows (added entries are extra CSR entries;
+r has no edge left, so no ball reaches it). Rows not linked to the query can move it too (through 2-
+and 3-hop paths, or by shifting the query's top-K when it kept them at weight 0);
+:meth:`~msrl_model.infer.engine.ExactEngine.explain` removes the rows asked for, by default the linked ones.
+"""
 
 from __future__ import annotations
 
