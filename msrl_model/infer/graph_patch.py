@@ -2,9 +2,10 @@ r"""The per-query changes of the exact engine's buffer graph (:mod:`msrl_model.i
 query adds and drops, and the buffer graph without one row (for influence).
 
 **Influence: the query with one buffer row removed**
-(:meth:`~msrl_model.infer.engine.ExactEngine.explain`). "Case r absent from the buffer" means the graph over [buffer \ {r}; query] built from scratch by the same rule (the
-buffer has N - 1 rows; relative order, hence every tie-break, is unchanged, so rows keep their
-numbering and r is simply absent). Relative to the stored buffer graph:
+(:meth:`~msrl_model.infer.engine.ExactEngine.explain`). "Case r absent from the buffer" means the graph
+over [buffer \ {r}; query] built from scratch by the same rule (the buffer has N - 1 rows; relative
+order, hence every tie-break, is unchanged, so rows keep their numbering and r is simply absent).
+Relative to the stored buffer graph:
 
 * r's own list goes: the entries R[r, c] for c in r's list (its self loop included) are dropped;
 * a row j that kept r (r in its list; found among r's CSR neighbours) loses R[j, r]; when its list was
@@ -12,10 +13,10 @@ numbering and r is simply absent). Relative to the stored buffer graph:
   order (stored at precompute: one more column of the same top-K pass), so R[j, n_j] = s(j, n_j) is
   added and its new K-th neighbour and threshold are (n_j, s(j, n_j)); otherwise (K >= N - 1) it keeps
   everyone left and nothing is added;
-* the query then joins that graph by the engine's rules (its module docstring) with N - 1 rows and r excluded (s_r = -inf): its
-  top-K' among the rows left (K' = min(K, N - 1)); a full row j (K < N - 1) takes it iff s_j > t'_j
-  and drops its new K-th m'_j — for a row that kept r that is n_j, i.e. the added entry is not added;
-  when K >= N - 1 every row left takes the query in without dropping anything;
+* the query then joins that graph by the engine's rules (its module docstring) with N - 1 rows and r
+  excluded (s_r = -inf): its top-K' among the rows left (K' = min(K, N - 1)); a full row j (K < N - 1)
+  takes it iff s_j > t'_j and drops its new K-th m'_j — for a row that kept r that is n_j, i.e. the
+  added entry is not added; when K >= N - 1 every row left takes the query in without dropping anything;
 * changed degrees: Δ plus r's list and the rows that kept r and their n_j.
 
 The local GCN is the same computation over the patched rows (added entries are extra CSR entries;
@@ -53,8 +54,8 @@ class GraphPatch:
 
 
 class Removal:
-    """The buffer graph without row ``r`` (:mod:`msrl_model.infer.engine`, "Influence"): its dropped entries, the rows that kept r
-    with their next neighbours, and the thresholds and K-th neighbours the query is tested against."""
+    """The buffer graph without row ``r`` (the module docstring's "Influence"): its dropped entries, the rows
+    that kept r with their next neighbours, and the thresholds and K-th neighbours the query is tested against."""
 
     def __init__(self, r: int, holders: Tensor, drop_rows: Tensor, drop_cols: Tensor, thr: Tensor,
                  last: Tensor) -> None:
