@@ -113,14 +113,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _warm_model_imports() -> None:
-    """Import torch and the inference stack on a background thread while the window is built: the model's
-    warm-up job then finds them loaded (~1-2 s of the time to a ready model). A failure is left to the job,
-    which reports it."""
+    """Import torch and pandas (the model's heaviest imports) on a background thread while the window is built:
+    the model's warm-up job then finds them loaded. Only third-party packages the GUI thread never imports
+    itself: two threads importing the same project modules at once can deadlock on Python's import locks.
+    A failure is left to the warm-up job, which imports them again and reports it."""
     def load() -> None:
         try:
-            import msrl_model.infer.predictor  # noqa: F401 - imports torch
-        except Exception:  # noqa: BLE001 - the warm-up job imports it again and reports what fails
-            log.debug("background import of the inference stack failed", exc_info=True)
+            import pandas  # noqa: F401
+            import torch  # noqa: F401
+        except Exception:  # noqa: BLE001 - reported by the warm-up job
+            log.debug("background import of torch/pandas failed", exc_info=True)
 
     threading.Thread(target=load, name="msrl-warm-imports", daemon=True).start()
 
