@@ -144,7 +144,7 @@ class AppState:
         self.events.message.emit(StatusMessage(text, timeout_ms))
 
     # -- jobs ---------------------------------------------------------------------------------------
-    def _start_job(self, kind: str, func: Callable[..., Generator], *args: Any, **slots: Callable) -> Any:
+    def start_job(self, kind: str, func: Callable[..., Generator], *args: Any, **slots: Callable) -> Any:
         """Start ``func(*args)`` through the job factory; ``slots`` (signal name -> callback taking
         the job first) are connected before it starts."""
         job = self.job_factory(func, *args)
@@ -228,7 +228,7 @@ class AppState:
             self.open_slide(demo_slide_path())
             return
         self.message("Preparing the demo slide (synthetic H&E, once; a few seconds)…")
-        job = self._start_job(
+        job = self.start_job(
             "demo", demo_slide_job,
             returned=lambda _, path: self.slide is None and self.open_slide(path),
             errored=lambda _, exc: self.report_error("Cannot prepare the demo slide", exc,
@@ -260,7 +260,7 @@ class AppState:
         self._set_projects([])
         if self.bundle_path is None:
             return
-        job = self._start_job("bundle", bundle_job, self.bundle_path, self.device, self.predictors,
+        job = self.start_job("bundle", bundle_job, self.bundle_path, self.device, self.predictors,
                               returned=self._on_bundle, errored=self._on_bundle_error)
         self._bundle_job = job
         self._update_job()
@@ -352,7 +352,7 @@ class AppState:
                                   regions=self.regions.current())
         log.info("analyze %s with %s (device %s, project %s, %s)", request.slide, request.bundle,
                  request.device, request.project, "with expression" if request.expression else "slide only")
-        job = self._start_job("analysis", analysis_job, request, self.predictors,
+        job = self.start_job("analysis", analysis_job, request, self.predictors,
                               yielded=self._on_progress, returned=self._on_outcome, errored=self._on_error,
                               aborted=self._on_aborted, finished=self._on_finished)
         self._analysis, self._analysis_slide, self._outcome, self._cancelling = job, self.slide, None, False
@@ -454,7 +454,7 @@ class AppState:
         path = Path(path)
         if self.result is None:
             return self._export(path, lambda _: [], "QuPath GeoJSON")  # says there is nothing to export
-        job = self._start_job(
+        job = self.start_job(
             "export", write_qupath_job, path, self.result, tissue, self.regions.current(),
             returned=lambda _, written: self._export(path, lambda _: [written], "QuPath GeoJSON"),
             errored=lambda _, exc: self.report_error(f"Cannot write {path.name}", exc, "Choose a folder you can write to."))

@@ -188,7 +188,7 @@ class WorklistModel:
         self.state.message(f"Worklist {source.name}: {len(worklist.entries)} slides, {counts['done']} done", 8000)
         if self._thumbnails_job is not None:
             self._thumbnails_job.quit()  # the previous list's
-        self._thumbnails_job = self.state._start_job(
+        self._thumbnails_job = self.state.start_job(
             "analysis", thumbnails_job, [Path(e.path) for e in worklist.entries], yielded=self._on_thumbnail)
         self._thumbnails_job.start()
         return True
@@ -217,7 +217,7 @@ class WorklistModel:
             if entry.status != SlideStatus.DONE:
                 self._set_entry(i, WorklistEntry(entry.path, entry.slide_id, SlideStatus.QUEUED))
         cache = state.cache if state.cache is not None else features_dir()
-        job = state._start_job(
+        job = state.start_job(
             "analysis", worklist_job, state.predictors, state.bundle_path, state.device, state.coverage,
             list(worklist.entries), Path(worklist.out_dir), cache, state.project, state.regions.results_folder(),
             yielded=self._on_tick, returned=self._on_returned, errored=self._on_error, aborted=self._on_aborted,
@@ -316,7 +316,7 @@ class WorklistModel:
             return True
         state.set_result(result, slide)  # the histogram follows once the model's cohort risks are known
         if state.bundle_path is not None:
-            job = state._start_job("analysis", cohort_risks_job, state.predictors, state.bundle_path, state.device,
+            job = state.start_job("analysis", cohort_risks_job, state.predictors, state.bundle_path, state.device,
                                    returned=lambda _, value: self._risks_ready(value, result))
             job.start()
         return True
