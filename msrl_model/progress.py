@@ -159,13 +159,13 @@ class PlainLines:
             elif rate >= 1:
                 parts.append(f"{rate:.1f} {unit}/s")
             else:  # slow units (epochs, folds): the time per unit reads better
-                parts.append(f"{_duration(1 / rate)}/{unit[:-1]}")
+                parts.append(f"{format_duration(1 / rate)}/{unit[:-1]}")
             if event.total is not None and event.done < event.total:
-                parts.append(f"ETA {_duration((event.total - event.done) / rate)}")
+                parts.append(f"ETA {format_duration((event.total - event.done) / rate)}")
         return " · ".join(parts)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     """``23 s``, ``4 min 05 s``, ``2 h 03 min``."""
     s = int(round(seconds))
     if s < 60:

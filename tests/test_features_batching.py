@@ -65,7 +65,7 @@ def test_cpu_estimate_note_only_when_the_slide_will_take_long():
     assert cpu_estimate_note("uni_v1", 16, 0.1, 1000) is None  # 160 tiles/s: 6 s
     note = cpu_estimate_note("uni_v1", 16, 8.0, 9000)  # 2 tiles/s: 75 min
     assert note is not None and "uni_v1 runs 2.0 tiles/s" in note and "9,000 tiles" in note
-    assert "75 min" in note and "--device cuda" in note
+    assert "about 1 h 15 min" in note and "--device cuda" in note  # progress.format_duration
 
 
 class _WeightedStats(torch.nn.Module):

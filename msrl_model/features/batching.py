@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from msrl_model.errors import EncoderError
+from msrl_model.progress import format_duration
 
 PROBE_TILES = 4  # tiles of the second probe forward (the first is one tile)
 MAX_BATCH = 512  # no gain past this on any current GPU; bounds the pinned staging buffer (512·256²·3 B = 100 MB)
@@ -119,16 +120,7 @@ def cpu_estimate_note(encoder_name: str, tiles_done: int, seconds: float, tiles_
     if remaining < (CPU_NOTE_SECONDS if threshold_s is None else threshold_s):
         return None
     return (f"{encoder_name} runs {rate:.1f} tiles/s on the CPU: the other {tiles_left:,} tiles of this slide "
-            f"will take about {_duration(remaining)}; a CUDA GPU (--device cuda) encodes hundreds of tiles per second")
-
-
-def _duration(seconds: float) -> str:
-    """``"47 s"``, ``"12 min"``, ``"2.5 h"``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+            f"will take about {format_duration(remaining)}; a CUDA GPU (--device cuda) encodes hundreds of tiles per second")
 
 
 __all__ = ["AdaptiveBatch", "MAX_BATCH", "auto_batch_size", "cpu_estimate_note", "measure_tile_bytes",
