@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -150,13 +152,43 @@ THRESHOLDED = [*range(19, 59), 60, 61, *range(62, 70)]
 EDGE_FRACTIONS = [84 + 15 * k + 6 for k in range(12)]  # [6] of every (channel, level) filter-bank block
 
 
-def _assert_equals_reference(out: torch.Tensor, tiles_uint8: torch.Tensor) -> None:
+# Features that measure spread (standard deviations, skewness, correlation, finest texture, filter bank):
+# 0 on a constant tile. v1.0 centres in float32, so on a constant non-white tile they hold the rounding
+# error of its float32 mean (stds ~1e-6, skewness up to ±1); the fused CPU kernel accumulates in float64
+# and gives the exact 0.
+SPREAD = [1, 3, 5, 7, 8, 10, 11, 13, 14, 16, 18, 59, *range(72, 264)]
+# Skewness of H, E, D: v1.0's float32 third moments carry absolute errors of up to ~1e-5 (relative 3.5e-4 on
+# the smooth E tile, whose skewness is 0.0196), which the fused kernel's float64 sums do not
+# (test_fused_skewness_is_float64_accurate): compared to v1.0 with that absolute tolerance.
+SKEWNESS = [8, 11, 14]
+
+
+def _assert_close(out: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
+    """out ≈ expected (rtol, atol 1e-6), the skewness columns to 2e-5 absolute (see SKEWNESS)."""
+    rest = [k for k in range(builtin_he.DIM) if k not in SKEWNESS]
+    torch.testing.assert_close(out[:, rest], expected[:, rest], rtol=rtol, atol=1e-6)
+    torch.testing.assert_close(out[:, SKEWNESS], expected[:, SKEWNESS], rtol=rtol, atol=2e-5)
+
+
+def _assert_equals_reference(out: torch.Tensor, tiles_uint8: torch.Tensor, exact_on_constant_tiles: bool) -> None:
     from builtin_he_reference import reference_features
 
     expected = reference_features(tiles_uint8.permute(0, 3, 1, 2).float())
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-6)
+    if exact_on_constant_tiles:
+        constant = (tiles_uint8 == tiles_uint8[:, :1, :1]).flatten(1).all(1)
+        expected[torch.nonzero(constant)[:, None], torch.tensor(SPREAD)] = 0.0
+        _assert_close(out, expected, rtol=1e-4)
+    else:
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-6)
     exact = THRESHOLDED + EDGE_FRACTIONS
     assert torch.equal(out[:, exact], expected[:, exact])
+
+
+def _encode_by(path: str, tiles_uint8: torch.Tensor) -> torch.Tensor:
+    """Features of the tiles through the fused CPU kernel or through the torch path (the CUDA code)."""
+    model = builtin_he.BuiltinHE(fused_cpu=path == "fused")
+    with torch.inference_mode():
+        return model(builtin_he.tile_transform(tiles_uint8))
 
 
 def _cmu_tiles(path, n: int, seed: int) -> torch.Tensor:
@@ -170,33 +202,76 @@ def _cmu_tiles(path, n: int, seed: int) -> torch.Tensor:
         return torch.from_numpy(np.stack([slide.read_region((int(x), int(y)), 0, (256, 256)) for x, y in zip(xs, ys)]))
 
 
-def test_equals_v1_reference_on_synthetic_noise_and_blank_tiles(encoder, tiles):
+@pytest.mark.parametrize("path", ["fused", "torch"])
+def test_equals_v1_reference_on_synthetic_noise_and_blank_tiles(tiles, path):
     rng = np.random.default_rng(3)
     smooth = np.clip(rng.normal(200, 25, (4, 32, 32, 3)), 0, 255).repeat(8, 1).repeat(8, 2).astype(np.uint8)
-    batch = torch.cat([tiles, torch.from_numpy(smooth), torch.zeros(1, 256, 256, 3, dtype=torch.uint8)])
-    _assert_equals_reference(encoder.encode(batch), batch)
+    constant = torch.stack([torch.full((256, 256, 3), v, dtype=torch.uint8) for v in (0, 128)])
+    batch = torch.cat([tiles, torch.from_numpy(smooth), constant])
+    _assert_equals_reference(_encode_by(path, batch), batch, exact_on_constant_tiles=path == "fused")
 
 
-def test_equals_v1_reference_on_real_cmu_tiles(encoder, cmu_slide):
+@pytest.mark.parametrize("path", ["fused", "torch"])
+def test_equals_v1_reference_on_real_cmu_tiles(cmu_slide, path):
     batch = _cmu_tiles(cmu_slide, 24, seed=0)
-    _assert_equals_reference(encoder.encode(batch), batch)
+    _assert_equals_reference(_encode_by(path, batch), batch, exact_on_constant_tiles=path == "fused")
 
 
-def test_float_input_path_equals_the_uint8_lookup_path(encoder, tiles):
-    """Resized tiles reach the model as float and take the logarithm; 256² uint8 tiles go through the
-    byte-pair lookup tables. On the same pixels both give identical features."""
+def test_cpu_encoder_uses_the_fused_kernel(encoder, tiles):
+    """The registry's CPU encoder gives the fused kernel's features (bit for bit)."""
+    assert torch.equal(encoder.encode(tiles), _encode_by("fused", tiles))
+
+
+def test_float_input_path_equals_the_uint8_paths(tiles):
+    """Resized tiles reach the model as float and take the logarithm (torch path); 256² uint8 tiles go
+    through the lookup tables (torch path on CUDA, fused kernel on the CPU). On the same pixels the torch
+    paths are bit-identical and the fused kernel equal to float32 rounding, thresholded features exactly."""
     x = builtin_he.tile_transform(tiles)
     assert x.dtype == torch.uint8
     with torch.inference_mode():
-        assert torch.equal(encoder.model(x), encoder.model(x.float()))
+        from_float = builtin_he.BuiltinHE()(x.float())
+    assert torch.equal(_encode_by("torch", tiles), from_float)
+    fused = _encode_by("fused", tiles)
+    _assert_close(fused, from_float, rtol=1e-5)
+    exact = THRESHOLDED + EDGE_FRACTIONS
+    assert torch.equal(fused[:, exact], from_float[:, exact])
+
+
+def test_fused_skewness_is_float64_accurate(tiles):
+    """The fused kernel's skewness of H, E and D equals the skewness of the v1.0 level-1 maps (float32)
+    computed in float64."""
+    import builtin_he_reference as v1
+
+    od = torch.log(tiles.permute(0, 3, 1, 2).float() + 1.0).neg_().add_(math.log(256.0))  # v1.0's float32 maps
+    stains = v1._mix(v1._haar(od)[0], v1._od_to_channels())[:, :3].flatten(2).double()  # (b, H E D, n)
+    centred = stains - stains.mean(-1, keepdim=True)
+    std = centred.square().mean(-1).sqrt()
+    skew = centred.pow(3).mean(-1) / std.clamp_min(1e-6) ** 3
+    varied = std.min(1).values > 1e-3  # not the blank tile
+    fused = _encode_by("fused", tiles)[:, SKEWNESS].double()
+    torch.testing.assert_close(fused[varied], skew[varied], rtol=2e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 64])
 def test_chunk_size_changes_nothing(tiles, chunk):
     x = builtin_he.tile_transform(tiles)
     with torch.inference_mode():
-        chunked, default = builtin_he.BuiltinHE(chunk=chunk)(x), builtin_he.BuiltinHE()(x)
+        chunked = builtin_he.BuiltinHE(chunk=chunk, fused_cpu=False)(x)
+        default = builtin_he.BuiltinHE(fused_cpu=False)(x)
         torch.testing.assert_close(chunked, default, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_fused_kernel_gives_the_same_bits_on_any_thread_count(tiles, threads):
+    """The kernel splits a batch over threads, tile by tile: the thread count changes no bit."""
+    from msrl_model.encoders import builtin_he_cpu
+
+    constants = builtin_he.BuiltinHE()._cpu_constants()
+    x = tiles.repeat(2, 1, 1, 1).contiguous().numpy()  # 12 tiles
+    one = builtin_he_cpu.encode_tiles(x, constants, builtin_he.DIM, 1)
+    many = builtin_he_cpu.encode_tiles(x, constants, builtin_he.DIM, threads)
+    for a, b in zip([one[0], one[1], *one[2], one[3]], [many[0], many[1], *many[2], many[3]]):
+        assert np.array_equal(a, b)
 
 
 def test_cpu_encoder_reuses_freed_memory(encoder, tiles):
@@ -232,3 +307,31 @@ def test_grid_cells_split_exactly_at_every_edge(edges, per_unit, cells):
         cell = builtin_he.grid_cell(x, per_unit, cells)
         assert torch.equal(cell >= builtin_he._cell_of(edge, per_unit), x >= float(np.float32(edge))), edge
         assert cell.min() >= 0 and cell.max() <= cells - 1
+
+
+@pytest.mark.parametrize("channel, edges, per_unit", [
+    (3, builtin_he._H_EDGES + builtin_he._JOINT_H_EDGES, builtin_he._H_PER_UNIT),
+    (4, builtin_he._E_EDGES + builtin_he._JOINT_E_EDGES, builtin_he._E_PER_UNIT)])
+def test_fused_kernel_cells_split_exactly_at_every_edge(channel, edges, per_unit):
+    """The fused kernel's histogram cells: for the float32 values within 8,192 ulps of each H / E edge placed
+    in the level-1 H (or E) map, the pixels counted at or above the edge's first cell are exactly those
+    >= the edge."""
+    from msrl_model.encoders import builtin_he_cpu
+
+    constants = builtin_he.BuiltinHE()._cpu_constants()
+    scalars = constants["scalars"]
+    side = builtin_he_cpu.FINE
+    for edge in edges:
+        bits = np.int64(np.float32(edge).view(np.int32))
+        values = (bits + np.arange(-side * side // 2, side * side // 2)).astype(np.int32).view(np.float32)
+        if edge == 0:  # ±0 and the subnormals
+            tiny = np.arange(side * side // 2, dtype=np.int32).view(np.float32)
+            values = np.concatenate([tiny, -tiny])
+        maps = np.zeros((8, side, side), np.float32)
+        maps[channel] = values.reshape(side, side)
+        cells = np.zeros((builtin_he._H_CELLS, builtin_he._E_CELLS), np.int64)
+        builtin_he_cpu._counts(maps, constants["h_thresholds"], scalars[0], scalars[1], scalars[2], scalars[3],
+                               cells, np.zeros(6))
+        per_cell = cells.sum(1) if channel == 3 else cells.sum(0)
+        first = builtin_he._cell_of(edge, per_unit)
+        assert per_cell[first:].sum() == (values >= np.float32(edge)).sum(), edge

@@ -233,7 +233,7 @@ class BuiltinHE(torch.nn.Module):
     stain matrix and the lookup tables are buffers so ``.to(device)`` moves the module.
     """
 
-    def __init__(self, chunk: int | None = None) -> None:
+    def __init__(self, chunk: int | None = None, fused_cpu: bool = True) -> None:
         super().__init__()
         rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=torch.float64)
         rgb_from_hed = rgb_from_hed / rgb_from_hed.norm(dim=1, keepdim=True)
@@ -245,6 +245,8 @@ class BuiltinHE(torch.nn.Module):
         self.register_buffer("pair_tables", _pair_tables(), persistent=False)
         self.register_buffer("h_fraction_thresholds", torch.tensor(_H_FRACTION_THRESHOLDS), persistent=False)
         self.chunk = chunk  # tiles per chunk of level-0/1 work; None -> 8 per torch thread on CPU, all on CUDA
+        self._constants: dict[str, object] | None = None
+        self.fused_cpu = fused_cpu  # 256² uint8 tiles on the CPU go through the fused kernel (builtin_he_cpu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B,3,256,256) uint8, or float in [0,255] -> (B, DIM) float32."""
@@ -253,6 +255,8 @@ class BuiltinHE(torch.nn.Module):
         b = x.shape[0]
         if b == 0:
             return torch.zeros(0, DIM, device=x.device)
+        if self.fused_cpu and x.dtype == torch.uint8 and x.device.type == "cpu":
+            return self._forward_fused(x)
         chunk = self.chunk or (b if x.is_cuda else _CHUNK_PER_THREAD * torch.get_num_threads())
         fine_level = INPUT_SIZE // 2
         level2 = (fine_level - 4) // 2  # side of the level-2 grid: valid blur, then every other pixel
@@ -275,6 +279,41 @@ class BuiltinHE(torch.nn.Module):
         blob_feats = torch.stack(blobs, 1)  # (b, 2 levels, 3)
         density, strength = blob_feats[..., :len(_BLOB_THRESHOLDS)].flatten(1), blob_feats[..., -1]
         return torch.cat([colour, fractions, density, strength, fine, bank.flatten(1)], 1)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """256² uint8 tiles x (B,3,256,256) on the CPU through the fused kernel of
+        :mod:`~msrl_model.encoders.builtin_he_cpu` (torch threads = kernel threads) -> (B, DIM)."""
+        from msrl_model.encoders import builtin_he_cpu
+
+        tiles = x.permute(0, 2, 3, 1).contiguous()  # (B,256,256,3): the reader's channels-last layout, no copy
+        out, cells, grads, square_sums = builtin_he_cpu.encode_tiles(
+            tiles.numpy(), self._cpu_constants(), DIM, torch.get_num_threads())
+        out, square_means = torch.from_numpy(out), torch.from_numpy(square_sums)
+        n = (INPUT_SIZE // 2) ** 2
+        out[:, 19:59] = histograms(torch.from_numpy(cells), n)
+        bank = out[:, -_TEXTURE_CHANNELS * len(_LEVELS) * _TEXTURE_STATS:].view(
+            -1, _TEXTURE_CHANNELS, len(_LEVELS), _TEXTURE_STATS)
+        for k, grad in enumerate(map(torch.from_numpy, grads)):
+            square_mean = (square_means[:, k] / (grad.shape[-1] * grad.shape[-2])).float()
+            bank[:, :, k, 4:7] = torch.stack(edge_statistics(grad, square_mean, torch.empty_like(grad)), -1)
+        return out
+
+    def _cpu_constants(self) -> dict[str, object]:
+        """The fused kernel's float32 constants (numpy), built once."""
+        if self._constants is None:
+            import numpy as np
+
+            f32 = np.float32
+            blob = [float(torch.tensor(t, dtype=torch.float32)) * _BLUR_SCALE for t in _BLOB_THRESHOLDS]
+            self._constants = {
+                "lut": _optical_density(torch.arange(256, dtype=torch.float32)).numpy(),
+                "weights": self.od_to_channels.cpu().numpy().astype(f32),
+                "grey_w": np.array([0.299, 0.587, 0.114, 1.0 / 255.0], f32),
+                "h_thresholds": np.array(_H_FRACTION_THRESHOLDS, f32),
+                "scalars": np.array([_TISSUE_OD, _DARK_Y, _H_PER_UNIT, _E_PER_UNIT], f32),
+                "blob_thresholds": np.array(blob, f32),
+            }
+        return self._constants
 
     def _pair_sums(self, x: torch.Tensor) -> torch.Tensor:
         """x (b,3,H,W) -> (3, b, 3, H, W/2): OD pair sums /4, OD pair differences /4, raw pair sums /4
@@ -332,20 +371,14 @@ class BuiltinHE(torch.nn.Module):
         cov = torch.mul(centred[:, _H], centred[:, _E], out=powers[:, 0]).sum(-1) / n
         denom = std[:, _H] * std[:, _E]
         corr = torch.where(denom > 1e-6, cov / denom.clamp_min(1e-6), torch.zeros_like(cov))
-        at_least = _joint_cell_counts(maps[:, _H], maps[:, _E], powers[:, 0])  # (b, H cells, E cells)
-        h_rows = [0] + [_cell_of(e, _H_PER_UNIT) for e in _JOINT_H_EDGES]
-        e_rows = [0] + [_cell_of(e, _E_PER_UNIT) for e in _JOINT_E_EDGES]
-        padded = F.pad(at_least[:, h_rows][:, :, e_rows], (0, 1, 0, 1))  # 0 past the last edge
-        joint = padded[:, :-1, :-1] - padded[:, 1:, :-1] - padded[:, :-1, 1:] + padded[:, 1:, 1:]
+        cells = _joint_cells(maps[:, _H], maps[:, _E], powers[:, 0])  # (b, H cells, E cells)
         tissue = torch.gt(maps[:, _ODM], _TISSUE_OD, out=torch.empty_like(maps[:, _ODM])).sum(-1) / n
         dark = torch.lt(maps[:, _Y], _DARK_Y, out=torch.empty_like(maps[:, _Y])).sum(-1) / n
         feats = [
             torch.stack([mean[:, _OD], std[:, _OD]], -1).reshape(b, 6),  # R mean, R std, G mean, ...
             torch.stack([mean[:, stains], std[:, stains], skew], -1).reshape(b, 9),  # H mean, std, skew, E ...
             torch.stack([mean[:, _ODM], std[:, _ODM], mean[:, _Y], std[:, _Y]], -1),
-            _bins_from_cumulative(at_least[:, [_cell_of(e, _H_PER_UNIT) for e in _H_EDGES], 0], n),
-            _bins_from_cumulative(at_least[:, 0, [_cell_of(e, _E_PER_UNIT) for e in _E_EDGES]], n),
-            joint.reshape(b, 16) / n,  # row-major over H bins
+            histograms(cells, n),
             corr[:, None],
             tissue[:, None],
             dark[:, None],
@@ -353,15 +386,31 @@ class BuiltinHE(torch.nn.Module):
         return torch.cat(feats, 1)
 
 
-def _joint_cell_counts(h: torch.Tensor, e: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """H and E maps (b, n), a (b, n) float buffer -> (b, H cells, E cells) float counts of the pixels with
-    H cell >= i and E cell >= j (:func:`grid_cell`; exact integers): one bincount per batch."""
+def _joint_cells(h: torch.Tensor, e: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """H and E maps (b, n), a (b, n) float buffer -> (b, H cells, E cells) pixel counts per
+    (:func:`grid_cell` of H, of E): one bincount per batch."""
     b = h.shape[0]
     cells = _H_CELLS * _E_CELLS
     index = grid_cell(e, _E_PER_UNIT, _E_CELLS, out=scratch).add_(grid_cell(h, _H_PER_UNIT, _H_CELLS), alpha=_E_CELLS)
     index += torch.arange(0, b * cells, cells, device=h.device, dtype=h.dtype)[:, None]  # tile i: its own bins
-    counts = torch.bincount(index.flatten().long(), minlength=b * cells).view(b, _H_CELLS, _E_CELLS)
-    return counts.flip((1, 2)).cumsum(1).cumsum(2).flip((1, 2)).float()  # suffix sums: "at least"
+    return torch.bincount(index.flatten().long(), minlength=b * cells).view(b, _H_CELLS, _E_CELLS)
+
+
+def histograms(cells: torch.Tensor, n: int) -> torch.Tensor:
+    """Pixel counts per (H cell, E cell) (b, 22, 22) of n pixels -> the H histogram, the E histogram and
+    the joint H x E histogram (b, 40), features 19:59. Every edge starts a cell, so each bin is a
+    difference of suffix sums ("at least this H cell and this E cell"), exact integers."""
+    b = cells.shape[0]
+    at_least = cells.flip((1, 2)).cumsum(1).cumsum(2).flip((1, 2)).float()  # (b, H cells, E cells)
+    h_rows = [0] + [_cell_of(e, _H_PER_UNIT) for e in _JOINT_H_EDGES]
+    e_rows = [0] + [_cell_of(e, _E_PER_UNIT) for e in _JOINT_E_EDGES]
+    padded = F.pad(at_least[:, h_rows][:, :, e_rows], (0, 1, 0, 1))  # 0 past the last edge
+    joint = padded[:, :-1, :-1] - padded[:, 1:, :-1] - padded[:, :-1, 1:] + padded[:, 1:, 1:]
+    return torch.cat([
+        _bins_from_cumulative(at_least[:, [_cell_of(e, _H_PER_UNIT) for e in _H_EDGES], 0], n),
+        _bins_from_cumulative(at_least[:, 0, [_cell_of(e, _E_PER_UNIT) for e in _E_EDGES]], n),
+        joint.reshape(b, 16) / n,  # row-major over H bins
+    ], 1)
 
 
 def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -392,8 +441,7 @@ def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, t
     n_grad = grad.shape[-1] * grad.shape[-2]
     grad_square_mean = _sum(grad) / n_grad  # mean (8|∇g|)²
     grad.sqrt_()  # 8|∇g|, the v1.0 operations (the edge threshold reads it)
-    grad_mean = _sum(grad) / n_grad
-    edge_fraction = _sum(torch.gt(grad, 2 * grad_mean[..., None, None], out=sy)) / n_grad
+    grad_stats = edge_statistics(grad, grad_square_mean, sy)
 
     centre = s[..., 1:-1, 1:-1]
     xx = (s[..., 1:-1, 2:] + s[..., 1:-1, :-2]).add_(centre, alpha=-2.0)  # (b,C,n-6,n-6)
@@ -413,13 +461,22 @@ def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, t
         band_var.clamp_min(0).sqrt(),
         (band_abs + band_mean) / 2,
         (band_abs - band_mean) / 2,
-        grad_mean / 8,
-        (grad_square_mean - grad_mean * grad_mean).clamp_min(0).sqrt() / 8,
-        edge_fraction,
+        *grad_stats,
         r_0, r_45, r_90, r_135, aniso,
         *_log_stats(log, n_log, scratch),
     ], -1)
     return stats, s, _blob_features(log[:, 0]) if blob else None
+
+
+def edge_statistics(grad: torch.Tensor, square_mean: torch.Tensor, scratch: torch.Tensor) -> list[torch.Tensor]:
+    """8|∇g| (b,C,h,w), mean (8|∇g|)² (b,C), a buffer of grad's shape -> mean |∇g|, std |∇g| and the edge
+    fraction |∇g| > 2·mean |∇g|, each (b,C): filter-bank statistics [4..6]. The mean is torch's sum of
+    the contiguous map, the v1.0 operation, because the edge threshold reads it."""
+    n = grad.shape[-1] * grad.shape[-2]
+    mean = _sum(grad) / n
+    edge_fraction = _sum(torch.gt(grad, 2 * mean[..., None, None], out=scratch)) / n
+    std = (square_mean - mean * mean).clamp_min(0).sqrt()
+    return [mean / 8, std / 8, edge_fraction]
 
 
 def _log_stats(log: torch.Tensor, n: int, scratch: torch.Tensor) -> list[torch.Tensor]:
