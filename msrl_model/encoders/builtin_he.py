@@ -539,9 +539,11 @@ def build_builtin_he(arg: str | None, path: str | None, device: torch.device) ->
     """The weight-free H&E encoder; takes no argument or path."""
     if arg is not None or path is not None:
         raise EncoderError("encoder 'builtin-he' takes no ':' argument or '@' path: use the spec 'builtin-he'")
+    model = BuiltinHE().to(device).eval()
     if device.type == "cpu":
         keep_freed_memory()
-    model = BuiltinHE().to(device).eval()
+        with torch.inference_mode():  # load the fused kernel now (numba's disk cache, or its first compile)
+            model(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8))
     return PatchEncoder(
         name="builtin-he",
         version=VERSION,

@@ -153,17 +153,25 @@ def _band_row(g_row, s_row, n, acc):
 
 
 @njit(**_EXACT)
-def _level1(tile, lut, weights, grey_w, maps, bands, fine_acc):
+def _level1(tile, lut, weights, grey_w, maps, rows, fine_acc):
     """One tile (256, 256, 3) uint8 -> the level-1 map stack maps (8, 128, 128): OD r, g, b, H, E, ODm, D,
     grey Y (builtin_he's ``_MAPS`` order), exactly as the torch path; fine_acc (12,) gets the finest
     texture sums (:func:`_fine_row`). weights (3, 4) float32: OD -> H, E, ODm, D; grey_w (4,): the R, G,
-    B grey weights and 1/255; bands (9, 128) scratch."""
+    B grey weights and 1/255; rows (21, 128) scratch.
+
+    Per level-1 row: the lookups and the Haar step channel by channel, then the channel mixes as loops
+    over the row (which vectorise)."""
     q = np.float32(0.25)
     for i in range(FINE):
         top = tile[2 * i]
         bottom = tile[2 * i + 1]
-        for j in range(FINE):
-            for c in range(3):
+        for c in range(3):
+            od = maps[c, i]
+            grey = rows[c]  # block mean of the raw channel
+            lh = rows[3 + c]  # Haar details of this channel's OD
+            hl = rows[6 + c]
+            hh = rows[9 + c]
+            for j in range(FINE):
                 a = lut[top[2 * j, c]]
                 b = lut[top[2 * j + 1, c]]
                 cc = lut[bottom[2 * j, c]]
@@ -172,34 +180,45 @@ def _level1(tile, lut, weights, grey_w, maps, bands, fine_acc):
                 td = (a - b) * q
                 bs = (cc + d) * q
                 bd = (cc - d) * q
-                maps[c, i, j] = ts + bs
+                od[j] = ts + bs
+                lh[j] = td + bd
+                hl[j] = ts - bs
+                hh[j] = td - bd
                 raw = (np.float32(top[2 * j, c]) + np.float32(top[2 * j + 1, c])) * q
-                raw_bottom = (np.float32(bottom[2 * j, c]) + np.float32(bottom[2 * j + 1, c])) * q
-                maps[7, i, j] = raw + raw_bottom  # grey block mean of channel c, mixed below
-                lh = td + bd
-                hl = ts - bs
-                hh = td - bd
-                for t in range(3):  # OD detail of channel c -> H, E, ODm detail (statistics only)
-                    w = weights[c, t]
-                    if c == 0:
-                        bands[t, j] = lh * w
-                        bands[3 + t, j] = hl * w
-                        bands[6 + t, j] = hh * w
-                    else:
-                        bands[t, j] += lh * w
-                        bands[3 + t, j] += hl * w
-                        bands[6 + t, j] += hh * w
-                if c == 0:
-                    grey = maps[7, i, j] * grey_w[0]
-                else:
-                    grey = grey + maps[7, i, j] * grey_w[c]
-            maps[7, i, j] = grey * grey_w[3]
-            od0 = maps[0, i, j]
-            od1 = maps[1, i, j]
-            od2 = maps[2, i, j]
-            for t in range(4):  # H, E, ODm, D
-                maps[3 + t, i, j] = (od0 * weights[0, t] + od1 * weights[1, t]) + od2 * weights[2, t]
-        _fine_row(bands, FINE, fine_acc)
+                grey[j] = raw + (np.float32(bottom[2 * j, c]) + np.float32(bottom[2 * j + 1, c])) * q
+        _mix_row(maps, rows, i, weights, grey_w)
+        _fine_row(rows[12:], FINE, fine_acc)
+
+
+@njit(**_EXACT)
+def _mix_row(maps, rows, i, weights, grey_w):
+    """Row i of the level-1 stack from the per-channel rows (rows[0:3] raw block means, rows[3:12] OD Haar
+    details LH, HL, HH x r, g, b): H, E, ODm, D and grey Y (exact, in the torch path's order), then the
+    H, E, ODm details into rows[12:21] (band-major, statistics only)."""
+    y = maps[7, i]
+    for j in range(FINE):
+        y[j] = ((rows[0, j] * grey_w[0] + rows[1, j] * grey_w[1]) + rows[2, j] * grey_w[2]) * grey_w[3]
+    od0 = maps[0, i]
+    od1 = maps[1, i]
+    od2 = maps[2, i]
+    for t in range(4):  # H, E, ODm, D
+        out = maps[3 + t, i]
+        w0 = weights[0, t]
+        w1 = weights[1, t]
+        w2 = weights[2, t]
+        for j in range(FINE):
+            out[j] = (od0[j] * w0 + od1[j] * w1) + od2[j] * w2
+    for band in range(3):
+        x0 = rows[3 + 3 * band]
+        x1 = rows[4 + 3 * band]
+        x2 = rows[5 + 3 * band]
+        for t in range(3):
+            w0 = weights[0, t]
+            w1 = weights[1, t]
+            w2 = weights[2, t]
+            out = rows[12 + 3 * band + t]
+            for j in range(FINE):
+                out[j] = x0[j] * w0 + x1[j] * w1 + x2[j] * w2
 
 
 @njit(**_EXACT)
@@ -392,9 +411,9 @@ def _encode_tile(tile, lut, weights, grey_w, h_thresholds, scalars, blob_thresho
                  square_sums, maps, scratch):
     """One tile -> out (the feature row, all but the histograms and filter-bank [4..6]), cells (22, 22),
     the 8|∇g| maps g1..g4 (3, side, side) and square_sums (4, 3) = Σ(8|∇g|)² per level and channel."""
-    bands, dx, square, xx, yy, xy = scratch
+    rows, dx, square, xx, yy, xy = scratch
     fine_acc = np.zeros(12)
-    _level1(tile, lut, weights, grey_w, maps, bands, fine_acc)
+    _level1(tile, lut, weights, grey_w, maps, rows, fine_acc)
     n = FINE * FINE
     for c in range(3):  # finest texture: mean |LH|, |HL|, |HH|, then rms
         for b in range(3):
@@ -443,7 +462,7 @@ def _encode_range(x, start, stop, lut, weights, grey_w, h_thresholds, scalars, b
                   g1, g2, g3, g4, square_sums):
     """Tiles x[start:stop] (B, 256, 256, 3) uint8, one scratch set for the range."""
     maps = np.empty((8, FINE, FINE), np.float32)
-    scratch = (np.empty((9, FINE), np.float32), np.empty((3, FINE), np.float32), np.empty(FINE, np.float32),
+    scratch = (np.empty((21, FINE), np.float32), np.empty((3, FINE), np.float32), np.empty(FINE, np.float32),
                np.empty(FINE, np.float32), np.empty(FINE, np.float32), np.empty(FINE, np.float32))
     for t in range(start, stop):
         _encode_tile(x[t], lut, weights, grey_w, h_thresholds, scalars, blob_thresholds, out[t], cells[t],
