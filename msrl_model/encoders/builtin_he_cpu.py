@@ -224,27 +224,38 @@ def _mix_row(maps, rows, i, weights, grey_w):
 @njit(**_EXACT)
 def _counts(maps, h_thresholds, tissue_od, dark_y, h_per_unit, e_per_unit, cells, fractions):
     """Exact counts on the level-1 stack: cells (22, 22) += pixels per (H cell, E cell)
-    (builtin_he.grid_cell); fractions[0:4] = H above each threshold, [4] ODm > tissue, [5] Y < dark."""
-    h_map = maps[3]
-    e_map = maps[4]
-    odm = maps[5]
-    y_map = maps[7]
+    (builtin_he.grid_cell); fractions[0:4] = H above each threshold, [4] ODm > tissue, [5] Y < dark.
+    Row by row: the cell indices and the threshold counts are branch-free loops (they vectorise), then
+    one increment per pixel."""
+    flat = cells.reshape(_H_CELLS * _H_CELLS)
+    index = np.empty(FINE, np.int64)
     top = np.float32(_H_CELLS - 2)
+    low = np.float32(-1.0)
+    t0, t1, t2, t3 = h_thresholds[0], h_thresholds[1], h_thresholds[2], h_thresholds[3]
+    n0 = n1 = n2 = n3 = n_tissue = n_dark = 0
     for i in range(FINE):
+        h = maps[3, i]
+        e = maps[4, i]
+        odm = maps[5, i]
+        y = maps[7, i]
         for j in range(FINE):
-            h = h_map[i, j]
-            hc = np.floor(h * h_per_unit)
-            ec = np.floor(e_map[i, j] * e_per_unit)
-            hc = min(max(hc, np.float32(-1.0)), top)
-            ec = min(max(ec, np.float32(-1.0)), top)
-            cells[int(hc) + 1, int(ec) + 1] += 1
-            for k in range(h_thresholds.shape[0]):
-                if h > h_thresholds[k]:
-                    fractions[k] += 1.0
-            if odm[i, j] > tissue_od:
-                fractions[4] += 1.0
-            if y_map[i, j] < dark_y:
-                fractions[5] += 1.0
+            hc = min(max(np.floor(h[j] * h_per_unit), low), top)
+            ec = min(max(np.floor(e[j] * e_per_unit), low), top)
+            index[j] = (np.int64(hc) + 1) * _H_CELLS + np.int64(ec) + 1
+            n0 += np.int64(h[j] > t0)
+            n1 += np.int64(h[j] > t1)
+            n2 += np.int64(h[j] > t2)
+            n3 += np.int64(h[j] > t3)
+            n_tissue += np.int64(odm[j] > tissue_od)
+            n_dark += np.int64(y[j] < dark_y)
+        for j in range(FINE):
+            flat[index[j]] += 1
+    fractions[0] += n0
+    fractions[1] += n1
+    fractions[2] += n2
+    fractions[3] += n3
+    fractions[4] += n_tissue
+    fractions[5] += n_dark
 
 
 @njit(**_EXACT)
