@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -220,6 +221,26 @@ def test_equals_v1_reference_on_real_cmu_tiles(cmu_slide, path):
 def test_cpu_encoder_uses_the_fused_kernel(encoder, tiles):
     """The registry's CPU encoder gives the fused kernel's features (bit for bit)."""
     assert torch.equal(encoder.encode(tiles), _encode_by("fused", tiles))
+
+
+def test_cpu_encoder_without_numba_runs_the_torch_path(tiles, monkeypatch, caplog):
+    """Where numba cannot be imported, the CPU encoder says so once and gives the torch path's features."""
+    import logging
+
+    import msrl_model.encoders
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    monkeypatch.delitem(sys.modules, "msrl_model.encoders.builtin_he_cpu", raising=False)
+    monkeypatch.delattr(msrl_model.encoders, "builtin_he_cpu", raising=False)
+    builtin_he.fused_kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="msrl_model.encoders.builtin_he"):
+            out = _encode_by("fused", tiles)  # asks for the fused kernel
+        assert builtin_he.fused_kernel() is None
+        assert "pip install numba" in caplog.text
+        assert torch.equal(out, _encode_by("torch", tiles))
+    finally:
+        builtin_he.fused_kernel.cache_clear()
 
 
 def test_float_input_path_equals_the_uint8_paths(tiles):

@@ -101,15 +101,21 @@ reading the tiles, so autocast would buy nothing.
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
 import math
 import os
 import sys
+import time
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
 from msrl_model.encoders import PatchEncoder, register_encoder
 from msrl_model.errors import EncoderError
+
+log = logging.getLogger(__name__)
 
 VERSION = "1.0"  # bump whenever the maths or the layout changes: it is stored in every feature file
 INPUT_SIZE = 256  # tiles are resized to this side before encoding
@@ -255,7 +261,7 @@ class BuiltinHE(torch.nn.Module):
         b = x.shape[0]
         if b == 0:
             return torch.zeros(0, DIM, device=x.device)
-        if self.fused_cpu and x.dtype == torch.uint8 and x.device.type == "cpu":
+        if self.fused_cpu and x.dtype == torch.uint8 and x.device.type == "cpu" and fused_kernel() is not None:
             return self._forward_fused(x)
         chunk = self.chunk or (b if x.is_cuda else _CHUNK_PER_THREAD * torch.get_num_threads())
         fine_level = INPUT_SIZE // 2
@@ -283,10 +289,8 @@ class BuiltinHE(torch.nn.Module):
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """256² uint8 tiles x (B,3,256,256) on the CPU through the fused kernel of
         :mod:`~msrl_model.encoders.builtin_he_cpu` (torch threads = kernel threads) -> (B, DIM)."""
-        from msrl_model.encoders import builtin_he_cpu
-
         tiles = x.permute(0, 2, 3, 1).contiguous()  # (B,256,256,3): the reader's channels-last layout, no copy
-        out, cells, grads, square_sums = builtin_he_cpu.encode_tiles(
+        out, cells, grads, square_sums = fused_kernel().encode_tiles(
             tiles.numpy(), self._cpu_constants(), DIM, torch.get_num_threads())
         out, square_means = torch.from_numpy(out), torch.from_numpy(square_sums)
         n = (INPUT_SIZE // 2) ** 2
@@ -504,6 +508,19 @@ def _blob_features(log_h: torch.Tensor) -> torch.Tensor:
     return torch.stack([*density, strength], 1)
 
 
+@functools.cache
+def fused_kernel() -> ModuleType | None:
+    """:mod:`~msrl_model.encoders.builtin_he_cpu`, or None (said once in the log) where numba cannot be
+    imported: the CPU then runs the torch path, the same features about 2.5x slower."""
+    try:
+        from msrl_model.encoders import builtin_he_cpu
+    except ImportError as exc:
+        log.warning("builtin-he: the fused CPU kernel needs numba (%s); encoding on the CPU with the slower "
+                    "torch path. Install it with: pip install numba", exc)
+        return None
+    return builtin_he_cpu
+
+
 def tile_transform(batch_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 (B,H,W,3) -> (B,3,256,256): 256² tiles stay uint8 (a channels-last view, read through the
     lookup tables); other sizes are resized (bilinear, antialiased) to float32 in [0,255]."""
@@ -542,8 +559,13 @@ def build_builtin_he(arg: str | None, path: str | None, device: torch.device) ->
     model = BuiltinHE().to(device).eval()
     if device.type == "cpu":
         keep_freed_memory()
+        started = time.perf_counter()
         with torch.inference_mode():  # load the fused kernel now (numba's disk cache, or its first compile)
             model(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8))
+        kernel = fused_kernel()
+        if kernel is not None:
+            log.info("builtin-he: CPU kernel %s in %.1f s", "compiled (first use of this installation)"
+                     if kernel.compiled_this_process() else "loaded", time.perf_counter() - started)
     return PatchEncoder(
         name="builtin-he",
         version=VERSION,

@@ -504,3 +504,9 @@ def encode_tiles(x: np.ndarray, constants: dict[str, np.ndarray], dim: int, thre
         with ThreadPoolExecutor(parts) as pool:
             list(pool.map(lambda k: _encode_range(x, bounds[k], bounds[k + 1], *args), range(parts)))
     return out, cells, grads, square_sums
+
+
+def compiled_this_process() -> bool:
+    """True when this process compiled the kernel (no usable entry in numba's disk cache) rather than
+    loading it."""
+    return any(_encode_range.stats.cache_misses.values())
