@@ -57,7 +57,7 @@ __all__ = ["AppState", "ErrorReport", "EventSignal", "InlineJob", "JobState", "S
 
 # closing the app: how long to wait for each kind of job once told to stop (a model load cannot stop
 # inside torch's import)
-WAIT_MS = {"analysis": 10_000, "demo": 10_000, "bundle": 120_000, "export": 60_000}
+WAIT_MS = {"analysis": 10_000, "demo": 10_000, "bundle": 120_000, "encoder": 30_000, "export": 60_000}
 
 
 class StateEvents:
@@ -92,6 +92,14 @@ def bundle_job(bundle: Path, device: str, predictors: PredictorCache) -> Generat
     yield Progress(Stage.LOAD_MODEL, 0, 1, bundle.name)
     predictor = predictors.get(bundle, device)
     return predictor.bundle.manifest, predictor.bundle.model_card
+
+
+def encoder_job(bundle: Path, device: str, predictors: PredictorCache) -> Generator[Progress, None, None]:
+    """Build the bundle's patch encoder in the background once the model is ready (builtin-he: load its
+    compiled CPU kernel; a foundation model: its weights), so that Analyze does not wait for it. Quiet:
+    a failure is logged and left to Analyze, which builds the encoder again and reports it."""
+    yield Progress(Stage.LOAD_MODEL, 0, 1, "patch encoder")
+    predictors.get(bundle, device).encoder()
 
 
 class AppState:
@@ -278,6 +286,9 @@ class AppState:
         log.info("model bundle %s (%d tasks%s)", bundle, len(manifest.get("tasks") or []), synthetic)
         self.message(f"Model bundle: {bundle.name}{synthetic}", 8000)
         self.events.bundle_loaded.emit(bundle)
+        self.start_job("encoder", encoder_job, bundle, self.device, self.predictors,
+                       errored=lambda _job, exc: log.info("patch encoder warm-up failed (Analyze will say why): %s",
+                                                          exc)).start()
 
     def _on_bundle_error(self, job: Any, exc: Exception) -> None:
         from msrl_model.errors import BundleError

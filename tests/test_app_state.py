@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from msrl_app.state import AppState, ErrorReport, EventSignal, JobState, primary_task
-from msrl_model.errors import BundleError
+from msrl_model.errors import BundleError, MSRLError
 from msrl_model.progress import Progress, Stage
 
 
@@ -50,8 +50,8 @@ class FakeResult:
 class FakePredictor:
     """predict_slide's generator protocol without torch; ``fail`` raises at the second step."""
 
-    def __init__(self, log: list, fail: Exception | None = None) -> None:
-        self.log, self.fail = log, fail
+    def __init__(self, log: list, fail: Exception | None = None, encoder_error: Exception | None = None) -> None:
+        self.log, self.fail, self.encoder_error, self.encoder_builds = log, fail, encoder_error, 0
         self.bundle = SimpleNamespace(manifest={"cohort": {"projects": ["TCGA-BRCA", "TCGA-LUAD"]}, "tasks": []},
                                       model_card="# Fake card")
 
@@ -67,6 +67,11 @@ class FakePredictor:
 
     def cohort_risks(self):
         return {"survival": np.zeros(3)}
+
+    def encoder(self):
+        self.encoder_builds += 1
+        if self.encoder_error is not None:
+            raise self.encoder_error
 
 
 class FakeCache:
@@ -155,6 +160,20 @@ def test_bundle_load_fills_projects(state, tmp_path):
     assert events.values("bundle_loaded") == [tmp_path / "bundle"]
     assert events.values("projects")[-1] == ["TCGA-BRCA", "TCGA-LUAD"]
     assert events.values("job") == [JobState.LOADING_MODEL, JobState.IDLE]
+
+
+@pytest.mark.parametrize("encoder_error", [None, MSRLError("no weights file at /data/uni.bin")])
+def test_the_patch_encoder_is_built_once_the_model_is_ready_and_quietly(tmp_path, encoder_error):
+    """After the bundle loads, the encoder is built in the background (builtin-he's kernel, a foundation
+    model's weights) so Analyze does not wait for it; it neither shows as loading nor reports a failure
+    (Analyze builds it again and says why)."""
+    predictor = FakePredictor([], encoder_error=encoder_error)
+    state = AppState(predictors=FakeCache(predictor))
+    events = Recorder(state)
+    state.set_bundle(tmp_path / "bundle")
+    assert predictor.encoder_builds == 1
+    assert events.values("job") == [JobState.LOADING_MODEL, JobState.IDLE]
+    assert events.values("error") == [] and state.last_error is None
 
 
 def test_a_bad_bundle_is_rejected_and_recorded(tmp_path):

@@ -52,6 +52,7 @@ Decisions (documented here and in the result JSON's docstring, :mod:`msrl_model.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,7 @@ class Predictor:
             raise BundleError(f"model bundle {bundle.path}: cannot build its networks ({err}); "
                               "rebuild the bundle") from None
         self._encoder: Any = None
+        self._encoder_lock = threading.Lock()  # the app may warm the encoder while an analysis asks for it
         phi_h = next(iter(self._tasks.values())).net.slide_encoder  # every task's μ, σ: the training patches'
         self.applicability = bundle_check(bundle, phi_h.patch_mean.double().cpu().numpy(),
                                           phi_h.patch_std.double().cpu().numpy())
@@ -425,17 +427,19 @@ class Predictor:
                 return stop.value
 
     def encoder(self) -> Any:
-        """The bundle's patch encoder, built once on this predictor's device; BundleError on a version mismatch."""
-        if self._encoder is None:
-            from msrl_model.encoders import build_encoder, check_checkpoint
+        """The bundle's patch encoder, built once on this predictor's device (thread-safe); BundleError on a
+        version mismatch."""
+        with self._encoder_lock:
+            if self._encoder is None:
+                from msrl_model.encoders import build_encoder, check_checkpoint
 
-            spec = str(self.bundle.encoder.get("spec") or self.bundle.encoder["name"])
-            enc = build_encoder(spec, device=self.device_name)
-            check_checkpoint(self.bundle.encoder, enc, f"model bundle {self.bundle.path}")  # other weights: refused
-            check_encoder(self.bundle.encoder, {"name": enc.name, "version": enc.version, "dim": enc.dim},
-                          self.bundle.path)
-            self._encoder = enc
-        return self._encoder
+                spec = str(self.bundle.encoder.get("spec") or self.bundle.encoder["name"])
+                enc = build_encoder(spec, device=self.device_name)
+                check_checkpoint(self.bundle.encoder, enc, f"model bundle {self.bundle.path}")  # other weights: refused
+                check_encoder(self.bundle.encoder, {"name": enc.name, "version": enc.version, "dim": enc.dim},
+                              self.bundle.path)
+                self._encoder = enc
+            return self._encoder
 
     def predict_slide(self, slide_path: str | Path, cache_dir: str | Path, project: str | None = None,
                       expression: Mapping[str, float] | Any = None, *, workers: int | None = None,
