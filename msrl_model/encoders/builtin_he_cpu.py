@@ -47,17 +47,12 @@ _OFF_HFRAC, _OFF_DENSITY, _OFF_STRENGTH, _OFF_FINE, _OFF_BANK = 62, 66, 70, 72, 
 
 
 @njit(**_FAST)
-def _moments(row, n):
-    """Sum, sum of squares and sum of |x| of row[:n], float64."""
+def _row_sum(row, n):
+    """Σ row[:n], float64."""
     s = 0.0
-    s2 = 0.0
-    sa = 0.0
     for j in range(n):
-        v = np.float64(row[j])
-        s += v
-        s2 += v * v
-        sa += abs(v)
-    return s, s2, sa
+        s += np.float64(row[j])
+    return s
 
 
 @njit(**_FAST)
@@ -269,7 +264,7 @@ def _colour(maps, out):
     for m in range(8):
         s = 0.0
         for i in range(FINE):
-            s += _moments(maps[m, i], FINE)[0]
+            s += _row_sum(maps[m, i], FINE)
         mean[m] = s / n
         s2 = 0.0
         s3 = 0.0
@@ -299,25 +294,36 @@ def _colour(maps, out):
 
 
 @njit(**_EXACT)
-def _blur(g, s, rows):
-    """Unscaled valid binomial blur of one map g (n, n) -> s (n-4, n-4): four [1 1] passes along rows,
-    then four down columns, in builtin_he._binomial_sum's order. rows (n, n) scratch."""
+def _blur(g, s, ring):
+    """Unscaled valid binomial blur of one map g (n, n) -> s (n-4, n-4): four [1 1] passes along each row,
+    then four down the columns, each sum as in builtin_he._binomial_sum (the same values), streamed: row
+    k of g gives row k of the row-blurred map h, then v1[k-1] = h[k] + h[k-1], v2[k-2] = v1[k-1] + v1[k-2],
+    v3[k-3] = v2[k-2] + v2[k-3] and s[k-4] = v3[k-3] + v3[k-4], so only the last two rows of each stay
+    (ring (8, >= n): h, v1, v2, v3, two rows each) and every pass runs in L1."""
     n = g.shape[0]
-    for i in range(n):
-        r = rows[i]
+    m = n - 4
+    for k in range(n):
+        h = ring[k % 2]
         for j in range(n - 1):
-            r[j] = g[i, j + 1] + g[i, j]
+            h[j] = g[k, j + 1] + g[k, j]
         for p in range(1, 4):
             for j in range(n - 1 - p):
-                r[j] = r[j + 1] + r[j]
-    m = n - 4
-    for p in range(4):
-        for i in range(n - 1 - p):
-            for j in range(m):
-                rows[i, j] = rows[i + 1, j] + rows[i, j]
-    for i in range(m):
-        for j in range(m):
-            s[i, j] = rows[i, j]
+                h[j] = h[j + 1] + h[j]
+        if k >= 1:
+            _add_rows(ring[k % 2], ring[(k - 1) % 2], ring[2 + (k - 1) % 2], m)
+        if k >= 2:
+            _add_rows(ring[2 + (k - 1) % 2], ring[2 + k % 2], ring[4 + k % 2], m)
+        if k >= 3:
+            _add_rows(ring[4 + k % 2], ring[4 + (k - 1) % 2], ring[6 + (k - 1) % 2], m)
+        if k >= 4:
+            _add_rows(ring[6 + (k - 1) % 2], ring[6 + k % 2], s[k - 4], m)
+
+
+@njit(**_EXACT)
+def _add_rows(a, b, out, n):
+    """out[:n] = a[:n] + b[:n] (float32)."""
+    for j in range(n):
+        out[j] = a[j] + b[j]
 
 
 @njit(**_EXACT)
@@ -326,30 +332,36 @@ def _gradient(g, grad, dx, square):
     sx² + sy²); returns Σ (8|∇g|)² (float64). dx (3, n) and square (n,) scratch."""
     n = g.shape[0]
     total = 0.0
-    for i in range(n - 2):
-        for k in range(3):
-            for j in range(n - 2):
-                dx[k, j] = g[i + k, j + 2] - g[i + k, j]
+    for k in range(n):  # dx of row k into slot k % 3: each row's once
+        row = dx[k % 3]
         for j in range(n - 2):
-            sx = (dx[2, j] + dx[1, j]) + (dx[1, j] + dx[0, j])
-            d0 = g[i + 2, j] - g[i, j]
-            d1 = g[i + 2, j + 1] - g[i, j + 1]
-            d2 = g[i + 2, j + 2] - g[i, j + 2]
-            sy = (d2 + d1) + (d1 + d0)
+            row[j] = g[k, j + 2] - g[k, j]
+        if k < 2:
+            continue
+        i = k - 2  # output row: centred on row i + 1
+        above = dx[i % 3]
+        middle = dx[(i + 1) % 3]
+        below = dx[k % 3]
+        for j in range(n - 2):
+            sx = (below[j] + middle[j]) + (middle[j] + above[j])
+            dy0 = g[k, j] - g[i, j]
+            dy1 = g[k, j + 1] - g[i, j + 1]
+            dy2 = g[k, j + 2] - g[i, j + 2]
+            sy = (dy2 + dy1) + (dy1 + dy0)
             square[j] = sx * sx + sy * sy
             grad[i, j] = np.sqrt(square[j])
-        total += _moments(square, n - 2)[0]
+        total += _row_sum(square, n - 2)
     return total
 
 
 @njit(**_EXACT)
-def _texture_channel(g, s, rows, grad, dx, square, xx, yy, xy, log, keep_log, stats):
+def _texture_channel(g, s, ring, grad, dx, square, xx, yy, xy, log, keep_log, stats):
     """Filter bank of one channel at one level: g (n, n) -> s (n-4, n-4) unscaled blur, grad (n-2, n-2)
     8|∇g|, with keep_log the unscaled LoG (n-6, n-6) into log; stats (15,) gets every statistic but
     [4..6] (those read the torch mean of grad), and returns Σ(8|∇g|)²."""
     n = g.shape[0]
     m = n - 4
-    _blur(g, s, rows)
+    _blur(g, s, ring)
     band = np.zeros(4)
     for i in range(m):
         _band_row(g[i + 2], s[i], m, band)
@@ -422,9 +434,9 @@ def _encode_tile(tile, lut, weights, grey_w, h_thresholds, scalars, blob_thresho
                  square_sums, maps, scratch):
     """One tile -> out (the feature row, all but the histograms and filter-bank [4..6]), cells (22, 22),
     the 8|∇g| maps g1..g4 (3, side, side) and square_sums (4, 3) = Σ(8|∇g|)² per level and channel."""
-    rows, dx, square, xx, yy, xy = scratch
+    level1_rows, ring, dx, square, xx, yy, xy = scratch
     fine_acc = np.zeros(12)
-    _level1(tile, lut, weights, grey_w, maps, rows, fine_acc)
+    _level1(tile, lut, weights, grey_w, maps, level1_rows, fine_acc)
     n = FINE * FINE
     for c in range(3):  # finest texture: mean |LH|, |HL|, |HH|, then rms
         for b in range(3):
@@ -445,12 +457,11 @@ def _encode_tile(tile, lut, weights, grey_w, h_thresholds, scalars, blob_thresho
         side = level.shape[1]
         m = side - 4
         s = np.empty((3, m, m), np.float32)
-        rows = np.empty((side, side), np.float32)
         log = np.empty((m - 2, m - 2), np.float32)
         for c in range(3):
             keep_log = c == 0 and (lv == 1 or lv == 2)  # H at levels 2 and 3
-            square_sums[lv, c] = _texture_channel(level[first + c], s[c], rows, grads[lv][c], dx, square, xx, yy,
-                                                  xy, log, keep_log, stats)
+            square_sums[lv, c] = _texture_channel(level[first + c], s[c], ring, grads[lv][c], dx, square, xx,
+                                                  yy, xy, log, keep_log, stats)
             base = _OFF_BANK + 60 * c + 15 * lv
             for k in range(15):
                 if k < 4 or k > 6:
@@ -473,22 +484,24 @@ def _encode_range(x, start, stop, lut, weights, grey_w, h_thresholds, scalars, b
                   g1, g2, g3, g4, square_sums):
     """Tiles x[start:stop] (B, 256, 256, 3) uint8, one scratch set for the range."""
     maps = np.empty((8, FINE, FINE), np.float32)
-    scratch = (np.empty((21, FINE), np.float32), np.empty((3, FINE), np.float32), np.empty(FINE, np.float32),
-               np.empty(FINE, np.float32), np.empty(FINE, np.float32), np.empty(FINE, np.float32))
+    scratch = (np.empty((21, FINE), np.float32), np.empty((8, FINE), np.float32), np.empty((3, FINE), np.float32),
+               np.empty(FINE, np.float32), np.empty(FINE, np.float32), np.empty(FINE, np.float32),
+               np.empty(FINE, np.float32))
     for t in range(start, stop):
         _encode_tile(x[t], lut, weights, grey_w, h_thresholds, scalars, blob_thresholds, out[t], cells[t],
                      g1[t], g2[t], g3[t], g4[t], square_sums[t], maps, scratch)
 
 
 def encode_tiles(x: np.ndarray, constants: dict[str, np.ndarray], dim: int, threads: int) -> tuple[np.ndarray, ...]:
-    """Tiles x (B, 256, 256, 3) uint8 C-contiguous -> (features (B, 264) float32 with the histograms and
+    """Tiles x (B, 256, 256, 3) uint8 -> (features (B, 264) float32 with the histograms and
     filter-bank [4..6] left 0, cells (B, 22, 22) int64, the 8|∇g| maps per level (B, 3, side, side)
     float32, Σ(8|∇g|)² (B, 4, 3) float64), over ``threads`` threads.
 
-    ``constants`` (:func:`builtin_he.cpu_constants`): lut (256,), weights (3, 4), grey_w (4,),
+    ``constants`` (``BuiltinHE._cpu_constants``): lut (256,), weights (3, 4), grey_w (4,),
     h_thresholds (4,), scalars (tissue OD, dark Y, H cells per unit, E cells per unit), blob_thresholds
     (2,) times 256, all float32.
     """
+    x = np.ascontiguousarray(x)  # the compiled kernel takes C-contiguous tiles
     b = x.shape[0]
     out = np.zeros((b, dim), np.float32)
     cells = np.zeros((b, _H_CELLS, _H_CELLS), np.int64)
