@@ -22,7 +22,14 @@ What needs torch's own reduction order stays in torch: the mean of 8|∇g| sets 
 
 Tiles are independent: :func:`encode_tiles` splits a batch over threads (numba releases the GIL), one
 scratch set per thread. The functions are compiled on first use and cached on disk (numba's cache,
-next to this file or in the user's cache directory), so a process pays the compile once per install.
+next to this file or in the user's cache directory), so a process pays the compile once per install
+(~10 s here) and a load from the cache (~0.6 s) after that.
+
+Throughput, measured on the shared 2-core machine (AVX-512; 64 tiles of the bench slide, quiet): 0.50 ms
+per tile on one core, ~1,850 tiles/s, of it level 1 (lookups, Haar step, mixes, finest texture) 0.21 ms,
+the level-1 filter bank of H, E, ODm 0.15 ms, counts and colour moments 0.05 ms, levels 2-4 the rest.
+The tile's ~8 MFLOP of elementwise work thus runs at ~16 GFLOP/s, against < 5 GFLOP/s for the torch
+path (1.63 ms per tile), whose every operation streams its maps through memory.
 """
 
 from __future__ import annotations
