@@ -63,6 +63,14 @@ def test_patch_mode_reports_tiles_per_second(monkeypatch, capsys):
     assert r["mode"] == "patch" and r["encoder"] == "test-mean" and r["tiles"] >= 4 and r["tiles_per_s"] > 0
 
 
+def test_patch_mode_times_builtin_he_fused_kernel_and_torch_path_side_by_side(capsys):
+    assert main(["encoder", "--mode", "patch", "--batch", "4", "--seconds", "0.1", "--threads", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip())
+    assert r["encoder"] == "builtin-he" and r["tiles_per_s"] > 0 and r["torch_path_tiles_per_s"] > 0
+    assert r["fused_over_torch_path"] == round(r["tiles_per_s"] / r["torch_path_tiles_per_s"], 2)
+    assert r["tiles"] >= 4
+
+
 def test_bad_sizes_are_one_line_errors(capsys):
     assert main(["encoder", "--sizes", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: --sizes")

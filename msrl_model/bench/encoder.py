@@ -32,7 +32,8 @@ torch's intra-op threads; the output states the count used.
 
 **patch** — the patch encoder (``--encoder``, default builtin-he) on random (batch, 256, 256, 3)
 tiles: tiles/s by wall clock and by process CPU time (the latter is robust to other jobs sharing the
-machine: with one thread it is the per-core rate).
+machine: with one thread it is the per-core rate). For builtin-he on the CPU, its torch path is timed
+right after on the same tiles (``torch_path_tiles_per_s``, ``fused_over_torch_path``).
 
 Numbers depend on the machine; this is a measurement, not a test.
 """
@@ -387,32 +388,48 @@ def print_slide(r: dict[str, Any]) -> None:
 
 def measure_patch_encoder(encoder: str, device: str, threads: int | None, batch: int,
                           seconds: float) -> dict[str, Any]:
-    """Encode one random (batch, 256, 256, 3) uint8 batch repeatedly for at least ``seconds``."""
+    """Encode one random (batch, 256, 256, 3) uint8 batch repeatedly for at least ``seconds``. For
+    builtin-he on the CPU, its torch path (what CUDA and a CPU without numba run) is timed the same way
+    right after the fused kernel, side by side."""
     import torch
 
-    from msrl_model.device import resolve_device
+    from msrl_model.device import apply_threads, resolve_device
     from msrl_model.encoders import build_encoder
-
-    from msrl_model.device import apply_threads
 
     apply_threads(threads, torch)
     dev = resolve_device(device)
     enc = build_encoder(encoder, device=str(dev))
     tiles = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8))
     tiles = tiles.to(dev)
+    record = {
+        "benchmark": "encoder", "mode": "patch", "encoder": enc.name, "encoder_version": enc.version,
+        "dim": enc.dim, "device": str(dev), "threads": torch.get_num_threads(), "batch": batch,
+        **_encode_rates(enc, tiles, seconds),
+    }
+    if getattr(enc.model, "fused_cpu", False) and dev.type == "cpu":
+        enc.model.fused_cpu = False
+        torch_path = _encode_rates(enc, tiles, seconds)
+        enc.model.fused_cpu = True
+        record["torch_path_tiles_per_s"] = torch_path["tiles_per_s"]
+        record["torch_path_tiles_per_cpu_s"] = torch_path["tiles_per_cpu_s"]
+        record["fused_over_torch_path"] = round(record["tiles_per_s"] / max(torch_path["tiles_per_s"], 1e-9), 2)
+    return record
+
+
+def _encode_rates(enc: Any, tiles: Any, seconds: float) -> dict[str, float]:
+    """tiles/s of ``enc.encode(tiles)`` repeated for at least ``seconds`` after one warm-up call, by wall
+    clock and by process CPU time."""
+    import torch
+
     enc.encode(tiles)  # warm-up (encode runs under inference mode)
     n, wall0, cpu0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - wall0 < seconds:
         enc.encode(tiles)
-        n += batch
+        n += tiles.shape[0]
     if tiles.is_cuda:
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    return {
-        "benchmark": "encoder", "mode": "patch", "encoder": enc.name, "encoder_version": enc.version,
-        "dim": enc.dim, "device": str(dev), "threads": torch.get_num_threads(), "batch": batch, "tiles": n,
-        "tiles_per_s": round(n / wall, 1), "tiles_per_cpu_s": round(n / cpu, 1) if cpu > 0 else 0.0,
-    }
+    return {"tiles": n, "tiles_per_s": round(n / wall, 1), "tiles_per_cpu_s": round(n / cpu, 1) if cpu > 0 else 0.0}
 
 
 def run(args: argparse.Namespace) -> int:
