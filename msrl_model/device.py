@@ -9,7 +9,8 @@ default (one intra-op thread per host core) oversubscribes, which was measured a
 extraction under load (issue 16).
 
 Policy: torch intra-op threads = the CPUs available less those other processes keep busy right now
-(runnable tasks in ``/proc/loadavg``, averaged over a few samples), at least one; readers
+(runnable tasks in ``/proc/loadavg`` less this process's own running threads, averaged over a few
+samples), at least one; readers
 (tile-decoding threads, which release the GIL in libjpeg) = the same count. Entry points also call
 :func:`passive_openmp_waits` before torch is imported: OpenMP's idle threads then sleep instead of
 spinning, which is what made two threads on two busy cores collapse. Measured with ``bench threads``
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOADAVG = Path("/proc/loadavg")
+OWN_TASKS = Path("/proc/self/task")  # this process's threads
 
 
 @dataclass(frozen=True)
@@ -114,22 +116,43 @@ def available_cpus(root: Path = CGROUP_ROOT) -> tuple[int, str]:
     return max(1, count), f"{source}: {count} CPUs"
 
 
-def busy_cpus(path: Path = LOADAVG, samples: int = 5, interval_s: float = 0.01) -> float:
+def busy_cpus(path: Path = LOADAVG, samples: int = 5, interval_s: float = 0.01,
+              own_tasks: Path | None = None) -> float:
     """CPUs other processes keep busy now: the runnable tasks of ``/proc/loadavg`` (its fourth field,
-    ``running/total``) less this process's one running thread, averaged over ``samples`` reads
-    ``interval_s`` apart; 0 where the file does not exist (not Linux)."""
+    ``running/total``) less this process's own running threads (state ``R`` in ``own_tasks``, default
+    ``/proc/self/task``: ``*/stat``; 1 where that cannot be read), averaged over ``samples`` reads ``interval_s`` apart; 0 where the
+    loadavg file does not exist (not Linux).
+
+    Our own threads count too: numpy's OpenBLAS workers spin for a while after start, so right after the
+    imports a process often has two running threads, which counting only the calling thread took for
+    another process's busy CPU (measured: every ``bench threads`` run planned 1 thread on an idle
+    machine)."""
     import time
 
     counts = []
     for i in range(samples):
         text = _read(path)
         try:
-            counts.append(int(text.split()[3].split("/")[0]) - 1)
+            running = int(text.split()[3].split("/")[0])
         except (AttributeError, IndexError, ValueError):
             return 0.0
+        counts.append(running - _running_threads(OWN_TASKS if own_tasks is None else own_tasks))
         if i + 1 < samples:
             time.sleep(interval_s)
     return max(0.0, sum(counts) / len(counts))
+
+
+def _running_threads(tasks: Path) -> int:
+    """This process's threads in state R (running or runnable), at least 1 (the caller)."""
+    running = 0
+    try:
+        for stat in tasks.glob("*/stat"):
+            text = _read(stat) or ""
+            fields = text[text.rfind(")") + 1:].split()  # after "pid (comm)": the comm may hold spaces
+            running += bool(fields) and fields[0] == "R"
+    except OSError:
+        return 1
+    return max(1, running)
 
 
 def passive_openmp_waits(env: dict[str, str] | None = None) -> None:

@@ -53,10 +53,30 @@ def test_overrides_in_order(tmp_path: Path, eight_cpus: None) -> None:
     assert plan.line() == "threads: torch 8, readers 8 (from affinity: 8 CPUs)"
 
 
+def _tasks(folder: Path, states: str) -> Path:
+    """A /proc/self/task stand-in: one thread per letter of ``states`` (R running, S sleeping)."""
+    for tid, state in enumerate(states, 100):
+        (folder / str(tid)).mkdir(parents=True)
+        (folder / str(tid) / "stat").write_text(f"{tid} (python (worker) 1) {state} 1 2 3 4\n")
+    return folder
+
+
+@pytest.mark.parametrize("states, busy", [("R", 2), ("RSS", 2), ("RR", 1), ("RRR", 0), ("", 2)])
+def test_our_own_running_threads_are_not_busy_elsewhere(tmp_path: Path, states: str, busy: int) -> None:
+    """3 runnable tasks system-wide: those of this process (e.g. OpenBLAS workers still spinning after
+    numpy's import) are not other processes' work; with no thread readable, the caller's one counts."""
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("3.10 2.00 1.00 3/412 12345\n")
+    tasks = _tasks(tmp_path / "task", states)
+    assert device.busy_cpus(loadavg, samples=2, interval_s=0, own_tasks=tasks) == busy
+
+
 @pytest.mark.parametrize("running, expected", [(1, 8), (3, 6), (8, 1), (40, 1)])
 def test_cpus_busy_elsewhere_are_left_to_them(tmp_path: Path, eight_cpus: None, running: int,
-                                              expected: int) -> None:
-    """``running`` runnable tasks (this process's thread among them) in /proc/loadavg's fourth field."""
+                                              expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``running`` runnable tasks (this process's one running thread among them) in /proc/loadavg's
+    fourth field."""
+    monkeypatch.setattr(device, "OWN_TASKS", _tasks(tmp_path / "task", "RS"))
     loadavg = tmp_path / "loadavg"
     loadavg.write_text(f"3.10 2.00 1.00 {running}/412 12345\n")
     assert device.busy_cpus(loadavg, samples=2, interval_s=0) == running - 1

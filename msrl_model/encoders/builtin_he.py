@@ -120,6 +120,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -302,17 +303,22 @@ class BuiltinHE(torch.nn.Module):
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """256² uint8 tiles x (B,3,256,256) on the CPU through the fused kernel of
         :mod:`~msrl_model.encoders.builtin_he_cpu` (torch threads = kernel threads) -> (B, DIM)."""
+        kernel = fused_kernel()
         tiles = x.permute(0, 2, 3, 1).contiguous()  # (B,256,256,3): the reader's channels-last layout, no copy
-        out, cells, grads, square_sums = fused_kernel().encode_tiles(
+        out, cells, grads, square_sums = kernel.encode_tiles(
             tiles.numpy(), self._cpu_constants(), DIM, torch.get_num_threads())
         out, square_means = torch.from_numpy(out), torch.from_numpy(square_sums)
         n = (INPUT_SIZE // 2) ** 2
         out[:, 19:59] = histograms(torch.from_numpy(cells), n)
         bank = out[:, -_TEXTURE_CHANNELS * len(_LEVELS) * _TEXTURE_STATS:].view(
             -1, _TEXTURE_CHANNELS, len(_LEVELS), _TEXTURE_STATS)
+
+        def count_above(grad: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(kernel.count_above(grad.numpy(), threshold.numpy())).float()
+
         for k, grad in enumerate(map(torch.from_numpy, grads)):
             square_mean = (square_means[:, k] / (grad.shape[-1] * grad.shape[-2])).float()
-            bank[:, :, k, 4:7] = torch.stack(edge_statistics(grad, square_mean, torch.empty_like(grad)), -1)
+            bank[:, :, k, 4:7] = torch.stack(edge_statistics(grad, square_mean, count_above), -1)
         return out
 
     def _cpu_constants(self) -> dict[str, object]:
@@ -458,7 +464,8 @@ def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, t
     n_grad = grad.shape[-1] * grad.shape[-2]
     grad_square_mean = _sum(grad) / n_grad  # mean (8|∇g|)²
     grad.sqrt_()  # 8|∇g|, the v1.0 operations (the edge threshold reads it)
-    grad_stats = edge_statistics(grad, grad_square_mean, sy)
+    grad_stats = edge_statistics(grad, grad_square_mean,
+                                 lambda above, threshold: _sum(torch.gt(above, threshold[..., None, None], out=sy)))
 
     centre = s[..., 1:-1, 1:-1]
     xx = (s[..., 1:-1, 2:] + s[..., 1:-1, :-2]).add_(centre, alpha=-2.0)  # (b,C,n-6,n-6)
@@ -485,13 +492,15 @@ def _texture_level(g: torch.Tensor, blob: bool = False) -> tuple[torch.Tensor, t
     return stats, s, _blob_features(log[:, 0]) if blob else None
 
 
-def edge_statistics(grad: torch.Tensor, square_mean: torch.Tensor, scratch: torch.Tensor) -> list[torch.Tensor]:
-    """8|∇g| (b,C,h,w), mean (8|∇g|)² (b,C), a buffer of grad's shape -> mean |∇g|, std |∇g| and the edge
-    fraction |∇g| > 2·mean |∇g|, each (b,C): filter-bank statistics [4..6]. The mean is torch's sum of
-    the contiguous map, the v1.0 operation, because the edge threshold reads it."""
+def edge_statistics(grad: torch.Tensor, square_mean: torch.Tensor,
+                    count_above: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """8|∇g| (b,C,h,w), mean (8|∇g|)² (b,C) and ``count_above(grad, threshold (b,C))`` -> float32 counts
+    (b,C) of grad above its threshold -> mean |∇g|, std |∇g| and the edge fraction |∇g| > 2·mean |∇g|,
+    each (b,C): filter-bank statistics [4..6]. The mean is torch's sum of the contiguous map, the v1.0
+    operation, because the edge threshold reads it."""
     n = grad.shape[-1] * grad.shape[-2]
     mean = _sum(grad) / n
-    edge_fraction = _sum(torch.gt(grad, 2 * mean[..., None, None], out=scratch)) / n
+    edge_fraction = count_above(grad, 2 * mean) / n
     std = (square_mean - mean * mean).clamp_min(0).sqrt()
     return [mean / 8, std / 8, edge_fraction]
 

@@ -20,8 +20,9 @@ What needs torch's own reduction order stays in torch: the mean of 8|∇g| sets 
 (2·mean), so the kernel writes each level's 8|∇g| map and the caller reduces it with the very
 ``sum`` of the torch path (:func:`builtin_he.edge_statistics`).
 
-Tiles are independent: :func:`encode_tiles` splits a batch over threads (numba releases the GIL), one
-scratch set per thread. The functions are compiled on first use and cached on disk (numba's cache,
+Tiles are independent: :func:`encode_tiles` runs a batch on threads (numba releases the GIL) that take
+chunks of 4 tiles as they become free, so a thread that another process slows down does less of the
+batch instead of holding the others up at the end. The functions are compiled on first use and cached on disk (numba's cache,
 next to this file or in the user's cache directory), so a process pays the compile once per install
 (~10 s here) and a load from the cache (~0.6 s) after that.
 
@@ -35,6 +36,7 @@ path (1.63 ms per tile), whose every operation streams its maps through memory.
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -46,6 +48,7 @@ _FAST = dict(_EXACT, fastmath={"reassoc", "nsz", "contract"})
 SIDE = 256  # tile side
 FINE = SIDE // 2  # level-1 grid side
 LEVELS = 4  # filter-bank levels 1..4
+CHUNK = 4  # tiles a thread takes at a time (~2 ms of work): a thread slowed by other processes takes fewer
 GRAD_SIDES = (126, 60, 27, 11)  # side of 8|∇g| per level: n - 2 for n = 128, 62, 29, 13
 _H_CELLS = 22  # histogram grid cells (builtin_he._H_CELLS, _E_CELLS)
 # Feature offsets (builtin_he's layout table)
@@ -499,6 +502,28 @@ def _encode_range(x, start, stop, lut, weights, grey_w, h_thresholds, scalars, b
                      g1[t], g2[t], g3[t], g4[t], square_sums[t], maps, scratch)
 
 
+@njit(**_EXACT)
+def _count_above(grad, threshold, counts):
+    """counts[b, c] = number of grad[b, c] (B, C, h, w) elements > threshold[b, c] (exact compares)."""
+    for b in range(grad.shape[0]):
+        for c in range(grad.shape[1]):
+            t = threshold[b, c]
+            k = 0
+            for i in range(grad.shape[2]):
+                row = grad[b, c, i]
+                for j in range(grad.shape[3]):
+                    k += np.int64(row[j] > t)
+            counts[b, c] = k
+
+
+def count_above(grad: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Elements of each map grad (B, C, h, w) float32 above its threshold (B, C) float32 -> (B, C) int64:
+    the edge counts, one pass (torch's gt and sum took two and a map)."""
+    counts = np.empty(grad.shape[:2], np.int64)
+    _count_above(np.ascontiguousarray(grad), np.ascontiguousarray(threshold, np.float32), counts)
+    return counts
+
+
 def encode_tiles(x: np.ndarray, constants: dict[str, np.ndarray], dim: int, threads: int) -> tuple[np.ndarray, ...]:
     """Tiles x (B, 256, 256, 3) uint8 -> (features (B, 264) float32 with the histograms and
     filter-bank [4..6] left 0, cells (B, 22, 22) int64, the 8|∇g| maps per level (B, 3, side, side)
@@ -516,14 +541,41 @@ def encode_tiles(x: np.ndarray, constants: dict[str, np.ndarray], dim: int, thre
     square_sums = np.empty((b, LEVELS, 3), np.float64)
     args = (constants["lut"], constants["weights"], constants["grey_w"], constants["h_thresholds"],
             constants["scalars"], constants["blob_thresholds"], out, cells, *grads, square_sums)
-    parts = max(1, min(threads, b))
-    bounds = [b * k // parts for k in range(parts + 1)]
-    if parts == 1:
+    workers = max(1, min(threads, -(-b // CHUNK)))
+    if workers == 1:
         _encode_range(x, 0, b, *args)
-    else:
-        with ThreadPoolExecutor(parts) as pool:
-            list(pool.map(lambda k: _encode_range(x, bounds[k], bounds[k + 1], *args), range(parts)))
+        return out, cells, grads, square_sums
+    starts = iter(range(0, b, CHUNK))  # shared: each worker takes the next chunk when it is free
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                start = next(starts, None)
+            if start is None:
+                return
+            _encode_range(x, start, min(start + CHUNK, b), *args)
+
+    pool = _pool(workers)
+    for done in [pool.submit(work) for _ in range(workers)]:
+        done.result()
     return out, cells, grads, square_sums
+
+
+_POOL: dict[int, ThreadPoolExecutor] = {}  # the kernel's worker threads by pool size, kept between calls (one pool)
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of at least ``workers`` threads, made once and replaced only by a larger one."""
+    with _POOL_LOCK:
+        size = max(_POOL, default=0)
+        if size < workers:
+            if size:
+                _POOL.pop(size).shutdown(wait=False)
+            _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="builtin-he")
+            size = workers
+        return _POOL[size]
 
 
 def compiled_this_process() -> bool:
