@@ -98,8 +98,10 @@ def encoder_job(bundle: Path, device: str, predictors: PredictorCache) -> Genera
     """Build the bundle's patch encoder in the background once the model is ready (builtin-he: load its
     compiled CPU kernel; a foundation model: its weights), so that Analyze does not wait for it. Quiet:
     a failure is logged and left to Analyze, which builds the encoder again and reports it."""
-    yield Progress(Stage.LOAD_MODEL, 0, 1, "patch encoder")
-    predictors.get(bundle, device).encoder()
+    predictor = predictors.get(bundle, device)
+    notice = predictor.encoder_notice()
+    yield Progress(Stage.NOTICE, 0, None, notice) if notice else Progress(Stage.LOAD_MODEL, 0, 1, "patch encoder")
+    predictor.encoder()
 
 
 class AppState:
@@ -136,6 +138,7 @@ class AppState:
         self._cancelling = False
         self._bundle_job: Any = None  # the warm-up of the current bundle
         self._jobs: dict[Any, str] = {}  # every job in flight -> its kind (a key of WAIT_MS)
+        self._encoder_notices: set[Any] = set()  # encoder warm-ups whose notice is on the status line
 
     # -- errors and messages ------------------------------------------------------------------------
     def report_error(self, title: str, exc: BaseException, hint: str | None = None) -> ErrorReport:
@@ -286,9 +289,25 @@ class AppState:
         log.info("model bundle %s (%d tasks%s)", bundle, len(manifest.get("tasks") or []), synthetic)
         self.message(f"Model bundle: {bundle.name}{synthetic}", 8000)
         self.events.bundle_loaded.emit(bundle)
-        self.start_job("encoder", encoder_job, bundle, self.device, self.predictors,
-                       errored=lambda _job, exc: log.info("patch encoder warm-up failed (Analyze will say why): %s",
-                                                          exc)).start()
+        self.start_job("encoder", encoder_job, bundle, self.device, self.predictors, yielded=self._on_encoder_notice,
+                       returned=self._on_encoder_ready, errored=self._on_encoder_error).start()
+
+    def _on_encoder_notice(self, job: Any, event: Progress) -> None:
+        if event.stage == Stage.NOTICE:  # numba compiling the built-in encoder once after installing
+            log.info("notice: %s", event.message)
+            self._encoder_notices.add(job)
+            self.message(event.message, 120000)
+
+    def _on_encoder_ready(self, job: Any, _value: Any) -> None:
+        if job in self._encoder_notices:
+            self._encoder_notices.discard(job)
+            self.message("The patch encoder is ready", 5000)
+
+    def _on_encoder_error(self, job: Any, exc: Exception) -> None:
+        log.info("patch encoder warm-up failed (Analyze builds it again and says why): %s", exc)
+        if job in self._encoder_notices:
+            self._encoder_notices.discard(job)
+            self.message("", 0)
 
     def _on_bundle_error(self, job: Any, exc: Exception) -> None:
         from msrl_model.errors import BundleError

@@ -63,6 +63,22 @@ def test_analyze_cmu_slide_writes_full_result_and_resumes(cmu_slide, bundle, cac
     assert result_path.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_first_compile_of_the_encoder_is_a_note(cmu_slide, bundle, cache, tmp_path, capsys, monkeypatch, cached):
+    """Before numba has compiled builtin-he's CPU kernel on this installation, msrl analyze says so (one
+    "note:" line on stderr, not with --quiet) before the wait; once compiled it says nothing."""
+    from msrl_model.encoders import builtin_he, builtin_he_cpu
+
+    monkeypatch.setattr(builtin_he_cpu, "cached_on_disk", lambda: cached)
+    argv = [str(cmu_slide), "--bundle", str(bundle), "--out", str(tmp_path / "out"), "--cache", str(cache),
+            "--device", "cpu", "--json"]
+    assert run(argv) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: Preparing")]
+    assert notes == ([] if cached else [f"note: {builtin_he.COMPILE_NOTICE}"])
+    assert run([*argv, "--quiet", "--out", str(tmp_path / "again")]) == 0
+    assert "note: Preparing" not in capsys.readouterr().err
+
+
 def test_tampered_bundle_exits_2_with_one_line(cmu_slide, bundle, tmp_path, capsys):
     bad = tmp_path / "bad"
     import zipfile

@@ -50,8 +50,10 @@ class FakeResult:
 class FakePredictor:
     """predict_slide's generator protocol without torch; ``fail`` raises at the second step."""
 
-    def __init__(self, log: list, fail: Exception | None = None, encoder_error: Exception | None = None) -> None:
+    def __init__(self, log: list, fail: Exception | None = None, encoder_error: Exception | None = None,
+                 notice: str | None = None) -> None:
         self.log, self.fail, self.encoder_error, self.encoder_builds = log, fail, encoder_error, 0
+        self.notice = notice  # what encoder_notice() says (numba compiling builtin-he's kernel)
         self.bundle = SimpleNamespace(manifest={"cohort": {"projects": ["TCGA-BRCA", "TCGA-LUAD"]}, "tasks": []},
                                       model_card="# Fake card")
 
@@ -67,6 +69,9 @@ class FakePredictor:
 
     def cohort_risks(self):
         return {"survival": np.zeros(3)}
+
+    def encoder_notice(self):
+        return self.notice
 
     def encoder(self):
         self.encoder_builds += 1
@@ -174,6 +179,21 @@ def test_the_patch_encoder_is_built_once_the_model_is_ready_and_quietly(tmp_path
     assert predictor.encoder_builds == 1
     assert events.values("job") == [JobState.LOADING_MODEL, JobState.IDLE]
     assert events.values("error") == [] and state.last_error is None
+
+
+@pytest.mark.parametrize("encoder_error", [None, MSRLError("no weights file at /data/uni.bin")])
+def test_a_first_compile_of_the_encoder_is_on_the_status_line_until_it_ends(tmp_path, encoder_error):
+    """When building the encoder compiles builtin-he's kernel (once after installing), the status line
+    says so while it runs, then that the encoder is ready (or nothing, when it failed: Analyze says why)."""
+    notice = "Preparing the built-in encoder for this computer: numba compiles its CPU kernel once"
+    predictor = FakePredictor([], encoder_error=encoder_error, notice=notice)
+    state = AppState(predictors=FakeCache(predictor))
+    events = Recorder(state)
+    state.set_bundle(tmp_path / "bundle")
+    texts = [m.text for m in events.values("message")]
+    assert texts[-2] == notice
+    assert texts[-1] == ("The patch encoder is ready" if encoder_error is None else "")
+    assert events.values("error") == []
 
 
 def test_a_bad_bundle_is_rejected_and_recorded(tmp_path):

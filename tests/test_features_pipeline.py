@@ -169,3 +169,29 @@ def test_shards_partition_the_sorted_slide_list(tmp_path):
     for bad in ("4/4", "x/2", "1"):
         with pytest.raises(MSRLError, match="shard"):
             parse_shard(bad)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_first_builtin_he_build_is_announced_before_it_compiles(synth_slide, tmp_path, monkeypatch, cached):
+    """Before numba has compiled builtin-he's CPU kernel on an installation (its disk cache holds none),
+    the extraction says so first (Stage.NOTICE: the CLI's "note:", the app's status line); once compiled,
+    nothing is said."""
+    from msrl_model.encoders import builtin_he, builtin_he_cpu
+    from msrl_model.progress import Stage
+
+    monkeypatch.setattr(builtin_he_cpu, "cached_on_disk", lambda: cached)
+    out, _, events = _run(synth_slide, tmp_path, encoder="builtin-he")
+    notices = [e.message for e in events if e.stage == Stage.NOTICE]
+    assert notices == ([] if cached else [builtin_he.COMPILE_NOTICE])
+    assert read_features(out).features.shape[1] == builtin_he.DIM
+
+
+def test_the_kernel_is_in_numbas_disk_cache_once_built():
+    """Building the CPU encoder leaves the compiled kernel in numba's cache, so the next process loads it
+    (None: numba's cache internals are not where this version looks, and nothing is announced)."""
+    from msrl_model.encoders import build_encoder, build_notice, builtin_he_cpu
+
+    build_encoder("builtin-he")
+    assert builtin_he_cpu.cached_on_disk() in (True, None)
+    assert build_notice("builtin-he", "cpu") is None
+    assert build_notice("uni_v1@/data/uni.bin", "cpu") is None  # only builtin-he compiles anything

@@ -31,6 +31,7 @@ __all__ = [
     "register_encoder",
     "available_encoders",
     "build_encoder",
+    "build_notice",
     "hf_offline",
     "check_checkpoint",
 ]
@@ -107,6 +108,17 @@ def build_encoder(spec: str = "builtin-he", device: str | torch.device = "cpu") 
     if at and not path:
         raise EncoderError(f"encoder spec {spec!r} has an empty path after '@': give the checkpoint path or drop the '@'")
     return _REGISTRY[name](arg if colon else None, path if at else None, resolve_device(device))
+
+
+def build_notice(spec: str, device: str | torch.device = "cpu") -> str | None:
+    """A line to show before :func:`build_encoder` when building ``spec`` on ``device`` takes long this
+    once (builtin-he on the CPU before numba has compiled its kernel on this installation), else None."""
+    name = spec.strip().partition("@")[0].partition(":")[0]
+    if name != "builtin-he" or resolve_device(device).type != "cpu":
+        return None
+    from msrl_model.encoders.builtin_he import kernel_build_notice
+
+    return kernel_build_notice()
 
 
 def _spec_forms() -> list[str]:

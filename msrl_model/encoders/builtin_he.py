@@ -543,6 +543,17 @@ def fused_kernel() -> ModuleType | None:
     return builtin_he_cpu
 
 
+# numba compiles the fused kernel once per installation (later runs load it from its cache in < 1 s)
+COMPILE_NOTICE = "Preparing the built-in encoder for this computer (once after installing, about 10 s)…"
+
+
+def kernel_build_notice() -> str | None:
+    """:data:`COMPILE_NOTICE` when building the CPU encoder will compile the fused kernel (numba's disk
+    cache has none), else None."""
+    kernel = fused_kernel()
+    return COMPILE_NOTICE if kernel is not None and kernel.cached_on_disk() is False else None
+
+
 def tile_transform(batch_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 (B,H,W,3) -> (B,3,256,256): 256² tiles stay uint8 (a channels-last view, read through the
     lookup tables); other sizes are resized (bilinear, antialiased) to float32 in [0,255]."""

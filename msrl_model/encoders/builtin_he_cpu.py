@@ -36,6 +36,7 @@ path (1.63 ms per tile), whose every operation streams its maps through memory.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -582,3 +583,13 @@ def compiled_this_process() -> bool:
     """True when this process compiled the kernel (no usable entry in numba's disk cache) rather than
     loading it."""
     return any(_encode_range.stats.cache_misses.values())
+
+
+def cached_on_disk() -> bool | None:
+    """Whether numba's disk cache holds a compiled kernel (False: the next call compiles it, ~10 s here);
+    None where the cache cannot be inspected (numba's internals moved)."""
+    try:
+        index = _encode_range._cache._cache_file._index_path
+    except AttributeError:
+        return None
+    return os.path.isfile(index)

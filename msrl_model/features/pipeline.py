@@ -119,10 +119,15 @@ def _stored_warnings(path: Path, default: list[str]) -> list[str]:
     return [str(w) for w in stored] if isinstance(stored, list) else list(default)
 
 
-def _build(encoder: Any, device: str) -> Any:
+def _build(encoder: Any, device: str) -> Job[Any]:
+    """The encoder (a spec is built on ``device``); a job, so that a first build that takes long (numba
+    compiling builtin-he's CPU kernel) is announced first (``Stage.NOTICE``)."""
     if isinstance(encoder, str):
-        from msrl_model.encoders import build_encoder
+        from msrl_model.encoders import build_encoder, build_notice
 
+        notice = build_notice(encoder, device)
+        if notice:
+            yield Progress(Stage.NOTICE, 0, None, notice)
         return build_encoder(encoder, device=device)
     return encoder
 
@@ -282,7 +287,7 @@ def extract_slide(slide_path: str | Path, out_dir: str | Path, encoder_spec: Any
         stats.slide_id = slide.slide_id
         yield Progress(Stage.OPEN, 1, 1, slide.slide_id)
         sha = slide.sha256_head()
-        encoder = _build(encoder_spec, device)
+        encoder = yield from _build(encoder_spec, device)
         key = cache_key(sha, encoder.name, encoder.version, tissue, tiling)
         out = Path(out_dir) / f"{slide.slide_id}.h5"
         remove_orphaned_temporaries(out_dir)
@@ -446,7 +451,7 @@ def extract_many(paths: Iterable[str | Path], out_dir: str | Path, encoder_spec:
     slides = shard_slides(collect_slides(paths), shard)
     report = ExtractReport(out_dir=str(out_dir), shard=shard)
     device = str(resolve_device(device))
-    encoder = _build(encoder_spec, device) if slides else None
+    encoder = (yield from _build(encoder_spec, device)) if slides else None
     seen: dict[str, Path] = {}
     for k, path in enumerate(slides):
         yield Progress(Stage.SLIDES, k, len(slides), path.name)

@@ -177,6 +177,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         use_weights(parse_weights_args(args.weights))  # the bundle's foundation-model checkpoint, if any
         predictor = Predictor.from_bundle(args.bundle, device=args.device)
         predictor.coverage = args.coverage
+        notice = predictor.encoder_notice()
+        if notice and not args.quiet:
+            print(f"note: {notice}", file=sys.stderr)
         predictor.encoder()  # refuse a bundle whose encoder this installation cannot reproduce, before any work
         out_dir = Path(args.out)
         check_writable(out_dir)  # before any work: the results and the report go here

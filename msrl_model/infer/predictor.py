@@ -426,6 +426,15 @@ class Predictor:
             except StopIteration as stop:
                 return stop.value
 
+    def encoder_notice(self) -> str | None:
+        """What to tell the user before :meth:`encoder` when building it takes long this once (numba
+        compiling builtin-he's CPU kernel after installing), else None (also once it is built)."""
+        if self._encoder is not None:
+            return None
+        from msrl_model.encoders import build_notice
+
+        return build_notice(str(self.bundle.encoder.get("spec") or self.bundle.encoder["name"]), self.device_name)
+
     def encoder(self) -> Any:
         """The bundle's patch encoder, built once on this predictor's device (thread-safe); BundleError on a
         version mismatch."""
@@ -467,6 +476,9 @@ class Predictor:
                               "update MSRL Studio") from None
         from msrl_model.features.pipeline import ExtractStats
 
+        notice = self.encoder_notice()
+        if notice:
+            yield Progress(Stage.NOTICE, 0, None, notice)
         encoder = self.encoder()
         stats = ExtractStats()
         cap = _max_rows(max_patches)
