@@ -1,5 +1,6 @@
 """What Analyze needs besides widgets (Qt-free): folders, the default bundle, the device setting, the demo
-slide, a case's expression file, and the analysis job (with its out-of-GPU-memory fallback).
+slide, a case's expression file, the model's warm-up jobs (the bundle, then its patch encoder) and the
+analysis job (with its out-of-GPU-memory fallback).
 
 Nothing here imports torch at module level: the model (``msrl_model.infer``) is imported inside the
 jobs, which run on worker threads, so the window shows before torch has loaded.
@@ -163,6 +164,23 @@ def cpu_batch(encoder: dict[str, Any]) -> int:
     than the weight-free ``builtin-he``, else :data:`CPU_BATCH`."""
     name = encoder.get("name")
     return FOUNDATION_CPU_BATCH if name and name != "builtin-he" else CPU_BATCH
+
+
+def bundle_job(bundle: Path, device: str, predictors: PredictorCache) -> Generator[Progress, None, tuple]:
+    """Load the model in the background: a warm-up for Analyze that also validates the bundle."""
+    yield Progress(Stage.LOAD_MODEL, 0, 1, bundle.name)
+    predictor = predictors.get(bundle, device)
+    return predictor.bundle.manifest, predictor.bundle.model_card
+
+
+def encoder_job(bundle: Path, device: str, predictors: PredictorCache) -> Generator[Progress, None, None]:
+    """Build the bundle's patch encoder in the background once the model is ready (builtin-he: load its
+    compiled CPU kernel; a foundation model: its weights), so that Analyze does not wait for it. Quiet:
+    a failure is logged and left to Analyze, which builds the encoder again and reports it."""
+    predictor = predictors.get(bundle, device)
+    notice = predictor.encoder_notice()
+    yield Progress(Stage.NOTICE, 0, None, notice) if notice else Progress(Stage.LOAD_MODEL, 0, 1, "patch encoder")
+    predictor.encoder()
 
 
 def analysis_job(request: AnalysisRequest, predictors: PredictorCache) -> Generator[Progress, None, AnalysisOutcome]:

@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from msrl_app.analysis import (DEVICES, NO_BUNDLE, AnalysisOutcome, AnalysisRequest, PredictorCache, analysis_job,
-                               demo_slide_job, demo_slide_path, features_dir, read_expression)
+                               bundle_job, demo_slide_job, demo_slide_path, encoder_job, features_dir,
+                               read_expression)
 from msrl_app.events import ErrorReport, EventSignal, InlineJob, StatusMessage, format_error
 from msrl_app.region_store import RegionStore
 from msrl_model.errors import MSRLError
@@ -85,23 +86,6 @@ def primary_task(result: Any) -> Any:
     else its first task (``result`` a :class:`msrl_model.infer.results.PredictionResult`)."""
     tasks = list(result.tasks.values())
     return next((t for t in tasks if t.kind == "survival"), tasks[0])
-
-
-def bundle_job(bundle: Path, device: str, predictors: PredictorCache) -> Generator[Progress, None, tuple]:
-    """Load the model in the background: a warm-up for Analyze that also validates the bundle."""
-    yield Progress(Stage.LOAD_MODEL, 0, 1, bundle.name)
-    predictor = predictors.get(bundle, device)
-    return predictor.bundle.manifest, predictor.bundle.model_card
-
-
-def encoder_job(bundle: Path, device: str, predictors: PredictorCache) -> Generator[Progress, None, None]:
-    """Build the bundle's patch encoder in the background once the model is ready (builtin-he: load its
-    compiled CPU kernel; a foundation model: its weights), so that Analyze does not wait for it. Quiet:
-    a failure is logged and left to Analyze, which builds the encoder again and reports it."""
-    predictor = predictors.get(bundle, device)
-    notice = predictor.encoder_notice()
-    yield Progress(Stage.NOTICE, 0, None, notice) if notice else Progress(Stage.LOAD_MODEL, 0, 1, "patch encoder")
-    predictor.encoder()
 
 
 class AppState:
