@@ -307,7 +307,7 @@ def _colour(maps, out):
 @njit(**_EXACT)
 def _blur(g, s, ring):
     """Unscaled valid binomial blur of one map g (n, n) -> s (n-4, n-4): four [1 1] passes along each row,
-    then four down the columns, each sum as in builtin_he._binomial_sum (the same values), streamed: row
+    then four down the columns, each sum as in builtin_he_torch._binomial_sum (the same values), streamed: row
     k of g gives row k of the row-blurred map h, then v1[k-1] = h[k] + h[k-1], v2[k-2] = v1[k-1] + v1[k-2],
     v3[k-3] = v2[k-2] + v2[k-3] and s[k-4] = v3[k-3] + v3[k-4], so only the last two rows of each stay
     (ring (8, >= n): h, v1, v2, v3, two rows each) and every pass runs in L1."""
@@ -416,7 +416,7 @@ def _texture_channel(g, s, ring, grad, dx, square, xx, yy, xy, log, keep_log, st
 def _blobs(log, k, thresholds, out, column):
     """H blob features from the unscaled LoG log[:k, :k]: local maxima of B = relu(-LoG) above each
     threshold per 10⁴ px (out[column], out[column + 1]) and mean B at the maxima above the first
-    (out[_OFF_STRENGTH + column - _OFF_DENSITY) // 2]), exactly as builtin_he._blob_features."""
+    (out[_OFF_STRENGTH + column - _OFF_DENSITY) // 2]), exactly as builtin_he_torch._blob_features."""
     above0 = 0
     above1 = 0
     strength = 0.0
