@@ -230,8 +230,9 @@ def test_cpu_encoder_without_numba_runs_the_torch_path(tiles, monkeypatch, caplo
     import msrl_model.encoders
 
     monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
-    monkeypatch.delitem(sys.modules, "msrl_model.encoders.builtin_he_cpu", raising=False)
-    monkeypatch.delattr(msrl_model.encoders, "builtin_he_cpu", raising=False)
+    for module in ("builtin_he_cpu", "builtin_he_kernel"):  # imported afresh: they import numba
+        monkeypatch.delitem(sys.modules, f"msrl_model.encoders.{module}", raising=False)
+        monkeypatch.delattr(msrl_model.encoders, module, raising=False)
     builtin_he.fused_kernel.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="msrl_model.encoders.builtin_he"):
@@ -337,11 +338,11 @@ def test_fused_kernel_cells_split_exactly_at_every_edge(channel, edges, per_unit
     """The fused kernel's histogram cells: for the float32 values within 8,192 ulps of each H / E edge placed
     in the level-1 H (or E) map, the pixels counted at or above the edge's first cell are exactly those
     >= the edge."""
-    from msrl_model.encoders import builtin_he_cpu
+    from msrl_model.encoders import builtin_he_kernel
 
     constants = builtin_he.BuiltinHE()._cpu_constants()
     scalars = constants["scalars"]
-    side = builtin_he_cpu.FINE
+    side = builtin_he_kernel.FINE
     for edge in edges:
         bits = np.int64(np.float32(edge).view(np.int32))
         values = (bits + np.arange(-side * side // 2, side * side // 2)).astype(np.int32).view(np.float32)
@@ -351,7 +352,7 @@ def test_fused_kernel_cells_split_exactly_at_every_edge(channel, edges, per_unit
         maps = np.zeros((8, side, side), np.float32)
         maps[channel] = values.reshape(side, side)
         cells = np.zeros((builtin_he._H_CELLS, builtin_he._E_CELLS), np.int64)
-        builtin_he_cpu._counts(maps, constants["h_thresholds"], scalars[0], scalars[1], scalars[2], scalars[3],
+        builtin_he_kernel._counts(maps, constants["h_thresholds"], scalars[0], scalars[1], scalars[2], scalars[3],
                                cells, np.zeros(6))
         per_cell = cells.sum(1) if channel == 3 else cells.sum(0)
         first = builtin_he._cell_of(edge, per_unit)
