@@ -138,6 +138,11 @@ class AppState:
     def message(self, text: str, timeout_ms: int = 0) -> None:
         self.events.message.emit(StatusMessage(text, timeout_ms))
 
+    def _notice(self, text: str) -> None:
+        """A job's Stage.NOTICE: logged, and on the status line for as long as it applies (2 min at most)."""
+        log.info("notice: %s", text)
+        self.message(text, 120000)
+
     # -- jobs ---------------------------------------------------------------------------------------
     def start_job(self, kind: str, func: Callable[..., Generator], *args: Any, **slots: Callable) -> Any:
         """Start ``func(*args)`` through the job factory; ``slots`` (signal name -> callback taking
@@ -278,9 +283,8 @@ class AppState:
 
     def _on_encoder_notice(self, job: Any, event: Progress) -> None:
         if event.stage == Stage.NOTICE:  # numba compiling the built-in encoder once after installing
-            log.info("notice: %s", event.message)
             self._encoder_notices.add(job)
-            self.message(event.message, 120000)
+            self._notice(event.message)
 
     def _on_encoder_ready(self, job: Any, _value: Any) -> None:
         if job in self._encoder_notices:
@@ -387,8 +391,7 @@ class AppState:
         if job is not self._analysis:
             return
         if event.stage == Stage.NOTICE:  # a message, not a step: the status line, for as long as it applies
-            log.info("notice: %s", event.message)
-            self.message(event.message, 120000)
+            self._notice(event.message)
             return
         self.events.progress.emit(event)
         if event.stage == Stage.RETRY:
