@@ -122,9 +122,9 @@ def test_json_round_trip_is_exact(result, tmp_path):
 def test_a_large_buffer_is_screened_in_int8_with_the_same_result(bundle_path, slide, result, monkeypatch):
     """From INT8_SCREEN_ROWS buffer cases the engine screens in int8 (a quarter of the memory): the result is
     the fp32 engine's, bit for bit (here the threshold is lowered to this 40-case buffer)."""
-    import msrl_model.infer.predictor as predictor_module
+    import msrl_model.infer.task_runtime as task_runtime
 
-    monkeypatch.setattr(predictor_module, "INT8_SCREEN_ROWS", 10)
+    monkeypatch.setattr(task_runtime, "INT8_SCREEN_ROWS", 10)
     large = Predictor.from_bundle(bundle_path, device="cpu")
     assert large.predict(*slide, project="TCGA-LUAD", slide_id="s1") == result
     assert {runtime.engine.screen for runtime in large._tasks.values()} == {"int8"}
